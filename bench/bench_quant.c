@@ -1,0 +1,232 @@
+/* bench_quant: quantization formats and fused kernels against OpenBLAS, in one run.
+ *
+ * For each matrix set (the linear weights of a real model, and random Gaussian
+ * 2048x2048 and 2048x5632 matrices) and each format: bits/param, relative RMSE of the
+ * round trip, decode throughput, and the fused kernels' GFLOP/s at M=1 (Y = x W^T, a
+ * matrix-vector product) and M=256, each as a ratio to OpenBLAS sgemv / sgemm on the
+ * same weights in fp32 measured in the same run. Figures are printed, never asserted.
+ *
+ * usage: bench_quant [--model DIR] [--quick] */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "llama2c.h"
+#include "parallel.h"
+#include "quant.h"
+
+typedef struct {
+    const char *name;
+    int count;
+    int rows[64], cols[64];
+    const float *w[64]; /* fp32 weights (mmap'd or owned) */
+} matrix_set;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Best time of one call of fn over repeated calls for at least `budget` seconds. */
+typedef void (*bench_fn)(void *ctx);
+static double best_time(bench_fn fn, void *ctx, double budget)
+{
+    double best = INFINITY, start = now();
+    int reps = 0;
+    while (reps < 3 || now() - start < budget) {
+        double t0 = now();
+        fn(ctx);
+        double t = now() - t0;
+        if (t < best)
+            best = t;
+        reps++;
+    }
+    return best;
+}
+
+typedef struct {
+    const matrix_set *set;
+    qt_matrix *q;   /* NULL: OpenBLAS on the fp32 weights */
+    const float *x;
+    float *y;
+    int M;
+} run_ctx;
+
+static void run_products(void *p)
+{
+    run_ctx *c = p;
+    for (int i = 0; i < c->set->count; i++) {
+        int N = c->set->rows[i], K = c->set->cols[i];
+        if (c->q) {
+            if (qt_matmul(&c->q[i], c->x, c->M, c->y, 0) < 0) {
+                fprintf(stderr, "bench_quant: out of memory in qt_matmul\n");
+                exit(1);
+            }
+        } else if (c->M == 1) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, c->set->w[i], K, c->x, 1, 0.0f,
+                        c->y, 1);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->M, N, K, 1.0f, c->x, K,
+                        c->set->w[i], K, 0.0f, c->y, N);
+        }
+    }
+}
+
+typedef struct {
+    const matrix_set *set;
+    qt_matrix *q;
+    float *out;
+} decode_ctx;
+
+static void run_decode(void *p)
+{
+    decode_ctx *c = p;
+    for (int i = 0; i < c->set->count; i++)
+        qt_dequantize_rows(&c->q[i], 0, c->set->rows[i], c->out);
+}
+
+static void bench_set(const matrix_set *set, double budget)
+{
+    size_t max_k = 0, max_n = 0, params = 0, max_elems = 0;
+    double flops_per_row = 0;
+    for (int i = 0; i < set->count; i++) {
+        size_t n = set->rows[i], k = set->cols[i];
+        max_k = k > max_k ? k : max_k;
+        max_n = n > max_n ? n : max_n;
+        max_elems = n * k > max_elems ? n * k : max_elems;
+        params += n * k;
+        flops_per_row += 2.0 * n * k;
+    }
+    const int M = 256;
+    float *x = malloc(M * max_k * sizeof(float)), *y = malloc(M * max_n * sizeof(float));
+    float *deq = malloc(max_elems * sizeof(float));
+    if (!x || !y || !deq) {
+        fprintf(stderr, "bench_quant: out of memory\n");
+        exit(1);
+    }
+    srand(1);
+    for (size_t i = 0; i < M * max_k; i++)
+        x[i] = (float)rand() / RAND_MAX - 0.5f;
+
+    run_ctx ref1 = {set, NULL, x, y, 1}, ref256 = {set, NULL, x, y, M};
+    double t_gemv = best_time(run_products, &ref1, budget);
+    double t_gemm = best_time(run_products, &ref256, budget);
+    printf("\n### %s (%d matrices, %.2fM parameters)\n\n", set->name, set->count, params / 1e6);
+    printf("OpenBLAS on fp32: sgemv %.1f GFLOP/s, sgemm (M=256) %.1f GFLOP/s; %d threads, "
+           "kernels %s\n\n", flops_per_row / t_gemv / 1e9, M * flops_per_row / t_gemm / 1e9,
+           qt_threads(), qt_isa_name(qt_isa_active()));
+    printf("| format | bits/param | rel. RMSE | decode GB/s | M=1 GFLOP/s | vs sgemv | "
+           "M=256 GFLOP/s | vs sgemm |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
+
+    for (int f = 0; f < QT_NFORMATS; f++) {
+        qt_matrix q[64];
+        size_t bytes = 0;
+        double err2 = 0, ref2 = 0;
+        for (int i = 0; i < set->count; i++) {
+            char err[256];
+            if (qt_quantize(&q[i], set->w[i], set->rows[i], set->cols[i], qt_spec_default(f),
+                            err, sizeof err) < 0) {
+                fprintf(stderr, "bench_quant: %s: %s\n", set->name, err);
+                exit(1);
+            }
+            bytes += qt_bytes(&q[i]);
+            qt_dequantize_rows(&q[i], 0, set->rows[i], deq);
+            for (size_t j = 0; j < (size_t)set->rows[i] * set->cols[i]; j++) {
+                double d = (double)deq[j] - set->w[i][j];
+                err2 += d * d;
+                ref2 += (double)set->w[i][j] * set->w[i][j];
+            }
+        }
+        decode_ctx dc = {set, q, deq};
+        double t_dec = best_time(run_decode, &dc, budget);
+        run_ctx r1 = {set, q, x, y, 1}, r256 = {set, q, x, y, M};
+        double t1 = best_time(run_products, &r1, budget);
+        double t256 = best_time(run_products, &r256, budget);
+        printf("| %s | %.3f | %.4f | %.1f | %.1f | %.2fx | %.1f | %.2fx |\n", qt_format_name(f),
+               8.0 * bytes / params, sqrt(err2 / ref2), params * 4.0 / t_dec / 1e9,
+               flops_per_row / t1 / 1e9, t_gemv / t1, M * flops_per_row / t256 / 1e9,
+               t_gemm / t256);
+        fflush(stdout);
+        for (int i = 0; i < set->count; i++)
+            qt_free(&q[i]);
+    }
+    free(x), free(y), free(deq);
+}
+
+static float *gaussian(size_t n, unsigned seed)
+{
+    float *w = malloc(n * sizeof(float));
+    if (!w) {
+        fprintf(stderr, "bench_quant: out of memory\n");
+        exit(1);
+    }
+    srand(seed);
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = (rand() + 1.0) / (RAND_MAX + 2.0), u2 = (rand() + 1.0) / (RAND_MAX + 2.0);
+        double r = sqrt(-2 * log(u1)) * 0.02;
+        w[i] = (float)(r * cos(6.283185307179586 * u2));
+        if (i + 1 < n)
+            w[i + 1] = (float)(r * sin(6.283185307179586 * u2));
+    }
+    return w;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model = "../shared/models/tinystories6M";
+    double budget = 0.3;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            model = argv[++i];
+        else if (!strcmp(argv[i], "--quick"))
+            budget = 0.05;
+        else {
+            fprintf(stderr, "usage: bench_quant [--model DIR] [--quick]\n");
+            return 2;
+        }
+    }
+    char path[4096], err[512];
+    snprintf(path, sizeof path, "%s/model.bin", model);
+    l2c_file f;
+    if (l2c_open(&f, path, err, sizeof err) < 0) {
+        fprintf(stderr, "bench_quant: %s\n(point --model at a llama2.c model directory, e.g. "
+                        "../shared/models/tinystories6M)\n", err);
+        return 1;
+    }
+    const l2c_config *c = &f.cfg;
+    matrix_set real = {.name = model};
+    size_t D = c->dim, H = c->hidden_dim, KV = D / c->n_heads * c->n_kv_heads;
+    for (int l = 0; l < c->n_layers && real.count + 7 <= 64; l++) {
+        const struct {
+            const float *base;
+            size_t rows, cols;
+        } lin[7] = {{f.wq, D, D}, {f.wk, KV, D}, {f.wv, KV, D}, {f.wo, D, D},
+                    {f.w1, H, D}, {f.w2, D, H}, {f.w3, H, D}};
+        for (int j = 0; j < 7; j++) {
+            real.w[real.count] = lin[j].base + l * lin[j].rows * lin[j].cols;
+            real.rows[real.count] = (int)lin[j].rows;
+            real.cols[real.count++] = (int)lin[j].cols;
+        }
+    }
+    printf("## Quantization kernels (bench_quant)\n");
+    bench_set(&real, budget);
+    l2c_close(&f);
+
+    const int shapes[2][2] = {{2048, 2048}, {5632, 2048}};
+    for (int s = 0; s < 2; s++) {
+        char name[64];
+        snprintf(name, sizeof name, "random Gaussian %dx%d (N x K)", shapes[s][0], shapes[s][1]);
+        matrix_set g = {.name = name, .count = 1, .rows = {shapes[s][0]}, .cols = {shapes[s][1]}};
+        float *w = gaussian((size_t)shapes[s][0] * shapes[s][1], 7 + s);
+        g.w[0] = w;
+        bench_set(&g, budget);
+        free(w);
+    }
+    return 0;
+}

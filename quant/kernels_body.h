@@ -1,0 +1,447 @@
+/* kernels_body.h: the vectorized kernels, written once over the primitives of a
+ * simd_*.h header and compiled once per instruction set (kernels_avx2.c,
+ * kernels_avx512.c). Include it after that header.
+ *
+ * Decoding: a row cursor (rowdec) turns 32 consecutive weights of a row into NV vector
+ * registers, with the same arithmetic as the scalar qt_decode_range, so every path gives
+ * bit-identical weights. 4-bit formats look codes up in a 16-entry table that already
+ * holds the block's scale (table * absmax, or S * (q - Z) for int4).
+ *
+ * Y = X W^T:
+ * - small M (decode): each weight chunk is decoded into registers and used at once
+ *   against up to 4 rows of X; nothing is written but Y.
+ * - large M (prefill, training): X is packed transposed in panels of MR_FWD rows; each
+ *   thread decodes a tile of NT_FWD weight rows x KC columns into a cache-resident buffer
+ *   and runs an outer-product micro-kernel: 2 vectors of X^T times NR_FWD broadcast
+ *   weights per step.
+ * dX = dY W: dY is packed transposed in panels of MR_BWD rows; each thread owns a strip
+ * of KT_BWD columns of dX, decodes NC_BWD x KT_BWD weight tiles, and runs a micro-kernel
+ * of MR_BWD broadcast dY values times 2 vectors of a weight row. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "parallel.h"
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+#define NV (32 / VLEN)        /* vectors per 32-weight chunk */
+#define MR_FWD (2 * VLEN)     /* rows of X per forward micro-tile */
+#define NT_FWD (4 * NR_FWD)   /* weight rows per forward task */
+#define KC_FWD 256            /* columns per forward tile (a multiple of 32) */
+#define NW_BWD (2 * VLEN)     /* columns of dX per backward micro-tile */
+#define KT_BWD (4 * NW_BWD)   /* columns of dX per backward task */
+#define NC_BWD 256            /* weight rows per backward tile */
+#define SMALL_M 8             /* below this many rows of X, the register-fused path */
+
+#define FORMAT_SWITCH(fmt, CALL)                                                          \
+    switch (fmt) {                                                                        \
+    case QT_F32: CALL(QT_F32); break;                                                     \
+    case QT_NF4: CALL(QT_NF4); break;                                                     \
+    case QT_FP4: CALL(QT_FP4); break;                                                     \
+    case QT_INT8: CALL(QT_INT8); break;                                                   \
+    case QT_INT4: CALL(QT_INT4); break;                                                   \
+    case QT_BITNET1: CALL(QT_BITNET1); break;                                             \
+    case QT_TERNARY: CALL(QT_TERNARY); break;                                             \
+    default: break;                                                                       \
+    }
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+/* ---- decoding ---- */
+
+typedef struct {
+    const qt_matrix *m;
+    const uint8_t *row;
+    const float *table;
+    size_t b0;  /* index of the row's first block */
+    int shift;  /* log2(block) */
+    int cur;    /* block whose constants are loaded */
+    lut16 lut;
+    float s;
+} rowdec;
+
+ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
+{
+    d->m = m;
+    d->row = m->data + (size_t)r * m->row_bytes;
+    d->table = qt_code_table((qt_format)fmt);
+    d->b0 = (size_t)r * m->blocks_per_row;
+    d->shift = __builtin_ctz((unsigned)m->spec.block);
+    d->cur = -1;
+    memset(&d->lut, 0, sizeof d->lut); /* set on the first chunk; quiets -Wmaybe-uninitialized */
+    d->s = (fmt == QT_BITNET1 || fmt == QT_TERNARY) ? m->scale[r] : 0.0f;
+}
+
+/* Weights [k, k+32) of the row; k is a multiple of 32 and k + 32 <= cols. */
+ALWAYS_INLINE void rowdec_chunk(rowdec *d, int fmt, int k, vf *out)
+{
+    const qt_matrix *m = d->m;
+    int j = k >> d->shift;
+    uint32_t plus, minus;
+    switch (fmt) {
+    case QT_F32:
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            out[v] = vload((const float *)d->row + k + v * VLEN);
+        break;
+    case QT_NF4: case QT_FP4: case QT_INT4:
+        if (j != d->cur) {
+            size_t b = d->b0 + (size_t)j;
+            d->cur = j;
+            d->lut = fmt == QT_INT4 ? lut_affine(m->scale[b], m->zero[b])
+                                    : lut_scaled(d->table, qt_block_absmax(m, b));
+        }
+        decode_nibbles32(d->row + k / 2, d->lut, out);
+        break;
+    case QT_INT8:
+        if (j != d->cur) {
+            d->cur = j;
+            d->s = m->scale[d->b0 + (size_t)j];
+        }
+        decode_int8_32((const int8_t *)d->row + k, d->s, out);
+        break;
+    case QT_BITNET1:
+        memcpy(&plus, d->row + (size_t)(k / 64) * 8 + (k % 64) / 8, 4);
+        decode_bits32(plus, ~plus, d->s, out);
+        break;
+    case QT_TERNARY:
+        memcpy(&plus, d->row + (size_t)(k / 64) * 16 + (k % 64) / 8, 4);
+        memcpy(&minus, d->row + (size_t)(k / 64) * 16 + 8 + (k % 64) / 8, 4);
+        decode_bits32(plus, minus, d->s, out);
+        break;
+    default: break;
+    }
+}
+
+/* Rows [r0, r0 + nrows) x columns [k0, k0 + kc) into t (row stride ld); rows past the
+ * matrix and columns up to ld are zero, so micro-kernels can run on whole tiles. */
+ALWAYS_INLINE void decode_tile_fmt(const qt_matrix *m, int fmt, int r0, int nrows, int k0,
+                                   int kc, int ld, float *t)
+{
+    int kv = k0 + kc / 32 * 32;
+    for (int i = 0; i < nrows; i++) {
+        float *o = t + (size_t)i * ld;
+        int r = r0 + i;
+        if (r >= m->rows) {
+            memset(o, 0, (size_t)ld * sizeof(float));
+            continue;
+        }
+        rowdec d;
+        rowdec_start(&d, m, r, fmt);
+        for (int k = k0; k < kv; k += 32) {
+            vf c[NV];
+            rowdec_chunk(&d, fmt, k, c);
+            for (int v = 0; v < NV; v++)
+                vstore(o + (k - k0) + v * VLEN, c[v]);
+        }
+        if (kv < k0 + kc)
+            qt_decode_range(m, r, kv, k0 + kc, o + (kv - k0));
+        if (kc < ld)
+            memset(o + kc, 0, (size_t)(ld - kc) * sizeof(float));
+    }
+}
+
+static void decode_tile(const qt_matrix *m, int r0, int nrows, int k0, int kc, int ld, float *t)
+{
+#define DECODE_TILE(F) decode_tile_fmt(m, F, r0, nrows, k0, kc, ld, t)
+    FORMAT_SWITCH(m->spec.format, DECODE_TILE)
+#undef DECODE_TILE
+}
+
+/* ---- Y = X W^T, small M: decode into registers ---- */
+
+typedef struct {
+    const qt_matrix *w;
+    const float *x;
+    float *y;
+    int M, accumulate, rows_per_task;
+} gemv_ctx;
+
+/* One row of X needs two chunks in flight to hide the FMA latency; more rows bring their
+ * own independent accumulators. */
+#define GEMV_UNROLL(MG) ((MG) == 1 ? 2 : 1)
+
+ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int n0, int n1)
+{
+    const qt_matrix *w = c->w;
+    const int K = w->cols, N = w->rows, kv = K / 32 * 32, U = GEMV_UNROLL(MG);
+    const float *x = c->x + (size_t)m0 * K;
+    for (int n = n0; n < n1; n++) {
+        rowdec d;
+        rowdec_start(&d, w, n, fmt);
+        vf acc[4][2][NV]; /* [row][unroll][vector] */
+#pragma GCC unroll 4
+        for (int i = 0; i < MG; i++)
+#pragma GCC unroll 2
+            for (int u = 0; u < U; u++)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][u][v] = vzero();
+        int k = 0;
+        for (; k + 32 * U <= kv; k += 32 * U) {
+#pragma GCC unroll 2
+            for (int u = 0; u < U; u++) {
+                vf wv[NV];
+                rowdec_chunk(&d, fmt, k + 32 * u, wv);
+#pragma GCC unroll 4
+                for (int i = 0; i < MG; i++)
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++)
+                        acc[i][u][v] = vfma(wv[v], vload(x + (size_t)i * K + k + 32 * u + v * VLEN),
+                                            acc[i][u][v]);
+            }
+        }
+        for (; k < kv; k += 32) { /* the odd chunk left by the unrolled loop */
+            vf wv[NV];
+            rowdec_chunk(&d, fmt, k, wv);
+#pragma GCC unroll 4
+            for (int i = 0; i < MG; i++)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][0][v] = vfma(wv[v], vload(x + (size_t)i * K + k + v * VLEN), acc[i][0][v]);
+        }
+        float tail[32];
+        if (kv < K)
+            qt_decode_range(w, n, kv, K, tail);
+#pragma GCC unroll 4
+        for (int i = 0; i < MG; i++) {
+            vf sum = acc[i][0][0];
+#pragma GCC unroll 2
+            for (int u = 0; u < U; u++)
+#pragma GCC unroll 4
+                for (int v = u == 0; v < NV; v++)
+                    sum = vadd(sum, acc[i][u][v]);
+            float s = vhsum(sum);
+            for (int t = kv; t < K; t++)
+                s += tail[t - kv] * x[(size_t)i * K + t];
+            float *out = c->y + (size_t)(m0 + i) * N + n;
+            *out = c->accumulate ? *out + s : s;
+        }
+    }
+}
+
+ALWAYS_INLINE void gemv_task_fmt(const gemv_ctx *c, int fmt, int n0, int n1)
+{
+    for (int m0 = 0; m0 < c->M; m0 += 4) {
+        switch (imin(4, c->M - m0)) {
+        case 1: gemv_rows_fmt(c, fmt, 1, m0, n0, n1); break;
+        case 2: gemv_rows_fmt(c, fmt, 2, m0, n0, n1); break;
+        case 3: gemv_rows_fmt(c, fmt, 3, m0, n0, n1); break;
+        default: gemv_rows_fmt(c, fmt, 4, m0, n0, n1); break;
+        }
+    }
+}
+
+static void gemv_task(void *ctx, int t, int thread)
+{
+    (void)thread;
+    const gemv_ctx *c = ctx;
+    int n0 = t * c->rows_per_task, n1 = imin(n0 + c->rows_per_task, c->w->rows);
+#define GEMV_TASK(F) gemv_task_fmt(c, F, n0, n1)
+    FORMAT_SWITCH(c->w->spec.format, GEMV_TASK)
+#undef GEMV_TASK
+}
+
+/* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
+
+typedef struct {
+    const qt_matrix *w;
+    const float *x;
+    float *xt;    /* X^T in panels: xt[(p * K + k) * MR_FWD + i] = X[p * MR_FWD + i][k] */
+    float *y;
+    float *scratch;
+    int M, accumulate;
+} gemm_ctx;
+
+static void pack_x_task(void *ctx, int p, int thread)
+{
+    (void)thread;
+    const gemm_ctx *c = ctx;
+    const int K = c->w->cols;
+    float *dst = c->xt + (size_t)p * K * MR_FWD;
+    for (int i = 0; i < MR_FWD; i++) {
+        int m = p * MR_FWD + i;
+        const float *src = c->x + (size_t)m * K;
+        for (int k = 0; k < K; k++)
+            dst[(size_t)k * MR_FWD + i] = m < c->M ? src[k] : 0.0f;
+    }
+}
+
+/* c[j][i] = sum over k of xp[k][i] * wd[j][k], for a whole MR_FWD x NR_FWD tile. */
+static inline void micro_fwd(int kc, const float *xp, const float *wd, int ldw, float *c)
+{
+    vf acc[NR_FWD][2];
+#pragma GCC unroll 16
+    for (int j = 0; j < NR_FWD; j++)
+        acc[j][0] = acc[j][1] = vzero();
+    for (int k = 0; k < kc; k++) {
+        vf a0 = vload(xp + (size_t)k * MR_FWD), a1 = vload(xp + (size_t)k * MR_FWD + VLEN);
+#pragma GCC unroll 16
+        for (int j = 0; j < NR_FWD; j++) {
+            vf b = vset1(wd[(size_t)j * ldw + k]);
+            acc[j][0] = vfma(a0, b, acc[j][0]);
+            acc[j][1] = vfma(a1, b, acc[j][1]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NR_FWD; j++) {
+        vstore(c + j * MR_FWD, acc[j][0]);
+        vstore(c + j * MR_FWD + VLEN, acc[j][1]);
+    }
+}
+
+static void gemm_task(void *ctx, int t, int thread)
+{
+    const gemm_ctx *c = ctx;
+    const qt_matrix *w = c->w;
+    const int K = w->cols, N = w->rows, n0 = t * NT_FWD, nr = imin(NT_FWD, N - n0);
+    const int panels = (c->M + MR_FWD - 1) / MR_FWD;
+    float *wd = c->scratch + (size_t)thread * NT_FWD * KC_FWD;
+    float tile[NR_FWD * MR_FWD];
+    for (int k0 = 0; k0 < K; k0 += KC_FWD) {
+        int kc = imin(KC_FWD, K - k0);
+        int fresh = k0 == 0 && !c->accumulate;
+        decode_tile(w, n0, NT_FWD, k0, kc, KC_FWD, wd);
+        for (int p = 0; p < panels; p++) {
+            const float *xp = c->xt + ((size_t)p * K + k0) * MR_FWD;
+            int mr = imin(MR_FWD, c->M - p * MR_FWD);
+            for (int j = 0; j < nr; j += NR_FWD) {
+                micro_fwd(kc, xp, wd + (size_t)j * KC_FWD, KC_FWD, tile);
+                int nj = imin(NR_FWD, nr - j);
+                for (int i = 0; i < mr; i++) {
+                    float *yr = c->y + (size_t)(p * MR_FWD + i) * N + n0 + j;
+                    for (int jj = 0; jj < nj; jj++)
+                        yr[jj] = (fresh ? 0.0f : yr[jj]) + tile[jj * MR_FWD + i];
+                }
+            }
+        }
+    }
+}
+
+static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+{
+    if (M < SMALL_M) {
+        int rows = imin(16, (w->rows + qt_threads() - 1) / qt_threads());
+        gemv_ctx c = {w, x, y, M, accumulate, rows < 1 ? 1 : rows};
+        qt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
+        return 0;
+    }
+    int panels = (M + MR_FWD - 1) / MR_FWD;
+    gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate};
+    c.xt = aligned_alloc(64, ((size_t)panels * w->cols * MR_FWD * sizeof(float) + 63) / 64 * 64);
+    c.scratch = qt_scratch_alloc((size_t)NT_FWD * KC_FWD);
+    if (!c.xt || !c.scratch) {
+        free(c.xt);
+        free(c.scratch);
+        return -1;
+    }
+    qt_parallel(panels, pack_x_task, &c);
+    qt_parallel((w->rows + NT_FWD - 1) / NT_FWD, gemm_task, &c);
+    free(c.xt);
+    free(c.scratch);
+    return 0;
+}
+
+/* ---- dX = dY W ---- */
+
+typedef struct {
+    const qt_matrix *w;
+    const float *dy;
+    float *dyt;   /* dY^T in panels: dyt[(p * N + n) * MR_BWD + i] = dY[p * MR_BWD + i][n] */
+    float *dx;
+    float *scratch;
+    int M, accumulate;
+} gemm_t_ctx;
+
+static void pack_dy_task(void *ctx, int p, int thread)
+{
+    (void)thread;
+    const gemm_t_ctx *c = ctx;
+    const int N = c->w->rows;
+    float *dst = c->dyt + (size_t)p * N * MR_BWD;
+    for (int i = 0; i < MR_BWD; i++) {
+        int m = p * MR_BWD + i;
+        const float *src = c->dy + (size_t)m * N;
+        for (int n = 0; n < N; n++)
+            dst[(size_t)n * MR_BWD + i] = m < c->M ? src[n] : 0.0f;
+    }
+}
+
+/* c[i][k] = sum over n of dyp[n][i] * wd[n][k], for MR_BWD rows x NW_BWD columns. */
+static inline void micro_bwd(int nc, const float *dyp, const float *wd, int ldw, float *c)
+{
+    vf acc[MR_BWD][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR_BWD; i++)
+        acc[i][0] = acc[i][1] = vzero();
+    for (int n = 0; n < nc; n++) {
+        vf w0 = vload(wd + (size_t)n * ldw), w1 = vload(wd + (size_t)n * ldw + VLEN);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR_BWD; i++) {
+            vf b = vset1(dyp[(size_t)n * MR_BWD + i]);
+            acc[i][0] = vfma(b, w0, acc[i][0]);
+            acc[i][1] = vfma(b, w1, acc[i][1]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR_BWD; i++) {
+        vstore(c + i * NW_BWD, acc[i][0]);
+        vstore(c + i * NW_BWD + VLEN, acc[i][1]);
+    }
+}
+
+static void gemm_t_task(void *ctx, int t, int thread)
+{
+    const gemm_t_ctx *c = ctx;
+    const qt_matrix *w = c->w;
+    const int K = w->cols, N = w->rows, k0 = t * KT_BWD, kt = imin(KT_BWD, K - k0);
+    const int panels = (c->M + MR_BWD - 1) / MR_BWD;
+    float *wd = c->scratch + (size_t)thread * NC_BWD * KT_BWD;
+    float tile[MR_BWD * NW_BWD];
+    for (int n0 = 0; n0 < N; n0 += NC_BWD) {
+        int nc = imin(NC_BWD, N - n0);
+        int fresh = n0 == 0 && !c->accumulate;
+        decode_tile(w, n0, nc, k0, kt, KT_BWD, wd);
+        for (int p = 0; p < panels; p++) {
+            const float *dyp = c->dyt + ((size_t)p * N + n0) * MR_BWD;
+            int mr = imin(MR_BWD, c->M - p * MR_BWD);
+            for (int kk = 0; kk < kt; kk += NW_BWD) {
+                micro_bwd(nc, dyp, wd + kk, KT_BWD, tile);
+                int nk = imin(NW_BWD, kt - kk);
+                for (int i = 0; i < mr; i++) {
+                    float *out = c->dx + (size_t)(p * MR_BWD + i) * K + k0 + kk;
+                    for (int q = 0; q < nk; q++)
+                        out[q] = (fresh ? 0.0f : out[q]) + tile[i * NW_BWD + q];
+                }
+            }
+        }
+    }
+}
+
+static int matmul_t(const qt_matrix *w, const float *dy, int M, float *dx, int accumulate)
+{
+    int panels = (M + MR_BWD - 1) / MR_BWD;
+    gemm_t_ctx c = {w, dy, NULL, dx, NULL, M, accumulate};
+    c.dyt = aligned_alloc(64, ((size_t)panels * w->rows * MR_BWD * sizeof(float) + 63) / 64 * 64);
+    c.scratch = qt_scratch_alloc((size_t)NC_BWD * KT_BWD);
+    if (!c.dyt || !c.scratch) {
+        free(c.dyt);
+        free(c.scratch);
+        return -1;
+    }
+    qt_parallel(panels, pack_dy_task, &c);
+    qt_parallel((w->cols + KT_BWD - 1) / KT_BWD, gemm_t_task, &c);
+    free(c.dyt);
+    free(c.scratch);
+    return 0;
+}
+
+static void dequantize(const qt_matrix *w, int r0, int r1, float *out)
+{
+    decode_tile(w, r0, r1 - r0, 0, w->cols, w->cols, out);
+}
+
+const qt_kernel_set CAT(qt_kernels, ISA_SUFFIX) = {matmul, matmul_t, dequantize};

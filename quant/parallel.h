@@ -1,0 +1,20 @@
+/* parallel.h: a small fork-join thread pool for the kernels.
+ *
+ * One process-wide pool of QLORA_THREADS threads (default: all cores), the caller
+ * being one of them. Tasks are claimed dynamically. The pool serves one parallel call at
+ * a time: a call that finds it busy (another thread of the process is inside a kernel)
+ * runs its tasks itself, so concurrent callers never wait on each other or deadlock. */
+#ifndef QLORA_PARALLEL_H
+#define QLORA_PARALLEL_H
+
+/* fn(ctx, task, thread): thread is in [0, qt_threads()) and unique among concurrent
+ * calls of one qt_parallel, so it can index per-thread scratch space. */
+typedef void (*qt_task_fn)(void *ctx, int task, int thread);
+
+void qt_parallel(int ntasks, qt_task_fn fn, void *ctx);
+/* Threads a parallel call may use (QLORA_THREADS, else the online cores). */
+int qt_threads(void);
+/* Changes the pool size (1 = everything on the caller). Not while kernels run. */
+void qt_set_threads(int n);
+
+#endif

@@ -1,0 +1,457 @@
+/* quantize.c: quantization of fp32 matrices into every format, and the scalar
+ * reference decode that the vectorized kernels are tested against.
+ * Plain C on purpose: this runs once at load, and it is the definition of each format. */
+#include "quant.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- 4-bit codes: nearest table value, ties to the lower code ---- */
+
+/* A table sorted by value (ties by code) so that the nearest code is found by binary
+ * search; the result equals an argmin over the table in code order, as bitsandbytes'
+ * torch.argmin, which returns the first (lowest) code among equal distances. */
+typedef struct {
+    float value[16];
+    uint8_t code[16];
+} sorted_table;
+
+static void sort_table(const float *t, sorted_table *s)
+{
+    for (int i = 0; i < 16; i++) {
+        int j = i;
+        for (; j > 0 && (s->value[j - 1] > t[i] ||
+                         (s->value[j - 1] == t[i] && s->code[j - 1] > i));
+             j--) {
+            s->value[j] = s->value[j - 1];
+            s->code[j] = s->code[j - 1];
+        }
+        s->value[j] = t[i];
+        s->code[j] = (uint8_t)i;
+    }
+}
+
+static uint8_t nearest_code(const sorted_table *s, float x)
+{
+    int lo = 0, hi = 16; /* first index with value >= x */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (s->value[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* The nearest value is next to the boundary; a window of four also covers the
+     * pair -0/+0 of fp4, whose equal distances are settled by the lower code. */
+    int best = -1;
+    float best_d = 0;
+    for (int j = lo - 2; j <= lo + 1; j++) {
+        if (j < 0 || j > 15)
+            continue;
+        float d = fabsf(x - s->value[j]);
+        if (best < 0 || d < best_d || (d == best_d && s->code[j] < s->code[best])) {
+            best = j;
+            best_d = d;
+        }
+    }
+    return s->code[best];
+}
+
+/* bitsandbytes' CPU quantize_block for the 8-bit dynamic map: binary search for the
+ * largest map value <= x, then step right only if strictly closer. */
+static uint8_t dynamic_code(float x)
+{
+    const float *map = qt_dynamic_map();
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (map[mid] <= x)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    if (lo < 255 && fabsf(x - map[lo + 1]) < fabsf(x - map[lo]))
+        lo++;
+    return (uint8_t)lo;
+}
+
+/* ---- layout ---- */
+
+static int is_blockwise(qt_format f)
+{
+    return f == QT_NF4 || f == QT_FP4 || f == QT_INT8 || f == QT_INT4;
+}
+
+static size_t row_bytes_of(qt_format f, int cols)
+{
+    size_t k = (size_t)cols, words = (k + 63) / 64;
+    switch (f) {
+    case QT_F32: return k * 4;
+    case QT_NF4: case QT_FP4: case QT_INT4: return (k + 1) / 2;
+    case QT_INT8: return k;
+    case QT_BITNET1: return words * 8;      /* one sign bit per weight */
+    case QT_TERNARY: return words * 16;     /* a "+1" and a "-1" bit plane per 64 weights */
+    default: return 0;
+    }
+}
+
+static void set_nibble(uint8_t *row, int k, unsigned q)
+{
+    if (k & 1)
+        row[k / 2] |= (uint8_t)q;
+    else
+        row[k / 2] |= (uint8_t)(q << 4); /* first element in the high nibble */
+}
+
+static unsigned get_nibble(const uint8_t *row, int k)
+{
+    return k & 1 ? row[k / 2] & 15u : row[k / 2] >> 4;
+}
+
+/* ---- quantize ---- */
+
+static void quantize_4bit_row(const float *x, int cols, int block, const sorted_table *st,
+                              uint8_t *row, float *absmax)
+{
+    for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
+        int b1 = b0 + block < cols ? b0 + block : cols;
+        float amax = 0;
+        for (int k = b0; k < b1; k++)
+            amax = fmaxf(amax, fabsf(x[k]));
+        absmax[j] = amax;
+        float inv = 1.0f / amax; /* bitsandbytes multiplies by the reciprocal */
+        for (int k = b0; k < b1; k++) {
+            float s = amax > 0 ? fminf(fmaxf(x[k] * inv, -1.0f), 1.0f) : 0.0f;
+            set_nibble(row, k, nearest_code(st, s));
+        }
+    }
+}
+
+static void quantize_int8_row(const float *x, int cols, int block, int8_t *row, float *scale)
+{
+    for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
+        int b1 = b0 + block < cols ? b0 + block : cols;
+        float amax = 0;
+        for (int k = b0; k < b1; k++)
+            amax = fmaxf(amax, fabsf(x[k]));
+        float s = amax / 127.0f;
+        scale[j] = s;
+        for (int k = b0; k < b1; k++)
+            row[k] = s > 0 ? (int8_t)fminf(fmaxf(rintf(x[k] / s), -127.0f), 127.0f) : 0;
+    }
+}
+
+static void quantize_int4_row(const float *x, int cols, int block, uint8_t *row,
+                              float *scale, int32_t *zero)
+{
+    for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
+        int b1 = b0 + block < cols ? b0 + block : cols;
+        float mn = x[b0], mx = x[b0];
+        for (int k = b0; k < b1; k++) {
+            mn = fminf(mn, x[k]);
+            mx = fmaxf(mx, x[k]);
+        }
+        float s = (mx - mn) / 15.0f;
+        /* A constant block has no range: with S = |c| it is coded exactly as q - Z = +-1. */
+        if (s == 0)
+            s = fabsf(mx);
+        int32_t z = s > 0 ? (int32_t)rintf(-mn / s) : 0;
+        scale[j] = s;
+        zero[j] = z;
+        for (int k = b0; k < b1; k++) {
+            float q = s > 0 ? rintf(x[k] / s) + (float)z : 0.0f;
+            set_nibble(row, k, (unsigned)fminf(fmaxf(q, 0.0f), 15.0f));
+        }
+    }
+}
+
+/* ---- PyTorch's float32 sum, for the double-quant offset ----
+ * bitsandbytes takes the offset as absmax.mean() in float32, and PyTorch's CPU sum adds in
+ * a particular order (8-lane vectors, 4 interleaved partial sums, a cascade of 4
+ * accumulator levels). A different order moves the offset by an ulp and with it nearly
+ * every dequantized value, so this reproduces that order (PyTorch 1.13, AVX2 kernels,
+ * one thread) to give bitsandbytes' values bit for bit. */
+
+#define SUM_ILP 4
+#define SUM_LEVELS 4
+
+/* at::native multi_row_sum over `rows` rows of SUM_ILP x width floats. */
+static void cascade_sum(const float *x, size_t rows, int width, float *out)
+{
+    float acc[SUM_LEVELS][SUM_ILP * 8] = {{0}};
+    const int cols = SUM_ILP * width;
+    int log2 = 0;
+    while (rows > 1 && ((size_t)1 << log2) < rows)
+        log2++;
+    const int power = log2 / SUM_LEVELS > 4 ? log2 / SUM_LEVELS : 4;
+    const size_t step = (size_t)1 << power, mask = step - 1;
+    size_t i = 0;
+    for (; i + step <= rows;) {
+        for (size_t r = 0; r < step; r++, i++)
+            for (int c = 0; c < cols; c++)
+                acc[0][c] += x[i * cols + c];
+        for (int j = 1; j < SUM_LEVELS; j++) {
+            for (int c = 0; c < cols; c++) {
+                acc[j][c] += acc[j - 1][c];
+                acc[j - 1][c] = 0;
+            }
+            if (i & (mask << (j * power)))
+                break;
+        }
+    }
+    for (; i < rows; i++)
+        for (int c = 0; c < cols; c++)
+            acc[0][c] += x[i * cols + c];
+    for (int j = 1; j < SUM_LEVELS; j++)
+        for (int c = 0; c < cols; c++)
+            acc[0][c] += acc[j][c];
+    memcpy(out, acc[0], (size_t)cols * sizeof(float));
+}
+
+/* at::native row_sum over `rows` rows of width floats: result in out[width]. */
+static void row_sum(const float *x, size_t rows, int width, float *out)
+{
+    float ps[SUM_ILP * 8];
+    size_t n_ilp = rows / SUM_ILP;
+    cascade_sum(x, n_ilp, width, ps);
+    for (size_t i = n_ilp * SUM_ILP; i < rows; i++)
+        for (int c = 0; c < width; c++)
+            ps[c] += x[i * width + c];
+    for (int k = 1; k < SUM_ILP; k++)
+        for (int c = 0; c < width; c++)
+            ps[c] += ps[k * width + c];
+    memcpy(out, ps, (size_t)width * sizeof(float));
+}
+
+static float torch_mean_f32(const float *x, size_t n)
+{
+    float sum;
+    if (n < 8) {
+        row_sum(x, n, 1, &sum);
+    } else {
+        float lanes[8];
+        size_t nv = n / 8;
+        row_sum(x, nv, 8, lanes);
+        sum = 0;
+        for (size_t i = nv * 8; i < n; i++)
+            sum += x[i];
+        for (int l = 0; l < 8; l++)
+            sum += lanes[l];
+    }
+    return sum / (float)n;
+}
+
+/* Row means as PyTorch computes them (float32, its summation order), so that bitnet1 and
+ * ternary equal a PyTorch reference bit for bit. scratch holds cols floats. */
+static float mean_abs(const float *x, int cols, float *scratch)
+{
+    for (int k = 0; k < cols; k++)
+        scratch[k] = fabsf(x[k]);
+    return torch_mean_f32(scratch, (size_t)cols);
+}
+
+static void quantize_bitnet1_row(const float *x, int cols, uint8_t *row, float *beta,
+                                 float *scratch)
+{
+    float alpha = torch_mean_f32(x, (size_t)cols);
+    *beta = mean_abs(x, cols, scratch);
+    uint64_t *w = (uint64_t *)row;
+    for (int k = 0; k < cols; k++)
+        if (x[k] - alpha > 0)
+            w[k / 64] |= (uint64_t)1 << (k % 64);
+}
+
+static void quantize_ternary_row(const float *x, int cols, uint8_t *row, float *step,
+                                 float *scratch)
+{
+    float s = 1.0f / fmaxf(mean_abs(x, cols, scratch), 1e-5f);
+    *step = 1.0f / s; /* q / s for q = +-1 is exactly +-(1 / s) */
+    uint64_t *w = (uint64_t *)row;
+    for (int k = 0; k < cols; k++) {
+        float q = fminf(fmaxf(rintf(x[k] * s), -1.0f), 1.0f);
+        if (q != 0)
+            w[2 * (k / 64) + (q < 0)] |= (uint64_t)1 << (k % 64);
+    }
+}
+
+/* Double quantization, as bitsandbytes' quantize_4bit(compress_statistics=True):
+ * absmax minus its mean, in groups of 256 with one fp32 absmax each, coded with the
+ * dynamic map by the CPU backend's rule (a division, then nearest map value). */
+static void double_quantize(qt_matrix *m, const float *absmax, size_t nblocks)
+{
+    m->offset = torch_mean_f32(absmax, nblocks);
+    for (size_t g0 = 0; g0 < nblocks; g0 += QT_DQ_GROUP) {
+        size_t g1 = g0 + QT_DQ_GROUP < nblocks ? g0 + QT_DQ_GROUP : nblocks;
+        float amax = 0;
+        for (size_t b = g0; b < g1; b++)
+            amax = fmaxf(amax, fabsf(absmax[b] - m->offset));
+        m->absmax2[g0 / QT_DQ_GROUP] = amax;
+        for (size_t b = g0; b < g1; b++)
+            m->qabsmax[b] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
+    }
+}
+
+static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
+{
+    size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
+    qt_format f = m->spec.format;
+    m->data = calloc(rows, m->row_bytes);
+    int ok = m->data != NULL;
+    if (f == QT_BITNET1 || f == QT_TERNARY)
+        ok = ok && (m->scale = calloc(rows, sizeof(float)));
+    else if (f != QT_F32 && !m->spec.double_quant)
+        ok = ok && (m->scale = calloc(nblocks, sizeof(float)));
+    if (f == QT_INT4)
+        ok = ok && (m->zero = calloc(nblocks, sizeof(int32_t)));
+    if (m->spec.double_quant) {
+        ok = ok && (m->qabsmax = calloc(nblocks, 1));
+        ok = ok && (m->absmax2 = calloc((nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP, sizeof(float)));
+    }
+    if (!ok) {
+        snprintf(err, errlen, "out of memory quantizing a %d x %d matrix", m->rows, m->cols);
+        qt_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, char *err,
+                size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    if (qt_spec_check(spec, err, errlen) < 0)
+        return -1;
+    if (rows <= 0 || cols <= 0) {
+        snprintf(err, errlen, "shape: %d x %d has no elements", rows, cols);
+        return -1;
+    }
+    for (size_t i = 0, n = (size_t)rows * cols; i < n; i++)
+        if (!isfinite(w[i])) {
+            snprintf(err, errlen, "weights: non-finite value %g at row %zu, column %zu",
+                     w[i], i / cols, i % cols);
+            return -1;
+        }
+    m->spec = spec;
+    m->rows = rows;
+    m->cols = cols;
+    m->blocks_per_row = is_blockwise(spec.format) ? (cols + spec.block - 1) / spec.block : 1;
+    m->row_bytes = row_bytes_of(spec.format, cols);
+    if (alloc_matrix(m, err, errlen) < 0)
+        return -1;
+
+    size_t nblocks = (size_t)rows * m->blocks_per_row;
+    float *absmax = NULL, *scratch = NULL;
+    int four_bit = spec.format == QT_NF4 || spec.format == QT_FP4;
+    int per_row = spec.format == QT_BITNET1 || spec.format == QT_TERNARY;
+    if (four_bit)
+        absmax = spec.double_quant ? malloc(nblocks * sizeof(float)) : m->scale;
+    if (per_row)
+        scratch = malloc((size_t)cols * sizeof(float));
+    if ((four_bit && !absmax) || (per_row && !scratch)) {
+        snprintf(err, errlen, "out of memory quantizing a %d x %d matrix", rows, cols);
+        qt_free(m);
+        return -1;
+    }
+    sorted_table st;
+    if (absmax)
+        sort_table(qt_code_table(spec.format), &st);
+
+    for (int r = 0; r < rows; r++) {
+        const float *x = w + (size_t)r * cols;
+        uint8_t *row = m->data + (size_t)r * m->row_bytes;
+        size_t b = (size_t)r * m->blocks_per_row;
+        switch (spec.format) {
+        case QT_F32: memcpy(row, x, (size_t)cols * sizeof(float)); break;
+        case QT_NF4: case QT_FP4:
+            quantize_4bit_row(x, cols, spec.block, &st, row, absmax + b);
+            break;
+        case QT_INT8: quantize_int8_row(x, cols, spec.block, (int8_t *)row, m->scale + b); break;
+        case QT_INT4:
+            quantize_int4_row(x, cols, spec.block, row, m->scale + b, m->zero + b);
+            break;
+        case QT_BITNET1: quantize_bitnet1_row(x, cols, row, m->scale + r, scratch); break;
+        case QT_TERNARY: quantize_ternary_row(x, cols, row, m->scale + r, scratch); break;
+        default: break;
+        }
+    }
+    if (spec.double_quant) {
+        double_quantize(m, absmax, nblocks);
+        free(absmax);
+    }
+    free(scratch);
+    return 0;
+}
+
+void qt_free(qt_matrix *m)
+{
+    free(m->data);
+    free(m->scale);
+    free(m->zero);
+    free(m->qabsmax);
+    free(m->absmax2);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---- reference decode ---- */
+
+void qt_decode_range(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    const int block = m->spec.block;
+    const size_t b0 = (size_t)r * m->blocks_per_row;
+    const uint64_t *w = (const uint64_t *)row;
+    out -= k0; /* index out by column */
+    switch (m->spec.format) {
+    case QT_F32: memcpy(out + k0, (const float *)row + k0, (size_t)(k1 - k0) * sizeof(float)); break;
+    case QT_NF4: case QT_FP4: {
+        const float *t = qt_code_table(m->spec.format);
+        for (int k = k0; k < k1; k++)
+            out[k] = t[get_nibble(row, k)] * qt_block_absmax(m, b0 + k / block);
+        break;
+    }
+    case QT_INT8:
+        for (int k = k0; k < k1; k++)
+            out[k] = (float)((const int8_t *)row)[k] * m->scale[b0 + k / block];
+        break;
+    case QT_INT4:
+        for (int k = k0; k < k1; k++) {
+            size_t b = b0 + k / block;
+            out[k] = m->scale[b] * (float)((int32_t)get_nibble(row, k) - m->zero[b]);
+        }
+        break;
+    case QT_BITNET1:
+        for (int k = k0; k < k1; k++)
+            out[k] = (w[k / 64] >> (k % 64) & 1) ? m->scale[r] : -m->scale[r];
+        break;
+    case QT_TERNARY:
+        for (int k = k0; k < k1; k++) {
+            int plus = w[2 * (k / 64)] >> (k % 64) & 1, minus = w[2 * (k / 64) + 1] >> (k % 64) & 1;
+            out[k] = plus ? m->scale[r] : minus ? -m->scale[r] : 0.0f;
+        }
+        break;
+    default: break;
+    }
+}
+
+size_t qt_bytes(const qt_matrix *m)
+{
+    size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
+    size_t bytes = rows * m->row_bytes;
+    if (m->scale)
+        bytes += (m->spec.format == QT_BITNET1 || m->spec.format == QT_TERNARY ? rows : nblocks) *
+                 sizeof(float);
+    if (m->zero)
+        bytes += nblocks * sizeof(int32_t);
+    if (m->qabsmax)
+        bytes += nblocks + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
+                 sizeof(float);
+    return bytes;
+}
+
+double qt_bits_per_param(const qt_matrix *m)
+{
+    return 8.0 * (double)qt_bytes(m) / ((double)m->rows * m->cols);
+}

@@ -1,0 +1,61 @@
+/* simd_avx512.h: the vector primitives of kernels_body.h for AVX-512 (16 floats). */
+#include <immintrin.h>
+#include <stdint.h>
+
+#define VLEN 16
+#define ISA_SUFFIX avx512
+#define NR_FWD 12 /* forward micro-tile: 2 vectors of X^T x 12 broadcast weight rows */
+#define MR_BWD 12 /* backward micro-tile: 12 broadcast dY rows x 2 vectors of W */
+
+typedef __m512 vf;
+typedef __m512 lut16; /* 16 table values: one register, looked up with vpermps */
+
+static inline vf vzero(void) { return _mm512_setzero_ps(); }
+static inline vf vset1(float x) { return _mm512_set1_ps(x); }
+static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
+
+static inline lut16 lut_scaled(const float *table, float a)
+{
+    return _mm512_mul_ps(_mm512_loadu_ps(table), _mm512_set1_ps(a));
+}
+
+/* S * (q - Z) for q = 0..15, as the scalar decode computes it. */
+static inline lut16 lut_affine(float s, int32_t z)
+{
+    __m512i q = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_mul_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(z))));
+}
+
+/* 16 bytes of packed nibbles (first element in the high nibble) -> 32 table values. */
+static inline void decode_nibbles32(const uint8_t *p, lut16 lut, vf *out)
+{
+    __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+    __m256i hi = _mm256_srli_epi16(w, 4);
+    __m256i lo = _mm256_and_si256(w, _mm256_set1_epi16(15));
+    __m256i seq = _mm256_or_si256(hi, _mm256_slli_epi16(lo, 8)); /* bytes hi0 lo0 hi1 lo1 ... */
+    out[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(seq)), lut);
+    out[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(seq, 1)), lut);
+}
+
+static inline void decode_int8_32(const int8_t *p, float s, vf *out)
+{
+    __m512 vs = _mm512_set1_ps(s);
+    for (int i = 0; i < 2; i++) {
+        __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * i)));
+        out[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs);
+    }
+}
+
+/* Lane i is +d where bit i of plus is set, -d where bit i of minus is, else 0. */
+static inline void decode_bits32(uint32_t plus, uint32_t minus, float d, vf *out)
+{
+    __m512 vp = _mm512_set1_ps(d), vm = _mm512_set1_ps(-d);
+    for (int i = 0; i < 2; i++) {
+        __m512 v = _mm512_maskz_mov_ps((__mmask16)(minus >> (16 * i)), vm);
+        out[i] = _mm512_mask_mov_ps(v, (__mmask16)(plus >> (16 * i)), vp);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: builds twice (release, and ASan+UBSan with leak checking) and runs
+# the whole suite in both, then prints `tests: N passed, N failed` over both runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+configure() { # dir, extra meson args...
+  local dir=$1; shift
+  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" >/dev/null || exit 1
+}
+configure build
+configure build-sanitize -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \
+  -Dc_args=-fno-sanitize-recover=all
+
+status=0
+for dir in build build-sanitize; do
+  ninja -C "$dir" >/dev/null || { echo "build failed in $dir"; ninja -C "$dir" | tail -30; exit 1; }
+  rm -f "$dir/meson-logs/testlog.json"
+  echo "== tests ($dir)"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    meson test -C "$dir" --print-errorlogs "$@" || status=1
+done
+/usr/bin/python3 scripts/test-summary.py build/meson-logs/testlog.json \
+  build-sanitize/meson-logs/testlog.json || status=1
+exit $status

@@ -1,0 +1,441 @@
+/* test_quant.c: formats against brute-force references, and every vectorized kernel
+ * against the scalar path and a double-precision product, on ragged shapes. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parallel.h"
+#include "quant.h"
+#include "tap.h"
+
+static uint64_t rng = 88172645463325252ull;
+
+static double uniform(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return ((rng >> 11) + 0.5) / 9007199254740992.0;
+}
+
+static float gaussian(void)
+{
+    return (float)(sqrt(-2 * log(uniform())) * cos(6.283185307179586 * uniform()));
+}
+
+static float *gaussian_matrix(size_t n, float sd)
+{
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        x[i] = sd * gaussian();
+    return x;
+}
+
+/* ---- brute-force references: argmin over whole tables, formulas written out ---- */
+
+static int argmin_first(const float *table, int n, float x)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (fabsf(x - table[i]) < fabsf(x - table[best]))
+            best = i;
+    return best;
+}
+
+static void ref_roundtrip(const float *w, int rows, int cols, qt_spec spec, float *out)
+{
+    const int B = spec.block, bpr = (cols + B - 1) / B;
+    const float *t = qt_code_table(spec.format);
+    float *absmax = malloc((size_t)rows * bpr * sizeof(float));
+    for (int r = 0; r < rows; r++) {
+        const float *x = w + (size_t)r * cols;
+        float *o = out + (size_t)r * cols;
+        double mean = 0, mean_abs = 0;
+        for (int k = 0; k < cols; k++)
+            mean += x[k], mean_abs += fabs(x[k]);
+        float alpha = (float)(mean / cols), beta = (float)(mean_abs / cols);
+        for (int j = 0; j < bpr; j++) {
+            int k0 = j * B, k1 = k0 + B < cols ? k0 + B : cols;
+            float amax = 0, mn = x[k0], mx = x[k0];
+            for (int k = k0; k < k1; k++)
+                amax = fmaxf(amax, fabsf(x[k])), mn = fminf(mn, x[k]), mx = fmaxf(mx, x[k]);
+            absmax[(size_t)r * bpr + j] = amax;
+            for (int k = k0; k < k1; k++) {
+                if (spec.format == QT_INT8) {
+                    float s = amax / 127;
+                    o[k] = s > 0 ? rintf(x[k] / s) * s : 0;
+                } else if (spec.format == QT_INT4) {
+                    float S = mx > mn ? (mx - mn) / 15 : fabsf(mx);
+                    float Z = S > 0 ? rintf(-mn / S) : 0;
+                    float q = S > 0 ? fminf(fmaxf(rintf(x[k] / S) + Z, 0), 15) : 0;
+                    o[k] = S * (q - Z);
+                } else if (t) { /* nf4 / fp4: the code now, the scale below */
+                    float s = amax > 0 ? fminf(fmaxf(x[k] * (1 / amax), -1), 1) : 0;
+                    o[k] = (float)argmin_first(t, 16, s);
+                }
+            }
+        }
+        if (spec.format == QT_BITNET1)
+            for (int k = 0; k < cols; k++)
+                o[k] = x[k] - alpha > 0 ? beta : -beta;
+        if (spec.format == QT_TERNARY) {
+            float s = 1 / fmaxf(beta, 1e-5f);
+            for (int k = 0; k < cols; k++)
+                o[k] = fminf(fmaxf(rintf(x[k] * s), -1), 1) / s;
+        }
+        if (spec.format == QT_F32)
+            memcpy(o, x, (size_t)cols * sizeof(float));
+    }
+    if (t) {
+        size_t nb = (size_t)rows * bpr;
+        if (spec.double_quant) { /* absmax - mean, 8-bit dynamic map per 256 */
+            const float *map = qt_dynamic_map();
+            double sum = 0;
+            for (size_t b = 0; b < nb; b++)
+                sum += absmax[b];
+            float offset = (float)(sum / nb);
+            for (size_t g = 0; g < nb; g += 256) {
+                size_t ge = g + 256 < nb ? g + 256 : nb;
+                float a2 = 0;
+                for (size_t b = g; b < ge; b++)
+                    a2 = fmaxf(a2, fabsf(absmax[b] - offset));
+                for (size_t b = g; b < ge; b++) {
+                    int q = a2 > 0 ? argmin_first(map, 256, (absmax[b] - offset) / a2) : 127;
+                    absmax[b] = map[q] * a2 + offset;
+                }
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            for (int k = 0; k < cols; k++) {
+                float *o = out + (size_t)r * cols + k;
+                *o = t[(int)*o] * absmax[(size_t)r * bpr + k / B];
+            }
+    }
+    free(absmax);
+}
+
+static void test_tables(void)
+{
+    const float *nf4 = qt_code_table(QT_NF4), *fp4 = qt_code_table(QT_FP4);
+    CHECK(nf4[0] == -1.0f && nf4[7] == 0.0f && nf4[15] == 1.0f, "nf4 ends");
+    CHECK(nf4[8] == 0.07958029955625534f && nf4[1] == -0.6961928009986877f, "nf4 values");
+    for (int i = 1; i < 16; i++)
+        CHECK(nf4[i - 1] < nf4[i], "nf4 ascending at %d", i);
+    const float fp4_raw[8] = {0, 0.0625f, 8, 12, 4, 6, 2, 3};
+    for (int i = 0; i < 8; i++) {
+        CHECK(fp4[i] == fp4_raw[i] / 12, "fp4[%d] = %g", i, fp4[i]);
+        CHECK(fp4[i + 8] == -fp4_raw[i] / 12, "fp4[%d] = %g", i + 8, fp4[i + 8]);
+    }
+    test_case("nf4 and fp4 code tables");
+
+    const float *map = qt_dynamic_map();
+    CHECK(map[0] == -1.0f && map[127] == 0.0f && map[255] == 1.0f, "map ends %g %g %g", map[0],
+          map[127], map[255]);
+    for (int i = 1; i < 256; i++)
+        CHECK(map[i - 1] < map[i], "map ascending at %d", i);
+    /* Largest exponent band: 64 means of linspace(0.1, 1, 65), the last (0.9859375+1)/2. */
+    CHECK(fabsf(map[254] - 0.99296875f) < 1e-6f, "map[254] = %.9g", map[254]);
+    CHECK(fabsf(map[128] - 5.5e-7f) < 1e-12f, "smallest positive %.9g", map[128]);
+    test_case("double-quant dynamic map");
+}
+
+static void test_nf4_codes(void)
+{
+    /* One block: absmax 2 sets the scale; ties halfway between codes go to the lower. */
+    const float *t = qt_code_table(QT_NF4);
+    float x[64] = {0};
+    x[0] = 2.0f;
+    x[1] = -2.0f;
+    x[2] = 2.0f * t[9];                        /* exact code 9 */
+    x[3] = (t[8] + t[9]);                      /* 2 * midpoint of codes 8, 9: a tie */
+    x[4] = 0.001f;                              /* nearest 0 */
+    qt_matrix m;
+    char err[128];
+    qt_spec spec = {QT_NF4, 64, 0};
+    CHECK(qt_quantize(&m, x, 1, 64, spec, err, sizeof err) == 0, "%s", err);
+    CHECK(m.data[0] == 0xF0, "byte 0 = %#x (codes 15, 0; high nibble first)", m.data[0]);
+    float s = fminf(fmaxf(x[3] * (1 / 2.0f), -1), 1);
+    int tie = fabsf(s - t[8]) == fabsf(s - t[9]);
+    CHECK(m.data[1] >> 4 == 9, "code of x[2] = %d", m.data[1] >> 4);
+    CHECK((m.data[1] & 15) == (tie ? 8 : argmin_first(t, 16, s)), "tie to lower code");
+    CHECK(m.data[2] >> 4 == 7, "small value to the zero code");
+    CHECK(m.scale[0] == 2.0f, "absmax %g", m.scale[0]);
+    qt_free(&m);
+    test_case("nf4 codes, nibble order, ties");
+}
+
+static void test_roundtrips(void)
+{
+    const int shapes[][2] = {{3, 64}, {5, 100}, {2, 33}, {17, 1000}, {1, 4097}, {300, 64}};
+    const int blocks[] = {32, 64, 256};
+    for (int f = 0; f < QT_NFORMATS; f++)
+        for (int dq = 0; dq < 2; dq++) {
+            if (dq && f != QT_NF4 && f != QT_FP4)
+                continue;
+            int bad = 0, total = 0;
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+                for (size_t b = 0; b < 3; b++) {
+                    int rows = shapes[s][0], cols = shapes[s][1];
+                    qt_spec spec = {(qt_format)f, blocks[b], dq};
+                    float *w = gaussian_matrix((size_t)rows * cols, 0.02f);
+                    w[0] = 0.5f; /* an outlier */
+                    float *got = malloc((size_t)rows * cols * 4), *want = malloc((size_t)rows * cols * 4);
+                    qt_matrix m;
+                    char err[128];
+                    CHECK(qt_quantize(&m, w, rows, cols, spec, err, sizeof err) == 0, "%s", err);
+                    qt_dequantize_rows(&m, 0, rows, got);
+                    ref_roundtrip(w, rows, cols, spec, want);
+                    /* The reference's offset is a float64 mean, the library's PyTorch's
+                     * float32 summation (compared bit for bit in test_bnb_reference.py):
+                     * with double quant, values may differ by an ulp of the offset. */
+                    float tol = dq ? 1e-5f : 1e-6f;
+                    for (size_t i = 0; i < (size_t)rows * cols; i++, total++)
+                        if (!(got[i] == want[i] || fabsf(got[i] - want[i]) <= tol * fabsf(want[i]))) {
+                            if (bad++ < 3)
+                                printf("# %s dq%d %dx%d b%d [%zu]: %.9g vs %.9g\n",
+                                       qt_format_name(f), dq, rows, cols, blocks[b], i, got[i], want[i]);
+                        }
+                    qt_free(&m);
+                    free(w), free(got), free(want);
+                }
+            CHECK(bad == 0, "%d of %d values differ", bad, total);
+            test_case("%s%s round trip equals the brute-force reference", qt_format_name(f),
+                      dq ? " (double quant)" : "");
+        }
+}
+
+static void test_special_blocks(void)
+{
+    float c[3 * 64];
+    for (int i = 0; i < 64; i++)
+        c[i] = 0.37f, c[64 + i] = -2.5f, c[128 + i] = 0.0f;
+    for (int f = 0; f < QT_NFORMATS; f++) {
+        qt_matrix m;
+        char err[128];
+        float out[3 * 64];
+        CHECK(qt_quantize(&m, c, 3, 64, qt_spec_default(f), err, sizeof err) == 0, "%s", err);
+        qt_dequantize_rows(&m, 0, 3, out);
+        for (int i = 0; i < 3 * 64; i++)
+            CHECK(isfinite(out[i]), "%s: non-finite output", qt_format_name(f));
+        if (f == QT_INT4 || f == QT_F32 || f == QT_INT8)
+            for (int i = 0; i < 3 * 64; i++)
+                CHECK(out[i] == c[i], "%s: constant block value %d: %.9g vs %.9g",
+                      qt_format_name(f), i, out[i], c[i]);
+        qt_free(&m);
+    }
+    test_case("constant and all-zero blocks: finite; int4 and int8 reconstruct them exactly");
+
+    float bad[4] = {1, NAN, 2, 3};
+    qt_matrix m;
+    char err[128] = "";
+    CHECK(qt_quantize(&m, bad, 2, 2, qt_spec_default(QT_NF4), err, sizeof err) < 0, "NaN accepted");
+    CHECK(strstr(err, "row 0, column 1") != NULL, "message: %s", err);
+    qt_spec odd = {QT_NF4, 48, 1};
+    CHECK(qt_quantize(&m, c, 1, 64, odd, err, sizeof err) < 0 && strstr(err, "block"), "block 48: %s", err);
+    qt_spec dq8 = {QT_INT8, 64, 1};
+    CHECK(qt_quantize(&m, c, 1, 64, dq8, err, sizeof err) < 0, "int8 with double quant accepted");
+    CHECK(qt_quantize(&m, c, 0, 64, qt_spec_default(QT_NF4), err, sizeof err) < 0, "0 rows accepted");
+    test_case("bad input: non-finite weight, bad block, bad double quant, empty shape");
+}
+
+static void test_bits_per_param(void)
+{
+    const int rows = 256, cols = 4096;
+    float *w = gaussian_matrix((size_t)rows * cols, 1);
+    const struct {
+        qt_spec spec;
+        double bits;
+    } want[] = {
+        {{QT_F32, 64, 0}, 32},
+        {{QT_NF4, 64, 1}, 4 + 8.0 / 64 + 32.0 / (64 * 256)},
+        {{QT_NF4, 64, 0}, 4.5},
+        {{QT_FP4, 64, 1}, 4 + 8.0 / 64 + 32.0 / (64 * 256)},
+        {{QT_INT8, 64, 0}, 8.5},
+        {{QT_INT4, 64, 0}, 5.0},
+        {{QT_BITNET1, 64, 0}, 1 + 32.0 / cols},
+        {{QT_TERNARY, 64, 0}, 2 + 32.0 / cols},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        qt_matrix m;
+        char err[128];
+        CHECK(qt_quantize(&m, w, rows, cols, want[i].spec, err, sizeof err) == 0, "%s", err);
+        double got = qt_bits_per_param(&m);
+        CHECK(fabs(got - want[i].bits) < 1e-4, "%s dq%d: %.5f bits/param, expected %.5f",
+              qt_format_name(want[i].spec.format), want[i].spec.double_quant, got, want[i].bits);
+        qt_free(&m);
+    }
+    free(w);
+    test_case("bits per parameter (nf4 with double quant: 4.127)");
+}
+
+/* ---- kernels ---- */
+
+static double max_rel_err(const float *got, const float *want, const double *mag, size_t n)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]) / (mag[i] + 1e-30);
+        if (!(e <= worst))
+            worst = isnan(e) ? INFINITY : e;
+    }
+    return worst;
+}
+
+/* Y = X W^T and dX = dY W in double precision from the decoded weights; mag is the sum
+ * of |terms|, the scale that float rounding errors are relative to. */
+static void ref_products(const qt_matrix *m, const float *x, const float *dy, int M, double *y,
+                         double *ymag, double *dx, double *dxmag)
+{
+    int N = m->rows, K = m->cols;
+    float *w = malloc((size_t)N * K * sizeof(float));
+    qt_dequantize_rows(m, 0, N, w);
+    for (int i = 0; i < M; i++)
+        for (int n = 0; n < N; n++) {
+            double s = 0, a = 0;
+            for (int k = 0; k < K; k++) {
+                s += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
+                a += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
+            }
+            y[(size_t)i * N + n] = s, ymag[(size_t)i * N + n] = a;
+        }
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) {
+            double s = 0, a = 0;
+            for (int n = 0; n < N; n++) {
+                s += (double)dy[(size_t)i * N + n] * w[(size_t)n * K + k];
+                a += fabs((double)dy[(size_t)i * N + n] * w[(size_t)n * K + k]);
+            }
+            dx[(size_t)i * K + k] = s, dxmag[(size_t)i * K + k] = a;
+        }
+    free(w);
+}
+
+static void test_kernels(void)
+{
+    const int Ms[] = {1, 2, 3, 5, 7, 8, 13, 33, 70};
+    const int Ns[] = {1, 5, 13, 50, 97};
+    const int Ks[] = {17, 32, 63, 100, 257, 300};
+    qt_isa best = qt_isa_best();
+    for (int f = 0; f < QT_NFORMATS; f++) {
+        int worst_case = 0;
+        double worst = 0;
+        for (size_t a = 0; a < sizeof Ns / sizeof Ns[0]; a++)
+            for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++) {
+                int N = Ns[a], K = Ks[b];
+                qt_spec spec = qt_spec_default(f);
+                spec.block = (a + b) % 2 ? 32 : 64;
+                float *w = gaussian_matrix((size_t)N * K, 0.05f);
+                qt_matrix m;
+                char err[128];
+                CHECK(qt_quantize(&m, w, N, K, spec, err, sizeof err) == 0, "%s", err);
+                for (size_t c = 0; c < sizeof Ms / sizeof Ms[0]; c++) {
+                    int M = Ms[c];
+                    size_t ny = (size_t)M * N, nx = (size_t)M * K;
+                    float *x = gaussian_matrix(nx, 1), *dy = gaussian_matrix(ny, 1);
+                    double *ry = malloc(ny * 8), *rym = malloc(ny * 8), *rdx = malloc(nx * 8),
+                           *rdxm = malloc(nx * 8);
+                    ref_products(&m, x, dy, M, ry, rym, rdx, rdxm);
+                    float *ryf = malloc(ny * 4), *rdxf = malloc(nx * 4);
+                    for (size_t i = 0; i < ny; i++)
+                        ryf[i] = (float)ry[i];
+                    for (size_t i = 0; i < nx; i++)
+                        rdxf[i] = (float)rdx[i];
+                    float *y = malloc(ny * 4), *dx = malloc(nx * 4);
+                    for (int isa = QT_ISA_SCALAR; isa <= (int)best; isa++) {
+                        qt_isa_set((qt_isa)isa);
+                        for (int acc = 0; acc < 2; acc++) {
+                            /* accumulate: start from -ref, so a correct kernel lands on 0 */
+                            for (size_t i = 0; i < ny; i++)
+                                y[i] = acc ? -ryf[i] : NAN;
+                            for (size_t i = 0; i < nx; i++)
+                                dx[i] = acc ? -rdxf[i] : NAN;
+                            CHECK(qt_matmul(&m, x, M, y, acc) == 0, "matmul failed");
+                            CHECK(qt_matmul_t(&m, dy, M, dx, acc) == 0, "matmul_t failed");
+                            if (acc) {
+                                for (size_t i = 0; i < ny; i++)
+                                    y[i] += ryf[i];
+                                for (size_t i = 0; i < nx; i++)
+                                    dx[i] += rdxf[i];
+                            }
+                            double e1 = max_rel_err(y, ryf, rym, ny), e2 = max_rel_err(dx, rdxf, rdxm, nx);
+                            if (!(e1 < 1e-5) || !(e2 < 1e-5)) {
+                                if (worst_case++ < 4)
+                                    printf("# %s %s M=%d N=%d K=%d acc=%d: rel err y %.3g dx %.3g\n",
+                                           qt_format_name(f), qt_isa_name(isa), M, N, K, acc, e1, e2);
+                            }
+                            worst = fmax(worst, fmax(e1, e2));
+                        }
+                    }
+                    qt_isa_set(best);
+                    free(x), free(dy), free(ry), free(rym), free(rdx), free(rdxm), free(ryf),
+                        free(rdxf), free(y), free(dx);
+                }
+                qt_free(&m);
+                free(w);
+            }
+        CHECK(worst_case == 0, "%d kernel results off (worst relative error %.3g)", worst_case, worst);
+        test_case("%s kernels (scalar..%s, Y = X W^T and dX = dY W, odd shapes) match a "
+                  "double-precision product; worst rel. err %.2g",
+                  qt_format_name(f), qt_isa_name(best), worst);
+    }
+}
+
+static void test_vector_decode(void)
+{
+    /* Every instruction set decodes to the same bits as the scalar definition. */
+    int rows = 7, cols = 333;
+    float *w = gaussian_matrix((size_t)rows * cols, 1);
+    float *ref = malloc((size_t)rows * cols * 4), *got = malloc((size_t)rows * cols * 4);
+    qt_isa best = qt_isa_best();
+    for (int f = 0; f < QT_NFORMATS; f++) {
+        qt_matrix m;
+        char err[128];
+        CHECK(qt_quantize(&m, w, rows, cols, qt_spec_default(f), err, sizeof err) == 0, "%s", err);
+        qt_isa_set(QT_ISA_SCALAR);
+        qt_dequantize_rows(&m, 0, rows, ref);
+        for (int isa = QT_ISA_AVX2; isa <= (int)best; isa++) {
+            qt_isa_set((qt_isa)isa);
+            qt_dequantize_rows(&m, 2, rows, got);
+            CHECK(memcmp(got, ref + 2 * cols, (size_t)(rows - 2) * cols * 4) == 0,
+                  "%s decode on %s differs from scalar", qt_format_name(f), qt_isa_name(isa));
+        }
+        qt_isa_set(best);
+        qt_free(&m);
+    }
+    free(w), free(ref), free(got);
+    test_case("vectorized decode is bit-identical to the scalar definition");
+}
+
+static void test_threads_agree(void)
+{
+    /* The same product on 1 and on all threads: every element is computed by one thread
+     * in a fixed order, so results must be bitwise equal. */
+    int N = 301, K = 515, M = 40;
+    float *w = gaussian_matrix((size_t)N * K, 0.05f), *x = gaussian_matrix((size_t)M * K, 1);
+    qt_matrix m;
+    char err[128];
+    CHECK(qt_quantize(&m, w, N, K, qt_spec_default(QT_NF4), err, sizeof err) == 0, "%s", err);
+    float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+    int threads = qt_threads();
+    qt_set_threads(1);
+    qt_matmul(&m, x, M, y1, 0);
+    qt_set_threads(threads < 2 ? 2 : threads);
+    qt_matmul(&m, x, M, y2, 0);
+    CHECK(memcmp(y1, y2, (size_t)M * N * 4) == 0, "1 thread and %d threads differ", qt_threads());
+    qt_set_threads(threads);
+    qt_free(&m);
+    free(w), free(x), free(y1), free(y2);
+    test_case("results do not depend on the thread count");
+}
+
+int main(void)
+{
+    test_tables();
+    test_nf4_codes();
+    test_roundtrips();
+    test_special_blocks();
+    test_bits_per_param();
+    test_kernels();
+    test_vector_decode();
+    test_threads_agree();
+    return tap_done();
+}

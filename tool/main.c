@@ -1,0 +1,92 @@
+/* qlora-tool: offline commands over the libraries (no daemon). One row per command. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool.h"
+
+static const struct {
+    const char *name;
+    tool_cmd_fn fn;
+    const char *usage;
+} commands[] = {
+    {"roundtrip", cmd_roundtrip,
+     "roundtrip --format F [--block B] [--no-double-quant] --rows R --cols C  "
+     "(float32 in on stdin, dequantize(quantize(x)) out on stdout)"},
+    {"codes", cmd_codes, "codes nf4|fp4  (the 16 code values)"},
+    {"dynamic-map", cmd_dynamic_map, "dynamic-map  (the 256 values of the double-quant map)"},
+};
+
+int tool_fail(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "qlora-tool %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+int tool_parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int tool_read_all(void *stream, unsigned char **buf, size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    unsigned char *b = malloc(cap);
+    if (!b)
+        return -1;
+    for (;;) {
+        if (n == cap) {
+            unsigned char *nb = realloc(b, cap *= 2);
+            if (!nb) {
+                free(b);
+                return -1;
+            }
+            b = nb;
+        }
+        size_t got = fread(b + n, 1, cap - n, stream);
+        n += got;
+        if (got == 0) {
+            if (ferror(stream)) {
+                free(b);
+                return -1;
+            }
+            break;
+        }
+    }
+    *buf = b;
+    *len = n;
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: qlora-tool COMMAND [ARGS]\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  qlora-tool %s\n", commands[i].usage);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "qlora-tool: unknown command '%s' (try --help)\n", argv[1]);
+    return EXIT_USAGE;
+}
