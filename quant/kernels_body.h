@@ -57,29 +57,76 @@ typedef struct {
     const uint8_t *row;
     const float *table;
     size_t b0;  /* index of the row's first block */
+    /* the row's block constants, copied out of m so that loops keep them in registers */
+    const float *scale;
+    const int32_t *zero;
+    const uint8_t *qabsmax;
+    const float *absmax2;
+    float offset;
+    int cols;
     int shift;  /* log2(block) */
-    int cur;    /* block whose constants are loaded */
     lut16 lut;
     float s;
 } rowdec;
 
 ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
 {
+    size_t b0 = (size_t)r * m->blocks_per_row;
     d->m = m;
     d->row = m->data + (size_t)r * m->row_bytes;
     d->table = qt_code_table((qt_format)fmt);
-    d->b0 = (size_t)r * m->blocks_per_row;
+    d->scale = m->scale ? m->scale + b0 : NULL;
+    d->zero = m->zero ? m->zero + b0 : NULL;
+    d->qabsmax = m->qabsmax ? m->qabsmax + b0 : NULL;
+    d->absmax2 = m->absmax2;
+    d->offset = m->offset;
+    d->cols = m->cols;
+    d->b0 = b0;
     d->shift = __builtin_ctz((unsigned)m->spec.block);
-    d->cur = -1;
-    memset(&d->lut, 0, sizeof d->lut); /* set on the first chunk; quiets -Wmaybe-uninitialized */
+    memset(&d->lut, 0, sizeof d->lut); /* set by rowdec_seek; quiets -Wmaybe-uninitialized */
     d->s = (fmt == QT_BITNET1 || fmt == QT_TERNARY) ? m->scale[r] : 0.0f;
 }
 
-/* Weights [k, k+32) of the row; k is a multiple of 32 and k + 32 <= cols. */
-ALWAYS_INLINE void rowdec_chunk(rowdec *d, int fmt, int k, vf *out)
+/* 4-bit codes decode fastest in "split" order: vector v holds elements
+ * (v / 2) * 2 * VLEN + 2 * lane + v % 2 of the chunk (high nibbles, then low nibbles, of
+ * each VLEN bytes). Matrix-vector products use it with x permuted the same way. */
+static inline int split_element(int p)
 {
-    const qt_matrix *m = d->m;
+    int v = p / VLEN, lane = p % VLEN;
+    return v / 2 * 2 * VLEN + 2 * lane + v % 2;
+}
+
+static inline int is_4bit(int fmt)
+{
+    return fmt == QT_NF4 || fmt == QT_FP4 || fmt == QT_INT4;
+}
+
+/* Loads the constants of the block holding column k and returns the column where that
+ * block ends (the row's end for per-row formats). Blocks are multiples of 32, so chunks
+ * never straddle them. */
+ALWAYS_INLINE int rowdec_seek(rowdec *d, int fmt, int k)
+{
+    if (fmt == QT_F32 || fmt == QT_BITNET1 || fmt == QT_TERNARY)
+        return d->cols;
     int j = k >> d->shift;
+    if (fmt == QT_INT8) {
+        d->s = d->scale[j];
+    } else if (fmt == QT_INT4) {
+        d->lut = lut_affine(d->scale[j], d->zero[j]);
+    } else {
+        size_t b = d->b0 + (size_t)j;
+        float absmax = d->qabsmax ? qt_dq_absmax(d->qabsmax[j], d->absmax2[b / QT_DQ_GROUP], d->offset)
+                                  : d->scale[j];
+        d->lut = lut_scaled(d->table, absmax);
+    }
+    return imin((j + 1) << d->shift, d->cols);
+}
+
+/* Weights [k, k+32) of the row, in natural order, or in split order for 4-bit formats
+ * when `split`; k is a multiple of 32, k + 32 <= cols, and rowdec_seek has loaded the
+ * block holding k. */
+ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, int split, int k, vf *out)
+{
     uint32_t plus, minus;
     switch (fmt) {
     case QT_F32:
@@ -88,19 +135,12 @@ ALWAYS_INLINE void rowdec_chunk(rowdec *d, int fmt, int k, vf *out)
             out[v] = vload((const float *)d->row + k + v * VLEN);
         break;
     case QT_NF4: case QT_FP4: case QT_INT4:
-        if (j != d->cur) {
-            size_t b = d->b0 + (size_t)j;
-            d->cur = j;
-            d->lut = fmt == QT_INT4 ? lut_affine(m->scale[b], m->zero[b])
-                                    : lut_scaled(d->table, qt_block_absmax(m, b));
-        }
-        decode_nibbles32(d->row + k / 2, d->lut, out);
+        if (split)
+            decode_nibbles32_split(d->row + k / 2, d->lut, out);
+        else
+            decode_nibbles32(d->row + k / 2, d->lut, out);
         break;
     case QT_INT8:
-        if (j != d->cur) {
-            d->cur = j;
-            d->s = m->scale[d->b0 + (size_t)j];
-        }
         decode_int8_32((const int8_t *)d->row + k, d->s, out);
         break;
     case QT_BITNET1:
@@ -131,11 +171,14 @@ ALWAYS_INLINE void decode_tile_fmt(const qt_matrix *m, int fmt, int r0, int nrow
         }
         rowdec d;
         rowdec_start(&d, m, r, fmt);
-        for (int k = k0; k < kv; k += 32) {
-            vf c[NV];
-            rowdec_chunk(&d, fmt, k, c);
-            for (int v = 0; v < NV; v++)
-                vstore(o + (k - k0) + v * VLEN, c[v]);
+        for (int k = k0; k < kv;) {
+            int kb = imin(rowdec_seek(&d, fmt, k), kv);
+            for (; k < kb; k += 32) {
+                vf c[NV];
+                rowdec_chunk(&d, fmt, 0, k, c);
+                for (int v = 0; v < NV; v++)
+                    vstore(o + (k - k0) + v * VLEN, c[v]);
+            }
         }
         if (kv < k0 + kc)
             qt_decode_range(m, r, kv, k0 + kc, o + (kv - k0));
@@ -155,10 +198,49 @@ static void decode_tile(const qt_matrix *m, int r0, int nrows, int k0, int kc, i
 
 typedef struct {
     const qt_matrix *w;
-    const float *x;
+    const float *x;  /* for 4-bit formats, each 32-chunk permuted to split order */
     float *y;
+    const float *xsum; /* bitnet1: sum of the first K/32*32 elements of each row of x */
     int M, accumulate, rows_per_task;
 } gemv_ctx;
+
+static inline int is_bits(int fmt)
+{
+    return fmt == QT_BITNET1 || fmt == QT_TERNARY;
+}
+
+/* Bit-plane formats multiply by adding x under masks: sum(+d x) over the "+1" bits minus
+ * the same over the "-1" bits. bitnet1's "-1" set is every other weight, so its minus
+ * sum is sum(x) - plus sum and only one plane is read. */
+ALWAYS_INLINE void bits_chunk(const rowdec *d, int fmt, int k, const float *x, vf *accp, vf *accm)
+{
+    uint32_t plus, minus;
+    size_t word = (size_t)(k / 64) * (fmt == QT_TERNARY ? 16 : 8) + (k % 64) / 8;
+    memcpy(&plus, d->row + word, 4);
+    add_masked32(plus, x, accp);
+    if (fmt == QT_TERNARY) {
+        memcpy(&minus, d->row + word + 8, 4);
+        add_masked32(minus, x, accm);
+    }
+}
+
+/* x in split order chunk by chunk (the ragged tail stays in natural order). */
+static float *split_x(const float *x, int M, int K)
+{
+    float *xs = malloc((size_t)M * K * sizeof(float));
+    if (!xs)
+        return NULL;
+    for (int m = 0; m < M; m++) {
+        const float *src = x + (size_t)m * K;
+        float *dst = xs + (size_t)m * K;
+        int kv = K / 32 * 32;
+        for (int k = 0; k < kv; k += 32)
+            for (int p = 0; p < 32; p++)
+                dst[k + p] = src[k + split_element(p)];
+        memcpy(dst + kv, src + kv, (size_t)(K - kv) * sizeof(float));
+    }
+    return xs;
+}
 
 /* One row of X needs two chunks in flight to hide the FMA latency; more rows bring their
  * own independent accumulators. */
@@ -173,19 +255,32 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
         rowdec d;
         rowdec_start(&d, w, n, fmt);
         vf acc[4][2][NV]; /* [row][unroll][vector] */
+        vf accm[4][2][NV]; /* ternary: the sums under "-1" bits */
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++)
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++)
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++)
-                    acc[i][u][v] = vzero();
+                    acc[i][u][v] = accm[i][u][v] = vzero();
+        /* One flat loop with a block check per chunk: with 64-weight blocks a nested loop
+         * over blocks runs one iteration at a time, and that costs more than the check. */
+        const int bmask = w->spec.block - 1;
+        rowdec_seek(&d, fmt, 0);
         int k = 0;
         for (; k + 32 * U <= kv; k += 32 * U) {
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++) {
                 vf wv[NV];
-                rowdec_chunk(&d, fmt, k + 32 * u, wv);
+                if (is_bits(fmt)) {
+#pragma GCC unroll 4
+                    for (int i = 0; i < MG; i++)
+                        bits_chunk(&d, fmt, k + 32 * u, x + (size_t)i * K + k + 32 * u, acc[i][u], accm[i][u]);
+                    continue;
+                }
+                if (u + k > 0 && ((k + 32 * u) & bmask) == 0)
+                    rowdec_seek(&d, fmt, k + 32 * u);
+                rowdec_chunk(&d, fmt, is_4bit(fmt), k + 32 * u, wv);
 #pragma GCC unroll 4
                 for (int i = 0; i < MG; i++)
 #pragma GCC unroll 4
@@ -194,9 +289,17 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
                                             acc[i][u][v]);
             }
         }
-        for (; k < kv; k += 32) { /* the odd chunk left by the unrolled loop */
+        for (; k < kv; k += 32) { /* a chunk left over by the unrolled loop */
             vf wv[NV];
-            rowdec_chunk(&d, fmt, k, wv);
+            if (is_bits(fmt)) {
+#pragma GCC unroll 4
+                for (int i = 0; i < MG; i++)
+                    bits_chunk(&d, fmt, k, x + (size_t)i * K + k, acc[i][0], accm[i][0]);
+                continue;
+            }
+            if (k > 0 && (k & bmask) == 0)
+                rowdec_seek(&d, fmt, k);
+            rowdec_chunk(&d, fmt, is_4bit(fmt), k, wv);
 #pragma GCC unroll 4
             for (int i = 0; i < MG; i++)
 #pragma GCC unroll 4
@@ -208,13 +311,17 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
             qt_decode_range(w, n, kv, K, tail);
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++) {
-            vf sum = acc[i][0][0];
+            vf sum = acc[i][0][0], summ = accm[i][0][0];
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++)
 #pragma GCC unroll 4
                 for (int v = u == 0; v < NV; v++)
-                    sum = vadd(sum, acc[i][u][v]);
+                    sum = vadd(sum, acc[i][u][v]), summ = vadd(summ, accm[i][u][v]);
             float s = vhsum(sum);
+            if (fmt == QT_TERNARY)
+                s = d.s * (s - vhsum(summ));
+            else if (fmt == QT_BITNET1)
+                s = d.s * (s - (c->xsum[m0 + i] - s));
             for (int t = kv; t < K; t++)
                 s += tail[t - kv] * x[(size_t)i * K + t];
             float *out = c->y + (size_t)(m0 + i) * N + n;
@@ -324,9 +431,23 @@ static void gemm_task(void *ctx, int t, int thread)
 static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
 {
     if (M < SMALL_M) {
-        int rows = imin(16, (w->rows + qt_threads() - 1) / qt_threads());
-        gemv_ctx c = {w, x, y, M, accumulate, rows < 1 ? 1 : rows};
+        /* Tasks of at least ~64K multiply-adds: below that a wake-up costs more than the
+         * work (a 288 x 288 layer runs on one thread). */
+        long work = (long)M * w->rows * w->cols;
+        int tasks = (int)(work >> 16) < qt_threads() ? (int)(work >> 16) : qt_threads();
+        int rows = imin(16, (w->rows + tasks - 1) / (tasks < 1 ? 1 : tasks));
+        float *xs = NULL, xsum[SMALL_M];
+        if (is_4bit(w->spec.format) && !(xs = split_x(x, M, w->cols)))
+            return -1;
+        for (int m = 0; m < M && w->spec.format == QT_BITNET1; m++) {
+            float s = 0;
+            for (int k = 0; k < w->cols / 32 * 32; k++)
+                s += x[(size_t)m * w->cols + k];
+            xsum[m] = s;
+        }
+        gemv_ctx c = {w, xs ? xs : x, y, xsum, M, accumulate, rows < 1 ? 1 : rows};
         qt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
+        free(xs);
         return 0;
     }
     int panels = (M + MR_FWD - 1) / MR_FWD;

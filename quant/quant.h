@@ -79,12 +79,19 @@ void qt_dequantize_rows(const qt_matrix *m, int r0, int r1, float *out);
 /* Bytes held by the quantized matrix, and bits per parameter including scales. */
 size_t qt_bytes(const qt_matrix *m);
 double qt_bits_per_param(const qt_matrix *m);
+/* Double quantization's decode of one absmax: its 8-bit code, its group's absmax2 and
+ * the matrix offset. */
+static inline float qt_dq_absmax(uint8_t q, float absmax2, float offset)
+{
+    return qt_dynamic_map_table[q] * absmax2 + offset;
+}
+
 /* The decoded absmax of block b (row-major block index) of an nf4/fp4 matrix. */
 static inline float qt_block_absmax(const qt_matrix *m, size_t b)
 {
     if (!m->spec.double_quant)
         return m->scale[b];
-    return qt_dynamic_map()[m->qabsmax[b]] * m->absmax2[b / QT_DQ_GROUP] + m->offset;
+    return qt_dq_absmax(m->qabsmax[b], m->absmax2[b / QT_DQ_GROUP], m->offset);
 }
 
 /* ---- kernels ---- */

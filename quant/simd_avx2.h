@@ -61,6 +61,17 @@ static inline void decode_nibbles32(const uint8_t *p, lut16 lut, vf *out)
     out[3] = lookup16(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), lut);
 }
 
+/* Split order (see simd_avx512.h): for each 8 bytes g, out[2g] = their high nibbles,
+ * out[2g+1] = their low nibbles; lookup16 reads only bits 0-3 of an index. */
+static inline void decode_nibbles32_split(const uint8_t *p, lut16 lut, vf *out)
+{
+    for (int g = 0; g < 2; g++) {
+        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * g)));
+        out[2 * g] = lookup16(_mm256_srli_epi32(b, 4), lut);
+        out[2 * g + 1] = lookup16(b, lut);
+    }
+}
+
 static inline void decode_int8_32(const int8_t *p, float s, vf *out)
 {
     __m256 vs = _mm256_set1_ps(s);
@@ -76,6 +87,13 @@ static inline __m256 bits8_mask(uint32_t bits)
     __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)bits), sel);
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
+}
+
+static inline void add_masked32(uint32_t bits, const float *x, vf *acc)
+{
+    for (int i = 0; i < 4; i++)
+        acc[i] = _mm256_add_ps(acc[i], _mm256_and_ps(bits8_mask(bits >> (8 * i) & 255),
+                                                     _mm256_loadu_ps(x + 8 * i)));
 }
 
 static inline void decode_bits32(uint32_t plus, uint32_t minus, float d, vf *out)

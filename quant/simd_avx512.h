@@ -41,6 +41,16 @@ static inline void decode_nibbles32(const uint8_t *p, lut16 lut, vf *out)
     out[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(seq, 1)), lut);
 }
 
+/* The same 32 codes in "split" order: out[0] = elements 0, 2, .., 30 (high nibbles),
+ * out[1] = elements 1, 3, .., 31. Cheaper (vpermps reads only the low 4 bits of an index,
+ * so the low nibble needs no mask); matrix-vector products permute x to match. */
+static inline void decode_nibbles32_split(const uint8_t *p, lut16 lut, vf *out)
+{
+    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    out[0] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut);
+    out[1] = _mm512_permutexvar_ps(b, lut);
+}
+
 static inline void decode_int8_32(const int8_t *p, float s, vf *out)
 {
     __m512 vs = _mm512_set1_ps(s);
@@ -48,6 +58,14 @@ static inline void decode_int8_32(const int8_t *p, float s, vf *out)
         __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * i)));
         out[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs);
     }
+}
+
+/* acc += the elements of x[0..32) whose bit is set (matrix-vector products with bit
+ * planes add x under a mask instead of multiplying by decoded +-d). */
+static inline void add_masked32(uint32_t bits, const float *x, vf *acc)
+{
+    acc[0] = _mm512_mask_add_ps(acc[0], (__mmask16)bits, acc[0], _mm512_loadu_ps(x));
+    acc[1] = _mm512_mask_add_ps(acc[1], (__mmask16)(bits >> 16), acc[1], _mm512_loadu_ps(x + 16));
 }
 
 /* Lane i is +d where bit i of plus is set, -d where bit i of minus is, else 0. */
