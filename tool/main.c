@@ -15,6 +15,16 @@ static const struct {
     {"roundtrip", cmd_roundtrip,
      "roundtrip --format F [--block B] [--no-double-quant] --rows R --cols C  "
      "(float32 in on stdin, dequantize(quantize(x)) out on stdout)"},
+    {"eval", cmd_eval,
+     "eval --model DIR [--quant F] [--block B] [--no-double-quant] (--tokens FILE.json | "
+     "--text FILE) [--json]"},
+    {"generate", cmd_generate,
+     "generate --model DIR [--quant F] --prompt TEXT [-n N] [--temperature T] [--top-p P] [--seed S]"},
+    {"inspect", cmd_inspect, "inspect --model DIR [--quant F] [--block B]  (config, sizes, "
+                             "quantization error per layer and format, memory)"},
+    {"make-model", cmd_make_model,
+     "make-model --dim D --hidden H --layers L --heads N --kv-heads N --vocab V [--seq-len S] "
+     "[--seed S] --out DIR  (random weights, Hugging Face layout)"},
     {"codes", cmd_codes, "codes nf4|fp4  (the 16 code values)"},
     {"dynamic-map", cmd_dynamic_map, "dynamic-map  (the 256 values of the double-quant map)"},
 };

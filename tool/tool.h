@@ -5,7 +5,9 @@
 
 #include <stddef.h>
 
+#include "model.h"
 #include "quant.h"
+#include "tokenizer.h"
 
 #define EXIT_USAGE 2
 
@@ -18,7 +20,23 @@ int tool_parse_int(const char *s, long lo, long hi, int *out);
 /* Reads all of a stream into a malloc'd buffer; -1 on error. */
 int tool_read_all(void *stream, unsigned char **buf, size_t *len);
 
+/* --model DIR --quant F --block B --no-double-quant, shared by the model commands. */
+typedef struct {
+    const char *dir;
+    qt_spec spec;
+    int no_dq;
+} tool_model_opts;
+/* Consumes argv[*i] (and its value) if it is a model option: returns 1, with *err set to
+ * a usage exit status if its value is bad; returns 0 for any other argument. */
+int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model_opts *o, int *err);
+/* Loads the model (and its tokenizer.bin when tok is not NULL); nonzero exit status on error. */
+int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok);
+
 int cmd_roundtrip(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_make_model(int argc, char **argv);
 int cmd_codes(int argc, char **argv);
 int cmd_dynamic_map(int argc, char **argv);
 

@@ -1,0 +1,259 @@
+/* forward.c: the Llama forward pass (see forward.h). The arithmetic of each step follows
+ * llama2.c's run.c (float sums in order, its RMSNorm, RoPE and softmax), so that greedy
+ * decoding reproduces run.c's text. */
+#include "forward.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parallel.h"
+
+int llama_cache_alloc(llama_cache *c, const llama_config *cfg, int B, int S)
+{
+    size_t n = (size_t)cfg->n_layers * B * S * cfg->kv_dim;
+    c->B = B;
+    c->S = S;
+    c->k = calloc(n, sizeof(float));
+    c->v = calloc(n, sizeof(float));
+    if (!c->k || !c->v) {
+        llama_cache_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+void llama_cache_free(llama_cache *c)
+{
+    free(c->k);
+    free(c->v);
+    c->k = c->v = NULL;
+}
+
+/* Floats of each array for M = B*T rows, in allocation order. */
+static void acts_sizes(const llama_config *c, int B, int T, int S, size_t n[15])
+{
+    size_t M = (size_t)B * T, L = c->n_layers, D = c->dim, H = c->hidden_dim;
+    size_t sizes[15] = {
+        (L + 1) * M * D,                 /* x */
+        L * M * D, L * M,                /* xn1, rstd1 */
+        L * M * D,                       /* q */
+        L * B * c->n_heads * T * (size_t)S, /* att */
+        L * M * D, L * M * D,            /* ao, x2 */
+        L * M * D, L * M,                /* xn2, rstd2 */
+        L * M * H, L * M * H, L * M * H, /* h1, h3, g */
+        M * D, M, M * c->vocab_size,     /* xf, rstdf, logits */
+    };
+    memcpy(n, sizes, sizeof sizes);
+}
+
+size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S)
+{
+    size_t n[15], total = 0;
+    acts_sizes(cfg, B, T, S, n);
+    for (int i = 0; i < 15; i++)
+        total += n[i];
+    return total * sizeof(float);
+}
+
+int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S)
+{
+    memset(a, 0, sizeof *a);
+    size_t n[15], total = 0;
+    acts_sizes(cfg, B, T, S, n);
+    for (int i = 0; i < 15; i++)
+        total += n[i];
+    float *p = malloc(total * sizeof(float));
+    if (!p)
+        return -1;
+    float **ptrs[15] = {&a->x, &a->xn1, &a->rstd1, &a->q, &a->att, &a->ao, &a->x2, &a->xn2,
+                        &a->rstd2, &a->h1, &a->h3, &a->g, &a->xf, &a->rstdf, &a->logits};
+    for (int i = 0; i < 15; i++) {
+        *ptrs[i] = p;
+        p += n[i];
+    }
+    a->B = B;
+    a->T = T;
+    a->S = S;
+    return 0;
+}
+
+void llama_acts_free(llama_acts *a)
+{
+    free(a->x); /* the first array starts the single allocation */
+    memset(a, 0, sizeof *a);
+}
+
+int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char *err, size_t errlen)
+{
+    if (n == 0) {
+        snprintf(err, errlen, "tokens: empty sequence");
+        return -1;
+    }
+    if (n > (size_t)c->seq_len) {
+        snprintf(err, errlen, "tokens: %zu tokens exceed the model's seq_len %d", n, c->seq_len);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            snprintf(err, errlen, "tokens: id %d at position %zu is outside the vocabulary 0..%d",
+                     tokens[i], i, c->vocab_size - 1);
+            return -1;
+        }
+    return 0;
+}
+
+/* ---- layers ---- */
+
+static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int M, int D,
+                            float eps)
+{
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * D;
+        float ss = 0;
+        for (int i = 0; i < D; i++)
+            ss += xm[i] * xm[i];
+        ss /= (float)D;
+        ss += eps;
+        ss = 1.0f / sqrtf(ss);
+        rstd[m] = ss;
+        for (int i = 0; i < D; i++)
+            out[(size_t)m * D + i] = w[i] * (ss * xm[i]);
+    }
+}
+
+/* Rotates consecutive pairs of each head by the position's angles (llama2.c order). */
+static void rope_forward(const llama_model *m, float *x, int width, int pos)
+{
+    const int hs = m->cfg.head_size, half = hs / 2;
+    const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
+    for (int i = 0; i < width; i += 2) {
+        int p = (i % hs) / 2;
+        float v0 = x[i], v1 = x[i + 1];
+        x[i] = v0 * cs[p] - v1 * sn[p];
+        x[i + 1] = v0 * sn[p] + v1 * cs[p];
+    }
+}
+
+typedef struct {
+    const llama_config *cfg;
+    const float *q;     /* [B*T x dim] */
+    const float *k, *v; /* this layer's cache [B x S x kv_dim] */
+    float *att;         /* [B x H x T x S] */
+    float *out;         /* [B*T x dim] */
+    int B, T, S, pos0;
+} attn_ctx;
+
+static void attention_task(void *p, int task, int thread)
+{
+    (void)thread;
+    const attn_ctx *c = p;
+    const llama_config *cfg = c->cfg;
+    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim;
+    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int t = 0; t < c->T; t++) {
+        int pos = c->pos0 + t;
+        const float *q = c->q + ((size_t)b * c->T + t) * D + (size_t)h * hs;
+        float *att = c->att + (((size_t)b * H + h) * c->T + t) * c->S;
+        const float *kb = c->k + (size_t)b * c->S * KV + (size_t)kvh * hs;
+        const float *vb = c->v + (size_t)b * c->S * KV + (size_t)kvh * hs;
+        float max = -INFINITY;
+        for (int s = 0; s <= pos; s++) {
+            const float *k = kb + (size_t)s * KV;
+            float score = 0;
+            for (int i = 0; i < hs; i++)
+                score += q[i] * k[i];
+            score *= scale;
+            att[s] = score;
+            if (score > max)
+                max = score;
+        }
+        float sum = 0;
+        for (int s = 0; s <= pos; s++) {
+            att[s] = expf(att[s] - max);
+            sum += att[s];
+        }
+        for (int s = 0; s <= pos; s++)
+            att[s] /= sum;
+        for (int s = pos + 1; s < c->S; s++)
+            att[s] = 0;
+        float *out = c->out + ((size_t)b * c->T + t) * D + (size_t)h * hs;
+        memset(out, 0, (size_t)hs * sizeof(float));
+        for (int s = 0; s <= pos; s++) {
+            const float *v = vb + (size_t)s * KV;
+            float a = att[s];
+            for (int i = 0; i < hs; i++)
+                out[i] += a * v[i];
+        }
+    }
+}
+
+static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float val = h1[i];
+        val *= 1.0f / (1.0f + expf(-val));
+        g[i] = val * h3[i];
+    }
+}
+
+int llama_forward(const llama_model *m, llama_acts *a, llama_cache *cache, const int *tokens,
+                  int B, int T, int pos0)
+{
+    const llama_config *c = &m->cfg;
+    const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers, S = cache->S;
+    const size_t M = (size_t)B * T;
+    /* per-layer strides for this call's M */
+    const size_t sMD = M * D, sMH = M * HD, sAtt = (size_t)B * c->n_heads * T * S;
+    int rc = 0;
+
+    for (size_t r = 0; r < M; r++)
+        memcpy(a->x + r * D, m->embed.data + (size_t)tokens[r] * D * sizeof(float),
+               (size_t)D * sizeof(float));
+
+    for (int l = 0; l < L && rc == 0; l++) {
+        const llama_layer *ly = &m->layers[l];
+        float *x = a->x + l * sMD, *xn1 = a->xn1 + l * sMD, *q = a->q + l * sMD;
+        float *ao = a->ao + l * sMD, *x2 = a->x2 + l * sMD, *xn2 = a->xn2 + l * sMD;
+        float *h1 = a->h1 + l * sMH, *h3 = a->h3 + l * sMH, *g = a->g + l * sMH;
+        float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
+
+        rmsnorm_forward(xn1, a->rstd1 + l * M, x, ly->rms_att, (int)M, D, c->norm_eps);
+        rc |= qt_matmul(&ly->lin[LIN_Q], xn1, (int)M, q, 0);
+        /* k and v straight into the cache rows of their positions */
+        float *kv_new = a->ao + l * sMD; /* scratch until the attention output overwrites it */
+        for (int which = 0; which < 2; which++) {
+            float *dst = which ? vc : kc;
+            rc |= qt_matmul(&ly->lin[which ? LIN_V : LIN_K], xn1, (int)M, kv_new, 0);
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < T; t++) {
+                    float *row = dst + ((size_t)b * S + pos0 + t) * KV;
+                    memcpy(row, kv_new + ((size_t)b * T + t) * KV, (size_t)KV * sizeof(float));
+                    if (!which)
+                        rope_forward(m, row, KV, pos0 + t);
+                }
+        }
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                rope_forward(m, q + ((size_t)b * T + t) * D, D, pos0 + t);
+
+        attn_ctx ac = {c, q, kc, vc, a->att + l * sAtt, ao, B, T, S, pos0};
+        qt_parallel(B * c->n_heads, attention_task, &ac);
+
+        memcpy(x2, x, sMD * sizeof(float));
+        rc |= qt_matmul(&ly->lin[LIN_O], ao, (int)M, x2, 1);
+
+        rmsnorm_forward(xn2, a->rstd2 + l * M, x2, ly->rms_ffn, (int)M, D, c->norm_eps);
+        rc |= qt_matmul(&ly->lin[LIN_GATE], xn2, (int)M, h1, 0);
+        rc |= qt_matmul(&ly->lin[LIN_UP], xn2, (int)M, h3, 0);
+        swiglu_forward(g, h1, h3, sMH);
+        float *next = a->x + (l + 1) * sMD;
+        memcpy(next, x2, sMD * sizeof(float));
+        rc |= qt_matmul(&ly->lin[LIN_DOWN], g, (int)M, next, 1);
+    }
+    rmsnorm_forward(a->xf, a->rstdf, a->x + L * sMD, m->rms_final, (int)M, D, c->norm_eps);
+    rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
+    return rc ? -1 : 0;
+}

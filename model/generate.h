@@ -1,0 +1,38 @@
+/* generate.h: sampling, text generation and evaluation over a llama_model. */
+#ifndef QLORA_GENERATE_H
+#define QLORA_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "forward.h"
+
+typedef struct {
+    float temperature; /* 0: greedy (argmax) */
+    float top_p;       /* in (0, 1): nucleus sampling; otherwise the full distribution */
+    uint64_t seed;
+} llama_sampling;
+
+/* Picks the next token from logits[V] (softmaxed in place when temperature > 0).
+ * *rng is the sampler's state (seeded from llama_sampling.seed). */
+int llama_sample(float *logits, int V, const llama_sampling *s, uint64_t *rng);
+
+/* Called with every generated token; return nonzero to stop. */
+typedef int (*llama_token_fn)(void *ctx, int token);
+
+/* Generates up to max_new tokens after prompt[0..n_prompt) (which must hold at least one
+ * token, normally BOS first), stopping early when the model emits BOS or EOS or the
+ * context (seq_len) is full. Writes the new tokens to out (room for max_new) and their
+ * count to *n_out. Returns 0, or -1 with a message. */
+int llama_generate(const llama_model *m, const int *prompt, int n_prompt, int max_new,
+                   const llama_sampling *s, llama_token_fn fn, void *ctx, int *out, int *n_out,
+                   char *err, size_t errlen);
+
+/* Evaluation as the wire protocol defines it: each sequence runs alone from position 0;
+ * positions 1..len-1 are predicted. Adds -ln p(token[t] | token[<t]) in nats to *nll_sum
+ * and the number of predicted positions to *n_predicted. Sequences need 2..seq_len tokens.
+ * Returns 0, or -1 with a message naming the sequence and what is wrong. */
+int llama_eval(const llama_model *m, const int *const *seqs, const size_t *lens, size_t n_seqs,
+               double *nll_sum, size_t *n_predicted, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,69 @@
+/* model.h: a Llama model with its seven linear weights per layer quantized.
+ *
+ * Loads either layout of the same weights: llama2.c (`model.bin`) or Hugging Face
+ * (`config.json` + `model.safetensors`, or shards listed in
+ * `model.safetensors.index.json`; F32, F16 or BF16). Hugging Face keeps the rows of q_proj
+ * and k_proj in rotate-half order; they are put back in llama2.c's interleaved order at
+ * load (a row permutation, which commutes with row-wise quantization), so both layouts give
+ * the same model bit for bit. Embeddings, norms and the output head stay fp32; the fp32
+ * source of the quantized weights is read through mmap and released after load. */
+#ifndef QLORA_MODEL_H
+#define QLORA_MODEL_H
+
+#include <stdint.h>
+
+#include "quant.h"
+
+typedef enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_COUNT } llama_linear;
+
+typedef struct {
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+    int head_size, kv_dim;
+    float norm_eps, rope_theta;
+} llama_config;
+
+typedef struct {
+    qt_matrix lin[LIN_COUNT];  /* wq [dim x dim], wk, wv [kv_dim x dim], wo [dim x dim],
+                                  gate, up [hidden x dim], down [dim x hidden] */
+    float *rms_att, *rms_ffn;  /* [dim] */
+} llama_layer;
+
+typedef struct {
+    llama_config cfg;
+    qt_spec spec;
+    qt_matrix embed;           /* f32 [vocab x dim]; also the output head when tied */
+    qt_matrix head;            /* f32 [vocab x dim] when the classifier is separate */
+    int tied;
+    float *rms_final;          /* [dim] */
+    llama_layer *layers;
+    float *rope_cos, *rope_sin;/* [seq_len x head_size/2] */
+    uint64_t fingerprint;      /* hash of the fp32 weights (canonical order) and the spec */
+    char dir[4096];
+    int hf_layout;
+} llama_model;
+
+/* "q" "k" "v" "o" "gate" "up" "down" */
+const char *llama_linear_name(llama_linear l);
+/* Shape of linear l: rows x cols. */
+void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols);
+
+/* Loads dir (either layout) and quantizes with spec; -1 with a message naming the file
+ * and tensor at fault. */
+int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen);
+void llama_free(llama_model *m);
+static inline const qt_matrix *llama_head(const llama_model *m)
+{
+    return m->tied ? &m->embed : &m->head;
+}
+/* Parameters of the model (all tensors) and of the quantized linears alone. */
+size_t llama_n_params(const llama_config *c, int tied, size_t *quantized);
+/* Bytes held by the model's weights (quantized linears + fp32 rest). */
+size_t llama_weight_bytes(const llama_model *m);
+
+/* Visits the fp32 weights of linear l in every layer, in llama2.c row order, straight from
+ * the files (for quantization-error reports and LoftQ). fn gets a temporary buffer. */
+typedef int (*llama_weight_fn)(void *ctx, int layer, llama_linear l, const float *w, int rows,
+                               int cols);
+int llama_visit_linears(const char *dir, void *ctx, llama_weight_fn fn, char *err, size_t errlen);
+
+#endif

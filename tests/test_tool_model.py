@@ -1,0 +1,250 @@
+#!/usr/bin/python3
+"""qlora-tool's model commands end to end: make-model, eval, generate, inspect, and every
+kind of broken model file, each of which must give one clear error naming the file and
+tensor at fault. TAP output.
+
+usage: test_tool_model.py TOOL SHARED_DIR"""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+TOOL, SHARED = sys.argv[1], sys.argv[2]
+results = []
+
+
+def run(*args, stdin=None):
+    p = subprocess.run([TOOL, *args], input=stdin, capture_output=True, timeout=600)
+    return p.returncode, p.stdout.decode(errors='replace'), p.stderr.decode(errors='replace')
+
+
+def case(name):
+    def wrap(fn):
+        try:
+            fn()
+            results.append((True, name, ''))
+        except AssertionError as e:
+            results.append((False, name, str(e)))
+        return fn
+    return wrap
+
+
+def read_st(path):
+    with open(path, 'rb') as f:
+        data = f.read()
+    n = struct.unpack('<Q', data[:8])[0]
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def write_st(path, header, body):
+    h = json.dumps(header).encode()
+    h += b' ' * (-len(h) % 8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(h)) + h + body)
+
+
+def expect_error(args, *needles, status=1):
+    """Broken model files exit 1; bad arguments and bad input data exit 2 (usage)."""
+    rc, out, err = run(*args)
+    lines = err.strip().splitlines()
+    assert rc == status, 'exit status %d, expected %d (stderr: %r)' % (rc, status, err)
+    assert len(lines) == 1, 'expected one line on stderr, got %r' % err
+    for n in needles:
+        assert n in lines[0], '%r not in the message %r' % (n, lines[0])
+
+
+tmp = tempfile.mkdtemp(prefix='qlora-test-')
+base = os.path.join(tmp, 'base')
+tokens = os.path.join(tmp, 'tokens.json')
+with open(tokens, 'w') as f:
+    json.dump([[1, 5, 300, 7, 42], [1, 9, 10]], f)
+
+
+def variant(name):
+    d = os.path.join(tmp, name)
+    shutil.copytree(base, d)
+    return d
+
+
+def eval_json(model, *extra):
+    rc, out, err = run('eval', '--model', model, '--tokens', tokens, '--json', *extra)
+    assert rc == 0, 'eval failed: %s' % err
+    return json.loads(out)
+
+
+@case('make-model writes a Hugging Face model that eval reads')
+def _():
+    rc, out, err = run('make-model', '--dim', '64', '--hidden', '160', '--layers', '2', '--heads', '4',
+                       '--kv-heads', '2', '--vocab', '512', '--seq-len', '64', '--out', base)
+    assert rc == 0, err
+    r = eval_json(base)
+    assert r['n_predicted'] == 6, r
+    assert abs(r['ppl'] - np.exp(r['nll_sum'] / 6)) < 1e-9 * r['ppl'], r
+    # random weights of sd 0.02 predict nearly uniformly over 512 tokens
+    assert 400 < r['ppl'] < 650, r
+
+
+@case('F16 and BF16 checkpoints load and agree with F32 within their precision')
+def _():
+    ref = eval_json(base)['nll_sum']
+    header, body = read_st(os.path.join(base, 'model.safetensors'))
+    for dtype, conv in (('F16', lambda a: a.astype(np.float16).tobytes()),
+                        ('BF16', lambda a: (a.view(np.uint32) >> 16).astype(np.uint16).tobytes())):
+        h, parts, off = {}, [], 0
+        for name, t in sorted(header.items(), key=lambda kv: kv[1]['data_offsets'][0]):
+            b0, b1 = t['data_offsets']
+            raw = conv(np.frombuffer(body[b0:b1], dtype=np.float32))
+            h[name] = {'dtype': dtype, 'shape': t['shape'], 'data_offsets': [off, off + len(raw)]}
+            parts.append(raw)
+            off += len(raw)
+        d = variant(dtype)
+        write_st(os.path.join(d, 'model.safetensors'), h, b''.join(parts))
+        got = eval_json(d)['nll_sum']
+        assert abs(got - ref) < 0.05 * abs(ref), '%s nll %g vs F32 %g' % (dtype, got, ref)
+
+
+def corrupt(name, edit):
+    d = variant(name)
+    path = os.path.join(d, 'model.safetensors')
+    header, body = read_st(path)
+    header, body = edit(header, body)
+    write_st(path, header, body)
+    return d
+
+
+@case('a missing tensor is named')
+def _():
+    d = corrupt('missing', lambda h, b: ({k: v for k, v in h.items()
+                                          if k != 'model.layers.1.mlp.up_proj.weight'}, b))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'model.layers.1.mlp.up_proj.weight', 'missing')
+
+
+@case('a shape that disagrees with config.json is named')
+def _():
+    d = variant('shape')
+    cfg = json.load(open(os.path.join(d, 'config.json')))
+    cfg['intermediate_size'] = 128
+    json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'model.safetensors',
+                 'model.layers.0.mlp.gate_proj.weight', 'shape')
+
+
+@case('an unsupported dtype is named')
+def _():
+    def edit(h, b):
+        h['model.norm.weight']['dtype'] = 'I32'
+        return h, b
+    d = corrupt('dtype', edit)
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'model.norm.weight', 'dtype')
+
+
+@case('overlapping or out-of-range data offsets are refused')
+def _():
+    def overlap(h, b):
+        first = min(h.values(), key=lambda t: t['data_offsets'][0])
+        second = sorted(h.values(), key=lambda t: t['data_offsets'][0])[1]
+        n = second['data_offsets'][1] - second['data_offsets'][0]
+        second['data_offsets'] = [first['data_offsets'][0], first['data_offsets'][0] + n]
+        return h, b
+    expect_error(['eval', '--model', corrupt('overlap', overlap), '--tokens', tokens], 'overlap')
+
+    def beyond(h, b):
+        t = h['model.norm.weight']
+        t['data_offsets'] = [len(b) - 4, len(b) + 252]
+        return h, b
+    expect_error(['eval', '--model', corrupt('beyond', beyond), '--tokens', tokens],
+                 'model.norm.weight', 'outside')
+
+
+@case('truncated files are refused with the file named')
+def _():
+    d = variant('truncated')
+    path = os.path.join(d, 'model.safetensors')
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) // 2])
+    expect_error(['eval', '--model', d, '--tokens', tokens], path)
+    open(path, 'wb').write(b'\xff' * 8 + data[8:100])
+    expect_error(['eval', '--model', d, '--tokens', tokens], path, 'header')
+    l2c = os.path.join(tmp, 'l2c')
+    os.mkdir(l2c)
+    src = open(os.path.join(SHARED, 'models/stories260K/model.bin'), 'rb').read()
+    open(os.path.join(l2c, 'model.bin'), 'wb').write(src[:len(src) - 1000])
+    expect_error(['eval', '--model', l2c, '--tokens', tokens], 'model.bin', 'header promises')
+    open(os.path.join(l2c, 'model.bin'), 'wb').write(struct.pack('<7i', 64, 172, 5, 8, 3, 512, 512))
+    expect_error(['eval', '--model', l2c, '--tokens', tokens], 'model.bin')
+
+
+@case('no model at all, and bad arguments')
+def _():
+    expect_error(['eval', '--model', os.path.join(tmp, 'nowhere'), '--tokens', tokens],
+                 'nowhere', 'config.json')
+    expect_error(['eval', '--model', base, '--quant', 'nf5', '--tokens', tokens], 'nf5', status=2)
+    expect_error(['eval', '--model', base, '--quant', 'nf4', '--block', '48', '--tokens', tokens],
+                 'block', status=2)
+    expect_error(['eval', '--model', base], '--tokens', status=2)
+
+
+@case('bad token files: clear errors naming the position')
+def _():
+    def tok_file(obj, raw=None):
+        p = os.path.join(tmp, 'bad.json')
+        open(p, 'w').write(raw if raw is not None else json.dumps(obj))
+        return p
+    expect_error(['eval', '--model', base, '--tokens', tok_file([[1, 512]])], 'tokens[0]', '512', status=2)
+    expect_error(['eval', '--model', base, '--tokens', tok_file([[1, 2], [1, -1]])], '[1][1]', status=2)
+    expect_error(['eval', '--model', base, '--tokens', tok_file([[1]])], 'tokens[0]', 'at least 2', status=2)
+    expect_error(['eval', '--model', base, '--tokens', tok_file([[1] * 65])], 'seq_len', status=2)
+    expect_error(['eval', '--model', base, '--tokens', tok_file(None, '[[1, 2]')], 'JSON', status=2)
+    expect_error(['eval', '--model', base, '--tokens', tok_file({'a': 1})], 'array', status=2)
+
+
+@case('eval --text on a real model, with the README perplexity as a sanity bound')
+def _():
+    text = os.path.join(tmp, 'story.txt')
+    valid = open(os.path.join(SHARED, 'data/tinystories_valid.txt'), encoding='utf-8').read()
+    open(text, 'w').write(valid[:20000])
+    m = os.path.join(SHARED, 'models/tinystories6M')
+    rc, out, err = run('eval', '--model', m, '--text', text, '--json')
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r['n_predicted'] > 4000 and 3.5 < r['ppl'] < 8, r
+    rc, out2, _ = run('eval', '--model', m + '-hf', '--text', text, '--json')
+    assert json.loads(out2) == r, 'layouts differ: %s vs %s' % (out, out2)
+    rc, out3, _ = run('eval', '--model', m, '--quant', 'ternary', '--text', text, '--json')
+    assert json.loads(out3)['ppl'] > r['ppl'], out3
+
+
+@case('generate: sampling is deterministic for a seed; greedy reproduces the README')
+def _():
+    m = os.path.join(SHARED, 'models/stories260K')
+    a = run('generate', '--model', m, '--prompt', 'Once upon a time', '-n', '30', '--temperature', '0.9',
+            '--seed', '7')
+    b = run('generate', '--model', m, '--prompt', 'Once upon a time', '-n', '30', '--temperature', '0.9',
+            '--seed', '7')
+    assert a[0] == 0 and a[1] == b[1], (a, b)
+    assert a[1].startswith('Once upon a time'), a[1]
+    rc, out, err = run('generate', '--model', m, '-n', '63')
+    assert rc == 0 and out.startswith('Once upon a time, there was a little girl named Lily.'), out
+
+
+@case('inspect reports sizes, errors per format and memory')
+def _():
+    rc, out, err = run('inspect', '--model', base, '--quant', 'nf4')
+    assert rc == 0, err
+    for word in ('parameters', 'nf4', 'ternary', 'bits/param', 'resident'):
+        assert word in out, '%s missing from:\n%s' % (word, out)
+
+
+shutil.rmtree(tmp)
+for i, (ok, name, why) in enumerate(results, 1):
+    print('%sok %d - %s' % ('' if ok else 'not ', i, name))
+    for line in why.splitlines():
+        print('# ' + line)
+print('1..%d' % len(results))
+sys.exit(0 if all(ok for ok, _, _ in results) else 1)

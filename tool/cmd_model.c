@@ -1,0 +1,314 @@
+/* cmd_model.c: qlora-tool eval, generate, inspect. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "generate.h"
+#include "json.h"
+#include "model.h"
+#include "tokenizer.h"
+#include "tool.h"
+
+int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model_opts *o, int *err)
+{
+    const char *a = argv[*i];
+    int has = *i + 1 < argc;
+    *err = 0;
+    if (!strcmp(a, "--model") && has) {
+        o->dir = argv[++*i];
+    } else if (!strcmp(a, "--quant") && has) {
+        qt_format f;
+        if (qt_format_parse(argv[++*i], &f) < 0) {
+            *err = tool_fail(cmd, "--quant: unknown format '%s' (f32 nf4 fp4 int8 int4 bitnet1 ternary)",
+                             argv[*i]);
+        } else {
+            int block = o->spec.block, dq_off = o->no_dq;
+            o->spec = qt_spec_default(f);
+            o->spec.block = block;
+            o->spec.double_quant = o->spec.double_quant && !dq_off;
+        }
+    } else if (!strcmp(a, "--block") && has) {
+        if (tool_parse_int(argv[++*i], 1, 1 << 30, &o->spec.block) < 0)
+            *err = tool_fail(cmd, "--block: '%s' is not a positive integer", argv[*i]);
+    } else if (!strcmp(a, "--no-double-quant")) {
+        o->no_dq = 1;
+        o->spec.double_quant = 0;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok)
+{
+    char err[1024];
+    if (!o->dir)
+        return tool_fail(cmd, "--model DIR is required");
+    if (qt_spec_check(o->spec, err, sizeof err) < 0)
+        return tool_fail(cmd, "%s", err);
+    if (llama_load(m, o->dir, o->spec, err, sizeof err) < 0) {
+        fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
+        return 1;
+    }
+    if (tok) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.bin", o->dir);
+        if (tok_load(tok, path, m->cfg.vocab_size, err, sizeof err) < 0) {
+            fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
+            llama_free(m);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- eval ---- */
+
+typedef struct {
+    int **seqs;
+    size_t *lens;
+    size_t n;
+} token_set;
+
+static void free_set(token_set *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->seqs[i]);
+    free(s->seqs);
+    free(s->lens);
+    memset(s, 0, sizeof *s);
+}
+
+static int add_seq(token_set *s, const int *ids, size_t n)
+{
+    int **seqs = realloc(s->seqs, (s->n + 1) * sizeof *seqs);
+    if (seqs)
+        s->seqs = seqs;
+    size_t *lens = realloc(s->lens, (s->n + 1) * sizeof *lens);
+    if (lens)
+        s->lens = lens;
+    int *copy = malloc((n ? n : 1) * sizeof(int));
+    if (!seqs || !lens || !copy) {
+        free(copy);
+        return -1;
+    }
+    memcpy(copy, ids, n * sizeof(int));
+    s->seqs[s->n] = copy;
+    s->lens[s->n++] = n;
+    return 0;
+}
+
+static int read_file(const char *path, char **text, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    unsigned char *buf;
+    int rc = tool_read_all(f, &buf, len);
+    fclose(f);
+    if (rc < 0)
+        return -1;
+    *text = (char *)buf;
+    return 0;
+}
+
+static int tokens_from_json(const char *cmd, const char *path, token_set *set)
+{
+    char *text, err[300];
+    size_t len;
+    if (read_file(path, &text, &len) < 0)
+        return tool_fail(cmd, "--tokens: cannot read %s", path);
+    json_value *v = json_parse(text, len, err, sizeof err);
+    free(text);
+    if (!v)
+        return tool_fail(cmd, "--tokens: %s: %s", path, err);
+    int rc = 0;
+    if (v->type != JSON_ARRAY || v->count == 0)
+        rc = tool_fail(cmd, "--tokens: %s must hold a non-empty array of token-id arrays", path);
+    for (size_t i = 0; i < v->count && !rc; i++) {
+        const json_value *a = &v->items[i];
+        if (a->type != JSON_ARRAY) {
+            rc = tool_fail(cmd, "--tokens: %s: element %zu is not an array", path, i);
+            break;
+        }
+        int *ids = malloc((a->count ? a->count : 1) * sizeof(int));
+        for (size_t k = 0; ids && k < a->count && !rc; k++) {
+            const json_value *t = &a->items[k];
+            if (t->type != JSON_NUMBER || t->number != floor(t->number) || t->number < 0 ||
+                t->number > 2147483647.0)
+                rc = tool_fail(cmd, "--tokens: %s: [%zu][%zu] is not a non-negative integer", path, i, k);
+            else
+                ids[k] = (int)t->number;
+        }
+        if (!ids || (!rc && add_seq(set, ids, a->count) < 0))
+            rc = tool_fail(cmd, "out of memory");
+        free(ids);
+    }
+    json_free(v);
+    return rc;
+}
+
+/* The text tokenized once (BOS first) and cut into windows of at most seq_len tokens; a
+ * last window of a single token predicts nothing and is dropped. */
+static int tokens_from_text(const char *cmd, const char *path, const tok_tokenizer *tok,
+                            int seq_len, token_set *set)
+{
+    char *text;
+    size_t len, n;
+    int *ids;
+    if (read_file(path, &text, &len) < 0)
+        return tool_fail(cmd, "--text: cannot read %s", path);
+    int rc = tok_encode(tok, text, len, 1, 0, &ids, &n);
+    free(text);
+    if (rc < 0)
+        return tool_fail(cmd, "out of memory tokenizing %s", path);
+    for (size_t i = 0; i < n && rc == 0; i += (size_t)seq_len) {
+        size_t w = n - i < (size_t)seq_len ? n - i : (size_t)seq_len;
+        if (w >= 2 && add_seq(set, ids + i, w) < 0)
+            rc = tool_fail(cmd, "out of memory");
+    }
+    free(ids);
+    if (rc == 0 && set->n == 0)
+        rc = tool_fail(cmd, "--text: %s yields fewer than 2 tokens", path);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    const char *cmd = "eval", *tokens = NULL, *text = NULL;
+    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
+    int json = 0, e;
+    for (int i = 1; i < argc; i++) {
+        if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {
+            if (e)
+                return e;
+        } else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) {
+            tokens = argv[++i];
+        } else if (!strcmp(argv[i], "--text") && i + 1 < argc) {
+            text = argv[++i];
+        } else if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else {
+            return tool_fail(cmd, "unexpected argument '%s' (or it lacks its value)", argv[i]);
+        }
+    }
+    if (!tokens == !text)
+        return tool_fail(cmd, "give exactly one of --tokens FILE.json and --text FILE");
+    llama_model m;
+    tok_tokenizer *tok = NULL;
+    int rc = tool_load_model(cmd, &o, &m, text ? &tok : NULL);
+    if (rc)
+        return rc;
+    token_set set = {0};
+    rc = tokens ? tokens_from_json(cmd, tokens, &set)
+                : tokens_from_text(cmd, text, tok, m.cfg.seq_len, &set);
+    if (rc == 0) {
+        double nll = 0;
+        size_t npred = 0;
+        char err[512];
+        if (llama_eval(&m, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err,
+                       sizeof err) < 0) {
+            rc = tool_fail(cmd, "%s", err);
+        } else if (json) {
+            printf("{\"nll_sum\":%.17g,\"n_predicted\":%zu,\"ppl\":%.17g}\n", nll, npred,
+                   exp(nll / (double)npred));
+        } else {
+            printf("%s (%s): %zu sequences, %zu predicted tokens, nll %.4f nats/token, ppl %.5f\n",
+                   o.dir, qt_format_name(o.spec.format), set.n, npred, nll / (double)npred,
+                   exp(nll / (double)npred));
+        }
+    }
+    free_set(&set);
+    tok_free(tok);
+    llama_free(&m);
+    return rc;
+}
+
+/* ---- generate ---- */
+
+typedef struct {
+    const tok_tokenizer *tok;
+    int prev;
+} print_ctx;
+
+static int print_token(void *p, int token)
+{
+    print_ctx *c = p;
+    size_t len;
+    const char *s = tok_decode(c->tok, c->prev, token, &len);
+    if (s)
+        fwrite(s, 1, len, stdout);
+    fflush(stdout);
+    c->prev = token;
+    return 0;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    const char *cmd = "generate", *prompt = "";
+    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
+    int n = 64, e;
+    llama_sampling s = {0.0f, 0.9f, 0};
+    for (int i = 1; i < argc; i++) {
+        if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {
+            if (e)
+                return e;
+        } else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) {
+            prompt = argv[++i];
+        } else if (!strcmp(argv[i], "-n") && i + 1 < argc) {
+            if (tool_parse_int(argv[++i], 0, 1 << 20, &n) < 0)
+                return tool_fail(cmd, "-n: '%s' is not a count", argv[i]);
+        } else if (!strcmp(argv[i], "--temperature") && i + 1 < argc) {
+            char *end;
+            s.temperature = strtof(argv[++i], &end);
+            if (*end || !(s.temperature >= 0) || s.temperature > 100)
+                return tool_fail(cmd, "--temperature: '%s' is not a number in 0..100", argv[i]);
+        } else if (!strcmp(argv[i], "--top-p") && i + 1 < argc) {
+            char *end;
+            s.top_p = strtof(argv[++i], &end);
+            if (*end || !(s.top_p >= 0 && s.top_p <= 1))
+                return tool_fail(cmd, "--top-p: '%s' is not a number in 0..1", argv[i]);
+        } else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
+            char *end;
+            s.seed = strtoull(argv[++i], &end, 10);
+            if (*end)
+                return tool_fail(cmd, "--seed: '%s' is not an integer", argv[i]);
+        } else {
+            return tool_fail(cmd, "unexpected argument '%s' (or it lacks its value)", argv[i]);
+        }
+    }
+    llama_model m;
+    tok_tokenizer *tok;
+    int rc = tool_load_model(cmd, &o, &m, &tok);
+    if (rc)
+        return rc;
+    int *ids = NULL, *out = malloc(((size_t)n + 1) * sizeof(int));
+    size_t n_ids = 0;
+    if (!out || tok_encode(tok, prompt, strlen(prompt), 1, 0, &ids, &n_ids) < 0) {
+        rc = tool_fail(cmd, "out of memory");
+    } else {
+        print_ctx pc = {tok, ids[n_ids - 1]};
+        char *head = tok_decode_all(tok, TOK_BOS, ids + 1, n_ids - 1);
+        if (head)
+            fputs(head, stdout);
+        free(head);
+        int n_out;
+        char err[512];
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (llama_generate(&m, ids, (int)n_ids, n, &s, print_token, &pc, out, &n_out, err,
+                           sizeof err) < 0)
+            rc = tool_fail(cmd, "%s", err);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        printf("\n");
+        fprintf(stderr, "qlora-tool generate: %d tokens, %.1f tokens/s\n", n_out,
+                n_out / (t1.tv_sec - t0.tv_sec + (t1.tv_nsec - t0.tv_nsec) * 1e-9 + 1e-9));
+    }
+    free(ids);
+    free(out);
+    tok_free(tok);
+    llama_free(&m);
+    return rc;
+}
