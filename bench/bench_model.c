@@ -1,7 +1,8 @@
 /* bench_model: prefill and decode throughput of the forward pass for every format, as a
  * ratio to f32 on the same model measured in the same run.
- * usage: bench_model DIR [DIR...] (llama2.c or Hugging Face layout; make-model for shapes
- * no shipped model has). Figures are printed, never asserted. */
+ * usage: bench_model [--format F] DIR [DIR...] (llama2.c or Hugging Face layout; make-model
+ * for shapes no shipped model has; --format measures f32 and F only). Figures are printed,
+ * never asserted. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,15 +41,15 @@ static int measure(const char *dir, qt_format f, result *r)
         tokens[i] = 3 + (i * 37) % (c->vocab_size - 3);
     llama_cache cache;
     llama_acts pre, step;
-    if (!tokens || llama_cache_alloc(&cache, c, 1, S) < 0 || llama_acts_alloc(&pre, c, 1, T, S) < 0 ||
-        llama_acts_alloc(&step, c, 1, 1, S) < 0) {
+    if (!tokens || llama_cache_alloc(&cache, c, 1, S) < 0 || llama_acts_alloc(&pre, c, 1, T, S, 0) < 0 ||
+        llama_acts_alloc(&step, c, 1, 1, S, 0) < 0) {
         fprintf(stderr, "bench_model: out of memory\n");
         exit(1);
     }
     double best = 1e30;
     for (int rep = 0; rep < 3; rep++) {
         double t0 = now();
-        llama_forward(&m, &pre, &cache, tokens, 1, T, 0);
+        llama_forward(&m, NULL, &pre, &cache, tokens, 1, T, 0);
         double t = now() - t0;
         best = t < best ? t : best;
     }
@@ -58,7 +59,7 @@ static int measure(const char *dir, qt_format f, result *r)
         double t0 = now();
         for (int i = 0; i < steps; i++) {
             int tok = tokens[i % T];
-            llama_forward(&m, &step, &cache, &tok, 1, 1, T + i);
+            llama_forward(&m, NULL, &step, &cache, &tok, 1, 1, T + i);
         }
         double t = now() - t0;
         best = t < best ? t : best;
@@ -81,21 +82,32 @@ static int measure(const char *dir, qt_format f, result *r)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: bench_model DIR [DIR...]\n");
+    int first = 1, only = -1;
+    if (argc > 2 && !strcmp(argv[1], "--format")) {
+        qt_format f;
+        if (qt_format_parse(argv[2], &f) < 0) {
+            fprintf(stderr, "bench_model: unknown format %s\n", argv[2]);
+            return 2;
+        }
+        only = (int)f;
+        first = 3;
+    }
+    if (argc <= first) {
+        fprintf(stderr, "usage: bench_model [--format F] DIR [DIR...]\n");
         return 2;
     }
     printf("## Forward pass (bench_model)\n");
-    for (int d = 1; d < argc; d++) {
+    for (int d = first; d < argc; d++) {
         result r[QT_NFORMATS];
         for (int f = 0; f < QT_NFORMATS; f++)
-            if (measure(argv[d], f, &r[f]) < 0)
+            if ((only < 0 || f == 0 || f == only) && measure(argv[d], f, &r[f]) < 0)
                 return 1;
         printf("\n### %s (%d threads, kernels %s)\n\n", argv[d], qt_threads(), qt_isa_name(qt_isa_active()));
         printf("| format | bits/param | weights MiB | prefill tok/s | vs f32 | decode tok/s | vs f32 |\n");
         printf("|---|---|---|---|---|---|---|\n");
         for (int f = 0; f < QT_NFORMATS; f++)
-            printf("| %s | %.3f | %.1f | %.1f | %.2fx | %.1f | %.2fx |\n", qt_format_name(f), r[f].bits,
+            if (only < 0 || f == 0 || f == only)
+                printf("| %s | %.3f | %.1f | %.1f | %.2fx | %.1f | %.2fx |\n", qt_format_name(f), r[f].bits,
                    r[f].bytes / 1048576.0, r[f].prefill, r[f].prefill / r[0].prefill, r[f].decode,
                    r[f].decode / r[0].decode);
         fflush(stdout);

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "parallel.h"
 
 int llama_cache_alloc(llama_cache *c, const llama_config *cfg, int B, int S)
@@ -31,11 +33,13 @@ void llama_cache_free(llama_cache *c)
     c->k = c->v = NULL;
 }
 
+#define N_ACTS 17
+
 /* Floats of each array for M = B*T rows, in allocation order. */
-static void acts_sizes(const llama_config *c, int B, int T, int S, size_t n[15])
+static void acts_sizes(const llama_config *c, int B, int T, int S, int rank, size_t n[N_ACTS])
 {
     size_t M = (size_t)B * T, L = c->n_layers, D = c->dim, H = c->hidden_dim;
-    size_t sizes[15] = {
+    size_t sizes[N_ACTS] = {
         (L + 1) * M * D,                 /* x */
         L * M * D, L * M,                /* xn1, rstd1 */
         L * M * D,                       /* q */
@@ -44,38 +48,42 @@ static void acts_sizes(const llama_config *c, int B, int T, int S, size_t n[15])
         L * M * D, L * M,                /* xn2, rstd2 */
         L * M * H, L * M * H, L * M * H, /* h1, h3, g */
         M * D, M, M * c->vocab_size,     /* xf, rstdf, logits */
+        L * LIN_COUNT * M * rank,        /* u */
+        rank ? M * (D > H ? D : H) : 0,  /* scratch */
     };
     memcpy(n, sizes, sizeof sizes);
 }
 
-size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S)
+size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S, int rank)
 {
-    size_t n[15], total = 0;
-    acts_sizes(cfg, B, T, S, n);
-    for (int i = 0; i < 15; i++)
+    size_t n[N_ACTS], total = 0;
+    acts_sizes(cfg, B, T, S, rank, n);
+    for (int i = 0; i < N_ACTS; i++)
         total += n[i];
     return total * sizeof(float);
 }
 
-int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S)
+int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S, int rank)
 {
     memset(a, 0, sizeof *a);
-    size_t n[15], total = 0;
-    acts_sizes(cfg, B, T, S, n);
-    for (int i = 0; i < 15; i++)
+    size_t n[N_ACTS], total = 0;
+    acts_sizes(cfg, B, T, S, rank, n);
+    for (int i = 0; i < N_ACTS; i++)
         total += n[i];
     float *p = malloc(total * sizeof(float));
     if (!p)
         return -1;
-    float **ptrs[15] = {&a->x, &a->xn1, &a->rstd1, &a->q, &a->att, &a->ao, &a->x2, &a->xn2,
-                        &a->rstd2, &a->h1, &a->h3, &a->g, &a->xf, &a->rstdf, &a->logits};
-    for (int i = 0; i < 15; i++) {
+    float **ptrs[N_ACTS] = {&a->x, &a->xn1, &a->rstd1, &a->q, &a->att, &a->ao, &a->x2, &a->xn2,
+                            &a->rstd2, &a->h1, &a->h3, &a->g, &a->xf, &a->rstdf, &a->logits,
+                            &a->u, &a->scratch};
+    for (int i = 0; i < N_ACTS; i++) {
         *ptrs[i] = p;
         p += n[i];
     }
     a->B = B;
     a->T = T;
     a->S = S;
+    a->rank = rank;
     return 0;
 }
 
@@ -199,8 +207,38 @@ static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
     }
 }
 
-int llama_forward(const llama_model *m, llama_acts *a, llama_cache *cache, const int *tokens,
-                  int B, int T, int pos0)
+/* The adapter's inner activations u [M x rank] of (layer, k) for this call's M. */
+static float *lora_u(const llama_acts *a, int layer, llama_linear k, size_t M)
+{
+    return a->u + ((size_t)layer * LIN_COUNT + k) * M * a->rank;
+}
+
+/* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
+static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, int layer,
+                          llama_linear k, const float *x, int M, float *y, int accumulate)
+{
+    int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
+    if (rc || !llama_lora_has(ad, layer, k))
+        return rc;
+    int out, in, r = ad->rank;
+    llama_linear_shape(&m->cfg, k, &out, &in);
+    const float *xin = x;
+    if (ad->training && ad->dropout > 0) {
+        for (size_t i = 0; i < (size_t)M; i++)
+            for (int j = 0; j < in; j++)
+                a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
+        xin = a->scratch;
+    }
+    float *u = lora_u(a, layer, k, (size_t)M);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
+                llama_lora_a(ad, ad->params, layer, k), in, 0.0f, u, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, r, ad->scale, u, r,
+                llama_lora_b(ad, &m->cfg, ad->params, layer, k), r, 1.0f, y, out);
+    return 0;
+}
+
+int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
+                  const int *tokens, int B, int T, int pos0)
 {
     const llama_config *c = &m->cfg;
     const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers, S = cache->S;
@@ -221,12 +259,12 @@ int llama_forward(const llama_model *m, llama_acts *a, llama_cache *cache, const
         float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
 
         rmsnorm_forward(xn1, a->rstd1 + l * M, x, ly->rms_att, (int)M, D, c->norm_eps);
-        rc |= qt_matmul(&ly->lin[LIN_Q], xn1, (int)M, q, 0);
+        rc |= linear_forward(m, ad, a, l, LIN_Q, xn1, (int)M, q, 0);
         /* k and v straight into the cache rows of their positions */
         float *kv_new = a->ao + l * sMD; /* scratch until the attention output overwrites it */
         for (int which = 0; which < 2; which++) {
             float *dst = which ? vc : kc;
-            rc |= qt_matmul(&ly->lin[which ? LIN_V : LIN_K], xn1, (int)M, kv_new, 0);
+            rc |= linear_forward(m, ad, a, l, which ? LIN_V : LIN_K, xn1, (int)M, kv_new, 0);
             for (int b = 0; b < B; b++)
                 for (int t = 0; t < T; t++) {
                     float *row = dst + ((size_t)b * S + pos0 + t) * KV;
@@ -243,15 +281,15 @@ int llama_forward(const llama_model *m, llama_acts *a, llama_cache *cache, const
         qt_parallel(B * c->n_heads, attention_task, &ac);
 
         memcpy(x2, x, sMD * sizeof(float));
-        rc |= qt_matmul(&ly->lin[LIN_O], ao, (int)M, x2, 1);
+        rc |= linear_forward(m, ad, a, l, LIN_O, ao, (int)M, x2, 1);
 
         rmsnorm_forward(xn2, a->rstd2 + l * M, x2, ly->rms_ffn, (int)M, D, c->norm_eps);
-        rc |= qt_matmul(&ly->lin[LIN_GATE], xn2, (int)M, h1, 0);
-        rc |= qt_matmul(&ly->lin[LIN_UP], xn2, (int)M, h3, 0);
+        rc |= linear_forward(m, ad, a, l, LIN_GATE, xn2, (int)M, h1, 0);
+        rc |= linear_forward(m, ad, a, l, LIN_UP, xn2, (int)M, h3, 0);
         swiglu_forward(g, h1, h3, sMH);
         float *next = a->x + (l + 1) * sMD;
         memcpy(next, x2, sMD * sizeof(float));
-        rc |= qt_matmul(&ly->lin[LIN_DOWN], g, (int)M, next, 1);
+        rc |= linear_forward(m, ad, a, l, LIN_DOWN, g, (int)M, next, 1);
     }
     rmsnorm_forward(a->xf, a->rstdf, a->x + L * sMD, m->rms_final, (int)M, D, c->norm_eps);
     rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);

@@ -86,7 +86,7 @@ int llama_sample(float *logits, int V, const llama_sampling *s, uint64_t *rng)
     return V - 1;
 }
 
-int llama_generate(const llama_model *m, const int *prompt, int n_prompt, int max_new,
+int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt, int n_prompt, int max_new,
                    const llama_sampling *s, llama_token_fn fn, void *ctx, int *out, int *n_out,
                    char *err, size_t errlen)
 {
@@ -109,11 +109,13 @@ int llama_generate(const llama_model *m, const int *prompt, int n_prompt, int ma
     }
     int rc = -1;
     uint64_t rng = s->seed ? s->seed : 0x9E3779B97F4A7C15ull;
-    if (llama_acts_alloc(&prefill, c, 1, n_prompt, S) < 0 || llama_acts_alloc(&step, c, 1, 1, S) < 0) {
+    int rank = ad ? ad->rank : 0;
+    if (llama_acts_alloc(&prefill, c, 1, n_prompt, S, rank) < 0 ||
+        llama_acts_alloc(&step, c, 1, 1, S, rank) < 0) {
         snprintf(err, errlen, "out of memory for activations");
         goto done;
     }
-    if (llama_forward(m, &prefill, &cache, prompt, 1, n_prompt, 0) < 0) {
+    if (llama_forward(m, ad, &prefill, &cache, prompt, 1, n_prompt, 0) < 0) {
         snprintf(err, errlen, "out of memory in the forward pass");
         goto done;
     }
@@ -126,7 +128,7 @@ int llama_generate(const llama_model *m, const int *prompt, int n_prompt, int ma
         out[(*n_out)++] = next;
         if ((fn && fn(ctx, next)) || pos >= S)
             break;
-        if (llama_forward(m, &step, &cache, &next, 1, 1, pos++) < 0) {
+        if (llama_forward(m, ad, &step, &cache, &next, 1, 1, pos++) < 0) {
             snprintf(err, errlen, "out of memory in the forward pass");
             goto done;
         }
@@ -140,7 +142,7 @@ done:
     return rc;
 }
 
-int llama_eval(const llama_model *m, const int *const *seqs, const size_t *lens, size_t n_seqs,
+int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seqs, const size_t *lens, size_t n_seqs,
                double *nll_sum, size_t *n_predicted, char *err, size_t errlen)
 {
     const llama_config *c = &m->cfg;
@@ -162,7 +164,7 @@ int llama_eval(const llama_model *m, const int *const *seqs, const size_t *lens,
     llama_cache cache;
     memset(&a, 0, sizeof a);
     if (llama_cache_alloc(&cache, c, 1, (int)longest) < 0 ||
-        llama_acts_alloc(&a, c, 1, (int)longest, (int)longest) < 0) {
+        llama_acts_alloc(&a, c, 1, (int)longest, (int)longest, ad ? ad->rank : 0) < 0) {
         llama_cache_free(&cache);
         snprintf(err, errlen, "out of memory for activations of %zu tokens", longest);
         return -1;
@@ -172,7 +174,7 @@ int llama_eval(const llama_model *m, const int *const *seqs, const size_t *lens,
         int T = (int)lens[i];
         /* a shorter sequence still attends over a cache of `longest` positions; the
          * positions past its own length are never read */
-        if (llama_forward(m, &a, &cache, seqs[i], 1, T, 0) < 0) {
+        if (llama_forward(m, ad, &a, &cache, seqs[i], 1, T, 0) < 0) {
             snprintf(err, errlen, "out of memory in the forward pass");
             rc = -1;
             break;

@@ -20,11 +20,12 @@ int llama_sample(float *logits, int V, const llama_sampling *s, uint64_t *rng);
 /* Called with every generated token; return nonzero to stop. */
 typedef int (*llama_token_fn)(void *ctx, int token);
 
-/* Generates up to max_new tokens after prompt[0..n_prompt) (which must hold at least one
+/* ad: the adapter to apply, or NULL for the base alone (both functions).
+ * Generates up to max_new tokens after prompt[0..n_prompt) (which must hold at least one
  * token, normally BOS first), stopping early when the model emits BOS or EOS or the
  * context (seq_len) is full. Writes the new tokens to out (room for max_new) and their
  * count to *n_out. Returns 0, or -1 with a message. */
-int llama_generate(const llama_model *m, const int *prompt, int n_prompt, int max_new,
+int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt, int n_prompt, int max_new,
                    const llama_sampling *s, llama_token_fn fn, void *ctx, int *out, int *n_out,
                    char *err, size_t errlen);
 
@@ -32,7 +33,7 @@ int llama_generate(const llama_model *m, const int *prompt, int n_prompt, int ma
  * positions 1..len-1 are predicted. Adds -ln p(token[t] | token[<t]) in nats to *nll_sum
  * and the number of predicted positions to *n_predicted. Sequences need 2..seq_len tokens.
  * Returns 0, or -1 with a message naming the sequence and what is wrong. */
-int llama_eval(const llama_model *m, const int *const *seqs, const size_t *lens, size_t n_seqs,
+int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seqs, const size_t *lens, size_t n_seqs,
                double *nll_sum, size_t *n_predicted, char *err, size_t errlen);
 
 #endif

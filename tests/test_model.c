@@ -57,7 +57,7 @@ static void test_greedy(tok_tokenizer *tok)
                 int bos = TOK_BOS, out[63], n = 0;
                 llama_sampling s = {0, 0, 0};
                 char err[256];
-                CHECK(llama_generate(&m, &bos, 1, 63, &s, NULL, NULL, out, &n, err, sizeof err) == 0,
+                CHECK(llama_generate(&m, NULL, &bos, 1, 63, &s, NULL, NULL, out, &n, err, sizeof err) == 0,
                       "%s", err);
                 char *text = tok_decode_all(tok, TOK_BOS, out, (size_t)n);
                 CHECK(n == 63, "%d tokens", n);
@@ -86,10 +86,10 @@ static void test_layouts_agree(void)
                 llama_acts x, y;
                 llama_cache cx, cy;
                 CHECK(llama_cache_alloc(&cx, &a.cfg, 1, 12) == 0 && llama_cache_alloc(&cy, &b.cfg, 1, 12) == 0 &&
-                          llama_acts_alloc(&x, &a.cfg, 1, 12, 12) == 0 && llama_acts_alloc(&y, &b.cfg, 1, 12, 12) == 0,
+                          llama_acts_alloc(&x, &a.cfg, 1, 12, 12, 0) == 0 && llama_acts_alloc(&y, &b.cfg, 1, 12, 12, 0) == 0,
                       "alloc");
-                llama_forward(&a, &x, &cx, tokens, 1, 12, 0);
-                llama_forward(&b, &y, &cy, tokens, 1, 12, 0);
+                llama_forward(&a, NULL, &x, &cx, tokens, 1, 12, 0);
+                llama_forward(&b, NULL, &y, &cy, tokens, 1, 12, 0);
                 CHECK(memcmp(x.logits, y.logits, 12 * 512 * sizeof(float)) == 0,
                       "logits differ between layouts");
                 CHECK(a.fingerprint == b.fingerprint, "fingerprints differ");
@@ -171,7 +171,7 @@ static void test_perplexity(tok_tokenizer *tok)
         size_t np = 0;
         char err[256];
         if (load(&m, model_names[known[k].model], known[k].f) == 0) {
-            CHECK(llama_eval(&m, (const int *const *)seqs, lens, 16, &nll, &np, err, sizeof err) == 0,
+            CHECK(llama_eval(&m, NULL, (const int *const *)seqs, lens, 16, &nll, &np, err, sizeof err) == 0,
                   "%s", err);
             llama_free(&m);
         }
@@ -191,7 +191,7 @@ static void test_perplexity(tok_tokenizer *tok)
             size_t np = 0;
             char err[256];
             if (load(&m, model_names[mi], f) == 0) {
-                CHECK(llama_eval(&m, (const int *const *)seqs, lens, 16, &nll, &np, err, sizeof err) == 0,
+                CHECK(llama_eval(&m, NULL, (const int *const *)seqs, lens, 16, &nll, &np, err, sizeof err) == 0,
                       "%s", err);
                 llama_free(&m);
             }
@@ -226,16 +226,16 @@ static void test_bad_input(void)
     int big[2] = {1, 512}, neg[2] = {1, -3}, one[1] = {1};
     const int *s1[1] = {big}, *s2[1] = {neg}, *s3[1] = {one};
     size_t two = 2, len1 = 1;
-    CHECK(llama_eval(&m, s1, &two, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "512"), "%s", err);
-    CHECK(llama_eval(&m, s2, &two, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "-3"), "%s", err);
-    CHECK(llama_eval(&m, s3, &len1, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "at least 2"), "%s", err);
+    CHECK(llama_eval(&m, NULL, s1, &two, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "512"), "%s", err);
+    CHECK(llama_eval(&m, NULL, s2, &two, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "-3"), "%s", err);
+    CHECK(llama_eval(&m, NULL, s3, &len1, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "at least 2"), "%s", err);
     int *longseq = calloc(600, sizeof(int));
     const int *s4[1] = {longseq};
     size_t len600 = 600;
-    CHECK(llama_eval(&m, s4, &len600, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "seq_len"), "%s", err);
+    CHECK(llama_eval(&m, NULL, s4, &len600, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "seq_len"), "%s", err);
     int out[4], n;
     llama_sampling s = {0, 0, 0};
-    CHECK(llama_generate(&m, one, 0, 4, &s, NULL, NULL, out, &n, err, sizeof err) < 0 && strstr(err, "empty"),
+    CHECK(llama_generate(&m, NULL, one, 0, 4, &s, NULL, NULL, out, &n, err, sizeof err) < 0 && strstr(err, "empty"),
           "%s", err);
     free(longseq);
     llama_free(&m);

@@ -208,7 +208,7 @@ int cmd_eval(int argc, char **argv)
         double nll = 0;
         size_t npred = 0;
         char err[512];
-        if (llama_eval(&m, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err,
+        if (llama_eval(&m, NULL, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err,
                        sizeof err) < 0) {
             rc = tool_fail(cmd, "%s", err);
         } else if (json) {
@@ -298,7 +298,7 @@ int cmd_generate(int argc, char **argv)
         char err[512];
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        if (llama_generate(&m, ids, (int)n_ids, n, &s, print_token, &pc, out, &n_out, err,
+        if (llama_generate(&m, NULL, ids, (int)n_ids, n, &s, print_token, &pc, out, &n_out, err,
                            sizeof err) < 0)
             rc = tool_fail(cmd, "%s", err);
         clock_gettime(CLOCK_MONOTONIC, &t1);

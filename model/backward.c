@@ -1,0 +1,203 @@
+/* backward.c: gradients of the adapters through the frozen quantized base (forward.h).
+ * Each step undoes one step of llama_forward, in reverse; the input gradient of every
+ * base linear goes through the transposed fused kernel (qt_matmul_t), and only the LoRA
+ * matrices collect gradients. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+#include "parallel.h"
+
+/* y = w * rstd * x  =>  dx = rstd * (w . dy) - rstd^3 / D * x * sum(w . dy . x); dx is
+ * accumulated into. */
+static void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w,
+                             const float *rstd, int M, int D)
+{
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * D, *dym = dy + (size_t)m * D;
+        float r = rstd[m], dot = 0;
+        for (int i = 0; i < D; i++)
+            dot += w[i] * dym[i] * xm[i];
+        float c = r * r * r * dot / (float)D;
+        for (int i = 0; i < D; i++)
+            dx[(size_t)m * D + i] += r * w[i] * dym[i] - c * xm[i];
+    }
+}
+
+/* The inverse rotation of rope_forward (the transpose of a rotation). */
+static void rope_backward(const llama_model *m, float *dx, int width, int pos)
+{
+    const int hs = m->cfg.head_size, half = hs / 2;
+    const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
+    for (int i = 0; i < width; i += 2) {
+        int p = (i % hs) / 2;
+        float g0 = dx[i], g1 = dx[i + 1];
+        dx[i] = g0 * cs[p] + g1 * sn[p];
+        dx[i + 1] = -g0 * sn[p] + g1 * cs[p];
+    }
+}
+
+typedef struct {
+    const llama_config *cfg;
+    const float *q, *k, *v, *att; /* forward values (k, v: this layer's cache, S == T) */
+    const float *dout;            /* [M x dim] gradient of the attention output */
+    float *dq, *dk, *dv;          /* [M x dim], [M x kv_dim] x 2, written */
+    float *datt;                  /* [threads x T] scratch */
+    int B, T;
+} attn_bwd_ctx;
+
+/* One task per (sequence, kv head): the heads sharing a kv head add into the same dk, dv. */
+static void attention_backward_task(void *p, int task, int thread)
+{
+    const attn_bwd_ctx *c = p;
+    const llama_config *cfg = c->cfg;
+    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, T = c->T;
+    const int group = H / cfg->n_kv_heads, b = task / cfg->n_kv_heads, kvh = task % cfg->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hs);
+    float *datt = c->datt + (size_t)thread * T;
+    for (int t = 0; t < T; t++) {
+        float *dk = c->dk + ((size_t)b * T + t) * KV + (size_t)kvh * hs;
+        float *dv = c->dv + ((size_t)b * T + t) * KV + (size_t)kvh * hs;
+        memset(dk, 0, (size_t)hs * sizeof(float));
+        memset(dv, 0, (size_t)hs * sizeof(float));
+    }
+    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            const float *att = c->att + (((size_t)b * H + h) * T + t) * T;
+            const float *dout = c->dout + row * D + (size_t)h * hs, *q = c->q + row * D + (size_t)h * hs;
+            float *dq = c->dq + row * D + (size_t)h * hs;
+            float dsum = 0;
+            for (int s = 0; s <= t; s++) {
+                const float *v = c->v + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+                float *dv = c->dv + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+                float d = 0;
+                for (int i = 0; i < hs; i++) {
+                    d += dout[i] * v[i];
+                    dv[i] += att[s] * dout[i];
+                }
+                datt[s] = d;
+                dsum += att[s] * d;
+            }
+            memset(dq, 0, (size_t)hs * sizeof(float));
+            for (int s = 0; s <= t; s++) {
+                float ds = att[s] * (datt[s] - dsum) * scale;
+                const float *k = c->k + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+                float *dk = c->dk + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+                for (int i = 0; i < hs; i++) {
+                    dq[i] += ds * k[i];
+                    dk[i] += ds * q[i];
+                }
+            }
+        }
+}
+
+static float *lora_u(const llama_acts *a, int layer, llama_linear k, size_t M)
+{
+    return a->u + ((size_t)layer * LIN_COUNT + k) * M * a->rank;
+}
+
+/* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
+ * grads. x is the linear's forward input; du is [M x rank] scratch. */
+static int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a, int layer,
+                           llama_linear k, const float *x, const float *dy, int M, float *dx,
+                           int accumulate, float *grads, float *du)
+{
+    int rc = qt_matmul_t(&m->layers[layer].lin[k], dy, M, dx, accumulate);
+    if (rc || !llama_lora_has(ad, layer, k))
+        return rc;
+    const llama_config *c = &m->cfg;
+    int out, in, r = ad->rank;
+    llama_linear_shape(c, k, &out, &in);
+    const float *u = lora_u(a, layer, k, (size_t)M);
+    const float *A = llama_lora_a(ad, ad->params, layer, k), *Bm = llama_lora_b(ad, c, ad->params, layer, k);
+    float *dA = llama_lora_a(ad, grads, layer, k), *dB = llama_lora_b(ad, c, grads, layer, k);
+    /* dB += scale dy^T u;  du = scale dy B;  dA += du^T d(x);  dx += d'(du A) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, M, ad->scale, dy, out, u, r, 1.0f, dB, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, r, out, ad->scale, dy, out, Bm, r, 0.0f, du, r);
+    int dropout = ad->training && ad->dropout > 0;
+    const float *xin = x;
+    if (dropout) {
+        for (size_t i = 0; i < (size_t)M; i++)
+            for (int j = 0; j < in; j++)
+                a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
+        xin = a->scratch;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, M, 1.0f, du, r, xin, in, 1.0f, dA, in);
+    if (!dropout) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 0.0f,
+                    a->scratch, in);
+        for (size_t i = 0; i < (size_t)M; i++)
+            for (int j = 0; j < in; j++)
+                dx[i * in + j] += a->scratch[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
+    }
+    return 0;
+}
+
+int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
+                   int B, int T, float *dlogits, float *grads)
+{
+    const llama_config *c = &m->cfg;
+    const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers;
+    const size_t M = (size_t)B * T, sMD = M * D, sMH = M * HD, sAtt = (size_t)B * c->n_heads * T * T;
+    const size_t wide = D > HD ? D : HD;
+    /* dx: gradient of the residual stream; then per-layer scratch */
+    float *buf = malloc((3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
+                         (size_t)qt_threads() * T) * sizeof(float));
+    if (!buf)
+        return -1;
+    float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;
+    float *d1 = dv + M * KV, *d2 = d1 + M * wide, *d3 = d2 + M * wide, *du = d3 + M * wide;
+    float *datt = du + M * (size_t)(ad ? ad->rank : 1);
+    int rc = 0;
+
+    /* logits = xf Wcls^T; xf = rmsnorm(x[L]) */
+    rc |= qt_matmul_t(llama_head(m), dlogits, (int)M, d1, 0);
+    memset(dx, 0, sMD * sizeof(float));
+    rmsnorm_backward(dx, d1, a->x + L * sMD, m->rms_final, a->rstdf, (int)M, D);
+
+    for (int l = L - 1; l >= 0 && rc == 0; l--) {
+        const llama_layer *ly = &m->layers[l];
+        const float *x = a->x + l * sMD, *xn1 = a->xn1 + l * sMD, *q = a->q + l * sMD;
+        const float *ao = a->ao + l * sMD, *x2 = a->x2 + l * sMD, *xn2 = a->xn2 + l * sMD;
+        const float *h1 = a->h1 + l * sMH, *h3 = a->h3 + l * sMH, *g = a->g + l * sMH;
+        const float *kc = cache->k + (size_t)l * B * T * KV, *vc = cache->v + (size_t)l * B * T * KV;
+
+        /* x[l+1] = x2 + down(g) */
+        memcpy(dx2, dx, sMD * sizeof(float));
+        float *dg = d1, *dh1 = d2, *dh3 = d3;
+        rc |= linear_backward(m, ad, a, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
+        for (size_t i = 0; i < sMH; i++) { /* g = silu(h1) * h3 */
+            float sig = 1.0f / (1.0f + expf(-h1[i]));
+            dh3[i] = dg[i] * h1[i] * sig;
+            dh1[i] = dg[i] * h3[i] * sig * (1.0f + h1[i] * (1.0f - sig));
+        }
+        float *dxn2 = d1; /* dg is consumed */
+        rc |= linear_backward(m, ad, a, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
+        rc |= linear_backward(m, ad, a, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);
+        rmsnorm_backward(dx2, dxn2, x2, ly->rms_ffn, a->rstd2 + l * M, (int)M, D);
+
+        /* x2 = x + o(ao) */
+        memcpy(dx, dx2, sMD * sizeof(float));
+        float *dao = d1;
+        rc |= linear_backward(m, ad, a, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
+        attn_bwd_ctx ac = {c, q, kc, vc, a->att + l * sAtt, dao, dq, dk, dv, datt, B, T};
+        qt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
+        for (size_t r = 0; r < M; r++) {
+            int pos = (int)(r % (size_t)T);
+            rope_backward(m, dq + r * D, D, pos);
+            rope_backward(m, dk + r * KV, KV, pos);
+        }
+        float *dxn1 = d2;
+        rc |= linear_backward(m, ad, a, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
+        rc |= linear_backward(m, ad, a, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);
+        rc |= linear_backward(m, ad, a, l, LIN_V, xn1, dv, (int)M, dxn1, 1, grads, du);
+        rmsnorm_backward(dx, dxn1, x, ly->rms_att, a->rstd1 + l * M, (int)M, D);
+    }
+    free(buf);
+    return rc ? -1 : 0;
+}

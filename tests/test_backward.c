@@ -1,0 +1,169 @@
+/* test_backward.c: LoRA gradients against central finite differences of the loss, on
+ * stories260K with an f32 and an nf4 base, for every target linear (A and B), with and
+ * without dropout; and a fresh adapter (B = 0) leaves the logits unchanged.
+ * argv[1] is the shared directory. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+#include "tap.h"
+
+#define B_SEQ 2
+#define T_LEN 12
+
+static const int tokens[B_SEQ * T_LEN] = {
+    1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315,
+    1, 410, 461, 441, 446, 459, 441, 467, 13, 445, 323, 432,
+};
+
+typedef struct {
+    const llama_model *m;
+    llama_lora *ad;
+    llama_acts a;
+    llama_cache cache;
+    float *dlogits;
+} rig;
+
+/* Mean next-token cross-entropy over the batch, and its dlogits. */
+static double loss(rig *r)
+{
+    const int V = r->m->cfg.vocab_size;
+    llama_forward(r->m, r->ad, &r->a, &r->cache, tokens, B_SEQ, T_LEN, 0);
+    double total = 0;
+    const double n = B_SEQ * (T_LEN - 1);
+    for (int b = 0; b < B_SEQ; b++)
+        for (int t = 0; t < T_LEN; t++) {
+            const float *lg = r->a.logits + ((size_t)b * T_LEN + t) * V;
+            float *dl = r->dlogits + ((size_t)b * T_LEN + t) * V;
+            if (t == T_LEN - 1) {
+                memset(dl, 0, (size_t)V * sizeof(float));
+                continue;
+            }
+            int target = tokens[b * T_LEN + t + 1];
+            double max = lg[0], sum = 0;
+            for (int v = 1; v < V; v++)
+                max = lg[v] > max ? lg[v] : max;
+            for (int v = 0; v < V; v++)
+                sum += exp(lg[v] - max);
+            total += -(lg[target] - max - log(sum));
+            for (int v = 0; v < V; v++)
+                dl[v] = (float)((exp(lg[v] - max) / sum - (v == target)) / n);
+        }
+    return total / n;
+}
+
+static uint64_t rng = 12345;
+static float uniform_pm(float a)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)(((rng >> 11) * (1.0 / 9007199254740992.0) * 2 - 1) * a);
+}
+
+static void check_gradients(const char *shared, qt_format f, float dropout)
+{
+    char dir[4200], err[512];
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared);
+    llama_model m;
+    if (llama_load(&m, dir, qt_spec_default(f), err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        test_case("load");
+        return;
+    }
+    const llama_config *c = &m.cfg;
+    llama_lora ad;
+    CHECK(llama_lora_alloc(&ad, c, 4, 8.0f, 0, (1u << LIN_COUNT) - 1, dropout) == 0, "alloc");
+    ad.training = 1;
+    ad.dropout_seed = 99;
+    for (size_t i = 0; i < ad.n_params; i++)
+        ad.params[i] = uniform_pm(0.1f);
+    rig r = {&m, &ad, {0}, {0}, NULL};
+    float *grads = calloc(ad.n_params, sizeof(float));
+    r.dlogits = malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
+    CHECK(llama_cache_alloc(&r.cache, c, B_SEQ, T_LEN) == 0 &&
+              llama_acts_alloc(&r.a, c, B_SEQ, T_LEN, T_LEN, ad.rank) == 0 && grads && r.dlogits, "alloc");
+    loss(&r);
+    CHECK(llama_backward(&m, &ad, &r.a, &r.cache, B_SEQ, T_LEN, r.dlogits, grads) == 0, "backward");
+
+    /* For each (layer, linear, A/B): the 3 largest analytic gradients and 2 random ones
+     * with a gradient large enough to rise above float noise. */
+    int checked = 0, bad = 0;
+    double worst = 0;
+    const float eps = 2e-2f;
+    for (int l = 0; l < c->n_layers; l += 2)
+        for (int k = 0; k < LIN_COUNT; k++)
+            for (int which = 0; which < 2; which++) {
+                int out, in;
+                llama_linear_shape(c, (llama_linear)k, &out, &in);
+                size_t n = (size_t)ad.rank * (which ? out : in);
+                float *p = which ? llama_lora_b(&ad, c, ad.params, l, k) : llama_lora_a(&ad, ad.params, l, k);
+                float *g = which ? llama_lora_b(&ad, c, grads, l, k) : llama_lora_a(&ad, grads, l, k);
+                size_t pick[5] = {0, 0, 0, 0, 0};
+                for (size_t i = 0; i < n; i++) /* top three by |g| */
+                    for (int s = 0; s < 3; s++)
+                        if (fabsf(g[i]) > fabsf(g[pick[s]])) {
+                            memmove(pick + s + 1, pick + s, (size_t)(2 - s) * sizeof pick[0]);
+                            pick[s] = i;
+                            break;
+                        }
+                pick[3] = (size_t)(uniform_pm(1) * 0.5f * n + n / 2) % n;
+                pick[4] = (size_t)(uniform_pm(1) * 0.5f * n + n / 2) % n;
+                for (int s = 0; s < 5; s++) {
+                    size_t i = pick[s];
+                    if (s >= 3 && fabsf(g[i]) < 1e-4f)
+                        continue;
+                    float keep = p[i];
+                    p[i] = keep + eps;
+                    double lp = loss(&r);
+                    p[i] = keep - eps;
+                    double lm = loss(&r);
+                    p[i] = keep;
+                    double fd = (lp - lm) / (2 * eps), an = g[i];
+                    double rel = fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-6);
+                    checked++;
+                    if (rel > 0.03 && fabs(fd - an) > 5e-5) { /* 5e-5: float noise of the loss over 2 eps */
+                        if (bad++ < 5)
+                            printf("# layer %d %s %s[%zu]: analytic %.6g, numeric %.6g\n", l,
+                                   llama_linear_name(k), which ? "B" : "A", i, an, fd);
+                    }
+                    if (fabs(fd - an) > 5e-5 && rel > worst)
+                        worst = rel;
+                }
+            }
+    CHECK(bad == 0, "%d of %d gradients disagree (worst relative difference %.3g)", bad, checked, worst);
+    test_case("%s base%s: %d LoRA gradients (every target, A and B) match central differences "
+              "(worst rel. diff %.2g)", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", checked, worst);
+
+    /* A fresh adapter (B = 0) changes nothing. */
+    float *base = malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
+    llama_forward(&m, NULL, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+    memcpy(base, r.a.logits, (size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            int out, in;
+            llama_linear_shape(c, (llama_linear)k, &out, &in);
+            memset(llama_lora_b(&ad, c, ad.params, l, k), 0, (size_t)ad.rank * out * sizeof(float));
+        }
+    ad.training = 0;
+    llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+    CHECK(memcmp(base, r.a.logits, (size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float)) == 0,
+          "logits changed");
+    test_case("%s base: an adapter with B = 0 leaves the logits bit-identical", qt_format_name(f));
+    free(base);
+    free(grads);
+    free(r.dlogits);
+    llama_acts_free(&r.a);
+    llama_cache_free(&r.cache);
+    llama_lora_free(&ad);
+    llama_free(&m);
+}
+
+int main(int argc, char **argv)
+{
+    const char *shared = argc > 1 ? argv[1] : "../shared";
+    check_gradients(shared, QT_F32, 0);
+    check_gradients(shared, QT_NF4, 0);
+    check_gradients(shared, QT_NF4, 0.1f);
+    return tap_done();
+}
