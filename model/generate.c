@@ -194,3 +194,13 @@ int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seq
     llama_cache_free(&cache);
     return rc;
 }
+
+size_t llama_windows(const int *ids, size_t n, int seq_len, const int **seqs, size_t *lens)
+{
+    size_t used = 0;
+    for (size_t i = 0; i + 1 < n; i += (size_t)seq_len) {
+        seqs[used] = ids + i;
+        lens[used++] = n - i < (size_t)seq_len ? n - i : (size_t)seq_len;
+    }
+    return used;
+}

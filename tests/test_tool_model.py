@@ -9,44 +9,19 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
+import tap
+from tap import case, read_st, write_st
+
 TOOL, SHARED = sys.argv[1], sys.argv[2]
-results = []
 
 
 def run(*args, stdin=None):
-    p = subprocess.run([TOOL, *args], input=stdin, capture_output=True, timeout=600)
-    return p.returncode, p.stdout.decode(errors='replace'), p.stderr.decode(errors='replace')
-
-
-def case(name):
-    def wrap(fn):
-        try:
-            fn()
-            results.append((True, name, ''))
-        except AssertionError as e:
-            results.append((False, name, str(e)))
-        return fn
-    return wrap
-
-
-def read_st(path):
-    with open(path, 'rb') as f:
-        data = f.read()
-    n = struct.unpack('<Q', data[:8])[0]
-    return json.loads(data[8:8 + n]), data[8 + n:]
-
-
-def write_st(path, header, body):
-    h = json.dumps(header).encode()
-    h += b' ' * (-len(h) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(h)) + h + body)
+    return tap.run(TOOL, *args, stdin=stdin)
 
 
 def expect_error(args, *needles, status=1):
@@ -242,9 +217,4 @@ def _():
 
 
 shutil.rmtree(tmp)
-for i, (ok, name, why) in enumerate(results, 1):
-    print('%sok %d - %s' % ('' if ok else 'not ', i, name))
-    for line in why.splitlines():
-        print('# ' + line)
-print('1..%d' % len(results))
-sys.exit(0 if all(ok for ok, _, _ in results) else 1)
+tap.report()

@@ -150,8 +150,7 @@ static int tokens_from_json(const char *cmd, const char *path, token_set *set)
     return rc;
 }
 
-/* The text tokenized once (BOS first) and cut into windows of at most seq_len tokens; a
- * last window of a single token predicts nothing and is dropped. */
+/* The text tokenized once (BOS first) and cut into llama_windows. */
 static int tokens_from_text(const char *cmd, const char *path, const tok_tokenizer *tok,
                             int seq_len, token_set *set)
 {
@@ -164,11 +163,16 @@ static int tokens_from_text(const char *cmd, const char *path, const tok_tokeniz
     free(text);
     if (rc < 0)
         return tool_fail(cmd, "out of memory tokenizing %s", path);
-    for (size_t i = 0; i < n && rc == 0; i += (size_t)seq_len) {
-        size_t w = n - i < (size_t)seq_len ? n - i : (size_t)seq_len;
-        if (w >= 2 && add_seq(set, ids + i, w) < 0)
+    const int **seqs = malloc((n / (size_t)seq_len + 1) * sizeof *seqs);
+    size_t *lens = malloc((n / (size_t)seq_len + 1) * sizeof *lens);
+    size_t count = seqs && lens ? llama_windows(ids, n, seq_len, seqs, lens) : 0;
+    if (!seqs || !lens)
+        rc = tool_fail(cmd, "out of memory");
+    for (size_t i = 0; i < count && rc == 0; i++)
+        if (add_seq(set, seqs[i], lens[i]) < 0)
             rc = tool_fail(cmd, "out of memory");
-    }
+    free(seqs);
+    free(lens);
     free(ids);
     if (rc == 0 && set->n == 0)
         rc = tool_fail(cmd, "--text: %s yields fewer than 2 tokens", path);
@@ -177,7 +181,7 @@ static int tokens_from_text(const char *cmd, const char *path, const tok_tokeniz
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *cmd = "eval", *tokens = NULL, *text = NULL;
+    const char *cmd = "eval", *tokens = NULL, *text = NULL, *adapter = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
     int json = 0, e;
     for (int i = 1; i < argc; i++) {
@@ -188,6 +192,8 @@ int cmd_eval(int argc, char **argv)
             tokens = argv[++i];
         } else if (!strcmp(argv[i], "--text") && i + 1 < argc) {
             text = argv[++i];
+        } else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) {
+            adapter = argv[++i];
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
         } else {
@@ -201,6 +207,12 @@ int cmd_eval(int argc, char **argv)
     int rc = tool_load_model(cmd, &o, &m, text ? &tok : NULL);
     if (rc)
         return rc;
+    llama_lora ad = {0};
+    if (adapter && (rc = tool_load_adapter(cmd, adapter, &m, &ad))) {
+        tok_free(tok);
+        llama_free(&m);
+        return rc;
+    }
     token_set set = {0};
     rc = tokens ? tokens_from_json(cmd, tokens, &set)
                 : tokens_from_text(cmd, text, tok, m.cfg.seq_len, &set);
@@ -208,7 +220,7 @@ int cmd_eval(int argc, char **argv)
         double nll = 0;
         size_t npred = 0;
         char err[512];
-        if (llama_eval(&m, NULL, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err,
+        if (llama_eval(&m, adapter ? &ad : NULL, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err,
                        sizeof err) < 0) {
             rc = tool_fail(cmd, "%s", err);
         } else if (json) {
@@ -221,6 +233,7 @@ int cmd_eval(int argc, char **argv)
         }
     }
     free_set(&set);
+    llama_lora_free(&ad);
     tok_free(tok);
     llama_free(&m);
     return rc;
@@ -247,7 +260,7 @@ static int print_token(void *p, int token)
 
 int cmd_generate(int argc, char **argv)
 {
-    const char *cmd = "generate", *prompt = "";
+    const char *cmd = "generate", *prompt = "", *adapter = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
     int n = 64, e;
     llama_sampling s = {0.0f, 0.9f, 0};
@@ -257,6 +270,8 @@ int cmd_generate(int argc, char **argv)
                 return e;
         } else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) {
             prompt = argv[++i];
+        } else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) {
+            adapter = argv[++i];
         } else if (!strcmp(argv[i], "-n") && i + 1 < argc) {
             if (tool_parse_int(argv[++i], 0, 1 << 20, &n) < 0)
                 return tool_fail(cmd, "-n: '%s' is not a count", argv[i]);
@@ -284,6 +299,12 @@ int cmd_generate(int argc, char **argv)
     int rc = tool_load_model(cmd, &o, &m, &tok);
     if (rc)
         return rc;
+    llama_lora ad = {0};
+    if (adapter && (rc = tool_load_adapter(cmd, adapter, &m, &ad))) {
+        tok_free(tok);
+        llama_free(&m);
+        return rc;
+    }
     int *ids = NULL, *out = malloc(((size_t)n + 1) * sizeof(int));
     size_t n_ids = 0;
     if (!out || tok_encode(tok, prompt, strlen(prompt), 1, 0, &ids, &n_ids) < 0) {
@@ -298,7 +319,7 @@ int cmd_generate(int argc, char **argv)
         char err[512];
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        if (llama_generate(&m, NULL, ids, (int)n_ids, n, &s, print_token, &pc, out, &n_out, err,
+        if (llama_generate(&m, adapter ? &ad : NULL, ids, (int)n_ids, n, &s, print_token, &pc, out, &n_out, err,
                            sizeof err) < 0)
             rc = tool_fail(cmd, "%s", err);
         clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -308,6 +329,7 @@ int cmd_generate(int argc, char **argv)
     }
     free(ids);
     free(out);
+    llama_lora_free(&ad);
     tok_free(tok);
     llama_free(&m);
     return rc;

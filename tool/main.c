@@ -16,10 +16,17 @@ static const struct {
      "roundtrip --format F [--block B] [--no-double-quant] --rows R --cols C  "
      "(float32 in on stdin, dequantize(quantize(x)) out on stdout)"},
     {"eval", cmd_eval,
-     "eval --model DIR [--quant F] [--block B] [--no-double-quant] (--tokens FILE.json | "
-     "--text FILE) [--json]"},
+     "eval --model DIR [--quant F] [--block B] [--no-double-quant] [--adapter FILE] "
+     "(--tokens FILE.json | --text FILE) [--json]"},
+    {"train", cmd_train,
+     "train --model DIR [--quant F] --data FILE [--eval-data FILE] [--method lora|recovery] "
+     "[--rank R --alpha A --targets LIST --lr LR --steps N --batch B --seq-len T --grad-accum G "
+     "--warmup W --schedule cosine|constant --seed S --init default|loftq --dropout P "
+     "--weight-decay WD --max-grad-norm N --rslora --eval-every N --checkpoint-every N] "
+     "--out ADAPTER.safetensors"},
     {"generate", cmd_generate,
-     "generate --model DIR [--quant F] --prompt TEXT [-n N] [--temperature T] [--top-p P] [--seed S]"},
+     "generate --model DIR [--quant F] [--adapter FILE] --prompt TEXT [-n N] [--temperature T] "
+     "[--top-p P] [--seed S]"},
     {"inspect", cmd_inspect, "inspect --model DIR [--quant F] [--block B]  (config, sizes, "
                              "quantization error per layer and format, memory)"},
     {"make-model", cmd_make_model,

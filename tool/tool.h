@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include "lora.h"
 #include "model.h"
 #include "quant.h"
 #include "tokenizer.h"
@@ -32,7 +33,11 @@ int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model
 /* Loads the model (and its tokenizer.bin when tok is not NULL); nonzero exit status on error. */
 int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok);
 
+/* Loads a PEFT adapter file for model m, refusing one trained on another base. */
+int tool_load_adapter(const char *cmd, const char *path, const llama_model *m, llama_lora *ad);
+
 int cmd_roundtrip(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);

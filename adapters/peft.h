@@ -1,0 +1,25 @@
+/* peft.h: adapters in Hugging Face PEFT's safetensors layout.
+ * Tensors base_model.model.model.layers.{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight and
+ * ...mlp.{gate,up,down}_proj.lora_{A,B}.weight, F32; lora_A [r x in], lora_B [out x r];
+ * the rows of q_proj's and k_proj's lora_B in Hugging Face's rotate-half order, so the file
+ * applies unchanged to the HF layout of the base. __metadata__ (strings): r, lora_alpha,
+ * target_modules, use_rslora, base_fingerprint. */
+#ifndef QLORA_PEFT_H
+#define QLORA_PEFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lora.h"
+
+/* The adapter as a safetensors image (malloc'd, *len bytes). */
+int peft_encode(const llama_lora *ad, const llama_config *c, uint64_t fingerprint, void **out,
+                size_t *len, char *err, size_t errlen);
+int peft_write(const char *path, const llama_lora *ad, const llama_config *c, uint64_t fingerprint,
+               char *err, size_t errlen);
+/* Reads path for model config c: names, shapes, rank and dtype (F32, F16, BF16) checked,
+ * NaN/Inf refused. *fingerprint is 0 when the file has none. */
+int peft_read(const char *path, llama_lora *ad, const llama_config *c, uint64_t *fingerprint,
+              char *err, size_t errlen);
+
+#endif

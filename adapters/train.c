@@ -1,0 +1,455 @@
+/* train.c: the training loop (see train.h). */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "generate.h"
+#include "loftq.h"
+
+static const char *const peft_names[LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+
+void train_hyper_default(train_hyper *h, const llama_config *c)
+{
+    memset(h, 0, sizeof *h);
+    h->method = TRAIN_LORA;
+    h->rank = 16;
+    h->alpha = 32;
+    h->targets = (1u << LIN_COUNT) - 1;
+    h->lr = 2e-4f * (c->dim < 2048 ? 2048.0f / (float)c->dim : 1.0f);
+    h->steps = 200;
+    h->batch = 8;
+    h->seq_len = c->seq_len < 256 ? c->seq_len : 256;
+    h->grad_accum = 1;
+    h->warmup = 10;
+    h->schedule = SCHED_COSINE;
+    h->max_grad_norm = 1.0f;
+    h->eval_every = 50;
+    h->checkpoint_every = 50;
+}
+
+int train_hyper_check(const train_hyper *h, const llama_config *c, char *err, size_t errlen)
+{
+    const char *field = NULL, *why = "";
+    char buf[128];
+    if (h->rank < 1 || h->rank > 1024 || h->rank > c->dim)
+        field = "rank", snprintf(buf, sizeof buf, "%d is not in 1..min(1024, dim %d)", h->rank, c->dim), why = buf;
+    else if (!(h->alpha > 0) || !isfinite(h->alpha))
+        field = "alpha", why = "must be a positive number";
+    else if (!(h->dropout >= 0 && h->dropout < 1))
+        field = "dropout", why = "must be in [0, 1)";
+    else if (!h->targets || h->targets >> LIN_COUNT)
+        field = "targets", why = "must name at least one of q, k, v, o, gate, up, down";
+    else if (!(h->lr > 0) || h->lr > 1)
+        field = "lr", snprintf(buf, sizeof buf, "%g is not in (0, 1]", h->lr), why = buf;
+    else if (h->steps < 1 || h->steps > 10000000)
+        field = "steps", why = "must be in 1..10000000";
+    else if (h->batch < 1 || h->batch > 4096)
+        field = "batch_size", why = "must be in 1..4096";
+    else if (h->seq_len < 2 || h->seq_len > c->seq_len)
+        field = "seq_len", snprintf(buf, sizeof buf, "%d is not in 2..%d (the model's)", h->seq_len, c->seq_len), why = buf;
+    else if (h->grad_accum < 1 || h->grad_accum > 4096)
+        field = "grad_accum", why = "must be in 1..4096";
+    else if (h->warmup < 0 || h->warmup > h->steps)
+        field = "warmup", why = "must be in 0..steps";
+    else if (!(h->weight_decay >= 0) || h->weight_decay > 1)
+        field = "weight_decay", why = "must be in [0, 1]";
+    else if (!(h->max_grad_norm >= 0) || !isfinite(h->max_grad_norm))
+        field = "max_grad_norm", why = "must be >= 0 (0: no clipping)";
+    else if (h->eval_every < 0 || h->checkpoint_every < 0)
+        field = h->eval_every < 0 ? "eval_every" : "checkpoint_every", why = "must be >= 0 (0: never)";
+    if (!field)
+        return 0;
+    snprintf(err, errlen, "%s: %s", field, why);
+    return -1;
+}
+
+int train_parse_targets(const char *list, unsigned *targets, char *err, size_t errlen)
+{
+    static const char *const short_names[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+    if (!strcmp(list, "all-linear")) {
+        *targets = (1u << LIN_COUNT) - 1;
+        return 0;
+    }
+    unsigned t = 0;
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        int found = -1;
+        for (int k = 0; k < LIN_COUNT; k++)
+            if ((strlen(short_names[k]) == n && !strncmp(p, short_names[k], n)) ||
+                (strlen(peft_names[k]) == n && !strncmp(p, peft_names[k], n)))
+                found = k;
+        if (found < 0) {
+            snprintf(err, errlen, "targets: unknown target '%.*s' (q, k, v, o, gate, up, down or "
+                                  "all-linear)", (int)n, p);
+            return -1;
+        }
+        t |= 1u << found;
+        p += n + (p[n] == ',');
+    }
+    if (!t) {
+        snprintf(err, errlen, "targets: empty list");
+        return -1;
+    }
+    *targets = t;
+    return 0;
+}
+
+void train_format_targets(unsigned targets, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = 0;
+    for (int k = 0; k < LIN_COUNT; k++)
+        if (targets >> k & 1)
+            used += (size_t)snprintf(out + used, used < len ? len - used : 0, "%s%s",
+                                     used ? "," : "", peft_names[k]);
+}
+
+/* ---- setup ---- */
+
+static uint64_t next_u64(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static double next_unit(uint64_t *s)
+{
+    return (next_u64(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* PEFT's default: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0. */
+static void init_default(llama_lora *ad, const llama_config *c, uint64_t seed)
+{
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            if (!llama_lora_has(ad, l, k))
+                continue;
+            int out, in;
+            llama_linear_shape(c, (llama_linear)k, &out, &in);
+            float bound = 1.0f / sqrtf((float)in), *A = llama_lora_a(ad, ad->params, l, k);
+            for (size_t i = 0; i < (size_t)ad->rank * in; i++)
+                A[i] = (float)((2 * next_unit(&s) - 1) * bound);
+            memset(llama_lora_b(ad, c, ad->params, l, k), 0, (size_t)ad->rank * out * sizeof(float));
+        }
+}
+
+int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
+                 size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
+                 char *err, size_t errlen)
+{
+    memset(t, 0, sizeof *t);
+    const llama_config *c = &m->cfg;
+    if (train_hyper_check(h, c, err, errlen) < 0)
+        return -1;
+    if (n_tokens < (size_t)h->seq_len + 1) {
+        snprintf(err, errlen, "data: %zu tokens, fewer than seq_len + 1 = %d", n_tokens, h->seq_len + 1);
+        return -1;
+    }
+    if (eval_tokens && n_eval < 2) {
+        snprintf(err, errlen, "eval_data: %zu tokens, at least 2 are needed", n_eval);
+        return -1;
+    }
+    for (size_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            snprintf(err, errlen, "data: token %d at %zu is outside the vocabulary", tokens[i], i);
+            return -1;
+        }
+    for (size_t i = 0; eval_tokens && i < n_eval; i++)
+        if (eval_tokens[i] < 0 || eval_tokens[i] >= c->vocab_size) {
+            snprintf(err, errlen, "eval_data: token %d at %zu is outside the vocabulary", eval_tokens[i], i);
+            return -1;
+        }
+    if (h->method == TRAIN_RECOVERY && !teacher) {
+        snprintf(err, errlen, "method: recovery needs the full-precision model");
+        return -1;
+    }
+    t->model = m;
+    t->teacher = h->method == TRAIN_RECOVERY ? teacher : NULL;
+    t->tokens = tokens;
+    t->n_tokens = n_tokens;
+    t->eval_tokens = eval_tokens;
+    t->n_eval = eval_tokens ? n_eval : 0;
+    t->hyper = *h;
+    t->rng = h->seed * 0xD1B54A32D192ED03ull + 0x8CB92BA72F3D8DD7ull;
+    const int B = h->batch, T = h->seq_len;
+    if (llama_lora_alloc(&t->adapter, c, h->rank, h->alpha, h->rslora, h->targets, h->dropout) < 0)
+        goto oom;
+    size_t n = t->adapter.n_params;
+    t->grads = calloc(n, sizeof(float));
+    t->m = calloc(n, sizeof(float));
+    t->v = calloc(n, sizeof(float));
+    t->dlogits = malloc((size_t)B * T * c->vocab_size * sizeof(float));
+    t->batch = malloc((size_t)B * (T + 1) * 2 * sizeof(int));
+    if (!t->grads || !t->m || !t->v || !t->dlogits || !t->batch ||
+        llama_cache_alloc(&t->cache, c, B, T) < 0 || llama_acts_alloc(&t->acts, c, B, T, T, h->rank) < 0)
+        goto oom;
+    if (t->teacher && (llama_cache_alloc(&t->teacher_cache, c, B, T) < 0 ||
+                       llama_acts_alloc(&t->teacher_acts, c, B, T, T, 0) < 0))
+        goto oom;
+    if (h->init == INIT_LOFTQ) {
+        if (loftq_init(&t->adapter, m, h->seed, err, errlen) < 0) {
+            trainer_free(t);
+            return -1;
+        }
+    } else {
+        init_default(&t->adapter, c, h->seed);
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory for batch %d x seq_len %d (activations %.1f MiB)", B, T,
+             llama_acts_bytes(c, B, T, T, h->rank) / 1048576.0);
+    trainer_free(t);
+    return -1;
+}
+
+void trainer_free(trainer *t)
+{
+    llama_lora_free(&t->adapter);
+    free(t->grads);
+    free(t->m);
+    free(t->v);
+    free(t->dlogits);
+    free(t->batch);
+    llama_acts_free(&t->acts);
+    llama_acts_free(&t->teacher_acts);
+    llama_cache_free(&t->cache);
+    llama_cache_free(&t->teacher_cache);
+    memset(t, 0, sizeof *t);
+}
+
+float trainer_lr(const train_hyper *h, int s)
+{
+    if (s < h->warmup)
+        return h->lr * (float)(s + 1) / (float)(h->warmup + 1);
+    if (h->schedule == SCHED_CONSTANT || h->steps <= h->warmup)
+        return h->lr;
+    double progress = (double)(s - h->warmup) / (double)(h->steps - h->warmup);
+    return (float)(h->lr * 0.5 * (1.0 + cos(3.141592653589793 * progress)));
+}
+
+/* ---- one step ---- */
+
+/* Softmax of a logits row into p (double precision), returning log of its normaliser. */
+static double log_softmax(const float *lg, int V, double *p)
+{
+    double max = lg[0], sum = 0;
+    for (int v = 1; v < V; v++)
+        max = lg[v] > max ? lg[v] : max;
+    for (int v = 0; v < V; v++)
+        sum += (p[v] = exp(lg[v] - max));
+    for (int v = 0; v < V; v++)
+        p[v] /= sum;
+    return max + log(sum);
+}
+
+/* Loss of one micro-batch and its dlogits, scaled by 1/norm. */
+static double micro_loss(trainer *t, const int *targets, double norm)
+{
+    const llama_config *c = &t->model->cfg;
+    const int V = c->vocab_size;
+    const size_t M = (size_t)t->hyper.batch * t->hyper.seq_len;
+    double total = 0, *ps = malloc(2 * (size_t)V * sizeof(double)), *pt = ps + V;
+    if (!ps)
+        return NAN;
+    for (size_t r = 0; r < M; r++) {
+        const float *lg = t->acts.logits + r * V;
+        float *dl = t->dlogits + r * V;
+        double lz = log_softmax(lg, V, ps);
+        if (t->teacher) { /* KL(p_teacher || p_student) */
+            double lzt = log_softmax(t->teacher_acts.logits + r * V, V, pt), kl = 0;
+            for (int v = 0; v < V; v++) {
+                if (pt[v] > 0)
+                    kl += pt[v] * ((t->teacher_acts.logits[r * V + v] - lzt) - (lg[v] - lz));
+                dl[v] = (float)((ps[v] - pt[v]) / norm);
+            }
+            total += kl;
+        } else {
+            total += lz - lg[targets[r]];
+            for (int v = 0; v < V; v++)
+                dl[v] = (float)((ps[v] - (v == targets[r])) / norm);
+        }
+    }
+    free(ps);
+    return total;
+}
+
+int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t errlen)
+{
+    const train_hyper *h = &t->hyper;
+    const llama_model *m = t->model;
+    const int B = h->batch, T = h->seq_len;
+    const double norm = (double)B * T * h->grad_accum;
+    int *inputs = t->batch, *targets = t->batch + (size_t)B * (T + 1);
+    double total = 0;
+    memset(t->grads, 0, t->adapter.n_params * sizeof(float));
+    t->adapter.training = 1;
+    for (int a = 0; a < h->grad_accum; a++) {
+        for (int b = 0; b < B; b++) {
+            size_t start = (size_t)(next_u64(&t->rng) % (t->n_tokens - (size_t)T));
+            memcpy(inputs + (size_t)b * T, t->tokens + start, (size_t)T * sizeof(int));
+            memcpy(targets + (size_t)b * T, t->tokens + start + 1, (size_t)T * sizeof(int));
+        }
+        t->adapter.dropout_seed = h->seed ^ ((uint64_t)t->step << 20 ^ (uint64_t)a);
+        if (llama_forward(m, &t->adapter, &t->acts, &t->cache, inputs, B, T, 0) < 0 ||
+            (t->teacher && llama_forward(t->teacher, NULL, &t->teacher_acts, &t->teacher_cache, inputs, B, T, 0) < 0)) {
+            snprintf(err, errlen, "out of memory in the forward pass");
+            t->adapter.training = 0;
+            return -1;
+        }
+        total += micro_loss(t, targets, norm);
+        if (llama_backward(m, &t->adapter, &t->acts, &t->cache, B, T, t->dlogits, t->grads) < 0) {
+            snprintf(err, errlen, "out of memory in the backward pass");
+            t->adapter.training = 0;
+            return -1;
+        }
+    }
+    t->adapter.training = 0;
+    *loss = total / norm;
+    double sq = 0;
+    for (size_t i = 0; i < t->adapter.n_params; i++)
+        sq += (double)t->grads[i] * t->grads[i];
+    *grad_norm = sqrt(sq);
+    if (!isfinite(*loss) || !isfinite(*grad_norm)) {
+        snprintf(err, errlen, "non-finite %s at step %d; the adapter is left as it was after step %d",
+                 isfinite(*loss) ? "gradient" : "loss", t->step + 1, t->step);
+        return -1;
+    }
+    /* AdamW with decoupled weight decay, after global-norm clipping */
+    const float clip = h->max_grad_norm > 0 && *grad_norm > h->max_grad_norm
+                           ? (float)(h->max_grad_norm / *grad_norm) : 1.0f;
+    const float lr = trainer_lr(h, t->step), b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    const int step = t->step + 1;
+    const float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
+    float *p = t->adapter.params;
+    for (size_t i = 0; i < t->adapter.n_params; i++) {
+        float g = t->grads[i] * clip;
+        t->m[i] = b1 * t->m[i] + (1 - b1) * g;
+        t->v[i] = b2 * t->v[i] + (1 - b2) * g * g;
+        float mh = t->m[i] / c1, vh = t->v[i] / c2;
+        p[i] -= lr * (mh / (sqrtf(vh) + eps) + h->weight_decay * p[i]);
+    }
+    t->step = step;
+    return 0;
+}
+
+int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen)
+{
+    const int T = t->hyper.seq_len;
+    size_t n_win = t->n_eval / (size_t)T + 1;
+    const int **seqs = malloc(n_win * sizeof *seqs);
+    size_t *lens = malloc(n_win * sizeof *lens);
+    if (!seqs || !lens) {
+        free(seqs), free(lens);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    size_t used = llama_windows(t->eval_tokens, t->n_eval, T, seqs, lens);
+    double nll = 0;
+    size_t np = 0;
+    int rc = llama_eval(t->model, &t->adapter, seqs, lens, used, &nll, &np, err, errlen);
+    free(seqs);
+    free(lens);
+    *eval_loss = np ? nll / (double)np : NAN;
+    return rc;
+}
+
+/* ---- checkpoints ---- */
+
+#define STATE_MAGIC 0x51544C53u /* "QTLS" */
+
+typedef struct {
+    uint32_t magic, step;
+    uint64_t rng, n_params;
+} state_header;
+
+size_t trainer_state_bytes(const trainer *t)
+{
+    return sizeof(state_header) + 3 * t->adapter.n_params * sizeof(float);
+}
+
+void trainer_state_save(const trainer *t, void *out)
+{
+    state_header hd = {STATE_MAGIC, (uint32_t)t->step, t->rng, t->adapter.n_params};
+    char *p = out;
+    size_t n = t->adapter.n_params * sizeof(float);
+    memcpy(p, &hd, sizeof hd);
+    memcpy(p + sizeof hd, t->adapter.params, n);
+    memcpy(p + sizeof hd + n, t->m, n);
+    memcpy(p + sizeof hd + 2 * n, t->v, n);
+}
+
+int trainer_state_load(trainer *t, const void *in, size_t len, char *err, size_t errlen)
+{
+    state_header hd;
+    if (len != trainer_state_bytes(t)) {
+        snprintf(err, errlen, "checkpoint: %zu bytes, expected %zu for this adapter", len, trainer_state_bytes(t));
+        return -1;
+    }
+    memcpy(&hd, in, sizeof hd);
+    if (hd.magic != STATE_MAGIC || hd.n_params != t->adapter.n_params || (int)hd.step > t->hyper.steps) {
+        snprintf(err, errlen, "checkpoint: not a state of this adapter");
+        return -1;
+    }
+    const char *p = in;
+    size_t n = t->adapter.n_params * sizeof(float);
+    memcpy(t->adapter.params, p + sizeof hd, n);
+    memcpy(t->m, p + sizeof hd + n, n);
+    memcpy(t->v, p + sizeof hd + 2 * n, n);
+    t->step = (int)hd.step;
+    t->rng = hd.rng;
+    return 0;
+}
+
+/* ---- the loop ---- */
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int train_run(trainer *t, train_event_fn fn, void *ctx, const volatile int *cancel, char *err,
+              size_t errlen)
+{
+    const train_hyper *h = &t->hyper;
+    train_progress p = {t->step, h->steps, NAN, NAN, 0, 0, 0};
+    while (t->step < h->steps) {
+        if (cancel && *cancel)
+            return 1;
+        double t0 = seconds();
+        p.lr = trainer_lr(h, t->step);
+        if (trainer_step(t, &p.loss, &p.grad_norm, err, errlen) < 0)
+            return -1;
+        p.step = t->step;
+        p.tokens_per_s = (double)h->batch * h->seq_len * h->grad_accum / (seconds() - t0);
+        if (fn && fn(ctx, t, TRAIN_EV_STEP, &p))
+            return 1;
+        int last = t->step == h->steps;
+        if (t->n_eval && ((h->eval_every && t->step % h->eval_every == 0) || last)) {
+            if (trainer_eval(t, &p.eval_loss, err, errlen) < 0)
+                return -1;
+            if (fn && fn(ctx, t, TRAIN_EV_EVAL, &p))
+                return 1;
+        }
+        if ((h->checkpoint_every && t->step % h->checkpoint_every == 0) || last) {
+            int rc = fn ? fn(ctx, t, TRAIN_EV_CHECKPOINT, &p) : 0;
+            if (rc < 0) {
+                snprintf(err, errlen, "checkpoint at step %d could not be saved", t->step);
+                return -1;
+            }
+            if (rc)
+                return 1;
+        }
+    }
+    return 0;
+}

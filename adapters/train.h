@@ -1,0 +1,100 @@
+/* train.h: training LoRA adapters on a frozen quantized base.
+ *
+ * A trainer owns an adapter, its gradients and AdamW moments, and the activations of one
+ * micro-batch. trainer_step runs one optimizer step (grad_accum micro-batches of `batch`
+ * random windows of seq_len + 1 tokens from the training stream); trainer_eval measures
+ * held-out loss. The tool and the daemon drive the same loop (train_run) with a progress
+ * callback and a cancel flag checked between steps. Everything is deterministic for a
+ * given seed and thread count. */
+#ifndef QLORA_TRAIN_H
+#define QLORA_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "forward.h"
+
+typedef enum { TRAIN_LORA, TRAIN_RECOVERY } train_method;
+typedef enum { SCHED_COSINE, SCHED_CONSTANT } train_schedule;
+typedef enum { INIT_DEFAULT, INIT_LOFTQ } train_init;
+
+typedef struct {
+    train_method method;
+    int rank;
+    float alpha;
+    float dropout;
+    unsigned targets;   /* bit per llama_linear */
+    int rslora;
+    float lr;
+    int steps, batch, seq_len, grad_accum, warmup;
+    train_schedule schedule;
+    float weight_decay, max_grad_norm;
+    uint64_t seed;
+    int eval_every, checkpoint_every;
+    train_init init;
+} train_hyper;
+
+/* The defaults of the wire protocol; lr is 2e-4 scaled by max(1, 2048 / dim) because
+ * small models need larger steps (docs/training.md). */
+void train_hyper_default(train_hyper *h, const llama_config *c);
+/* 0, or -1 with a message naming the field at fault. */
+int train_hyper_check(const train_hyper *h, const llama_config *c, char *err, size_t errlen);
+/* "all-linear" or a comma-separated list of q,k,v,o,gate,up,down (also q_proj, ...). */
+int train_parse_targets(const char *list, unsigned *targets, char *err, size_t errlen);
+/* The targets as PEFT module names, comma-separated, into out. */
+void train_format_targets(unsigned targets, char *out, size_t len);
+
+typedef struct {
+    const llama_model *model;
+    const llama_model *teacher;  /* recovery: the full-precision model, else NULL */
+    const int *tokens;           /* the training stream */
+    size_t n_tokens;
+    const int *eval_tokens;      /* held out (may be NULL) */
+    size_t n_eval;
+    train_hyper hyper;
+    llama_lora adapter;
+    float *grads, *m, *v;        /* the adapter's layout */
+    uint64_t rng;                /* data sampling */
+    int step;                    /* optimizer steps done */
+    llama_acts acts, teacher_acts;
+    llama_cache cache, teacher_cache;
+    float *dlogits;
+    int *batch;                  /* [batch x (seq_len + 1)] */
+} trainer;
+
+/* Checks everything before any work: hyper-parameters, data (at least seq_len + 1 tokens),
+ * memory. Initialises the adapter (PEFT: A kaiming-uniform, B zero; or LoftQ). */
+int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
+                 size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
+                 char *err, size_t errlen);
+void trainer_free(trainer *t);
+/* The learning rate of step s (0-based): linear warmup, then cosine to 0 or constant. */
+float trainer_lr(const train_hyper *h, int s);
+/* One optimizer step. *loss: its mean training loss (nats/token; KL for recovery).
+ * A non-finite loss or gradient stops with an error before the update: the adapter stays
+ * as it was after the previous step. */
+int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t errlen);
+/* Mean next-token loss (nats/token) of the adapted model on the held-out stream, in
+ * windows of seq_len tokens. */
+int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen);
+
+/* Serialized training state (adapter, moments, step, sampler) for checkpoints. */
+size_t trainer_state_bytes(const trainer *t);
+void trainer_state_save(const trainer *t, void *out);
+int trainer_state_load(trainer *t, const void *in, size_t len, char *err, size_t errlen);
+
+typedef enum { TRAIN_EV_STEP, TRAIN_EV_EVAL, TRAIN_EV_CHECKPOINT } train_event;
+typedef struct {
+    int step, total_steps;
+    double loss, eval_loss, lr, grad_norm, tokens_per_s;
+} train_progress;
+/* Return nonzero to stop (as cancel). For TRAIN_EV_CHECKPOINT, return -1 if saving failed. */
+typedef int (*train_event_fn)(void *ctx, trainer *t, train_event ev, const train_progress *p);
+
+/* Runs the remaining steps; evaluates every eval_every steps and at the end, checkpoints
+ * every checkpoint_every steps. Returns 0 when done, 1 when cancelled (cancel flag or the
+ * callback), -1 on error (message in err). */
+int train_run(trainer *t, train_event_fn fn, void *ctx, const volatile int *cancel, char *err,
+              size_t errlen);
+
+#endif

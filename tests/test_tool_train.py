@@ -1,0 +1,165 @@
+#!/usr/bin/python3
+"""qlora-tool train end to end on stories260K, and the adapter file it writes checked
+independently: merged into the Hugging Face weights by numpy in HF's own row order, the
+merged model must score exactly what the base + adapter scores. Bad arguments give one
+clear error before any work. TAP output.
+
+usage: test_tool_train.py TOOL SHARED_DIR"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+import tap
+from tap import case, read_st, write_st
+
+TOOL, SHARED = sys.argv[1], sys.argv[2]
+MODEL = os.path.join(SHARED, 'models/stories260K')
+
+
+def run(*args):
+    return tap.run(TOOL, *args)
+
+
+def read_tensors(path):
+    """An F32 safetensors file as (metadata, {name: array})."""
+    header, body = read_st(path)
+    meta = header.pop('__metadata__', {})
+    tensors = {}
+    for name, t in header.items():
+        assert t['dtype'] == 'F32', name
+        a, b = t['data_offsets']
+        tensors[name] = np.frombuffer(body[a:b], dtype='<f4').reshape(t['shape'])
+    return meta, tensors
+
+
+def write_tensors(path, tensors):
+    header, body, off = {}, [], 0
+    for name, a in tensors.items():
+        raw = np.ascontiguousarray(a, dtype='<f4').tobytes()
+        header[name] = {'dtype': 'F32', 'shape': list(a.shape), 'data_offsets': [off, off + len(raw)]}
+        body.append(raw)
+        off += len(raw)
+    write_st(path, header, b''.join(body))
+
+
+def eval_ppl(model, *extra):
+    rc, out, err = run('eval', '--model', model, '--text', valid, '--json', *extra)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def expect_usage_error(args, *needles):
+    rc, out, err = run(*args)
+    lines = err.strip().splitlines()
+    assert rc == 2, 'exit status %d, expected 2 (stderr: %r)' % (rc, err)
+    assert len(lines) == 1, 'expected one line on stderr, got %r' % err
+    for n in needles:
+        assert n in lines[0], '%r not in the message %r' % (n, lines[0])
+    assert 'step 1/' not in out, 'work started before the error: %r' % out
+
+
+tmp = tempfile.mkdtemp(prefix='qlora-test-train-')
+train = os.path.join(tmp, 'train.txt')
+valid = os.path.join(tmp, 'valid.txt')
+with open(os.path.join(SHARED, 'data/tinystories_train.txt'), encoding='utf-8') as f:
+    open(train, 'w').write(f.read(100000))
+with open(os.path.join(SHARED, 'data/tinystories_valid.txt'), encoding='utf-8') as f:
+    open(valid, 'w').write(f.read(8000))
+adapter = os.path.join(tmp, 'adapter.safetensors')
+TRAIN = ['train', '--model', MODEL, '--quant', 'f32', '--data', train, '--eval-data', valid,
+         '--rank', '4', '--alpha', '8', '--steps', '12', '--batch', '2', '--seq-len', '512',
+         '--warmup', '2', '--eval-every', '6', '--checkpoint-every', '6', '--seed', '3']
+train_out = run(*TRAIN, '--out', adapter)
+
+
+@case('train prints a line per step, evals and checkpoints, and writes a PEFT adapter')
+def _():
+    rc, out, err = train_out
+    assert rc == 0, err
+    steps = [l for l in out.splitlines() if l.startswith('step ') and 'tokens/s' in l]
+    assert len(steps) == 12 and steps[-1].startswith('step 12/12'), out
+    evals = [l for l in out.splitlines() if 'eval loss' in l]
+    assert [l.split()[1] for l in evals] == ['0/12', '6/12', '12/12'], evals
+    first, last = float(evals[0].split()[4]), float(evals[-1].split()[4])
+    assert last < first, 'eval loss %g -> %g' % (first, last)
+    assert sum('checkpoint' in l for l in out.splitlines()) == 2, out
+    meta, tensors = read_tensors(adapter)
+    assert meta['r'] == '4' and float(meta['lora_alpha']) == 8 and meta['use_rslora'] == 'false', meta
+    assert set(meta['target_modules'].split(',')) == {
+        'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'}, meta
+    assert len(meta['base_fingerprint']) == 16, meta
+    assert len(tensors) == 5 * 7 * 2, len(tensors)
+    a = tensors['base_model.model.model.layers.2.mlp.down_proj.lora_A.weight']
+    b = tensors['base_model.model.model.layers.2.mlp.down_proj.lora_B.weight']
+    assert a.shape == (4, 172) and b.shape == (64, 4), (a.shape, b.shape)
+    assert np.abs(b).max() > 0, 'lora_B is still zero after training'
+
+
+@case('the adapter file scores as the trained adapter did; merged into the HF weights by numpy, the same')
+def _():
+    meta, lora = read_tensors(adapter)
+    scale = float(meta['lora_alpha']) / int(meta['r'])
+    hf = os.path.join(SHARED, 'models/stories260K-hf')
+    _, weights = read_tensors(os.path.join(hf, 'model.safetensors'))
+    merged = {}
+    for name, w in weights.items():
+        key = 'base_model.model.' + name[:-len('.weight')]
+        if key + '.lora_A.weight' in lora:
+            w = w + scale * (lora[key + '.lora_B.weight'] @ lora[key + '.lora_A.weight'])
+        merged[name] = w
+    d = os.path.join(tmp, 'merged')
+    os.mkdir(d)
+    shutil.copy(os.path.join(hf, 'config.json'), d)
+    shutil.copy(os.path.join(hf, 'tokenizer.bin'), d)
+    write_tensors(os.path.join(d, 'model.safetensors'), merged)
+    with_adapter = eval_ppl(MODEL, '--quant', 'f32', '--adapter', adapter)
+    on_hf = eval_ppl(hf, '--quant', 'f32', '--adapter', adapter)
+    base = eval_ppl(MODEL, '--quant', 'f32')
+    by_numpy = eval_ppl(d, '--quant', 'f32')
+    assert abs(on_hf['ppl'] - with_adapter['ppl']) < 1e-5 * with_adapter['ppl'], (on_hf, with_adapter)
+    assert abs(by_numpy['ppl'] - with_adapter['ppl']) < 1e-4 * with_adapter['ppl'], (by_numpy, with_adapter)
+    assert with_adapter['ppl'] < base['ppl'], (with_adapter, base)
+    # training evaluated the same windows (seq_len is the model's) with the adapter in memory
+    last = [l for l in train_out[1].splitlines() if 'eval loss' in l][-1]
+    trained_ppl = float(last.split('(ppl ')[1].rstrip(')'))
+    assert abs(trained_ppl - with_adapter['ppl']) < 1e-4 + 1e-6 * trained_ppl, (last, with_adapter)
+
+
+@case('an adapter trained on one base is refused on another (fingerprint)')
+def _():
+    rc, out, err = run('eval', '--model', MODEL, '--quant', 'nf4', '--text', valid, '--adapter', adapter)
+    assert rc == 1 and 'trained on base' in err and adapter in err, (rc, err)
+
+
+@case('the same seed trains the same adapter, byte for byte')
+def _():
+    again = os.path.join(tmp, 'again.safetensors')
+    rc, out, err = run(*TRAIN, '--out', again)
+    assert rc == 0, err
+    assert open(again, 'rb').read() == open(adapter, 'rb').read(), 'adapters differ'
+
+
+@case('bad arguments: one clear error naming the field, before any work')
+def _():
+    empty = os.path.join(tmp, 'empty.txt')
+    open(empty, 'w').close()
+    out = os.path.join(tmp, 'never.safetensors')
+    base = ['train', '--model', MODEL, '--data', train, '--out', out]
+    expect_usage_error(base + ['--rank', '0'], 'rank')
+    expect_usage_error(base + ['--lr', '-0.1'], 'lr')
+    expect_usage_error(base + ['--seq-len', '9999'], 'seq_len', '512')
+    expect_usage_error(base + ['--targets', 'q,lm_head'], 'lm_head')
+    expect_usage_error(base + ['--method', 'dpo'], 'dpo')
+    expect_usage_error(base + ['--steps', 'ten'], '--steps', 'ten')
+    expect_usage_error(['train', '--model', MODEL, '--data', empty, '--out', out], 'empty')
+    expect_usage_error(['train', '--model', MODEL, '--data', train], '--out')
+    assert not os.path.exists(out), 'an adapter was written'
+
+
+shutil.rmtree(tmp)
+tap.report()

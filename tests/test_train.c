@@ -1,0 +1,337 @@
+/* test_train.c: the training library on stories260K over an nf4 base, with TinyStories
+ * text from the shared directory (argv[1]):
+ *  - bad hyper-parameters and bad data are refused before any work, naming the field;
+ *  - training lowers the loss on held-out text;
+ *  - the same seed gives the same loss curve, bit for bit; another seed another curve;
+ *  - a run stopped after a checkpoint and resumed from it equals an uninterrupted run;
+ *  - a non-finite loss stops the run with a clear error, no update, the checkpoint intact;
+ *  - recovery (KL to the f32 teacher) lowers the KL on held-out text;
+ *  - an adapter written as PEFT safetensors reads back bit-exact. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "peft.h"
+#include "tap.h"
+#include "tokenizer.h"
+#include "train.h"
+
+static llama_model model, teacher;
+static int *train_ids, *valid_ids;
+static size_t n_train, n_valid;
+
+/* The first `limit` bytes of a text file, tokenized (BOS first). */
+static int *read_text(const char *path, const tok_tokenizer *tok, size_t limit, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(limit);
+    size_t len = buf ? fread(buf, 1, limit, f) : 0;
+    fclose(f);
+    int *ids = NULL;
+    if (!buf || tok_encode(tok, buf, len, 1, 0, &ids, n) < 0)
+        ids = NULL;
+    free(buf);
+    return ids;
+}
+
+static train_hyper small_hyper(void)
+{
+    train_hyper h;
+    train_hyper_default(&h, &model.cfg);
+    h.rank = 4, h.alpha = 8, h.steps = 6, h.batch = 2, h.seq_len = 64, h.warmup = 2;
+    h.eval_every = 0, h.checkpoint_every = 0;
+    return h;
+}
+
+static void test_bad_hyper(void)
+{
+    struct {
+        const char *what, *field;
+        void (*set)(train_hyper *);
+    } cases[] = {
+        {"rank 0", "rank:", NULL}, {"negative lr", "lr:", NULL}, {"seq_len over the model's", "seq_len:", NULL},
+        {"batch 0", "batch_size:", NULL}, {"steps 0", "steps:", NULL}, {"dropout 1", "dropout:", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        train_hyper h = small_hyper();
+        char err[256] = "";
+        if (i == 0) h.rank = 0;
+        if (i == 1) h.lr = -1e-3f;
+        if (i == 2) h.seq_len = model.cfg.seq_len + 1;
+        if (i == 3) h.batch = 0;
+        if (i == 4) h.steps = 0;
+        if (i == 5) h.dropout = 1.0f;
+        CHECK(train_hyper_check(&h, &model.cfg, err, sizeof err) < 0, "%s accepted", cases[i].what);
+        CHECK(strncmp(err, cases[i].field, strlen(cases[i].field)) == 0, "'%s' does not start with %s", err,
+              cases[i].field);
+        trainer t;
+        CHECK(trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) < 0,
+              "trainer_init accepted %s", cases[i].what);
+    }
+    train_hyper h = small_hyper();
+    CHECK(train_hyper_check(&h, &model.cfg, (char[64]){0}, 64) == 0, "the defaults are refused");
+    test_case("bad hyper-parameters are refused, naming the field");
+
+    char err[256] = "";
+    unsigned targets;
+    CHECK(train_parse_targets("q,k,lm_head", &targets, err, sizeof err) < 0, "lm_head accepted");
+    CHECK(strstr(err, "'lm_head'") != NULL, "%s", err);
+    CHECK(train_parse_targets("", &targets, err, sizeof err) < 0, "empty list accepted");
+    CHECK(train_parse_targets("q_proj,v", &targets, err, sizeof err) == 0 &&
+              targets == (1u << LIN_Q | 1u << LIN_V), "q_proj,v");
+    CHECK(train_parse_targets("all-linear", &targets, err, sizeof err) == 0 && targets == (1u << LIN_COUNT) - 1,
+          "all-linear");
+    test_case("targets: PEFT and short names parsed, unknown and empty refused");
+
+    trainer t;
+    CHECK(trainer_init(&t, &model, NULL, train_ids, 0, NULL, 0, &h, err, sizeof err) < 0, "empty data accepted");
+    CHECK(strncmp(err, "data:", 5) == 0, "%s", err);
+    CHECK(trainer_init(&t, &model, NULL, train_ids, (size_t)h.seq_len, NULL, 0, &h, err, sizeof err) < 0,
+          "data of seq_len tokens accepted");
+    int bad[80];
+    memcpy(bad, train_ids, sizeof bad);
+    bad[40] = model.cfg.vocab_size;
+    CHECK(trainer_init(&t, &model, NULL, bad, 80, NULL, 0, &h, err, sizeof err) < 0, "token out of range accepted");
+    CHECK(strstr(err, "at 40") != NULL, "%s", err);
+    h.method = TRAIN_RECOVERY;
+    CHECK(trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) < 0,
+          "recovery without a teacher accepted");
+    test_case("empty, short or out-of-vocabulary data is refused before any work");
+}
+
+/* Runs `steps` steps from a fresh trainer (or from state), recording the losses. */
+static int run_steps(const train_hyper *h, const void *state, size_t state_len, int steps, double *losses,
+                     void **state_out, size_t *state_out_len, float **params_out)
+{
+    trainer t;
+    char err[512];
+    if (trainer_init(&t, &model, NULL, train_ids, n_train, valid_ids, n_valid, h, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        return -1;
+    }
+    if (state && trainer_state_load(&t, state, state_len, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        trainer_free(&t);
+        return -1;
+    }
+    for (int s = 0; s < steps; s++) {
+        double gn;
+        if (trainer_step(&t, &losses[s], &gn, err, sizeof err) < 0) {
+            CHECK(0, "%s", err);
+            trainer_free(&t);
+            return -1;
+        }
+    }
+    if (state_out) {
+        *state_out_len = trainer_state_bytes(&t);
+        *state_out = malloc(*state_out_len);
+        trainer_state_save(&t, *state_out);
+    }
+    if (params_out) {
+        *params_out = malloc(t.adapter.n_params * sizeof(float));
+        memcpy(*params_out, t.adapter.params, t.adapter.n_params * sizeof(float));
+    }
+    trainer_free(&t);
+    return 0;
+}
+
+static void test_determinism_and_resume(void)
+{
+    train_hyper h = small_hyper();
+    h.dropout = 0.1f; /* the masks too must follow the seed and the step */
+    double a[6], b[6], c[6], r[6];
+    float *pa = NULL, *pr = NULL;
+    run_steps(&h, NULL, 0, 6, a, NULL, NULL, &pa);
+    run_steps(&h, NULL, 0, 6, b, NULL, NULL, NULL);
+    CHECK(memcmp(a, b, sizeof a) == 0, "same seed, losses differ: %.9g vs %.9g at step 1", a[0], b[0]);
+    h.seed = 7;
+    run_steps(&h, NULL, 0, 6, c, NULL, NULL, NULL);
+    CHECK(memcmp(a, c, sizeof a) != 0, "seed 7 gives the curve of seed 0");
+    test_case("the same seed gives the same loss curve bit for bit (%.4f -> %.4f), another seed another",
+              a[0], a[5]);
+
+    h.seed = 0;
+    void *state;
+    size_t len;
+    run_steps(&h, NULL, 0, 3, r, &state, &len, NULL);
+    run_steps(&h, state, len, 3, r + 3, NULL, NULL, &pr);
+    CHECK(memcmp(a, r, sizeof a) == 0, "resumed curve differs at step 4: %.9g vs %.9g", r[3], a[3]);
+    CHECK(pa && pr, "params");
+    trainer t;
+    char err[256];
+    if (trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0) {
+        CHECK(pa && pr && memcmp(pa, pr, t.adapter.n_params * sizeof(float)) == 0, "resumed adapter differs");
+        CHECK(trainer_state_load(&t, state, len - 4, err, sizeof err) < 0, "truncated state accepted");
+        ((char *)state)[0] ^= 1;
+        CHECK(trainer_state_load(&t, state, len, err, sizeof err) < 0, "state with a bad magic accepted");
+        trainer_free(&t);
+    }
+    test_case("3 steps, checkpoint, 3 steps from it in a new trainer == 6 steps straight (losses and adapter)");
+    free(state);
+    free(pa);
+    free(pr);
+}
+
+typedef struct {
+    void *saved;
+    size_t len;
+    int saved_step, poison_at;
+    double first_eval, last_eval;
+    int evals;
+} run_ctx;
+
+static int on_event(void *p, trainer *t, train_event ev, const train_progress *pr)
+{
+    run_ctx *c = p;
+    if (ev == TRAIN_EV_EVAL) {
+        c->last_eval = pr->eval_loss;
+        c->evals++;
+    } else if (ev == TRAIN_EV_CHECKPOINT) {
+        free(c->saved);
+        c->len = trainer_state_bytes(t);
+        c->saved = malloc(c->len);
+        if (!c->saved)
+            return -1;
+        trainer_state_save(t, c->saved);
+        c->saved_step = t->step;
+    } else if (t->step == c->poison_at) {
+        t->adapter.params[0] = NAN; /* what a diverging run ends up with */
+    }
+    return 0;
+}
+
+static void test_nan_stops(void)
+{
+    train_hyper h = small_hyper();
+    h.steps = 8, h.checkpoint_every = 2;
+    trainer t;
+    char err[512] = "";
+    if (trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        test_case("NaN");
+        return;
+    }
+    run_ctx c = {.poison_at = 5};
+    int rc = train_run(&t, on_event, &c, NULL, err, sizeof err);
+    CHECK(rc == -1, "train_run returned %d", rc);
+    CHECK(strstr(err, "non-finite loss at step 6") != NULL, "message: %s", err);
+    CHECK(t.step == 5, "the failed step counted: step %d", t.step);
+    CHECK(c.saved_step == 4, "last checkpoint at step %d", c.saved_step);
+    trainer u;
+    if (trainer_init(&u, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0) {
+        CHECK(trainer_state_load(&u, c.saved, c.len, err, sizeof err) == 0, "%s", err);
+        int finite = 1;
+        for (size_t i = 0; i < u.adapter.n_params; i++)
+            finite &= isfinite(u.adapter.params[i]) != 0;
+        CHECK(finite && u.step == 4, "the checkpoint is not a good state");
+        double loss, gn;
+        CHECK(trainer_step(&u, &loss, &gn, err, sizeof err) == 0 && isfinite(loss), "cannot go on from it");
+        trainer_free(&u);
+    }
+    test_case("a NaN loss stops the run before the update (%s); the step-4 checkpoint is intact", err);
+    free(c.saved);
+    trainer_free(&t);
+}
+
+static void test_training_helps(train_method method)
+{
+    train_hyper h = small_hyper();
+    h.method = method;
+    h.steps = 40, h.batch = 4, h.seq_len = 128, h.rank = 8, h.alpha = 16;
+    trainer t;
+    char err[512];
+    if (trainer_init(&t, &model, method == TRAIN_RECOVERY ? &teacher : NULL, train_ids, n_train, valid_ids,
+                     n_valid, &h, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        test_case("training");
+        return;
+    }
+    double before, first = 0, loss, gn;
+    CHECK(trainer_eval(&t, &before, err, sizeof err) == 0, "%s", err);
+    /* the training loss of the same held-out text for recovery: KL to the teacher */
+    for (int s = 0; s < h.steps; s++) {
+        CHECK(trainer_step(&t, &loss, &gn, err, sizeof err) == 0, "%s", err);
+        if (s == 0)
+            first = loss;
+    }
+    double after;
+    CHECK(trainer_eval(&t, &after, err, sizeof err) == 0, "%s", err);
+    if (method == TRAIN_LORA) {
+        CHECK(after < before - 0.05, "held-out loss %.4f -> %.4f", before, after);
+        test_case("lora: 40 steps lower the held-out loss %.4f -> %.4f (ppl %.3f -> %.3f)", before, after,
+                  exp(before), exp(after));
+    } else {
+        /* KL falls, and the held-out cross-entropy moves towards the teacher's */
+        CHECK(loss < 0.7 * first, "KL %.5f -> %.5f", first, loss);
+        CHECK(after < before, "held-out loss %.4f -> %.4f", before, after);
+        test_case("recovery: KL to the f32 teacher %.5f -> %.5f, held-out loss %.4f -> %.4f", first, loss, before,
+                  after);
+    }
+    if (method == TRAIN_LORA) {
+        char path[] = "/tmp/qlora-test-train-XXXXXX";
+        int fd = mkstemp(path);
+        if (fd >= 0)
+            close(fd);
+        llama_lora back;
+        uint64_t fp = 0;
+        CHECK(peft_write(path, &t.adapter, &model.cfg, model.fingerprint, err, sizeof err) == 0, "%s", err);
+        CHECK(peft_read(path, &back, &model.cfg, &fp, err, sizeof err) == 0, "%s", err);
+        CHECK(fp == model.fingerprint, "fingerprint");
+        CHECK(back.n_params == t.adapter.n_params && back.rank == 8 && back.alpha == 16 &&
+                  back.targets == t.adapter.targets &&
+                  memcmp(back.params, t.adapter.params, back.n_params * sizeof(float)) == 0,
+              "read back differs");
+        llama_lora_free(&back);
+        llama_config other = model.cfg;
+        other.dim *= 2;
+        CHECK(peft_read(path, &back, &other, &fp, err, sizeof err) < 0, "read onto another shape");
+        CHECK(strstr(err, path) != NULL && strstr(err, "shape") != NULL, "message: %s", err);
+        unlink(path);
+        test_case("PEFT safetensors round trip bit-exact; another shape refused (%s)", err);
+    }
+    trainer_free(&t);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_train SHARED_DIR\n");
+        return 2;
+    }
+    char dir[4096], path[4200], err[512];
+    snprintf(dir, sizeof dir, "%.4000s/models/stories260K", argv[1]);
+    if (llama_load(&model, dir, qt_spec_default(QT_NF4), err, sizeof err) < 0 ||
+        llama_load(&teacher, dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
+        printf("not ok 1 - load: %s\n1..1\n", err);
+        return 1;
+    }
+    tok_tokenizer *tok;
+    snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
+    if (tok_load(&tok, path, model.cfg.vocab_size, err, sizeof err) < 0) {
+        printf("not ok 1 - tokenizer: %s\n1..1\n", err);
+        return 1;
+    }
+    snprintf(path, sizeof path, "%.4000s/data/tinystories_train.txt", argv[1]);
+    train_ids = read_text(path, tok, 200000, &n_train);
+    snprintf(path, sizeof path, "%.4000s/data/tinystories_valid.txt", argv[1]);
+    valid_ids = read_text(path, tok, 20000, &n_valid);
+    tok_free(tok);
+    if (!train_ids || !valid_ids) {
+        printf("not ok 1 - cannot read the TinyStories text under %s/data\n1..1\n", argv[1]);
+        return 1;
+    }
+    test_bad_hyper();
+    test_determinism_and_resume();
+    test_nan_stops();
+    test_training_helps(TRAIN_LORA);
+    test_training_helps(TRAIN_RECOVERY);
+    free(train_ids);
+    free(valid_ids);
+    llama_free(&model);
+    llama_free(&teacher);
+    return tap_done();
+}

@@ -1,0 +1,211 @@
+/* cmd_train.c: qlora-tool train, and --adapter for eval and generate. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "generate.h"
+#include "peft.h"
+#include "tool.h"
+#include "train.h"
+
+int tool_load_adapter(const char *cmd, const char *path, const llama_model *m, llama_lora *ad)
+{
+    char err[1024];
+    uint64_t fp;
+    if (peft_read(path, ad, &m->cfg, &fp, err, sizeof err) < 0) {
+        fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
+        return 1;
+    }
+    if (fp && fp != m->fingerprint) {
+        fprintf(stderr, "qlora-tool %s: %s: trained on base %016" PRIx64 ", but this base (model and "
+                        "quantization) is %016" PRIx64 "\n", cmd, path, fp, m->fingerprint);
+        llama_lora_free(ad);
+        return 1;
+    }
+    return 0;
+}
+
+static int read_tokens(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok,
+                       int **ids, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *text;
+    size_t len;
+    if (!f)
+        return tool_fail(cmd, "%s: cannot read %s", flag, path);
+    int rc = tool_read_all(f, &text, &len);
+    fclose(f);
+    if (rc < 0)
+        return tool_fail(cmd, "%s: cannot read %s", flag, path);
+    if (len == 0) {
+        free(text);
+        return tool_fail(cmd, "%s: %s is empty", flag, path);
+    }
+    rc = tok_encode(tok, (const char *)text, len, 1, 0, ids, n);
+    free(text);
+    return rc < 0 ? tool_fail(cmd, "out of memory tokenizing %s", path) : 0;
+}
+
+typedef struct {
+    const char *out;
+    const llama_model *m;
+    int json;
+} train_ctx;
+
+static int on_event(void *p, trainer *t, train_event ev, const train_progress *pr)
+{
+    train_ctx *c = p;
+    if (ev == TRAIN_EV_STEP) {
+        printf("step %d/%d  loss %.4f  lr %.3g  grad norm %.3g  %.0f tokens/s\n", pr->step,
+               pr->total_steps, pr->loss, pr->lr, pr->grad_norm, pr->tokens_per_s);
+    } else if (ev == TRAIN_EV_EVAL) {
+        printf("step %d/%d  eval loss %.4f  (ppl %.4f)\n", pr->step, pr->total_steps, pr->eval_loss,
+               exp(pr->eval_loss));
+    } else {
+        char err[512];
+        if (peft_write(c->out, &t->adapter, &c->m->cfg, c->m->fingerprint, err, sizeof err) < 0) {
+            fprintf(stderr, "qlora-tool train: %s\n", err);
+            return -1;
+        }
+        printf("step %d/%d  checkpoint %s\n", pr->step, pr->total_steps, c->out);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+int cmd_train(int argc, char **argv)
+{
+    const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL;
+    tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0};
+    train_hyper h;
+    int e, have_lr = 0, have_seq = 0;
+    /* lr and seq_len defaults depend on the model: set after it is loaded, unless given */
+    train_hyper_default(&h, &(llama_config){.dim = 2048, .seq_len = 256});
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {
+            if (e)
+                return e;
+            continue;
+        }
+        if (!strcmp(a, "--rslora")) {
+            h.rslora = 1;
+            continue;
+        }
+        if (!v)
+            return tool_fail(cmd, "unexpected argument '%s' (or it lacks its value)", a);
+        i++;
+        if (!strcmp(a, "--data")) data = v;
+        else if (!strcmp(a, "--eval-data")) eval_data = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--method")) {
+            if (!strcmp(v, "lora")) h.method = TRAIN_LORA;
+            else if (!strcmp(v, "recovery")) h.method = TRAIN_RECOVERY;
+            else return tool_fail(cmd, "--method: '%s' is neither lora nor recovery", v);
+        } else if (!strcmp(a, "--schedule")) {
+            if (!strcmp(v, "cosine")) h.schedule = SCHED_COSINE;
+            else if (!strcmp(v, "constant")) h.schedule = SCHED_CONSTANT;
+            else return tool_fail(cmd, "--schedule: '%s' is neither cosine nor constant", v);
+        } else if (!strcmp(a, "--init")) {
+            if (!strcmp(v, "default")) h.init = INIT_DEFAULT;
+            else if (!strcmp(v, "loftq")) h.init = INIT_LOFTQ;
+            else return tool_fail(cmd, "--init: '%s' is neither default nor loftq", v);
+        } else if (!strcmp(a, "--targets")) {
+            char err[256];
+            if (train_parse_targets(v, &h.targets, err, sizeof err) < 0)
+                return tool_fail(cmd, "%s", err);
+        } else if (!strcmp(a, "--seed")) {
+            h.seed = strtoull(v, &end, 10);
+            if (*end)
+                return tool_fail(cmd, "--seed: '%s' is not an integer", v);
+        } else {
+            struct { const char *flag; int *i; float *f; } num[] = {
+                {"--rank", &h.rank, NULL}, {"--steps", &h.steps, NULL}, {"--batch", &h.batch, NULL},
+                {"--seq-len", &h.seq_len, NULL}, {"--grad-accum", &h.grad_accum, NULL},
+                {"--warmup", &h.warmup, NULL}, {"--eval-every", &h.eval_every, NULL},
+                {"--checkpoint-every", &h.checkpoint_every, NULL}, {"--alpha", NULL, &h.alpha},
+                {"--lr", NULL, &h.lr}, {"--dropout", NULL, &h.dropout},
+                {"--weight-decay", NULL, &h.weight_decay}, {"--max-grad-norm", NULL, &h.max_grad_norm},
+            };
+            size_t k = 0;
+            for (; k < sizeof num / sizeof num[0] && strcmp(a, num[k].flag); k++)
+                ;
+            if (k == sizeof num / sizeof num[0])
+                return tool_fail(cmd, "unknown option '%s'", a);
+            if (num[k].i) {
+                long x = strtol(v, &end, 10);
+                if (*end || end == v || x < -2147483647 || x > 2147483647)
+                    return tool_fail(cmd, "%s: '%s' is not an integer", a, v);
+                *num[k].i = (int)x;
+            } else {
+                *num[k].f = strtof(v, &end);
+                if (*end || end == v)
+                    return tool_fail(cmd, "%s: '%s' is not a number", a, v);
+            }
+            have_lr |= num[k].f == &h.lr;
+            have_seq |= num[k].i == &h.seq_len;
+        }
+    }
+    if (!data || !out)
+        return tool_fail(cmd, "--data FILE and --out ADAPTER.safetensors are required");
+    llama_model m, teacher;
+    tok_tokenizer *tok;
+    int rc = tool_load_model(cmd, &o, &m, &tok);
+    if (rc)
+        return rc;
+    train_hyper d;
+    train_hyper_default(&d, &m.cfg);
+    if (!have_lr)
+        h.lr = d.lr;
+    if (!have_seq)
+        h.seq_len = d.seq_len;
+    char err[1024];
+    int *ids = NULL, *eval_ids = NULL, have_teacher = 0;
+    size_t n = 0, n_eval = 0;
+    trainer t;
+    memset(&t, 0, sizeof t);
+    if (train_hyper_check(&h, &m.cfg, err, sizeof err) < 0) {
+        rc = tool_fail(cmd, "%s", err);
+        goto done;
+    }
+    if ((rc = read_tokens(cmd, "--data", data, tok, &ids, &n)) ||
+        (eval_data && (rc = read_tokens(cmd, "--eval-data", eval_data, tok, &eval_ids, &n_eval))))
+        goto done;
+    if (h.method == TRAIN_RECOVERY) {
+        if (llama_load(&teacher, o.dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
+            rc = tool_fail(cmd, "%s", err);
+            goto done;
+        }
+        have_teacher = 1;
+    }
+    if (trainer_init(&t, &m, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &h, err, sizeof err) < 0) {
+        rc = tool_fail(cmd, "%s", err);
+        goto done;
+    }
+    printf("training %s on %s (%s, %zu tokens): rank %d, alpha %g, lr %g, %d steps of %d x %d tokens\n",
+           h.method == TRAIN_RECOVERY ? "recovery" : "lora", o.dir, qt_format_name(o.spec.format), n,
+           h.rank, h.alpha, h.lr, h.steps, h.batch * h.grad_accum, h.seq_len);
+    if (eval_ids) { /* before training: the base alone (or the LoftQ start) */
+        double start;
+        if (trainer_eval(&t, &start, err, sizeof err) == 0)
+            printf("step 0/%d  eval loss %.4f  (ppl %.4f)\n", h.steps, start, exp(start));
+    }
+    train_ctx ctx = {out, &m, 0};
+    int r = train_run(&t, on_event, &ctx, NULL, err, sizeof err);
+    if (r < 0) {
+        fprintf(stderr, "qlora-tool train: %s\n", err);
+        rc = 1;
+    }
+done:
+    trainer_free(&t);
+    free(ids);
+    free(eval_ids);
+    if (have_teacher)
+        llama_free(&teacher);
+    tok_free(tok);
+    llama_free(&m);
+    return rc;
+}
