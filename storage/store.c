@@ -25,7 +25,7 @@
 
 #define SCHEMA_VERSION 1u
 #define DEFAULT_CAP ((size_t)64 << 30)
-#define INITIAL_MAP ((size_t)64 << 20)
+#define INITIAL_MAP ((size_t)1 << 20) /* small stores stay small; growth doubles */
 #define PAGE 4096u
 
 struct store {
