@@ -142,7 +142,7 @@ static int bench_model(const char *dir, int B, int T, int steps, const char *tor
     train_hyper_default(&h, c);
     h.batch = B;
     h.seq_len = T;
-    h.steps = 2 * (steps + 1);
+    h.steps = 2 * (steps + 1);  /* both thread settings on one trainer */
     h.warmup = 0;
     trainer t;
     if (trainer_init(&t, &m, NULL, tokens, n, NULL, 0, &h, err, sizeof err) < 0) {
@@ -157,15 +157,17 @@ static int bench_model(const char *dir, int B, int T, int steps, const char *tor
         int n_th = th == 1 ? 1 : all;
         qt_set_threads(n_th);
         openblas_set_num_threads(n_th);
+        /* on a shared machine noise only lowers a speed: take the best of before and after */
         peak[th] = sgemm_peak(1.0);
         tps[th] = (double)B * T / time_steps(&t, steps);
+        peak[th] = fmax(peak[th], sgemm_peak(1.0));
     }
     trainer_free(&t);
     free(tokens);
     size_t quantized, params = llama_n_params(c, m.tied, &quantized);
     llama_free(&m);
     printf("\n### %s: dim %d, hidden %d, layers %d, heads %d, vocab %d (%.1fM params); batch %d x seq %d, "
-           "LoRA r16 all-linear; %.1f GFLOP/step\n\nOpenBLAS sgemm (1024 x 2048 x 2048) just before: "
+           "LoRA r16 all-linear; %.1f GFLOP/step\n\nOpenBLAS sgemm (1024 x 2048 x 2048) around the qlorad steps: "
            "%.1f GFLOP/s at 1 thread, %.1f at %d\n\n", dir, c->dim, c->hidden_dim, c->n_layers, c->n_heads,
            c->vocab_size, params / 1e6, B, T, flops * 1e-9, peak[1], peak[2], all);
     printf("| trainer | threads | tokens/s | GFLOP/s | of sgemm peak | qlorad (same threads) vs this |\n");
