@@ -57,8 +57,10 @@ static void print_usage(FILE *f)
 {
     fprintf(f, "usage: qlora [--socket PATH | --host HOST:PORT --token-file FILE] [--json] "
                "COMMAND [ARGS]\n\ncommands:\n");
-    for (int i = 0; i < NCOMMANDS; i++)
-        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].usage);
+    for (int i = 0; i < NCOMMANDS; i++) { /* the first sentence of each help */
+        const char *h = commands[i].help, *end = strstr(h, ". ");
+        fprintf(f, "  %-9s %.*s\n", commands[i].name, end ? (int)(end - h + 1) : (int)strlen(h), h);
+    }
     fprintf(f, "\nThe socket defaults to $QLORA_SOCKET, else " DEFAULT_SOCKET ". `qlora COMMAND "
                "--help` explains one command.\nExit status: 0 success, 1 the server answered with "
                "an error, 2 usage, 3 cannot connect.\n");
