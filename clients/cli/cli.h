@@ -89,6 +89,8 @@ void cli_args_job(qlora_args *a, unsigned long long id);
 /* Output. */
 /* A value as short text: nil "-", numbers %.6g, strings as they are, arrays joined by ",". */
 const char *cli_format(const msgpack_object *o, char *buf, size_t n);
+/* A number with `decimals` digits after the point, "-" for nil, NaN or a non-number. */
+const char *cli_format_fixed(const msgpack_object *o, int decimals, char *buf, size_t n);
 /* A Unix time as "YYYY-MM-DD HH:MM:SS" local time, "-" for nil. */
 const char *cli_format_time(const msgpack_object *o, char *buf, size_t n);
 /* One JSON value per line on stdout. */

@@ -1,6 +1,5 @@
 /* cmd_adapters.c: qlora adapters, adapter, rm, activate, export, import. */
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,10 +25,8 @@ static void print_adapters(cli *x, const msgpack_object *r)
             if (keys[k])
                 cli_format(qlora_get(ad, keys[k]), c[k], sizeof c[k]);
         const char *metric[] = {"eval_loss", "ppl_base", "ppl_adapter"};
-        for (int k = 0; k < 3; k++) {
-            double v = qlora_num(qlora_get(m, metric[k]), NAN);
-            snprintf(c[5 + k], sizeof c[5 + k], isnan(v) ? "-" : "%.4f", v);
-        }
+        for (int k = 0; k < 3; k++)
+            cli_format_fixed(qlora_get(m, metric[k]), 4, c[5 + k], sizeof c[5 + k]);
         snprintf(c[8], sizeof c[8], "%.1f KiB", qlora_num(qlora_get(ad, "size_bytes"), 0) / 1024);
         cli_format_time(qlora_get(ad, "created_at"), c[10], sizeof c[10]);
         const char *row[11];

@@ -1,5 +1,4 @@
 /* cmd_jobs.c: qlora submit, jobs, job, watch, cancel. */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -160,10 +159,8 @@ static void print_jobs(cli *x, const msgpack_object *r)
         snprintf(c[4], sizeof c[4], "%.0f/%.0f", qlora_num(qlora_get(j, "step"), 0),
                  qlora_num(qlora_get(j, "total_steps"), 0));
         const char *keys[] = {"loss", "eval_loss", "tokens_per_s"};
-        for (int k = 0; k < 3; k++) {
-            double v = qlora_num(qlora_get(j, keys[k]), NAN);
-            snprintf(c[5 + k], sizeof c[5 + k], isnan(v) ? "-" : k < 2 ? "%.4f" : "%.0f", v);
-        }
+        for (int k = 0; k < 3; k++)
+            cli_format_fixed(qlora_get(j, keys[k]), k < 2 ? 4 : 0, c[5 + k], sizeof c[5 + k]);
         cli_format_time(qlora_get(j, "created_at"), c[8], sizeof c[8]);
         const char *row[9];
         for (int k = 0; k < 9; k++)

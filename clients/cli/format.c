@@ -1,4 +1,5 @@
 /* format.c: the CLI's human output (short values, key: value records, tables) and JSON. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -29,6 +30,15 @@ const char *cli_format(const msgpack_object *o, char *buf, size_t n)
     }
     default: snprintf(buf, n, "(%s)", o->type == MSGPACK_OBJECT_MAP ? "map" : "ext"); break;
     }
+    return buf;
+}
+
+const char *cli_format_fixed(const msgpack_object *o, int decimals, char *buf, size_t n)
+{
+    double v = qlora_num(o, NAN);
+    if (isnan(v))
+        return qlora_str(NULL, "-", buf, n);
+    snprintf(buf, n, "%.*f", decimals, v);
     return buf;
 }
 
@@ -70,7 +80,7 @@ void cli_print_fields(const msgpack_object *map, int indent)
             cli_print_fields(v, indent + 2);
             continue;
         }
-        printf("%*s%-*s %s\n", indent, "", 18 - indent, strcat(key, ":"),
+        printf("%*s%-*s %s\n", indent, "", 20 - indent, strcat(key, ":"),
                is_time_key(k) ? cli_format_time(v, val, sizeof val) : cli_format(v, val, sizeof val));
     }
 }

@@ -87,11 +87,12 @@ static int write_svg(FILE *f, const char *title, const cli_point *p, size_t n)
     svg_text(f, title);
     fputs("</text>\n", f);
     double dy = tick_step(r.y1 - r.y0), dx = tick_step(r.x1 - r.x0);
-    for (double y = ceil(r.y0 / dy) * dy; y <= r.y1; y += dy)
+    /* Ticks at whole multiples, counted in integers so that no rounding piles up. */
+    for (double k = ceil(r.y0 / dy), y = k * dy; y <= r.y1; k++, y = k * dy)
         fprintf(f, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>"
                    "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",
                 LEFT, W - RIGHT, py(&r, y), py(&r, y), LEFT - 6, py(&r, y) + 4, y);
-    for (double x = ceil(r.x0 / dx) * dx; x <= r.x1; x += dx)
+    for (double k = ceil(r.x0 / dx), x = k * dx; x <= r.x1; k++, x = k * dx)
         fprintf(f, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%d\" y2=\"%d\" stroke=\"#ddd\"/>"
                    "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%g</text>\n",
                 px(&r, x), px(&r, x), TOP, H - BOTTOM, px(&r, x), H - BOTTOM + 16, x);

@@ -18,6 +18,7 @@
 typedef struct {
     cli *x;
     double total, step, loss, eval_loss, tokens_per_s;
+    double eta_s;     /* the daemon's estimate, when its events carry one */
     double t0, step0; /* time and step of the first progress event, for the ETA */
     FILE *history;    /* "step loss eval_loss" lines, nan where unknown */
     int bar_shown;    /* a bar is on the current terminal line */
@@ -64,7 +65,7 @@ static void show_progress(watch_state *w)
 {
     char eta[32], eval[32] = "-";
     double done = w->step - w->step0, left = w->total - w->step;
-    format_eta(done > 0 ? (now_s() - w->t0) / done * left : NAN, eta, sizeof eta);
+    format_eta(!isnan(w->eta_s) ? w->eta_s : done > 0 ? (now_s() - w->t0) / done * left : NAN, eta, sizeof eta);
     if (!isnan(w->eval_loss))
         snprintf(eval, sizeof eval, "%.4f", w->eval_loss);
     if (!w->x->tty) {
@@ -103,6 +104,7 @@ static int on_event(const msgpack_object *ev, void *userdata)
         w->total = qlora_num(qlora_get(ev, "total_steps"), w->total);
         w->loss = qlora_num(qlora_get(ev, "loss"), w->loss);
         w->tokens_per_s = qlora_num(qlora_get(ev, "tokens_per_s"), w->tokens_per_s);
+        w->eta_s = qlora_num(qlora_get(ev, "eta_s"), NAN);
         if (w->history)
             fprintf(w->history, "%.0f %.9g nan\n", step, w->loss);
     } else if (!strcmp(type, "eval")) {
@@ -132,7 +134,7 @@ int cli_watch_job(cli *x, unsigned long long job_id)
     qlora_args_init(&a);
     cli_args_job(&a, job_id);
     qlora_reply r;
-    watch_state w = {.x = x, .loss = NAN, .eval_loss = NAN, .tokens_per_s = NAN, .t0 = NAN};
+    watch_state w = {.x = x, .loss = NAN, .eval_loss = NAN, .tokens_per_s = NAN, .eta_s = NAN, .t0 = NAN};
     int rc = cli_request(x, "job.get", &a, NULL, NULL, &r); /* for the history file's name */
     if (rc == EXIT_OK) {
         char path[4096];
@@ -153,13 +155,14 @@ int cli_watch_job(cli *x, unsigned long long job_id)
         putchar('\n');
     if (rc != EXIT_OK)
         return rc;
-    char state[32], error[512], name[128];
+    char state[32], error[512], name[128], loss[32], eval[32];
     qlora_str(qlora_get(&r.result, "state"), "?", state, sizeof state);
     if (x->json)
         cli_print_json(&r.result);
     else if (!strcmp(state, "succeeded"))
-        printf("job %llu succeeded: loss %.4f, eval loss %.4f, adapter %s@%.0f\n", job_id,
-               qlora_num(qlora_get(&r.result, "loss"), NAN), qlora_num(qlora_get(&r.result, "eval_loss"), NAN),
+        printf("job %llu succeeded: loss %s, eval loss %s, adapter %s@%.0f\n", job_id,
+               cli_format_fixed(qlora_get(&r.result, "loss"), 4, loss, sizeof loss),
+               cli_format_fixed(qlora_get(&r.result, "eval_loss"), 4, eval, sizeof eval),
                qlora_str(qlora_get(&r.result, "adapter"), "?", name, sizeof name),
                qlora_num(qlora_get(&r.result, "adapter_version"), 0));
     if (strcmp(state, "succeeded"))

@@ -26,8 +26,9 @@ def main():
         text = f.read()
     try:
         with Client(socket=a.socket) as c:
+            # warm up over the first tenth of the steps (the daemon's default is 10 steps)
             job = c.submit(a.adapter, {'text': text}, method=a.method, steps=a.steps,
-                           batch_size=a.batch, seq_len=a.seq_len)
+                           batch_size=a.batch, seq_len=a.seq_len, warmup=max(1, a.steps // 10))
             print('job %d %s' % (job['job_id'], job['state']))
             watch = c.watch(job['job_id'])
             for ev in watch:
