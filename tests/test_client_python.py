@@ -155,13 +155,15 @@ def _():
     assert c.ping()['version'], 'the connection still serves after errors'
 
 
-@case('a bad frame closes the connection: QloraConnectionError naming bad_frame')
+@case('a bad frame closes the connection: a pending wait raises QloraConnectionError naming bad_frame')
 def _():
     k = Client(socket=daemon.socket)
-    k._sock.sendall(struct.pack('>I', 3) + b'\xc1\xc1\xc1')  # 0xc1 is never valid msgpack
+    ping = msgpack.packb({'id': 1, 'op': 'ping'})
+    # 0xc1 is never valid msgpack; the ping behind it in the same write is never answered.
+    k._sock.sendall(struct.pack('>I', 3) + b'\xc1\xc1\xc1' + struct.pack('>I', len(ping)) + ping)
     try:
-        k.ping()
-        raise AssertionError('the daemon kept a connection that sent garbage')
+        k.wait(1)
+        raise AssertionError('the daemon answered on a connection that sent garbage')
     except QloraConnectionError as e:
         assert 'bad_frame' in str(e), e
     k.close()
