@@ -42,11 +42,15 @@ const char *qlora_last_error(const qlora_client *c)
     return c->err;
 }
 
-static qlora_client *client_new(int fd)
+/* A client on a connected fd; on failure the fd is closed and err says why. */
+static qlora_client *client_new(int fd, char *err, size_t errlen)
 {
     qlora_client *c = calloc(1, sizeof *c);
-    if (!c)
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        close(fd);
         return NULL;
+    }
     c->fd = fd;
     c->next_id = 1; /* id 0 is the server's "this connection" (bad_frame) */
     return c;
@@ -71,12 +75,7 @@ qlora_client *qlora_connect_unix(const char *path, char *err, size_t errlen)
         close(fd);
         return NULL;
     }
-    qlora_client *c = client_new(fd);
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-        close(fd);
-    }
-    return c;
+    return client_new(fd, err, errlen);
 }
 
 /* HOST:PORT or [HOST]:PORT into host and port buffers. */
@@ -132,12 +131,9 @@ qlora_client *qlora_connect_tcp(const char *host_port, const char *token, char *
     int fd = tcp_open(host_port, err, errlen);
     if (fd < 0)
         return NULL;
-    qlora_client *c = client_new(fd);
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-        close(fd);
+    qlora_client *c = client_new(fd, err, errlen);
+    if (!c)
         return NULL;
-    }
     /* The protocol wants auth before anything else on TCP. */
     qlora_args a;
     qlora_args_init(&a);

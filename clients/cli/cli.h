@@ -106,10 +106,11 @@ typedef struct {
     size_t nrows, cap;
     int failed; /* out of memory: rows were lost */
 } cli_table;
+#define CLI_CELL 160 /* bytes of one cell as the commands format it */
 void cli_table_init(cli_table *t, int ncols, const char *const *head);
-void cli_table_row(cli_table *t, const char *const *row);
-void cli_table_print(cli_table *t);
-void cli_table_free(cli_table *t);
+void cli_table_row(cli_table *t, char row[][CLI_CELL]);
+/* Prints the table, or `empty` if it has no rows, and frees it. */
+void cli_table_finish(cli_table *t, const char *empty);
 
 /* Commands. */
 int cmd_ping(cli *x, int argc, char **argv);

@@ -20,7 +20,7 @@ static void print_adapters(cli *x, const msgpack_object *r)
     const msgpack_object *list = qlora_get(r, "adapters");
     for (uint32_t i = 0; list && list->type == MSGPACK_OBJECT_ARRAY && i < list->via.array.size; i++) {
         const msgpack_object *ad = &list->via.array.ptr[i], *m = qlora_get(ad, "metrics");
-        char c[11][160];
+        char c[11][CLI_CELL];
         for (int k = 0; k < 10; k++)
             if (keys[k])
                 cli_format(qlora_get(ad, keys[k]), c[k], sizeof c[k]);
@@ -29,16 +29,9 @@ static void print_adapters(cli *x, const msgpack_object *r)
             cli_format_fixed(qlora_get(m, metric[k]), 4, c[5 + k], sizeof c[5 + k]);
         snprintf(c[8], sizeof c[8], "%.1f KiB", qlora_num(qlora_get(ad, "size_bytes"), 0) / 1024);
         cli_format_time(qlora_get(ad, "created_at"), c[10], sizeof c[10]);
-        const char *row[11];
-        for (int k = 0; k < 11; k++)
-            row[k] = c[k];
-        cli_table_row(&t, row);
+        cli_table_row(&t, c);
     }
-    if (t.nrows == 0)
-        printf("no adapters\n");
-    else
-        cli_table_print(&t);
-    cli_table_free(&t);
+    cli_table_finish(&t, "no adapters");
 }
 
 int cmd_adapters(cli *x, int argc, char **argv)

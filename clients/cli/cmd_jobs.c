@@ -149,7 +149,7 @@ static void print_jobs(cli *x, const msgpack_object *r)
     const msgpack_object *jobs = qlora_get(r, "jobs");
     for (uint32_t i = 0; jobs && jobs->type == MSGPACK_OBJECT_ARRAY && i < jobs->via.array.size; i++) {
         const msgpack_object *j = &jobs->via.array.ptr[i];
-        char c[9][128];
+        char c[9][CLI_CELL];
         cli_format(qlora_get(j, "job_id"), c[0], sizeof c[0]);
         cli_format(qlora_get(j, "state"), c[1], sizeof c[1]);
         char name[100], ver[24];
@@ -162,16 +162,9 @@ static void print_jobs(cli *x, const msgpack_object *r)
         for (int k = 0; k < 3; k++)
             cli_format_fixed(qlora_get(j, keys[k]), k < 2 ? 4 : 0, c[5 + k], sizeof c[5 + k]);
         cli_format_time(qlora_get(j, "created_at"), c[8], sizeof c[8]);
-        const char *row[9];
-        for (int k = 0; k < 9; k++)
-            row[k] = c[k];
-        cli_table_row(&t, row);
+        cli_table_row(&t, c);
     }
-    if (t.nrows == 0)
-        printf("no jobs\n");
-    else
-        cli_table_print(&t);
-    cli_table_free(&t);
+    cli_table_finish(&t, "no jobs");
 }
 
 int cmd_jobs(cli *x, int argc, char **argv)

@@ -90,7 +90,7 @@ void cli_table_init(cli_table *t, int ncols, const char *const *head)
     *t = (cli_table){.ncols = ncols, .head = head};
 }
 
-void cli_table_row(cli_table *t, const char *const *row)
+void cli_table_row(cli_table *t, char row[][CLI_CELL])
 {
     if (t->nrows == t->cap) {
         size_t cap = t->cap ? 2 * t->cap : 16;
@@ -111,7 +111,7 @@ void cli_table_row(cli_table *t, const char *const *row)
     t->nrows++;
 }
 
-void cli_table_print(cli_table *t)
+static void table_print(const cli_table *t)
 {
     int width[32] = {0}; /* no table here has more columns */
     for (int c = 0; c < t->ncols && c < 32; c++) {
@@ -135,8 +135,12 @@ void cli_table_print(cli_table *t)
         fprintf(stderr, "qlora: out of memory: some rows are missing\n");
 }
 
-void cli_table_free(cli_table *t)
+void cli_table_finish(cli_table *t, const char *empty)
 {
+    if (t->nrows == 0)
+        printf("%s\n", empty);
+    else
+        table_print(t);
     for (size_t i = 0; i < t->nrows * (size_t)t->ncols; i++)
         free(t->cells[i]);
     free(t->cells);
