@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "safetensors.h"
 #include "train.h"
 
@@ -15,10 +16,39 @@ static const char *const module_path[LIN_COUNT] = {
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
 };
 
-static void tensor_name(char *out, size_t len, int layer, llama_linear k, int b)
+/* One PEFT tensor of an adapter: lora_A or lora_B of (layer, k). */
+typedef struct {
+    int layer;
+    llama_linear k;
+    int b;
+    size_t rows, cols;
+    char name[160];
+} peft_tensor;
+
+typedef int (*peft_tensor_fn)(void *ctx, const peft_tensor *t);
+
+/* Visits the tensors of ad in file order (layer, linear, A then B); stops at the first
+ * nonzero return of fn and returns it. Encoder and decoder share this walk, so the order
+ * and the names cannot drift apart. */
+static int each_tensor(const llama_lora *ad, const llama_config *c, peft_tensor_fn fn, void *ctx)
 {
-    snprintf(out, len, "base_model.model.model.layers.%d.%s.lora_%c.weight", layer, module_path[k],
-             b ? 'B' : 'A');
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            if (!llama_lora_has(ad, l, (llama_linear)k))
+                continue;
+            int o, in;
+            llama_linear_shape(c, (llama_linear)k, &o, &in);
+            for (int b = 0; b < 2; b++) {
+                peft_tensor t = {l, (llama_linear)k, b, b ? (size_t)o : (size_t)ad->rank,
+                                 b ? (size_t)ad->rank : (size_t)in, {0}};
+                snprintf(t.name, sizeof t.name, "base_model.model.model.layers.%d.%s.lora_%c.weight", l,
+                         module_path[k], b ? 'B' : 'A');
+                int rc = fn(ctx, &t);
+                if (rc)
+                    return rc;
+            }
+        }
+    return 0;
 }
 
 /* Row p of the HF rotate-half order holds llama2.c row interleaved_row(p): head h, and
@@ -29,67 +59,81 @@ static size_t interleaved_row(size_t p, size_t hs)
     return h * hs + 2 * i + j;
 }
 
+/* Copies tensor t between the adapter (llama2.c rows) and a PEFT buffer (HF rows). */
+static void copy_tensor(const llama_lora *ad, const llama_config *c, const peft_tensor *t, float *peft,
+                        int to_peft)
+{
+    float *mine = t->b ? llama_lora_b(ad, c, ad->params, t->layer, t->k) : llama_lora_a(ad, ad->params, t->layer, t->k);
+    int permuted = t->b && (t->k == LIN_Q || t->k == LIN_K);
+    for (size_t p = 0; p < t->rows; p++) {
+        size_t r = permuted ? interleaved_row(p, (size_t)c->head_size) : p;
+        float *src = to_peft ? mine + r * t->cols : peft + p * t->cols;
+        float *dst = to_peft ? peft + p * t->cols : mine + r * t->cols;
+        memcpy(dst, src, t->cols * sizeof(float));
+    }
+}
+
+/* ---- encoding ---- */
+
+typedef struct {
+    const llama_lora *ad;
+    const llama_config *c;
+    char *header;
+    size_t cap, hl, off;
+    float *data;
+} encoder;
+
+static int encode_header(void *p, const peft_tensor *t)
+{
+    encoder *e = p;
+    size_t bytes = t->rows * t->cols * sizeof(float);
+    e->hl += (size_t)snprintf(e->header + e->hl, e->cap - e->hl,
+                              ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%zu,%zu],\"data_offsets\":[%zu,%zu]}",
+                              t->name, t->rows, t->cols, e->off, e->off + bytes);
+    e->off += bytes;
+    return 0;
+}
+
+static int encode_data(void *p, const peft_tensor *t)
+{
+    encoder *e = p;
+    copy_tensor(e->ad, e->c, t, e->data, 1);
+    e->data += t->rows * t->cols;
+    return 0;
+}
+
 int peft_encode(const llama_lora *ad, const llama_config *c, uint64_t fingerprint, void **out,
                 size_t *len, char *err, size_t errlen)
 {
-    size_t cap = 4096 + (size_t)c->n_layers * LIN_COUNT * 2 * 200, hl = 0, off = 0;
-    char *header = malloc(cap), targets[128];
-    if (!header) {
+    encoder e = {ad, c, NULL, 4096 + (size_t)c->n_layers * LIN_COUNT * 2 * 200, 0, 0, NULL};
+    char targets[128];
+    e.header = malloc(e.cap);
+    if (!e.header) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
     train_format_targets(ad->targets, targets, sizeof targets);
-    hl += (size_t)snprintf(header + hl, cap - hl,
-                           "{\"__metadata__\":{\"format\":\"pt\",\"r\":\"%d\",\"lora_alpha\":\"%g\","
-                           "\"target_modules\":\"%s\",\"use_rslora\":\"%s\",\"base_fingerprint\":\"%016" PRIx64 "\"}",
-                           ad->rank, ad->alpha, targets, ad->rslora ? "true" : "false", fingerprint);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            if (!llama_lora_has(ad, l, k))
-                continue;
-            int o, in;
-            llama_linear_shape(c, (llama_linear)k, &o, &in);
-            for (int b = 0; b < 2; b++) {
-                char name[160];
-                tensor_name(name, sizeof name, l, (llama_linear)k, b);
-                size_t rows = b ? (size_t)o : (size_t)ad->rank, cols = b ? (size_t)ad->rank : (size_t)in;
-                hl += (size_t)snprintf(header + hl, cap - hl,
-                                       ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%zu,%zu],\"data_offsets\":[%zu,%zu]}",
-                                       name, rows, cols, off, off + rows * cols * 4);
-                off += rows * cols * 4;
-            }
-        }
-    hl += (size_t)snprintf(header + hl, cap - hl, "}");
-    while (hl % 8)
-        header[hl++] = ' ';
-    *len = 8 + hl + off;
+    e.hl += (size_t)snprintf(e.header, e.cap,
+                             "{\"__metadata__\":{\"format\":\"pt\",\"r\":\"%d\",\"lora_alpha\":\"%.9g\","
+                             "\"target_modules\":\"%s\",\"use_rslora\":\"%s\",\"base_fingerprint\":\"%016" PRIx64 "\"}",
+                             ad->rank, ad->alpha, targets, ad->rslora ? "true" : "false", fingerprint);
+    each_tensor(ad, c, encode_header, &e);
+    e.hl += (size_t)snprintf(e.header + e.hl, e.cap - e.hl, "}");
+    while (e.hl % 8)
+        e.header[e.hl++] = ' ';
+    *len = 8 + e.hl + e.off;
     unsigned char *img = malloc(*len);
     if (!img) {
-        free(header);
+        free(e.header);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    uint64_t h64 = hl;
+    uint64_t h64 = e.hl;
     memcpy(img, &h64, 8);
-    memcpy(img + 8, header, hl);
-    free(header);
-    float *data = (float *)(img + 8 + hl); /* 8 + hl is a multiple of 8 */
-    for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            if (!llama_lora_has(ad, l, k))
-                continue;
-            int o, in;
-            llama_linear_shape(c, (llama_linear)k, &o, &in);
-            size_t na = (size_t)ad->rank * in;
-            memcpy(data, llama_lora_a(ad, ad->params, l, k), na * sizeof(float));
-            data += na;
-            const float *B = llama_lora_b(ad, c, ad->params, l, k);
-            for (size_t p = 0; p < (size_t)o; p++) {
-                size_t src = (k == LIN_Q || k == LIN_K) ? interleaved_row(p, (size_t)c->head_size) : p;
-                memcpy(data + p * ad->rank, B + src * ad->rank, (size_t)ad->rank * sizeof(float));
-            }
-            data += (size_t)o * ad->rank;
-        }
+    memcpy(img + 8, e.header, e.hl);
+    e.data = (float *)(img + 8 + e.hl); /* 8 + hl is a multiple of 8 */
+    free(e.header);
+    each_tensor(ad, c, encode_data, &e);
     *out = img;
     return 0;
 }
@@ -116,93 +160,290 @@ int peft_write(const char *path, const llama_lora *ad, const llama_config *c, ui
     return 0;
 }
 
+/* JSON string literal of s (quotes and escapes) appended at out[*used]. */
+static void json_string(char *out, size_t cap, size_t *used, const char *s)
+{
+    *used += (size_t)snprintf(out + *used, *used < cap ? cap - *used : 0, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            *used += (size_t)snprintf(out + *used, *used < cap ? cap - *used : 0, "\\%c", ch);
+        else if (ch < 0x20)
+            *used += (size_t)snprintf(out + *used, *used < cap ? cap - *used : 0, "\\u%04x", ch);
+        else
+            *used += (size_t)snprintf(out + *used, *used < cap ? cap - *used : 0, "%c", ch);
+    }
+    *used += (size_t)snprintf(out + *used, *used < cap ? cap - *used : 0, "\"");
+}
+
+int peft_config_encode(const llama_lora *ad, const char *base_model, char **json, char *err, size_t errlen)
+{
+    size_t cap = 1024 + (base_model ? 6 * strlen(base_model) : 0), used = 0;
+    char *out = malloc(cap), targets[128];
+    if (!out) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    train_format_targets(ad->targets, targets, sizeof targets);
+    used += (size_t)snprintf(out, cap,
+                             "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"r\": %d,\n"
+                             "  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [",
+                             ad->rank, ad->alpha, ad->dropout);
+    for (char *p = targets; *p;) {
+        size_t n = strcspn(p, ",");
+        used += (size_t)snprintf(out + used, cap - used, "%s\"%.*s\"", p == targets ? "" : ", ", (int)n, p);
+        p += n + (p[n] == ',');
+    }
+    used += (size_t)snprintf(out + used, cap - used, "],\n  \"bias\": \"none\",\n  \"use_rslora\": %s,\n"
+                             "  \"base_model_name_or_path\": ", ad->rslora ? "true" : "false");
+    if (base_model)
+        json_string(out, cap, &used, base_model);
+    else
+        used += (size_t)snprintf(out + used, cap - used, "null");
+    snprintf(out + used, cap - used, "\n}\n");
+    *json = out;
+    return 0;
+}
+
+/* ---- decoding ---- */
+
+/* What a PEFT adapter declares about itself (config or metadata). */
+typedef struct {
+    int rank;
+    float alpha;
+    int rslora;
+    unsigned targets;
+    float dropout;
+} peft_params;
+
+typedef struct {
+    const st_file *f;
+    const llama_lora *ad;
+    const llama_config *c;
+    unsigned char *seen; /* [f->count]: the file's tensor was claimed by a name */
+    float *tmp;
+    char *err;
+    size_t errlen;
+} decoder;
+
+static int decode_tensor(void *p, const peft_tensor *t)
+{
+    decoder *d = p;
+    const st_tensor *st = st_find(d->f, t->name);
+    if (!st) {
+        snprintf(d->err, d->errlen, "%s: tensor '%s' is missing", d->f->path, t->name);
+        return -1;
+    }
+    d->seen[st - d->f->tensors] = 1;
+    if (st->ndim != 2 || (size_t)st->shape[0] != t->rows || (size_t)st->shape[1] != t->cols) {
+        snprintf(d->err, d->errlen, "%s: tensor '%s' has shape [%lld, %lld], expected [%zu, %zu]", d->f->path,
+                 t->name, (long long)st->shape[0], st->ndim > 1 ? (long long)st->shape[1] : 0LL, t->rows, t->cols);
+        return -1;
+    }
+    st_to_f32(st, d->tmp);
+    for (size_t i = 0; i < t->rows * t->cols; i++)
+        if (!isfinite(d->tmp[i])) {
+            snprintf(d->err, d->errlen, "%s: tensor '%s' holds a non-finite value at %zu", d->f->path, t->name, i);
+            return -1;
+        }
+    copy_tensor(d->ad, d->c, t, d->tmp, 0);
+    return 0;
+}
+
+/* The adapter p describes, filled from f; every tensor checked, none missing or extra. */
+static int decode(const st_file *f, const peft_params *p, const llama_config *c, llama_lora *ad, char *err,
+                  size_t errlen)
+{
+    int in_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    decoder d = {f, ad, c, calloc(f->count ? f->count : 1, 1), malloc((size_t)in_max * p->rank * sizeof(float)),
+                 err, errlen};
+    int rc = -1;
+    if (!d.seen || !d.tmp || llama_lora_alloc(ad, c, p->rank, p->alpha, p->rslora, p->targets, p->dropout) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    if (each_tensor(ad, c, decode_tensor, &d))
+        goto done;
+    for (size_t i = 0; i < f->count; i++)
+        if (!d.seen[i]) {
+            snprintf(err, errlen, "%s: unexpected tensor '%s' (not one of r/target_modules' LoRA tensors)",
+                     f->path, f->tensors[i].name);
+            goto done;
+        }
+    rc = 0;
+done:
+    if (rc < 0)
+        llama_lora_free(ad);
+    free(d.seen);
+    free(d.tmp);
+    return rc;
+}
+
+static int check_params(const peft_params *p, const llama_config *c, const char *what, char *err, size_t errlen)
+{
+    if (p->rank < 1 || p->rank > c->dim || !(p->alpha > 0) || !(p->dropout >= 0 && p->dropout < 1)) {
+        snprintf(err, errlen, "%s: needs r in 1..%d, a positive lora_alpha and lora_dropout in [0, 1)", what,
+                 c->dim);
+        return -1;
+    }
+    return 0;
+}
+
 static const char *meta_string(const st_file *f, const char *key)
 {
     const json_value *v = json_get(f->metadata, key);
     return v && v->type == JSON_STRING ? v->string : NULL;
 }
 
+/* The adapter's parameters from our own __metadata__ strings (r, lora_alpha,
+ * target_modules, use_rslora); -1 with err when they are absent or bad. */
+static int meta_params(const st_file *f, peft_params *p, char *err, size_t errlen)
+{
+    const char *r = meta_string(f, "r"), *alpha = meta_string(f, "lora_alpha");
+    const char *targets = meta_string(f, "target_modules"), *rs = meta_string(f, "use_rslora");
+    char why[256];
+    memset(p, 0, sizeof *p);
+    p->rank = r ? atoi(r) : 0;
+    p->alpha = alpha ? strtof(alpha, NULL) : 0;
+    p->rslora = rs && !strcmp(rs, "true");
+    if (!targets || train_parse_targets(targets, &p->targets, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: __metadata__ target_modules: %s", f->path, targets ? why : "missing");
+        return -1;
+    }
+    return 0;
+}
+
+static int meta_fingerprint(const st_file *f, uint64_t *fingerprint, char *err, size_t errlen)
+{
+    const char *fp = meta_string(f, "base_fingerprint");
+    char *end = NULL;
+    *fingerprint = fp ? strtoull(fp, &end, 16) : 0;
+    if (fp && (end == fp || *end)) {
+        snprintf(err, errlen, "%s: __metadata__ base_fingerprint '%s' is not hexadecimal", f->path, fp);
+        return -1;
+    }
+    return 0;
+}
+
 int peft_read(const char *path, llama_lora *ad, const llama_config *c, uint64_t *fingerprint,
               char *err, size_t errlen)
 {
     st_file f;
+    peft_params p;
+    char what[4200];
     memset(ad, 0, sizeof *ad);
     if (st_open(&f, path, err, errlen) < 0)
         return -1;
-    const char *r = meta_string(&f, "r"), *alpha = meta_string(&f, "lora_alpha");
-    const char *targets = meta_string(&f, "target_modules"), *rs = meta_string(&f, "use_rslora");
-    const char *fp = meta_string(&f, "base_fingerprint");
-    int rank = r ? atoi(r) : 0;
-    float a = alpha ? strtof(alpha, NULL) : 0;
-    unsigned t = 0;
-    char why[256];
-    int rc = -1;
-    if (rank < 1 || rank > c->dim || !(a > 0)) {
-        snprintf(err, errlen, "%s: __metadata__ needs r in 1..%d and a positive lora_alpha", path, c->dim);
-        goto done;
+    snprintf(what, sizeof what, "%s: __metadata__", path);
+    int rc = meta_params(&f, &p, err, errlen) < 0 || check_params(&p, c, what, err, errlen) < 0 ||
+                     meta_fingerprint(&f, fingerprint, err, errlen) < 0 || decode(&f, &p, c, ad, err, errlen) < 0
+                 ? -1
+                 : 0;
+    st_close(&f);
+    return rc;
+}
+
+/* adapter_config.json's fields into p. */
+static int config_params(const json_value *j, peft_params *p, char *err, size_t errlen)
+{
+    const char *file = "adapter_config.json";
+    const json_value *type = json_get(j, "peft_type"), *alpha = json_get(j, "lora_alpha"),
+                     *rs = json_get(j, "use_rslora"), *drop = json_get(j, "lora_dropout"),
+                     *bias = json_get(j, "bias"), *tm = json_get(j, "target_modules");
+    long r;
+    memset(p, 0, sizeof *p);
+    if (j->type != JSON_OBJECT) {
+        snprintf(err, errlen, "%s: not a JSON object", file);
+        return -1;
     }
-    if (!targets || train_parse_targets(targets, &t, why, sizeof why) < 0) {
-        snprintf(err, errlen, "%s: __metadata__ target_modules: %s", path, targets ? why : "missing");
-        goto done;
+    if (type && (type->type != JSON_STRING || strcmp(type->string, "LORA"))) {
+        snprintf(err, errlen, "%s: peft_type must be \"LORA\"", file);
+        return -1;
     }
-    if (llama_lora_alloc(ad, c, rank, a, rs && !strcmp(rs, "true"), t, 0) < 0) {
-        snprintf(err, errlen, "out of memory");
-        goto done;
+    if (bias && (bias->type != JSON_STRING || strcmp(bias->string, "none"))) {
+        snprintf(err, errlen, "%s: bias must be \"none\" (adapters carry no bias terms)", file);
+        return -1;
     }
-    *fingerprint = fp ? strtoull(fp, NULL, 16) : 0;
-    size_t expected = 0;
-    for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            if (!llama_lora_has(ad, l, k))
-                continue;
-            int o, in;
-            llama_linear_shape(c, (llama_linear)k, &o, &in);
-            for (int b = 0; b < 2; b++) {
-                char name[160];
-                tensor_name(name, sizeof name, l, (llama_linear)k, b);
-                const st_tensor *st = st_find(&f, name);
-                size_t rows = b ? (size_t)o : (size_t)rank, cols = b ? (size_t)rank : (size_t)in;
-                if (!st) {
-                    snprintf(err, errlen, "%s: tensor '%s' is missing", path, name);
-                    goto done;
-                }
-                if (st->ndim != 2 || (size_t)st->shape[0] != rows || (size_t)st->shape[1] != cols) {
-                    snprintf(err, errlen, "%s: tensor '%s' has shape [%lld, %lld], expected [%zu, %zu]",
-                             path, name, (long long)st->shape[0], st->ndim > 1 ? (long long)st->shape[1] : 0LL,
-                             rows, cols);
-                    goto done;
-                }
-                float *dst = b ? llama_lora_b(ad, c, ad->params, l, k) : llama_lora_a(ad, ad->params, l, k);
-                float *tmp = malloc(rows * cols * sizeof(float));
-                if (!tmp) {
-                    snprintf(err, errlen, "out of memory");
-                    goto done;
-                }
-                st_to_f32(st, tmp);
-                for (size_t i = 0; i < rows * cols; i++)
-                    if (!isfinite(tmp[i])) {
-                        snprintf(err, errlen, "%s: tensor '%s' holds a non-finite value at %zu", path, name, i);
-                        free(tmp);
-                        goto done;
-                    }
-                if (b && (k == LIN_Q || k == LIN_K))
-                    for (size_t p = 0; p < rows; p++)
-                        memcpy(dst + interleaved_row(p, (size_t)c->head_size) * cols, tmp + p * cols,
-                               cols * sizeof(float));
-                else
-                    memcpy(dst, tmp, rows * cols * sizeof(float));
-                free(tmp);
-                expected++;
+    if (json_get_int(j, "r", 1, 1 << 20, &r) < 0) {
+        snprintf(err, errlen, "%s: r must be a positive integer", file);
+        return -1;
+    }
+    p->rank = (int)r;
+    if (!alpha || alpha->type != JSON_NUMBER) {
+        snprintf(err, errlen, "%s: lora_alpha must be a number", file);
+        return -1;
+    }
+    p->alpha = (float)alpha->number;
+    if (rs && rs->type != JSON_BOOL) {
+        snprintf(err, errlen, "%s: use_rslora must be true or false", file);
+        return -1;
+    }
+    p->rslora = rs ? rs->boolean : 0;
+    if (drop && drop->type != JSON_NUMBER) {
+        snprintf(err, errlen, "%s: lora_dropout must be a number", file);
+        return -1;
+    }
+    p->dropout = drop ? (float)drop->number : 0;
+    /* a list of module names, or one string ("all-linear", or a single name) */
+    char list[256] = "", why[256];
+    size_t used = 0;
+    if (tm && tm->type == JSON_STRING) {
+        snprintf(list, sizeof list, "%s", tm->string);
+    } else if (tm && tm->type == JSON_ARRAY) {
+        for (size_t i = 0; i < tm->count; i++) {
+            if (tm->items[i].type != JSON_STRING || !*tm->items[i].string || strchr(tm->items[i].string, ',')) {
+                snprintf(err, errlen, "%s: target_modules[%zu] is not a module name", file, i);
+                return -1;
             }
+            used += (size_t)snprintf(list + used, used < sizeof list ? sizeof list - used : 0, "%s%s",
+                                     i ? "," : "", tm->items[i].string);
         }
-    if (expected != f.count) {
-        snprintf(err, errlen, "%s: %zu tensors, but r/target_modules describe %zu", path, f.count, expected);
-        goto done;
+    } else {
+        snprintf(err, errlen, "%s: target_modules must be a list of module names", file);
+        return -1;
     }
-    rc = 0;
+    if (used >= sizeof list || train_parse_targets(list, &p->targets, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: target_modules: %s", file, used >= sizeof list ? "too long" : why);
+        return -1;
+    }
+    return 0;
+}
+
+int peft_import(const char *config_json, size_t config_len, const void *st, size_t st_len, const llama_config *c,
+                llama_lora *ad, uint64_t *fingerprint, char *err, size_t errlen)
+{
+    const char *tensors = "adapter_model.safetensors";
+    char jerr[256];
+    peft_params p, m;
+    st_file f;
+    memset(ad, 0, sizeof *ad);
+    json_value *j = json_parse(config_json, config_len, jerr, sizeof jerr);
+    if (!j) {
+        snprintf(err, errlen, "adapter_config.json: %s", jerr);
+        return -1;
+    }
+    int rc = config_params(j, &p, err, errlen);
+    json_free(j);
+    if (rc < 0 || check_params(&p, c, "adapter_config.json", err, errlen) < 0)
+        return -1;
+    if (st_parse(&f, tensors, st, st_len, err, errlen) < 0)
+        return -1;
+    rc = -1;
+    if (meta_fingerprint(&f, fingerprint, err, errlen) < 0)
+        goto done;
+    /* our own exports repeat the parameters in __metadata__: they must agree */
+    if (meta_string(&f, "r")) {
+        if (meta_params(&f, &m, err, errlen) < 0)
+            goto done;
+        const char *field = m.rank != p.rank ? "r" : m.alpha != p.alpha ? "lora_alpha"
+                          : m.targets != p.targets ? "target_modules" : m.rslora != p.rslora ? "use_rslora" : NULL;
+        if (field) {
+            snprintf(err, errlen, "%s: __metadata__ %s disagrees with adapter_config.json", tensors, field);
+            goto done;
+        }
+    }
+    rc = decode(&f, &p, c, ad, err, errlen);
 done:
-    if (rc < 0)
-        llama_lora_free(ad);
     st_close(&f);
     return rc;
 }

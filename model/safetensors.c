@@ -43,7 +43,6 @@ static int fail(st_file *f, char *err, size_t errlen, const char *name, const ch
 int st_open(st_file *f, const char *path, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    snprintf(f->path, sizeof f->path, "%s", path);
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -55,20 +54,32 @@ int st_open(st_file *f, const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         return -1;
     }
-    f->size = (size_t)st.st_size;
-    if (f->size < 8) {
-        close(fd);
-        snprintf(err, errlen, "%s: %zu bytes is too short for a safetensors header", path, f->size);
-        return -1;
-    }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    size_t size = (size_t)st.st_size;
+    void *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
     close(fd);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
+    if (map == MAP_FAILED) {
         snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
         return -1;
     }
-    const unsigned char *b = f->map;
+    if (st_parse(f, path, map, size, err, errlen) < 0) {
+        if (map)
+            munmap(map, size);
+        return -1;
+    }
+    f->map = map; /* owned from here: st_close unmaps it */
+    return 0;
+}
+
+int st_parse(st_file *f, const char *name, const void *data, size_t size, char *err, size_t errlen)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", name);
+    f->size = size;
+    if (size < 8) {
+        snprintf(err, errlen, "%s: %zu bytes is too short for a safetensors header", name, size);
+        return -1;
+    }
+    const unsigned char *b = data;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | b[i];

@@ -26,7 +26,7 @@ typedef struct {
 
 typedef struct {
     char path[4096];
-    void *map;
+    void *map;                  /* st_open's mapping, NULL for st_parse */
     size_t size;
     json_value *header;
     const json_value *metadata; /* "__metadata__" or NULL */
@@ -36,6 +36,9 @@ typedef struct {
 
 /* Opens and validates; -1 with a message naming the file (and tensor) on error. */
 int st_open(st_file *f, const char *path, char *err, size_t errlen);
+/* The same checks over an image in memory (not copied: it must outlive f); name is what
+ * messages call it. */
+int st_parse(st_file *f, const char *name, const void *data, size_t size, char *err, size_t errlen);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 /* Converts a tensor to fp32 into out[nelem]. */

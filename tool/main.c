@@ -32,6 +32,12 @@ static const struct {
     {"make-model", cmd_make_model,
      "make-model --dim D --hidden H --layers L --heads N --kv-heads N --vocab V [--seq-len S] "
      "[--seed S] --out DIR  (random weights, Hugging Face layout)"},
+    {"export", cmd_export,
+     "export --db DIR NAME[@VERSION] OUTDIR  (a stored adapter as a PEFT directory: "
+     "adapter_config.json + adapter_model.safetensors)"},
+    {"import", cmd_import,
+     "import --db DIR --model DIR [--quant F] [--block B] [--no-double-quant] NAME INDIR  "
+     "(a PEFT directory as the next version of NAME; F32, F16 or BF16)"},
     {"codes", cmd_codes, "codes nf4|fp4  (the 16 code values)"},
     {"dynamic-map", cmd_dynamic_map, "dynamic-map  (the 256 values of the double-quant map)"},
 };
