@@ -527,3 +527,13 @@ int llama_visit_linears(const char *dir, void *ctx, llama_weight_fn fn, char *er
     source_close(&s);
     return rc;
 }
+
+double llama_linear_bits(const llama_model *m)
+{
+    size_t quantized, bytes = 0;
+    llama_n_params(&m->cfg, m->tied, &quantized);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < LIN_COUNT; k++)
+            bytes += qt_bytes(&m->layers[l].lin[k]);
+    return 8.0 * (double)bytes / (double)quantized;
+}

@@ -59,6 +59,8 @@ static inline const qt_matrix *llama_head(const llama_model *m)
 size_t llama_n_params(const llama_config *c, int tied, size_t *quantized);
 /* Bytes held by the model's weights (quantized linears + fp32 rest). */
 size_t llama_weight_bytes(const llama_model *m);
+/* Bits per parameter of the quantized linears, scales and zero points included. */
+double llama_linear_bits(const llama_model *m);
 
 /* Visits the fp32 weights of linear l in every layer, in llama2.c row order, straight from
  * the files (for quantization-error reports and LoftQ). fn gets a temporary buffer. */

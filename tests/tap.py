@@ -17,6 +17,8 @@ def case(name):
             _results.append((True, name, ''))
         except AssertionError as e:
             _results.append((False, name, str(e)))
+        except Exception as e:  # noqa: BLE001 (a crash fails the case, not the run)
+            _results.append((False, name, '%s: %s' % (type(e).__name__, e)))
         return fn
     return wrap
 

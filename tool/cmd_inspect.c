@@ -90,11 +90,7 @@ int cmd_inspect(int argc, char **argv)
            c->seq_len, m.tied ? "tied" : "separate");
     printf("  parameters %zu (%zu in the quantized linears)\n", params, quantized);
 
-    size_t qbytes = 0;
-    for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < LIN_COUNT; k++)
-            qbytes += qt_bytes(&m.layers[l].lin[k]);
-    double bits = 8.0 * qbytes / quantized;
+    double bits = llama_linear_bits(&m);
     size_t fp32_rest = (params - quantized) * sizeof(float);
     size_t cache = 2 * (size_t)c->n_layers * c->seq_len * c->kv_dim * sizeof(float);
     llama_cache kv;
@@ -106,7 +102,7 @@ int cmd_inspect(int argc, char **argv)
            qt_format_name(o.spec.format), o.spec.block, o.spec.double_quant ? ", double quant" : "",
            bits);
     printf("memory: quantized linears %.2f MiB + fp32 embeddings, norms, head %.2f MiB + KV cache "
-           "(seq_len %d) %.2f MiB = %.2f MiB expected\n", qbytes / 1048576.0, fp32_rest / 1048576.0,
+           "(seq_len %d) %.2f MiB = %.2f MiB expected\n", bits * quantized / 8 / 1048576.0, fp32_rest / 1048576.0,
            c->seq_len, cache / 1048576.0, expect / 1048576.0);
     printf("resident (RSS growth from load to here): %.2f MiB (%.1f%% of expected)\n",
            rss / 1048576.0, 100.0 * rss / expect);

@@ -1,0 +1,1093 @@
+/* jobs.c: fine-tune jobs. A FIFO of jobs persisted in the store, and one runner thread
+ * that trains them one at a time through adapters/train.c, checkpointing as it goes.
+ * Watchers (job.watch) live on the loop; the runner reaches them through qd_call.
+ *
+ * Life of a job: queued -> running -> succeeded | failed | cancelled. A job the daemon
+ * was running when it died (or was stopped) is still `running` in the store: at start it
+ * is resumed from its last checkpoint, which holds the adapter, the AdamW moments, the
+ * step and the data sampler, so it ends as an uninterrupted run would. On success the
+ * adapter is published as a new version, the record updated and the checkpoint dropped in
+ * one transaction. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qlorad.h"
+#include "train.h"
+
+typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED } job_state;
+static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+
+typedef struct job {
+    uint64_t id;
+    char adapter[65];
+    uint32_t adapter_version;
+    train_hyper hyper;
+    job_state state;
+    double created_at, started_at, finished_at; /* NAN: not yet */
+    int step, resumed;
+    double loss, eval_loss, tokens_per_s, ppl_base, ppl_adapter;
+    char *error;
+    char *data, *eval_data;  /* the data specs as submitted, packed msgpack */
+    size_t data_len, eval_len;
+    volatile int cancel;
+    struct job *next;
+} job;
+
+typedef struct watcher {
+    uint64_t conn_id, req_id, job_id;
+    struct watcher *next;
+} watcher;
+
+struct jobs {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    job *head, *tail;        /* in id order */
+    job *running;
+    int stop, thread_started;
+    pthread_t thread;
+    void (*stopped)(qd *d);
+    watcher *watchers;       /* loop thread only */
+};
+
+/* ---- hyper-parameters on the wire ---- */
+
+typedef struct {
+    const char *name;
+    char kind; /* i: int, f: float, u: u64 */
+    size_t off;
+} hyper_field;
+
+static const hyper_field hyper_fields[] = {
+    {"rank", 'i', offsetof(train_hyper, rank)},
+    {"alpha", 'f', offsetof(train_hyper, alpha)},
+    {"dropout", 'f', offsetof(train_hyper, dropout)},
+    {"lr", 'f', offsetof(train_hyper, lr)},
+    {"steps", 'i', offsetof(train_hyper, steps)},
+    {"batch_size", 'i', offsetof(train_hyper, batch)},
+    {"seq_len", 'i', offsetof(train_hyper, seq_len)},
+    {"grad_accum", 'i', offsetof(train_hyper, grad_accum)},
+    {"warmup", 'i', offsetof(train_hyper, warmup)},
+    {"weight_decay", 'f', offsetof(train_hyper, weight_decay)},
+    {"max_grad_norm", 'f', offsetof(train_hyper, max_grad_norm)},
+    {"seed", 'u', offsetof(train_hyper, seed)},
+    {"eval_every", 'i', offsetof(train_hyper, eval_every)},
+    {"checkpoint_every", 'i', offsetof(train_hyper, checkpoint_every)},
+};
+#define N_HYPER_FIELDS (sizeof hyper_fields / sizeof hyper_fields[0])
+
+static void pack_hyper(msgpack_packer *pk, const train_hyper *h)
+{
+    msgpack_pack_map(pk, N_HYPER_FIELDS + 4);
+    for (size_t i = 0; i < N_HYPER_FIELDS; i++) {
+        const char *p = (const char *)h + hyper_fields[i].off;
+        if (hyper_fields[i].kind == 'i')
+            mp_kv_i64(pk, hyper_fields[i].name, *(const int *)p);
+        else if (hyper_fields[i].kind == 'u')
+            mp_kv_u64(pk, hyper_fields[i].name, *(const uint64_t *)p);
+        else
+            mp_kv_f64(pk, hyper_fields[i].name, *(const float *)p);
+    }
+    mp_str(pk, "targets");
+    pack_targets(pk, h->targets);
+    mp_kv_str(pk, "schedule", h->schedule == SCHED_COSINE ? "cosine" : "constant");
+    mp_kv_str(pk, "init", h->init == INIT_LOFTQ ? "loftq" : "default");
+    mp_kv_bool(pk, "rslora", h->rslora);
+}
+
+/* The hyper map of job.submit over the defaults. NULL, or the error code with a message
+ * naming the field. */
+static const char *parse_hyper(const msgpack_object *m, const llama_config *c, train_hyper *h, char *err,
+                               size_t errlen)
+{
+    train_hyper_default(h, c);
+    for (uint32_t i = 0; m && i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+        char key[40] = "?";
+        if (k->type == MSGPACK_OBJECT_STR)
+            snprintf(key, sizeof key, "%.*s", (int)(k->via.str.size < 32 ? k->via.str.size : 32), k->via.str.ptr);
+        size_t f = 0;
+        while (f < N_HYPER_FIELDS && !mp_is_str(k, hyper_fields[f].name))
+            f++;
+        double x;
+        if (f < N_HYPER_FIELDS) {
+            char *p = (char *)h + hyper_fields[f].off;
+            int is_num = mp_number(v, &x);
+            if (!is_num) {
+                snprintf(err, errlen, "hyper.%s: must be a number", key);
+                return "bad_request";
+            }
+            if (hyper_fields[f].kind != 'f' && (x != floor(x) || x < (hyper_fields[f].kind == 'u' ? 0 : -2147483648.0) ||
+                                                x > (hyper_fields[f].kind == 'u' ? 1.8e19 : 2147483647.0))) {
+                snprintf(err, errlen, "hyper.%s: %g is not an integer in range", key, x);
+                return "invalid_argument";
+            }
+            if (hyper_fields[f].kind == 'i')
+                *(int *)p = (int)x;
+            else if (hyper_fields[f].kind == 'u')
+                *(uint64_t *)p = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? v->via.u64 : (uint64_t)x;
+            else
+                *(float *)p = (float)x;
+        } else if (mp_is_str(k, "targets")) {
+            char list[512] = "";
+            size_t used = 0;
+            if (v->type == MSGPACK_OBJECT_STR) {
+                snprintf(list, sizeof list, "%.*s", (int)(v->via.str.size < 500 ? v->via.str.size : 500), v->via.str.ptr);
+            } else if (v->type == MSGPACK_OBJECT_ARRAY) {
+                for (uint32_t j = 0; j < v->via.array.size; j++) {
+                    const msgpack_object *t = &v->via.array.ptr[j];
+                    if (t->type != MSGPACK_OBJECT_STR) {
+                        snprintf(err, errlen, "hyper.targets[%u]: must be a string", j);
+                        return "bad_request";
+                    }
+                    used += (size_t)snprintf(list + used, used < sizeof list ? sizeof list - used : 0, "%s%.*s",
+                                             j ? "," : "", (int)(t->via.str.size < 40 ? t->via.str.size : 40),
+                                             t->via.str.ptr);
+                }
+            } else {
+                snprintf(err, errlen, "hyper.targets: must be \"all-linear\" or a list of names");
+                return "bad_request";
+            }
+            if (train_parse_targets(list, &h->targets, err, errlen) < 0) {
+                char tmp[512];
+                snprintf(tmp, sizeof tmp, "hyper.%s", err);
+                snprintf(err, errlen, "%s", tmp);
+                return "invalid_argument";
+            }
+        } else if (mp_is_str(k, "schedule") || mp_is_str(k, "init")) {
+            int sched = mp_is_str(k, "schedule");
+            if (v->type != MSGPACK_OBJECT_STR) {
+                snprintf(err, errlen, "hyper.%s: must be a string", key);
+                return "bad_request";
+            }
+            if (sched && (mp_is_str(v, "cosine") || mp_is_str(v, "constant")))
+                h->schedule = mp_is_str(v, "cosine") ? SCHED_COSINE : SCHED_CONSTANT;
+            else if (!sched && (mp_is_str(v, "default") || mp_is_str(v, "loftq")))
+                h->init = mp_is_str(v, "loftq") ? INIT_LOFTQ : INIT_DEFAULT;
+            else {
+                snprintf(err, errlen, "hyper.%s: must be %s", key, sched ? "\"cosine\" or \"constant\"" : "\"default\" or \"loftq\"");
+                return "invalid_argument";
+            }
+        } else if (mp_is_str(k, "rslora")) {
+            if (v->type != MSGPACK_OBJECT_BOOLEAN) {
+                snprintf(err, errlen, "hyper.rslora: must be a boolean");
+                return "bad_request";
+            }
+            h->rslora = v->via.boolean;
+        } else {
+            snprintf(err, errlen, "hyper.%s: no such hyper-parameter", key);
+            return "bad_request";
+        }
+    }
+    char why[400];
+    if (train_hyper_check(h, c, why, sizeof why) < 0) {
+        snprintf(err, errlen, "hyper.%s", why);
+        return "invalid_argument";
+    }
+    return NULL;
+}
+
+/* ---- data specs: {text}, {path} or {tokens: [[int]]} ---- */
+
+static const char *check_data(const msgpack_object *m, const char *field, int vocab, char *err, size_t errlen)
+{
+    if (m->type != MSGPACK_OBJECT_MAP || m->via.map.size != 1) {
+        snprintf(err, errlen, "%s: must be a map with one of text, path, tokens", field);
+        return "bad_request";
+    }
+    const msgpack_object *k = &m->via.map.ptr[0].key, *v = &m->via.map.ptr[0].val;
+    if (mp_is_str(k, "text") || mp_is_str(k, "path")) {
+        if (v->type != MSGPACK_OBJECT_STR) {
+            snprintf(err, errlen, "%s.%s: must be a string", field, mp_is_str(k, "text") ? "text" : "path");
+            return "bad_request";
+        }
+        if (v->via.str.size == 0) {
+            snprintf(err, errlen, "%s.%s: empty", field, mp_is_str(k, "text") ? "text" : "path");
+            return "invalid_argument";
+        }
+        if (mp_is_str(k, "path")) {
+            char *path = mp_strdup(v);
+            int fd = path ? open(path, O_RDONLY) : -1;
+            if (fd < 0)
+                snprintf(err, errlen, "%s.path: cannot read %s: %s", field, path ? path : "?", strerror(errno));
+            else
+                close(fd);
+            free(path);
+            if (fd < 0)
+                return "invalid_argument";
+        }
+        return NULL;
+    }
+    if (!mp_is_str(k, "tokens")) {
+        snprintf(err, errlen, "%s: must be a map with one of text, path, tokens", field);
+        return "bad_request";
+    }
+    if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0) {
+        snprintf(err, errlen, "%s.tokens: must be a non-empty array of token arrays", field);
+        return "bad_request";
+    }
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *a = &v->via.array.ptr[i];
+        if (a->type != MSGPACK_OBJECT_ARRAY) {
+            snprintf(err, errlen, "%s.tokens[%u]: must be an array of token ids", field, i);
+            return "bad_request";
+        }
+        for (uint32_t j = 0; j < a->via.array.size; j++)
+            if (a->via.array.ptr[j].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a->via.array.ptr[j].via.u64 >= (uint64_t)vocab) {
+                snprintf(err, errlen, "%s.tokens[%u][%u]: must be a token id in 0..%d", field, i, j, vocab - 1);
+                return "invalid_argument";
+            }
+    }
+    return NULL;
+}
+
+/* The token stream of a checked spec (runner thread). */
+static int load_data(qd *d, const char *packed, size_t len, int **ids, size_t *n, char *err, size_t errlen)
+{
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    int rc = -1;
+    *ids = NULL, *n = 0;
+    if (msgpack_unpack_next(&u, packed, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        snprintf(err, errlen, "data: cannot decode the stored spec");
+        goto done;
+    }
+    const msgpack_object *k = &u.data.via.map.ptr[0].key, *v = &u.data.via.map.ptr[0].val;
+    if (mp_is_str(k, "tokens")) {
+        size_t total = 0;
+        for (uint32_t i = 0; i < v->via.array.size; i++)
+            total += v->via.array.ptr[i].via.array.size;
+        *ids = malloc((total + 1) * sizeof **ids);
+        if (!*ids) {
+            snprintf(err, errlen, "out of memory for %zu tokens", total);
+            goto done;
+        }
+        for (uint32_t i = 0; i < v->via.array.size; i++)
+            for (uint32_t j = 0; j < v->via.array.ptr[i].via.array.size; j++)
+                (*ids)[(*n)++] = (int)v->via.array.ptr[i].via.array.ptr[j].via.u64;
+        rc = 0;
+        goto done;
+    }
+    char *text = NULL;
+    size_t text_len = 0;
+    if (mp_is_str(k, "path")) {
+        char *path = mp_strdup(v);
+        FILE *f = path ? fopen(path, "rb") : NULL;
+        if (!f || fseek(f, 0, SEEK_END) < 0 || (long)(text_len = (size_t)ftell(f)) < 0 || fseek(f, 0, SEEK_SET) < 0 ||
+            !(text = malloc(text_len + 1)) || fread(text, 1, text_len, f) != text_len) {
+            snprintf(err, errlen, "data.path: cannot read %s: %s", path ? path : "?", strerror(errno));
+            free(text);
+            text = NULL;
+        }
+        if (f)
+            fclose(f);
+        free(path);
+        if (!text)
+            goto done;
+    }
+    rc = tok_encode(d->tok, text ? text : v->via.str.ptr, text ? text_len : v->via.str.size, 1, 0, ids, n);
+    if (rc < 0)
+        snprintf(err, errlen, "out of memory tokenizing the data");
+    free(text);
+done:
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}
+
+/* ---- records ---- */
+
+static char *pack_object(const msgpack_object *o, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_object(&pk, *o);
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static void pack_raw(msgpack_packer *pk, const char *packed, size_t len)
+{
+    if (packed)
+        pk->callback(pk->data, packed, len);
+    else
+        msgpack_pack_nil(pk);
+}
+
+/* The job record of the protocol; stored adds the data specs. Under the jobs lock. */
+static void pack_job(msgpack_packer *pk, const job *j, int stored)
+{
+    msgpack_pack_map(pk, 17 + (stored ? 2 : 0));
+    mp_kv_u64(pk, "job_id", j->id);
+    mp_kv_str(pk, "adapter", j->adapter);
+    if (j->adapter_version)
+        mp_kv_u64(pk, "adapter_version", j->adapter_version);
+    else
+        mp_kv_nil(pk, "adapter_version");
+    mp_kv_str(pk, "method", j->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora");
+    mp_kv_str(pk, "state", state_names[j->state]);
+    mp_kv_f64(pk, "created_at", j->created_at);
+    mp_kv_f64(pk, "started_at", j->started_at);
+    mp_kv_f64(pk, "finished_at", j->finished_at);
+    mp_kv_i64(pk, "step", j->step);
+    mp_kv_i64(pk, "total_steps", j->hyper.steps);
+    mp_kv_f64(pk, "loss", j->loss);
+    mp_kv_f64(pk, "eval_loss", j->eval_loss);
+    mp_kv_f64(pk, "tokens_per_s", j->tokens_per_s);
+    mp_kv_str(pk, "error", j->error);
+    mp_str(pk, "hyper");
+    pack_hyper(pk, &j->hyper);
+    mp_kv_i64(pk, "resumed", j->resumed);
+    mp_str(pk, "metrics");
+    msgpack_pack_map(pk, 2);
+    mp_kv_f64(pk, "ppl_base", j->ppl_base);
+    mp_kv_f64(pk, "ppl_adapter", j->ppl_adapter);
+    if (stored) {
+        mp_str(pk, "data");
+        pack_raw(pk, j->data, j->data_len);
+        mp_str(pk, "eval_data");
+        pack_raw(pk, j->eval_data, j->eval_len);
+    }
+}
+
+static double get_f64(const msgpack_object *rec, const char *key)
+{
+    double x;
+    const msgpack_object *v = mp_get(rec, key);
+    return v && mp_number(v, &x) ? x : NAN;
+}
+
+/* A stored record back into a job (at start). */
+static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t errlen)
+{
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    job *j = calloc(1, sizeof *j);
+    if (!j || mp_check(rec, len, err, errlen) < 0 ||
+        msgpack_unpack_next(&u, rec, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        free(j);
+        msgpack_unpacked_destroy(&u);
+        return NULL;
+    }
+    const msgpack_object *o = &u.data, *v;
+    j->id = (uint64_t)get_f64(o, "job_id");
+    if ((v = mp_get(o, "adapter")) && v->type == MSGPACK_OBJECT_STR)
+        snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)(v->via.str.size < 64 ? v->via.str.size : 64), v->via.str.ptr);
+    double x = get_f64(o, "adapter_version");
+    j->adapter_version = isnan(x) ? 0 : (uint32_t)x;
+    j->state = JOB_FAILED;
+    for (int s = 0; s < 5; s++)
+        if ((v = mp_get(o, "state")) && mp_is_str(v, state_names[s]))
+            j->state = (job_state)s;
+    j->created_at = get_f64(o, "created_at");
+    j->started_at = get_f64(o, "started_at");
+    j->finished_at = get_f64(o, "finished_at");
+    j->step = (int)get_f64(o, "step");
+    j->resumed = (int)get_f64(o, "resumed");
+    j->loss = get_f64(o, "loss");
+    j->eval_loss = get_f64(o, "eval_loss");
+    j->tokens_per_s = get_f64(o, "tokens_per_s");
+    j->ppl_base = get_f64(mp_get(o, "metrics"), "ppl_base");
+    j->ppl_adapter = get_f64(mp_get(o, "metrics"), "ppl_adapter");
+    if ((v = mp_get(o, "error")) && v->type == MSGPACK_OBJECT_STR)
+        j->error = mp_strdup(v);
+    const msgpack_object *hyper = mp_get(o, "hyper");
+    const char *code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
+                                                                  : "bad_request";
+    j->hyper.method = (v = mp_get(o, "method")) && mp_is_str(v, "recovery") ? TRAIN_RECOVERY : TRAIN_LORA;
+    if ((v = mp_get(o, "data")) && v->type == MSGPACK_OBJECT_MAP)
+        j->data = pack_object(v, &j->data_len);
+    if ((v = mp_get(o, "eval_data")) && v->type == MSGPACK_OBJECT_MAP)
+        j->eval_data = pack_object(v, &j->eval_len);
+    msgpack_unpacked_destroy(&u);
+    if (code || !j->data || j->id == 0) {
+        if (!code)
+            snprintf(err, errlen, "record lacks its id or data");
+        free(j->error), free(j->data), free(j->eval_data), free(j);
+        return NULL;
+    }
+    return j;
+}
+
+static void job_free(job *j)
+{
+    free(j->error);
+    free(j->data);
+    free(j->eval_data);
+    free(j);
+}
+
+/* Packs the stored record (under the lock) into *rec. */
+static char *stored_record(jobs *J, const job *j, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    pthread_mutex_lock(&J->lock);
+    pack_job(&pk, j, 1);
+    pthread_mutex_unlock(&J->lock);
+    *len = sb.size;
+    return msgpack_sbuffer_release(&sb);
+}
+
+static int persist(qd *d, const job *j)
+{
+    size_t len;
+    char *rec = stored_record(d->jobs, j, &len), err[512];
+    int rc = rec ? store_job_put(d->db, j->id, rec, len, err, sizeof err) : -1;
+    if (rc < 0)
+        qd_log(LOG_ERROR, "job %llu: cannot store its record: %s", (unsigned long long)j->id, rec ? err : "out of memory");
+    free(rec);
+    return rc;
+}
+
+static job *find_job(jobs *J, uint64_t id)
+{
+    for (job *j = J->head; j; j = j->next)
+        if (j->id == id)
+            return j;
+    return NULL;
+}
+
+/* ---- events to watchers (loop thread) ---- */
+
+typedef struct {
+    uint64_t job_id;
+    int final;
+    size_t len;
+    char packed[];
+} job_event;
+
+static void deliver_event(qd *d, void *arg)
+{
+    job_event *e = arg;
+    jobs *J = d->jobs;
+    for (watcher **w = &J->watchers; *w;) {
+        watcher *x = *w;
+        if (x->job_id != e->job_id) {
+            w = &x->next;
+            continue;
+        }
+        if (!e->final) {
+            reply_event(d, x->conn_id, x->req_id, e->packed, e->len);
+            w = &x->next;
+            continue;
+        }
+        req r = {.d = d, .conn_id = x->conn_id, .id = x->req_id};
+        mp_out o;
+        reply_begin(&r, &o);
+        msgpack_sbuffer_write(&o.sb, e->packed, e->len);
+        reply_end(&r, &o);
+        *w = x->next;
+        free(x);
+    }
+    free(e);
+}
+
+/* Posts an event map (or, final, the job record that ends the watch). */
+static void post_event(qd *d, uint64_t job_id, int final, mp_out *o)
+{
+    size_t len = o->sb.size - 4;
+    job_event *e = malloc(sizeof *e + len);
+    if (e) {
+        e->job_id = job_id, e->final = final, e->len = len;
+        memcpy(e->packed, o->sb.data + 4, len);
+        qd_call(d, deliver_event, e);
+    }
+    mp_out_free(o);
+}
+
+/* The event {type: "state", ...} of a job as it stands. Under the jobs lock. */
+static void pack_state_event(msgpack_packer *pk, const job *j)
+{
+    msgpack_pack_map(pk, 6);
+    mp_kv_str(pk, "type", "state");
+    mp_kv_u64(pk, "job_id", j->id);
+    mp_kv_str(pk, "state", state_names[j->state]);
+    mp_kv_i64(pk, "step", j->step);
+    mp_kv_i64(pk, "total_steps", j->hyper.steps);
+    mp_kv_str(pk, "error", j->error);
+}
+
+static void post_state(qd *d, job *j)
+{
+    mp_out o;
+    mp_out_init(&o);
+    pthread_mutex_lock(&d->jobs->lock);
+    pack_state_event(&o.pk, j);
+    int ended = j->state >= JOB_SUCCEEDED;
+    mp_out rec;
+    mp_out_init(&rec);
+    if (ended)
+        pack_job(&rec.pk, j, 0);
+    pthread_mutex_unlock(&d->jobs->lock);
+    post_event(d, j->id, 0, &o);
+    if (ended)
+        post_event(d, j->id, 1, &rec);
+    else
+        mp_out_free(&rec);
+}
+
+/* ---- the runner ---- */
+
+typedef struct {
+    qd *d;
+    job *j;
+    double last_progress;
+} run_ctx;
+
+static void finish(qd *d, job *j, job_state state, const char *error)
+{
+    pthread_mutex_lock(&d->jobs->lock);
+    j->state = state;
+    j->finished_at = now_s();
+    free(j->error);
+    j->error = error ? strdup(error) : NULL;
+    pthread_mutex_unlock(&d->jobs->lock);
+    persist(d, j);
+    post_state(d, j);
+    qd_log(state == JOB_FAILED ? LOG_WARN : LOG_INFO, "job %llu %s%s%s", (unsigned long long)j->id, state_names[state],
+           error ? ": " : "", error ? error : "");
+}
+
+static int on_train_event(void *p, trainer *t, train_event ev, const train_progress *pr)
+{
+    run_ctx *c = p;
+    qd *d = c->d;
+    job *j = c->j;
+    jobs *J = d->jobs;
+    mp_out o;
+    mp_out_init(&o);
+    if (ev == TRAIN_EV_STEP) {
+        pthread_mutex_lock(&J->lock);
+        j->step = pr->step, j->loss = pr->loss, j->tokens_per_s = pr->tokens_per_s;
+        pthread_mutex_unlock(&J->lock);
+        double now = now_s();
+        /* every step when steps are slow; ten a second at most when they are fast */
+        if (now - c->last_progress < 0.1 && pr->step != pr->total_steps) {
+            mp_out_free(&o);
+            return 0;
+        }
+        c->last_progress = now;
+        msgpack_pack_map(&o.pk, 9);
+        mp_kv_str(&o.pk, "type", "progress");
+        mp_kv_u64(&o.pk, "job_id", j->id);
+        mp_kv_i64(&o.pk, "step", pr->step);
+        mp_kv_i64(&o.pk, "total_steps", pr->total_steps);
+        mp_kv_f64(&o.pk, "loss", pr->loss);
+        mp_kv_f64(&o.pk, "lr", pr->lr);
+        mp_kv_f64(&o.pk, "grad_norm", pr->grad_norm);
+        mp_kv_f64(&o.pk, "tokens_per_s", pr->tokens_per_s);
+        double per_step = (double)j->hyper.batch * j->hyper.seq_len * j->hyper.grad_accum / pr->tokens_per_s;
+        mp_kv_f64(&o.pk, "eta_s", per_step * (pr->total_steps - pr->step));
+    } else if (ev == TRAIN_EV_EVAL) {
+        pthread_mutex_lock(&J->lock);
+        j->eval_loss = pr->eval_loss;
+        pthread_mutex_unlock(&J->lock);
+        msgpack_pack_map(&o.pk, 5);
+        mp_kv_str(&o.pk, "type", "eval");
+        mp_kv_u64(&o.pk, "job_id", j->id);
+        mp_kv_i64(&o.pk, "step", pr->step);
+        mp_kv_f64(&o.pk, "eval_loss", pr->eval_loss);
+        mp_kv_f64(&o.pk, "ppl", exp(pr->eval_loss));
+    } else {
+        size_t len = trainer_state_bytes(t), rec_len;
+        char *state = malloc(len), err[512];
+        char *rec = stored_record(J, j, &rec_len);
+        int rc = -1;
+        if (state && rec) {
+            trainer_state_save(t, state);
+            rc = store_checkpoint_put(d->db, j->id, state, len, rec, rec_len, err, sizeof err);
+            if (rc < 0)
+                qd_log(LOG_ERROR, "job %llu: checkpoint at step %d: %s", (unsigned long long)j->id, t->step, err);
+        }
+        free(state);
+        free(rec);
+        if (rc < 0) {
+            mp_out_free(&o);
+            return -1;
+        }
+        msgpack_pack_map(&o.pk, 3);
+        mp_kv_str(&o.pk, "type", "checkpoint");
+        mp_kv_u64(&o.pk, "job_id", j->id);
+        mp_kv_i64(&o.pk, "step", t->step);
+    }
+    post_event(d, j->id, 0, &o);
+    return 0;
+}
+
+typedef struct {
+    jobs *J;
+    job *j;
+    uint32_t version;
+    double finished_at;
+} publish_ctx;
+
+/* Inside the publishing transaction: the record as succeeded with its version. The job
+ * itself changes only once the transaction has committed. */
+static void *succeeded_record(void *p, uint32_t version, size_t *len)
+{
+    publish_ctx *c = p;
+    pthread_mutex_lock(&c->J->lock);
+    job done = *c->j;
+    pthread_mutex_unlock(&c->J->lock);
+    done.state = JOB_SUCCEEDED, done.adapter_version = version, done.finished_at = now_s();
+    c->version = version;
+    c->finished_at = done.finished_at;
+    return stored_record(c->J, &done, len);
+}
+
+static void run_job(qd *d, job *j)
+{
+    jobs *J = d->jobs;
+    char err[1024];
+    int *ids = NULL, *eval_ids = NULL, have_teacher = 0;
+    size_t n = 0, n_eval = 0;
+    llama_model teacher;
+    trainer t;
+    memset(&t, 0, sizeof t);
+    if (load_data(d, j->data, j->data_len, &ids, &n, err, sizeof err) < 0 ||
+        (j->eval_data && load_data(d, j->eval_data, j->eval_len, &eval_ids, &n_eval, err, sizeof err) < 0)) {
+        finish(d, j, JOB_FAILED, err);
+        goto done;
+    }
+    if (j->hyper.method == TRAIN_RECOVERY) {
+        if (llama_load(&teacher, d->model_dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
+            finish(d, j, JOB_FAILED, err);
+            goto done;
+        }
+        have_teacher = 1;
+    }
+    if (trainer_init(&t, &d->model, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &j->hyper, err,
+                     sizeof err) < 0) {
+        finish(d, j, JOB_FAILED, err);
+        goto done;
+    }
+    void *state = NULL;
+    size_t state_len;
+    int nf = 0;
+    if (store_checkpoint_get(d->db, j->id, &state, &state_len, &nf, err, sizeof err) == 0) {
+        int rc = trainer_state_load(&t, state, state_len, err, sizeof err);
+        free(state);
+        if (rc < 0) {
+            finish(d, j, JOB_FAILED, err);
+            goto done;
+        }
+        pthread_mutex_lock(&J->lock);
+        j->resumed++;
+        j->step = t.step;
+        pthread_mutex_unlock(&J->lock);
+        qd_log(LOG_INFO, "job %llu: resumed from its checkpoint at step %d", (unsigned long long)j->id, t.step);
+        persist(d, j);
+    } else if (!nf) {
+        finish(d, j, JOB_FAILED, err);
+        goto done;
+    }
+    if (eval_ids && isnan(j->ppl_base)) {
+        double base;
+        if (train_eval_stream(&d->model, NULL, eval_ids, n_eval, j->hyper.seq_len, &base, err, sizeof err) < 0) {
+            finish(d, j, JOB_FAILED, err);
+            goto done;
+        }
+        pthread_mutex_lock(&J->lock);
+        j->ppl_base = exp(base);
+        pthread_mutex_unlock(&J->lock);
+    }
+    run_ctx ctx = {d, j, 0};
+    int rc = train_run(&t, on_train_event, &ctx, &j->cancel, err, sizeof err);
+    if (rc < 0) {
+        finish(d, j, JOB_FAILED, err);
+    } else if (rc == 1 && J->stop) {
+        /* shutdown: keep the progress for the next start */
+        if (t.step > 0)
+            on_train_event(&ctx, &t, TRAIN_EV_CHECKPOINT, &(train_progress){.step = t.step});
+        qd_log(LOG_INFO, "job %llu: stopped at step %d; it resumes at the next start", (unsigned long long)j->id, t.step);
+    } else if (rc == 1) {
+        finish(d, j, JOB_CANCELLED, NULL);
+    } else {
+        store_adapter_info info;
+        memset(&info, 0, sizeof info);
+        snprintf(info.name, sizeof info.name, "%s", j->adapter);
+        info.rank = t.adapter.rank, info.alpha = t.adapter.alpha, info.rslora = t.adapter.rslora;
+        info.targets = t.adapter.targets;
+        info.base_fingerprint = d->model.fingerprint;
+        info.base = d->model.cfg;
+        info.job_id = j->id;
+        info.eval_loss = j->eval_loss;
+        info.ppl_base = j->ppl_base;
+        info.ppl_adapter = exp(j->eval_loss);
+        pthread_mutex_lock(&J->lock);
+        j->ppl_adapter = info.ppl_adapter;
+        pthread_mutex_unlock(&J->lock);
+        publish_ctx pc = {J, j, 0, NAN};
+        if (store_adapter_put(d->db, &info, &t.adapter, succeeded_record, &pc, err, sizeof err) < 0) {
+            finish(d, j, JOB_FAILED, err);
+        } else {
+            pthread_mutex_lock(&J->lock);
+            j->state = JOB_SUCCEEDED, j->adapter_version = pc.version, j->finished_at = pc.finished_at;
+            pthread_mutex_unlock(&J->lock);
+            qd_log(LOG_INFO, "job %llu succeeded: adapter %s@%u, eval ppl %.4f (base %.4f)", (unsigned long long)j->id,
+                   j->adapter, pc.version, j->ppl_adapter, j->ppl_base);
+            post_state(d, j);
+        }
+    }
+done:
+    trainer_free(&t);
+    if (have_teacher)
+        llama_free(&teacher);
+    free(ids);
+    free(eval_ids);
+}
+
+static void runner_stopped(qd *d, void *arg)
+{
+    (void)arg;
+    if (d->jobs->stopped)
+        d->jobs->stopped(d);
+}
+
+static void *runner(void *p)
+{
+    qd *d = p;
+    jobs *J = d->jobs;
+    pthread_mutex_lock(&J->lock);
+    for (;;) {
+        job *next = NULL;
+        while (!J->stop) {
+            for (job *j = J->head; j && !next; j = j->next) /* interrupted runs first, then FIFO */
+                if (j->state == JOB_RUNNING)
+                    next = j;
+            for (job *j = J->head; j && !next; j = j->next)
+                if (j->state == JOB_QUEUED)
+                    next = j;
+            if (next)
+                break;
+            pthread_cond_wait(&J->wake, &J->lock);
+        }
+        if (J->stop)
+            break;
+        int resuming = next->state == JOB_RUNNING;
+        next->state = JOB_RUNNING;
+        if (isnan(next->started_at))
+            next->started_at = now_s();
+        J->running = next;
+        pthread_mutex_unlock(&J->lock);
+        qd_log(LOG_INFO, "job %llu %s: %s -> %s", (unsigned long long)next->id, resuming ? "resuming" : "started",
+               next->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", next->adapter);
+        if (!resuming) {
+            persist(d, next);
+            post_state(d, next);
+        }
+        run_job(d, next);
+        pthread_mutex_lock(&J->lock);
+        J->running = NULL;
+    }
+    int tell = J->stopped != NULL;
+    pthread_mutex_unlock(&J->lock);
+    if (tell)
+        qd_call(d, runner_stopped, NULL);
+    return NULL;
+}
+
+typedef struct {
+    qd *d;
+    char *err;
+    size_t errlen;
+} load_ctx;
+
+static int load_one(void *p, uint64_t id, const void *rec, size_t len)
+{
+    load_ctx *c = p;
+    jobs *J = c->d->jobs;
+    char err[512];
+    job *j = unpack_job(c->d, rec, len, err, sizeof err);
+    if (!j) {
+        qd_log(LOG_ERROR, "job %llu: unreadable record (%s); left as it is", (unsigned long long)id, err);
+        return 0;
+    }
+    if (J->tail)
+        J->tail->next = j;
+    else
+        J->head = j;
+    J->tail = j;
+    if (j->state == JOB_RUNNING)
+        qd_log(LOG_INFO, "job %llu was running when the daemon stopped: it will resume", (unsigned long long)id);
+    return 0;
+}
+
+int jobs_start(qd *d, char *err, size_t errlen)
+{
+    jobs *J = calloc(1, sizeof *J);
+    if (!J) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pthread_mutex_init(&J->lock, NULL);
+    pthread_cond_init(&J->wake, NULL);
+    d->jobs = J;
+    load_ctx c = {d, err, errlen};
+    if (store_job_each(d->db, load_one, &c, err, errlen) < 0)
+        return -1;
+    if (pthread_create(&J->thread, NULL, runner, d) != 0) {
+        snprintf(err, errlen, "cannot start the job runner thread");
+        return -1;
+    }
+    J->thread_started = 1;
+    return 0;
+}
+
+void jobs_stop(qd *d, void (*done)(qd *d))
+{
+    jobs *J = d->jobs;
+    pthread_mutex_lock(&J->lock);
+    J->stop = 1;
+    J->stopped = done;
+    if (J->running)
+        J->running->cancel = 1;
+    pthread_cond_broadcast(&J->wake);
+    pthread_mutex_unlock(&J->lock);
+}
+
+void jobs_free(qd *d)
+{
+    jobs *J = d->jobs;
+    if (!J)
+        return;
+    if (J->thread_started)
+        pthread_join(J->thread, NULL);
+    while (J->head) {
+        job *j = J->head;
+        J->head = j->next;
+        job_free(j);
+    }
+    while (J->watchers) {
+        watcher *w = J->watchers;
+        J->watchers = w->next;
+        free(w);
+    }
+    pthread_mutex_destroy(&J->lock);
+    pthread_cond_destroy(&J->wake);
+    free(J);
+    d->jobs = NULL;
+}
+
+void jobs_counts(qd *d, int counts[5])
+{
+    memset(counts, 0, 5 * sizeof *counts);
+    pthread_mutex_lock(&d->jobs->lock);
+    for (job *j = d->jobs->head; j; j = j->next)
+        counts[j->state]++;
+    pthread_mutex_unlock(&d->jobs->lock);
+}
+
+void jobs_conn_closed(qd *d, uint64_t conn_id)
+{
+    if (!d->jobs)
+        return;
+    for (watcher **w = &d->jobs->watchers; *w;) {
+        if ((*w)->conn_id == conn_id) {
+            watcher *x = *w;
+            *w = x->next;
+            free(x);
+        } else {
+            w = &(*w)->next;
+        }
+    }
+}
+
+/* ---- ops (loop thread) ---- */
+
+static void reply_job(req *r, job *j)
+{
+    mp_out o;
+    reply_begin(r, &o);
+    pthread_mutex_lock(&r->d->jobs->lock);
+    pack_job(&o.pk, j, 0);
+    pthread_mutex_unlock(&r->d->jobs->lock);
+    reply_end(r, &o);
+}
+
+void op_job_submit(req *r)
+{
+    qd *d = r->d;
+    jobs *J = d->jobs;
+    char err[600];
+    const char *code;
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_error(r, "busy", "out of memory");
+        return;
+    }
+    const msgpack_object *name = r->arg[0], *method = r->arg[3];
+    if (name->via.str.size <= 64)
+        snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)name->via.str.size, name->via.str.ptr);
+    if (name->via.str.size > 64 || memchr(name->via.str.ptr, 0, name->via.str.size) || !store_name_valid(j->adapter)) {
+        reply_error(r, "invalid_argument", "adapter: '%.*s' is not [A-Za-z0-9._-]{1,64}",
+                    (int)(name->via.str.size > 80 ? 80 : name->via.str.size), name->via.str.ptr);
+        goto fail;
+    }
+    if (method && !mp_is_str(method, "lora") && !mp_is_str(method, "recovery")) {
+        reply_error(r, "invalid_argument", "method: must be \"lora\" or \"recovery\"");
+        goto fail;
+    }
+    if ((code = parse_hyper(r->arg[4] && r->arg[4]->type == MSGPACK_OBJECT_MAP ? r->arg[4] : NULL, &d->model.cfg,
+                            &j->hyper, err, sizeof err))) {
+        reply_error(r, code, "%s", err);
+        goto fail;
+    }
+    j->hyper.method = method && mp_is_str(method, "recovery") ? TRAIN_RECOVERY : TRAIN_LORA;
+    const msgpack_object *eval = r->arg[2] && r->arg[2]->type == MSGPACK_OBJECT_MAP ? r->arg[2] : NULL;
+    if ((code = check_data(r->arg[1], "data", d->model.cfg.vocab_size, err, sizeof err)) ||
+        (eval && (code = check_data(eval, "eval_data", d->model.cfg.vocab_size, err, sizeof err)))) {
+        reply_error(r, code, "%s", err);
+        goto fail;
+    }
+    int queued = 0;
+    pthread_mutex_lock(&J->lock);
+    for (job *q = J->head; q; q = q->next)
+        queued += q->state == JOB_QUEUED;
+    pthread_mutex_unlock(&J->lock);
+    if (queued >= d->max_queued) {
+        reply_error(r, "busy", "the queue holds %d jobs already (--max-queued)", queued);
+        goto fail;
+    }
+    j->data = pack_object(r->arg[1], &j->data_len);
+    j->eval_data = eval ? pack_object(eval, &j->eval_len) : NULL;
+    if (!j->data || (eval && !j->eval_data) || store_job_next_id(d->db, &j->id, err, sizeof err) < 0) {
+        reply_error(r, "internal", "%s", j->data ? err : "out of memory");
+        goto fail;
+    }
+    j->state = JOB_QUEUED;
+    j->created_at = now_s();
+    j->started_at = j->finished_at = NAN;
+    j->loss = j->eval_loss = j->tokens_per_s = j->ppl_base = j->ppl_adapter = NAN;
+    if (persist(d, j) < 0) {
+        reply_error(r, "busy", "cannot store the job (see the daemon's log)");
+        goto fail;
+    }
+    pthread_mutex_lock(&J->lock);
+    if (J->tail)
+        J->tail->next = j;
+    else
+        J->head = j;
+    J->tail = j;
+    pthread_cond_signal(&J->wake);
+    pthread_mutex_unlock(&J->lock);
+    qd_log(LOG_INFO, "job %llu queued: %s -> %s, %d steps", (unsigned long long)j->id,
+           j->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", j->adapter, j->hyper.steps);
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 2);
+    mp_kv_u64(&o.pk, "job_id", j->id);
+    mp_kv_str(&o.pk, "state", "queued");
+    reply_end(r, &o);
+    return;
+fail:
+    job_free(j);
+}
+
+static job *job_arg(req *r)
+{
+    job *j = find_job(r->d->jobs, r->arg[0]->via.u64);
+    if (!j)
+        reply_error(r, "not_found", "job_id: no job %llu", (unsigned long long)r->arg[0]->via.u64);
+    return j;
+}
+
+void op_job_get(req *r)
+{
+    job *j = job_arg(r);
+    if (j)
+        reply_job(r, j);
+}
+
+void op_job_list(req *r)
+{
+    jobs *J = r->d->jobs;
+    int filter = -1;
+    if (r->arg[0] && r->arg[0]->type == MSGPACK_OBJECT_STR) {
+        for (int s = 0; s < 5; s++)
+            if (mp_is_str(r->arg[0], state_names[s]))
+                filter = s;
+        if (filter < 0) {
+            reply_error(r, "invalid_argument", "state: must be queued, running, succeeded, failed or cancelled");
+            return;
+        }
+    }
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 1);
+    mp_str(&o.pk, "jobs");
+    pthread_mutex_lock(&J->lock);
+    size_t n = 0;
+    for (job *j = J->head; j; j = j->next)
+        n += filter < 0 || (int)j->state == filter;
+    msgpack_pack_array(&o.pk, n);
+    for (job *j = J->head; j; j = j->next)
+        if (filter < 0 || (int)j->state == filter)
+            pack_job(&o.pk, j, 0);
+    pthread_mutex_unlock(&J->lock);
+    reply_end(r, &o);
+}
+
+void op_job_cancel(req *r)
+{
+    qd *d = r->d;
+    job *j = job_arg(r);
+    if (!j)
+        return;
+    pthread_mutex_lock(&d->jobs->lock);
+    job_state s = j->state;
+    if (s == JOB_RUNNING)
+        j->cancel = 1;
+    pthread_mutex_unlock(&d->jobs->lock);
+    if (s >= JOB_SUCCEEDED) {
+        reply_error(r, "conflict", "job %llu already %s", (unsigned long long)j->id, state_names[s]);
+        return;
+    }
+    if (s == JOB_QUEUED)
+        finish(d, j, JOB_CANCELLED, NULL);
+    else
+        qd_log(LOG_INFO, "job %llu: cancel requested; it stops at the next step", (unsigned long long)j->id);
+    reply_job(r, j);
+}
+
+void op_job_watch(req *r)
+{
+    qd *d = r->d;
+    job *j = job_arg(r);
+    if (!j)
+        return;
+    pthread_mutex_lock(&d->jobs->lock);
+    int ended = j->state >= JOB_SUCCEEDED;
+    pthread_mutex_unlock(&d->jobs->lock);
+    if (ended) {
+        reply_job(r, j);
+        return;
+    }
+    watcher *w = malloc(sizeof *w);
+    if (!w) {
+        reply_error(r, "busy", "out of memory");
+        return;
+    }
+    w->conn_id = r->conn_id, w->req_id = r->id, w->job_id = j->id;
+    w->next = d->jobs->watchers;
+    d->jobs->watchers = w;
+    /* the current state first, so a watcher knows where the job stands */
+    mp_out o;
+    mp_out_init(&o);
+    pthread_mutex_lock(&d->jobs->lock);
+    pack_state_event(&o.pk, j);
+    pthread_mutex_unlock(&d->jobs->lock);
+    reply_event(d, r->conn_id, r->id, o.sb.data + 4, o.sb.size - 4);
+    mp_out_free(&o);
+}

@@ -1,0 +1,224 @@
+/* main.c: qlorad. Loads the base once, opens the store, resumes interrupted jobs and
+ * serves the wire protocol until SIGTERM or SIGINT, then stops cleanly: no new
+ * connections, the running job checkpoints at its next step, the store is closed. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "parallel.h"
+#include "qlorad.h"
+
+static const char usage[] =
+    "usage: qlorad --model DIR --db DIR --socket PATH [--quant F] [--block B] [--no-double-quant]\n"
+    "              [--listen HOST:PORT --token-file FILE] [--max-frame BYTES] [--threads N]\n"
+    "              [--adapter-cache-mb N] [--max-queued N] [--db-max-mb N] [--verbose]\n";
+
+/* ---- shutdown ---- */
+
+/* The loop ends once every handle is closed: the mailbox and signal handles go last,
+ * when the runner has stopped and no pool request can post any more. */
+void qd_maybe_finish(qd *d)
+{
+    if (!d->stopping || !d->runner_done || d->inflight > 0 || d->finished)
+        return;
+    d->finished = 1;
+    server_drain(d);
+    uv_close((uv_handle_t *)&d->wake, NULL);
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+}
+
+static void on_runner_stopped(qd *d)
+{
+    d->runner_done = 1;
+    qd_maybe_finish(d);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    qd *d = s->data;
+    if (d->stopping)
+        return;
+    d->stopping = 1;
+    qd_log(LOG_INFO, "%s: stopping (a running job checkpoints at its next step)", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    server_close(d);
+    jobs_stop(d, on_runner_stopped);
+}
+
+/* ---- options ---- */
+
+static int read_token(const char *path, char **token)
+{
+    FILE *f = fopen(path, "r");
+    char buf[4096];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    if (!f) {
+        fprintf(stderr, "qlorad: --token-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        n--;
+    buf[n] = 0;
+    if (n < 16) {
+        fprintf(stderr, "qlorad: --token-file %s: the token must have at least 16 characters\n", path);
+        return -1;
+    }
+    *token = strdup(buf);
+    return *token ? 0 : -1;
+}
+
+static int parse_size(const char *flag, const char *v, double min, double max, double *out)
+{
+    char *end;
+    double x = strtod(v, &end);
+    if (!*v || *end || !(x >= min && x <= max)) {
+        fprintf(stderr, "qlorad: %s: '%s' is not a number in %.0f..%.0f\n", flag, v, min, max);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    qd d;
+    memset(&d, 0, sizeof d);
+    const char *db_dir = NULL, *listen_addr = NULL, *token_file = NULL;
+    qt_spec spec = qt_spec_default(QT_NF4);
+    double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, db_max_mb = 65536;
+    int verbose = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--no-double-quant")) {
+            spec.double_quant = 0;
+            continue;
+        }
+        if (!strcmp(a, "--verbose")) {
+            verbose = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "qlorad: unexpected argument '%s' (or it lacks its value)\n%s", a, usage);
+            return 2;
+        }
+        i++;
+        double block;
+        int bad = 0;
+        if (!strcmp(a, "--model")) d.model_dir = v;
+        else if (!strcmp(a, "--db")) db_dir = v;
+        else if (!strcmp(a, "--socket")) d.socket_path = v;
+        else if (!strcmp(a, "--listen")) listen_addr = v;
+        else if (!strcmp(a, "--token-file")) token_file = v;
+        else if (!strcmp(a, "--quant")) {
+            qt_format f;
+            if (qt_format_parse(v, &f) < 0) {
+                fprintf(stderr, "qlorad: --quant: '%s' is not one of f32 nf4 fp4 int8 int4 bitnet1 ternary\n", v);
+                return 2;
+            }
+            int dq = spec.double_quant;
+            spec = qt_spec_default(f);
+            spec.double_quant = spec.double_quant && dq;
+        } else if (!strcmp(a, "--block")) {
+            bad = parse_size(a, v, QT_BLOCK_MIN, QT_BLOCK_MAX, &block);
+            spec.block = (int)block;
+        } else if (!strcmp(a, "--max-frame")) bad = parse_size(a, v, 1024, 1 << 30, &max_frame);
+        else if (!strcmp(a, "--threads")) bad = parse_size(a, v, 1, 1024, &threads);
+        else if (!strcmp(a, "--adapter-cache-mb")) bad = parse_size(a, v, 0, 1 << 20, &cache_mb);
+        else if (!strcmp(a, "--max-queued")) bad = parse_size(a, v, 0, 1 << 20, &max_queued);
+        else if (!strcmp(a, "--db-max-mb")) bad = parse_size(a, v, 1, 1 << 24, &db_max_mb);
+        else {
+            fprintf(stderr, "qlorad: unknown option '%s'\n%s", a, usage);
+            return 2;
+        }
+        if (bad)
+            return 2;
+    }
+    if (!d.model_dir || !db_dir || !d.socket_path) {
+        fprintf(stderr, "qlorad: --model, --db and --socket are required\n%s", usage);
+        return 2;
+    }
+    if (listen_addr && !token_file) {
+        fprintf(stderr, "qlorad: --listen needs --token-file (TCP never runs without a token)\n");
+        return 2;
+    }
+    char err[1024];
+    if (qt_spec_check(spec, err, sizeof err) < 0) {
+        fprintf(stderr, "qlorad: %s\n", err);
+        return 2;
+    }
+    if (token_file && read_token(token_file, &d.token) < 0)
+        return 2;
+    qd_log_verbose(verbose);
+    if (threads > 0)
+        qt_set_threads((int)threads);
+    if (!getenv("UV_THREADPOOL_SIZE")) /* inference requests run side by side on the pool */
+        setenv("UV_THREADPOOL_SIZE", "4", 0);
+    d.max_frame = (size_t)max_frame;
+    d.max_out = d.max_frame + (16u << 20);
+    d.max_queued = (int)max_queued;
+    d.started = now_s();
+    pthread_mutex_init(&d.mail_lock, NULL);
+    pthread_mutex_init(&d.active_lock, NULL);
+
+    int rc = 1;
+    qd_log(LOG_INFO, "qlorad %s: loading %s as %s", QLORAD_VERSION, d.model_dir, qt_format_name(spec.format));
+    if (llama_load(&d.model, d.model_dir, spec, err, sizeof err) < 0) {
+        qd_log(LOG_ERROR, "%s", err);
+        free(d.token);
+        return 1;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer.bin", d.model_dir);
+    if (tok_load(&d.tok, path, d.model.cfg.vocab_size, err, sizeof err) < 0) {
+        qd_log(LOG_ERROR, "%s", err);
+        goto out_model;
+    }
+    if (store_open(&d.db, db_dir, (size_t)db_max_mb << 20, err, sizeof err) < 0) {
+        qd_log(LOG_ERROR, "--db %s: %s", db_dir, err);
+        goto out_tok;
+    }
+    d.cache = cache_new((size_t)cache_mb << 20);
+    d.loop = uv_default_loop();
+    d.loop_thread = pthread_self();
+    /* listening first: the mailbox must exist before the runner can post to it, and no
+     * connection is accepted before uv_run */
+    if (!d.cache || server_listen(&d, listen_addr, err, sizeof err) < 0 || jobs_start(&d, err, sizeof err) < 0) {
+        qd_log(LOG_ERROR, "%s", d.cache ? err : "out of memory");
+        if (d.listening)
+            unlink(d.socket_path);
+        goto out_jobs;
+    }
+    uv_signal_init(d.loop, &d.sigterm);
+    uv_signal_init(d.loop, &d.sigint);
+    d.sigterm.data = d.sigint.data = &d;
+    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d.sigint, on_signal, SIGINT);
+    signal(SIGPIPE, SIG_IGN);
+    qd_log(LOG_INFO, "serving on %s%s%s (%s, %d layers, dim %d, %.3f bits/param; base %016llx)", d.socket_path,
+           listen_addr ? " and " : "", listen_addr ? listen_addr : "", qt_format_name(spec.format), d.model.cfg.n_layers,
+           d.model.cfg.dim, llama_linear_bits(&d.model), (unsigned long long)d.model.fingerprint);
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    rc = 0;
+    qd_log(LOG_INFO, "stopped");
+out_jobs:
+    jobs_free(&d);
+    if (d.loop)
+        uv_loop_close(d.loop);
+    cache_free(d.cache);
+    store_close(d.db);
+out_tok:
+    tok_free(d.tok);
+out_model:
+    llama_free(&d.model);
+    free(d.token);
+    return rc;
+}

@@ -1,0 +1,380 @@
+/* ops.c: the command table. One row per op: its handler, where it runs (the loop for
+ * bookkeeping, the thread pool for anything that computes or copies megabytes) and its
+ * argument schema, checked here so that handlers see arguments of the right types. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qlorad.h"
+
+enum {
+    T_STR = 1, T_UINT = 2, T_NUM = 4, T_BOOL = 8, T_MAP = 16, T_ARRAY = 32, T_NIL = 64, T_BIN = 128,
+};
+
+typedef struct {
+    const char *name;
+    unsigned types;
+    int required;
+} arg_spec;
+
+typedef struct op_row {
+    const char *name;
+    void (*fn)(req *r);
+    int pooled;
+    arg_spec args[MAX_ARGS];
+} op_row;
+
+static void op_auth(req *r);
+static void op_ping(req *r);
+static void op_status(req *r);
+
+static const op_row op_table[] = {
+    {"auth", op_auth, 0, {{"token", T_STR, 1}}},
+    {"ping", op_ping, 0, {{0}}},
+    {"status", op_status, 0, {{0}}},
+    {"tokenize", op_tokenize, 1, {{"text", T_STR, 1}}},
+    {"eval", op_eval, 1, {{"tokens", T_ARRAY, 0}, {"text", T_STR, 0}, {"adapter", T_STR | T_NIL, 0}}},
+    {"generate", op_generate, 1,
+     {{"prompt", T_STR, 0}, {"tokens", T_ARRAY, 0}, {"max_tokens", T_UINT, 0}, {"temperature", T_NUM, 0},
+      {"top_p", T_NUM, 0}, {"seed", T_UINT, 0}, {"adapter", T_STR | T_NIL, 0}, {"stream", T_BOOL, 0}}},
+    {"job.submit", op_job_submit, 0,
+     {{"adapter", T_STR, 1}, {"data", T_MAP, 1}, {"eval_data", T_MAP | T_NIL, 0}, {"method", T_STR, 0},
+      {"hyper", T_MAP | T_NIL, 0}}},
+    {"job.get", op_job_get, 0, {{"job_id", T_UINT, 1}}},
+    {"job.list", op_job_list, 0, {{"state", T_STR | T_NIL, 0}}},
+    {"job.cancel", op_job_cancel, 0, {{"job_id", T_UINT, 1}}},
+    {"job.watch", op_job_watch, 0, {{"job_id", T_UINT, 1}}},
+    {"adapter.list", op_adapter_list, 0, {{0}}},
+    {"adapter.get", op_adapter_get, 0, {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}}},
+    {"adapter.delete", op_adapter_delete, 0, {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}}},
+    {"adapter.activate", op_adapter_activate, 0, {{"name", T_STR | T_NIL, 1}, {"version", T_UINT | T_NIL, 0}}},
+    {"adapter.export", op_adapter_export, 1,
+     {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}, {"format", T_STR, 0}}},
+    {"adapter.import", op_adapter_import, 1, {{"name", T_STR, 1}, {"files", T_MAP, 1}}},
+};
+
+static const char *type_name(unsigned types)
+{
+    if (types & T_STR) return "a string";
+    if (types & T_UINT) return "a non-negative integer";
+    if (types & T_NUM) return "a number";
+    if (types & T_BOOL) return "a boolean";
+    if (types & T_MAP) return "a map";
+    if (types & T_ARRAY) return "an array";
+    return "binary";
+}
+
+static unsigned type_of(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_STR: return T_STR;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return T_UINT | T_NUM;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return T_NUM;
+    case MSGPACK_OBJECT_BOOLEAN: return T_BOOL;
+    case MSGPACK_OBJECT_MAP: return T_MAP;
+    case MSGPACK_OBJECT_ARRAY: return T_ARRAY;
+    case MSGPACK_OBJECT_NIL: return T_NIL;
+    case MSGPACK_OBJECT_BIN: return T_BIN;
+    default: return 0;
+    }
+}
+
+/* ---- replies ---- */
+
+void reply_begin(req *r, mp_out *o)
+{
+    mp_out_init(o);
+    msgpack_pack_map(&o->pk, 3);
+    mp_kv_u64(&o->pk, "id", r->id);
+    mp_kv_bool(&o->pk, "ok", 1);
+    mp_str(&o->pk, "result");
+}
+
+void reply_end(req *r, mp_out *o)
+{
+    qd_send(r->d, r->conn_id, o);
+}
+
+static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    mp_out o;
+    mp_out_init(&o);
+    msgpack_pack_map(&o.pk, 3);
+    mp_kv_u64(&o.pk, "id", id);
+    mp_kv_bool(&o.pk, "ok", 0);
+    mp_str(&o.pk, "error");
+    msgpack_pack_map(&o.pk, 2);
+    mp_kv_str(&o.pk, "code", code);
+    mp_kv_str(&o.pk, "message", msg);
+    qd_send(d, conn_id, &o);
+    qd_log(LOG_DEBUG, "connection %llu request %llu: %s: %s", (unsigned long long)conn_id,
+           (unsigned long long)id, code, msg);
+}
+
+void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsend_error(d, conn_id, id, code, fmt, ap);
+    va_end(ap);
+}
+
+void reply_error(req *r, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsend_error(r->d, r->conn_id, r->id, code, fmt, ap);
+    va_end(ap);
+}
+
+void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len)
+{
+    mp_out o;
+    mp_out_init(&o);
+    msgpack_pack_map(&o.pk, 2);
+    mp_kv_u64(&o.pk, "id", id);
+    mp_str(&o.pk, "event");
+    msgpack_sbuffer_write(&o.sb, packed, len); /* an already packed map */
+    qd_send(d, conn_id, &o);
+}
+
+/* ---- dispatch ---- */
+
+static void req_free(req *r)
+{
+    msgpack_unpacked_destroy(&r->frame);
+    free(r);
+}
+
+static void work(uv_work_t *w)
+{
+    req *r = w->data;
+    r->op->fn(r);
+}
+
+static void work_done(uv_work_t *w, int status)
+{
+    req *r = w->data;
+    qd *d = r->d;
+    (void)status;
+    d->inflight--;
+    req_free(r);
+    qd_maybe_finish(d);
+}
+
+/* Checks args against the op's schema; fills r->arg. 0, or -1 after replying. */
+static int bind_args(req *r)
+{
+    const op_row *op = r->op;
+    const msgpack_object *args = r->args;
+    if (args) {
+        for (uint32_t i = 0; i < args->via.map.size; i++) {
+            const msgpack_object *k = &args->via.map.ptr[i].key, *v = &args->via.map.ptr[i].val;
+            int j = 0;
+            for (; j < MAX_ARGS && op->args[j].name && !mp_is_str(k, op->args[j].name); j++)
+                ;
+            if (j == MAX_ARGS || !op->args[j].name) {
+                if (k->type == MSGPACK_OBJECT_STR)
+                    reply_error(r, "bad_request", "args.%.*s: %s takes no such argument", (int)k->via.str.size,
+                                k->via.str.ptr, op->name);
+                else
+                    reply_error(r, "bad_request", "args: keys must be strings");
+                return -1;
+            }
+            if (!(type_of(v) & op->args[j].types)) {
+                reply_error(r, "bad_request", "args.%s: must be %s%s", op->args[j].name, type_name(op->args[j].types),
+                            op->args[j].types & T_NIL ? " or nil" : "");
+                return -1;
+            }
+            r->arg[j] = v;
+        }
+    }
+    for (int j = 0; j < MAX_ARGS && op->args[j].name; j++)
+        if (op->args[j].required && !r->arg[j]) {
+            reply_error(r, "bad_request", "args.%s: missing (%s needs it)", op->args[j].name, op->name);
+            return -1;
+        }
+    return 0;
+}
+
+void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
+{
+    char err[256];
+    if (mp_check(frame, len, err, sizeof err) < 0) {
+        send_error(d, c->id, 0, "bad_frame", "%s", err);
+        conn_close(c);
+        return;
+    }
+    req *r = calloc(1, sizeof *r);
+    if (!r) {
+        send_error(d, c->id, 0, "busy", "out of memory");
+        return;
+    }
+    r->d = d, r->conn_id = c->id;
+    msgpack_unpacked_init(&r->frame);
+    size_t off = 0;
+    if (msgpack_unpack_next(&r->frame, frame, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        send_error(d, c->id, 0, "busy", "out of memory decoding a frame of %zu bytes", len);
+        req_free(r);
+        return;
+    }
+    const msgpack_object *o = &r->frame.data, *id = mp_get(o, "id"), *op = mp_get(o, "op");
+    if (id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        r->id = id->via.u64;
+    r->args = mp_get(o, "args");
+    if (r->args && r->args->type == MSGPACK_OBJECT_NIL)
+        r->args = NULL;
+    const char *bad = o->type != MSGPACK_OBJECT_MAP ? "a request is a map {id, op, args}"
+                      : !id || id->type != MSGPACK_OBJECT_POSITIVE_INTEGER ? "id: missing or not a non-negative integer"
+                      : !op || op->type != MSGPACK_OBJECT_STR ? "op: missing or not a string"
+                      : r->args && r->args->type != MSGPACK_OBJECT_MAP ? "args: must be a map"
+                      : NULL;
+    if (bad) {
+        reply_error(r, "bad_request", "%s", bad);
+        req_free(r);
+        return;
+    }
+    if (!c->authed && !mp_is_str(op, "auth")) {
+        reply_error(r, "unauthorized", "a TCP connection must begin with auth");
+        req_free(r);
+        conn_close(c);
+        return;
+    }
+    for (size_t i = 0; i < sizeof op_table / sizeof op_table[0]; i++)
+        if (mp_is_str(op, op_table[i].name))
+            r->op = &op_table[i];
+    if (!r->op) {
+        reply_error(r, "unknown_op", "op '%.*s' does not exist", (int)op->via.str.size, op->via.str.ptr);
+        req_free(r);
+        return;
+    }
+    if (bind_args(r) < 0) {
+        req_free(r);
+        return;
+    }
+    if (r->op->fn == op_auth) { /* needs the connection itself */
+        const msgpack_object *t = r->arg[0];
+        size_t n = d->token ? strlen(d->token) : 0;
+        unsigned diff = !d->token || t->via.str.size != n;
+        for (size_t i = 0; i < t->via.str.size && i < n; i++) /* constant time in the token's bytes */
+            diff |= (unsigned)(d->token[i] ^ t->via.str.ptr[i]);
+        if (c->tcp && diff) {
+            reply_error(r, "unauthorized", "token: does not match");
+            req_free(r);
+            conn_close(c);
+            return;
+        }
+        c->authed = 1;
+    }
+    if (!r->op->pooled) {
+        r->op->fn(r);
+        req_free(r);
+        return;
+    }
+    r->pooled = 1;
+    r->work.data = r;
+    if (uv_queue_work(d->loop, &r->work, work, work_done) < 0) {
+        reply_error(r, "internal", "cannot queue the request");
+        req_free(r);
+        return;
+    }
+    d->inflight++;
+}
+
+/* ---- the small ops ---- */
+
+static void op_auth(req *r)
+{
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 0);
+    reply_end(r, &o);
+}
+
+static void op_ping(req *r)
+{
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 3);
+    mp_kv_str(&o.pk, "version", QLORAD_VERSION);
+    mp_kv_u64(&o.pk, "protocol", QLORAD_PROTOCOL);
+    mp_kv_f64(&o.pk, "uptime_s", now_s() - r->d->started);
+    reply_end(r, &o);
+}
+
+static size_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return rss * 4096;
+}
+
+static void op_status(req *r)
+{
+    qd *d = r->d;
+    const llama_model *m = &d->model;
+    const llama_config *c = &m->cfg;
+    size_t quantized, n_params = llama_n_params(c, m->tied, &quantized), cached, cached_bytes, used, stored = 0;
+    char err[256];
+    int counts[5];
+    jobs_counts(d, counts);
+    cache_stats(d, &cached, &cached_bytes);
+    if (store_stat(d->db, &used, &stored, err, sizeof err) < 0)
+        qd_log(LOG_WARN, "status: %s", err);
+    const char *name = strrchr(d->model_dir, '/');
+    name = name && name[1] ? name + 1 : d->model_dir;
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_packer *pk = &o.pk;
+    msgpack_pack_map(pk, 5);
+    mp_str(pk, "model");
+    msgpack_pack_map(pk, 8);
+    mp_kv_str(pk, "name", name);
+    mp_kv_str(pk, "path", d->model_dir);
+    mp_kv_str(pk, "arch", "llama");
+    mp_kv_u64(pk, "n_params", n_params);
+    mp_kv_u64(pk, "dim", (uint64_t)c->dim);
+    mp_kv_u64(pk, "n_layers", (uint64_t)c->n_layers);
+    mp_kv_u64(pk, "vocab_size", (uint64_t)c->vocab_size);
+    mp_kv_u64(pk, "seq_len", (uint64_t)c->seq_len);
+    mp_str(pk, "quant");
+    msgpack_pack_map(pk, 4);
+    mp_kv_str(pk, "format", qt_format_name(m->spec.format));
+    mp_kv_u64(pk, "block_size", (uint64_t)m->spec.block);
+    mp_kv_bool(pk, "double_quant", m->spec.double_quant);
+    mp_kv_f64(pk, "bits_per_param", llama_linear_bits(m));
+    mp_str(pk, "memory");
+    msgpack_pack_map(pk, 3);
+    mp_kv_u64(pk, "base_bytes", llama_weight_bytes(m));
+    mp_kv_u64(pk, "adapters_bytes", cached_bytes);
+    mp_kv_u64(pk, "rss_bytes", rss_bytes());
+    mp_str(pk, "jobs");
+    msgpack_pack_map(pk, 5);
+    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+    for (int i = 0; i < 5; i++)
+        mp_kv_u64(pk, states[i], (uint64_t)counts[i]);
+    mp_str(pk, "adapters");
+    msgpack_pack_map(pk, 3);
+    mp_kv_u64(pk, "stored", stored);
+    mp_kv_u64(pk, "loaded", cached);
+    pthread_mutex_lock(&d->active_lock);
+    if (d->active_name[0]) {
+        char active[80];
+        snprintf(active, sizeof active, "%s@%u", d->active_name, d->active_version);
+        mp_kv_str(pk, "active", active);
+    } else {
+        mp_kv_nil(pk, "active");
+    }
+    pthread_mutex_unlock(&d->active_lock);
+    reply_end(r, &o);
+}

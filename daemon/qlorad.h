@@ -1,0 +1,185 @@
+/* qlorad.h: the daemon's shared state and the pieces its files call on each other.
+ *
+ * Threads: the libuv loop owns every socket and the job table's watchers; it never
+ * computes. Inference requests (eval, generate, tokenize, adapter import/export) run on
+ * libuv's thread pool; training runs on the job runner thread. Other threads never touch a
+ * socket: they post frames (and callbacks) to a mailbox that the loop drains in order,
+ * so a request's events always reach the client before its final response. */
+#ifndef QLORAD_H
+#define QLORAD_H
+
+#include <msgpack.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "model.h"
+#include "mp.h"
+#include "store.h"
+#include "tokenizer.h"
+
+#define QLORAD_VERSION "0.1.0"
+#define QLORAD_PROTOCOL 1
+#define MAX_ARGS 24
+
+typedef struct qd qd;
+typedef struct conn conn;
+typedef struct jobs jobs;
+typedef struct adapter_cache adapter_cache;
+
+/* ---- log.c ---- */
+typedef enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
+void qd_log(log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Debug lines are shown only when verbose. */
+void qd_log_verbose(int on);
+
+/* ---- server.c: sockets, framing, the mailbox ---- */
+struct conn {
+    union {
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+        uv_stream_t stream;
+        uv_handle_t handle;
+    } h;
+    qd *d;
+    uint64_t id;
+    int tcp, authed, closing;
+    char *in;            /* bytes received, not yet a whole frame */
+    size_t in_len, in_cap;
+    size_t out_pending;  /* bytes handed to uv_write and not yet written */
+    conn *prev, *next;
+};
+
+typedef struct mail mail;
+
+struct qd {
+    uv_loop_t *loop;
+    pthread_t loop_thread;
+    llama_model model;
+    tok_tokenizer *tok;
+    store *db;
+    const char *model_dir, *socket_path;
+    size_t max_frame, max_out;
+    int max_queued;
+    char *token;         /* TCP only */
+    double started;
+    int stopping, runner_done, finished;
+    int inflight;        /* requests on the thread pool */
+
+    uv_pipe_t unix_srv;
+    uv_tcp_t tcp_srv;
+    int have_tcp, listening;
+    conn *conns;
+    uint64_t next_conn_id;
+    uv_signal_t sigterm, sigint;
+
+    uv_async_t wake;     /* the mailbox */
+    pthread_mutex_t mail_lock;
+    mail *mail_head, *mail_tail;
+
+    jobs *jobs;
+    adapter_cache *cache;
+    pthread_mutex_t active_lock;
+    char active_name[65];/* "" = none */
+    uint32_t active_version;
+};
+
+/* Sets up the mailbox and listens on the Unix socket (and TCP). */
+int server_listen(qd *d, const char *listen_addr, char *err, size_t errlen);
+/* Delivers what is in the mailbox now (at shutdown). */
+void server_drain(qd *d);
+/* main.c: ends the loop once stopping and nothing can post any more. */
+void qd_maybe_finish(qd *d);
+/* Sends a finished frame to connection id (from any thread: directly on the loop, through
+ * the mailbox elsewhere); o is consumed. */
+void qd_send(qd *d, uint64_t conn_id, mp_out *o);
+/* Runs fn(d, arg) on the loop thread, after every frame posted before it. */
+void qd_call(qd *d, void (*fn)(qd *d, void *arg), void *arg);
+conn *qd_conn(qd *d, uint64_t id);
+/* Frames already sent still go out; then the connection closes. */
+void conn_close(conn *c);
+/* Stop accepting and close every connection (shutdown). */
+void server_close(qd *d);
+
+/* ---- ops.c: the command table ---- */
+typedef struct req {
+    qd *d;
+    uint64_t conn_id, id;
+    int pooled;          /* running on the thread pool */
+    const struct op_row *op;
+    const msgpack_object *args;           /* the args map, or NULL */
+    const msgpack_object *arg[MAX_ARGS];  /* by position in the op's schema; NULL = absent */
+    msgpack_unpacked frame;               /* owns every object above */
+    uv_work_t work;
+} req;
+
+void ops_dispatch(qd *d, conn *c, const char *frame, size_t len);
+
+/* Replies (from any thread). reply_begin packs {id, ok: true, result: ...} up to the
+ * result, which the caller packs before reply_end. */
+void reply_begin(req *r, mp_out *o);
+void reply_end(req *r, mp_out *o);
+void reply_error(req *r, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* An error with no request to answer (bad frames: id 0). */
+void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* A stream event {id, event: <packed map>}. */
+void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
+
+/* ---- infer.c: eval, generate, tokenize, adapters (thread pool) ---- */
+void op_tokenize(req *r);
+void op_eval(req *r);
+void op_generate(req *r);
+void op_adapter_list(req *r);
+void op_adapter_get(req *r);
+void op_adapter_delete(req *r);
+void op_adapter_activate(req *r);
+void op_adapter_export(req *r);
+void op_adapter_import(req *r);
+/* "name" or "name@version" into name (65 bytes) and version (0: latest); 0 or -1. */
+int parse_adapter_ref(const char *s, char *name, uint32_t *version);
+void pack_adapter(msgpack_packer *pk, const store_adapter_info *a);
+/* LoRA targets as an array of short names (q, k, v, o, gate, up, down). */
+void pack_targets(msgpack_packer *pk, unsigned targets);
+
+/* ---- cache.c: adapters loaded from the store, LRU within a byte budget ---- */
+typedef struct cached_adapter {
+    char name[65];
+    uint32_t version;
+    store_adapter_info info;
+    llama_lora lora;
+    size_t bytes;
+    int refs, stale;
+    uint64_t last_used;
+    struct cached_adapter *next;
+} cached_adapter;
+
+adapter_cache *cache_new(size_t budget_bytes);
+void cache_free(adapter_cache *c);
+/* The adapter name@version (0: latest) held for use, loading it when missing. Returns 0,
+ * or an error code ("not_found", "conflict", "internal") with a message. */
+const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err,
+                          size_t errlen);
+void cache_release(qd *d, cached_adapter *a);
+/* A version (0: all) was deleted: drop it once nobody uses it. */
+void cache_forget(qd *d, const char *name, uint32_t version);
+void cache_stats(qd *d, size_t *count, size_t *bytes);
+
+/* ---- jobs.c: the persistent queue and the runner thread ---- */
+int jobs_start(qd *d, char *err, size_t errlen);
+/* Stops the runner at the next step boundary (the running job checkpoints and stays
+ * `running`, to resume at the next start); done(d) runs on the loop once it has. */
+void jobs_stop(qd *d, void (*done)(qd *d));
+void jobs_free(qd *d);
+void jobs_counts(qd *d, int counts[5]);
+void op_job_submit(req *r);
+void op_job_get(req *r);
+void op_job_list(req *r);
+void op_job_cancel(req *r);
+void op_job_watch(req *r);
+/* A connection went away: forget its watchers. */
+void jobs_conn_closed(qd *d, uint64_t conn_id);
+
+double now_s(void);
+
+#endif
