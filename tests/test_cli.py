@@ -5,6 +5,7 @@
 
 usage: test_cli.py QLORA QLORAD QLORA_TOOL SHARED_DIR"""
 
+import atexit
 import json
 import math
 import os
@@ -26,6 +27,7 @@ TINY_JOB = ['--steps', '8', '--batch', '2', '--seq-len', '64', '--eval-every', '
 
 daemon = Daemon(QLORAD, SHARED, tcp=True)
 tmp = tempfile.mkdtemp(prefix='qlora-cli-test-')
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 # plot's history lives in the user's cache: keep the test's own.
 os.environ['XDG_CACHE_HOME'] = os.path.join(tmp, 'cache')
 train = os.path.join(tmp, 'train.txt')
@@ -324,5 +326,4 @@ def _():
 
 
 daemon.cleanup()
-shutil.rmtree(tmp, ignore_errors=True)
 tap.report()
