@@ -84,8 +84,10 @@ def _():
     a = c.send('tokenize', {'text': 'hello world'})
     b = c.send('generate', {'prompt': 'Once', 'max_tokens': 12, 'stream': True})
     d = c.send('ping')
-    assert 'uptime_s' in c.wait(d)
-    assert c.wait(a)['tokens'] == [1, 281, 306, 414, 263, 304, 341]
+    pong = c.wait(d)
+    assert 'uptime_s' in pong, pong
+    tokens = c.wait(a)
+    assert tokens['tokens'] == [1, 281, 306, 414, 263, 304, 341], tokens
     s = Stream(c, b)
     events = list(s)
     assert len(events) == len(s.result['tokens']) > 0, (events, s.result)
