@@ -31,6 +31,7 @@ work=$(mktemp -d /tmp/qlora-demo-XXXXXX)
 out=$work/out
 mkdir -p "$out"
 sock=$work/qlorad.sock
+export XDG_CACHE_HOME=$work/cache # the loss history `qlora plot` reads stays with the demo
 q() { build/clients/cli/qlora --socket "$sock" "$@"; }
 field() { $py -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 section() { printf '\n== %s\n' "$*"; }
@@ -42,7 +43,7 @@ stop_daemon() {
     kill -TERM "$pid"
     wait "$pid" || true
   fi
-  rm -rf "$work/db" "$work/qlorad.log" "$work/data"
+  rm -rf "$work/db" "$work/qlorad.log" "$work/data" "$work/cache"
 }
 trap stop_daemon EXIT
 for _ in $(seq 600); do
