@@ -184,6 +184,8 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
             return "bad_request";
         }
     }
+    if (!mp_get(m, "warmup") && h->warmup > h->steps) /* the default warmup fits short runs */
+        h->warmup = h->steps;
     char why[400];
     if (train_hyper_check(h, c, why, sizeof why) < 0) {
         snprintf(err, errlen, "hyper.%s", why);

@@ -148,6 +148,7 @@ void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_
 static void req_free(req *r)
 {
     msgpack_unpacked_destroy(&r->frame);
+    free(r->bytes);
     free(r);
 }
 
@@ -217,8 +218,13 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     }
     r->d = d, r->conn_id = c->id;
     msgpack_unpacked_init(&r->frame);
+    /* decoded strings and bins point into the bytes they came from, and the connection's
+     * buffer moves on: the request keeps its own copy for as long as it runs */
+    r->bytes = malloc(len);
+    if (r->bytes)
+        memcpy(r->bytes, frame, len);
     size_t off = 0;
-    if (msgpack_unpack_next(&r->frame, frame, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+    if (!r->bytes || msgpack_unpack_next(&r->frame, r->bytes, len, &off) != MSGPACK_UNPACK_SUCCESS) {
         send_error(d, c->id, 0, "busy", "out of memory decoding a frame of %zu bytes", len);
         req_free(r);
         return;

@@ -110,6 +110,7 @@ typedef struct req {
     const msgpack_object *args;           /* the args map, or NULL */
     const msgpack_object *arg[MAX_ARGS];  /* by position in the op's schema; NULL = absent */
     msgpack_unpacked frame;               /* owns every object above */
+    char *bytes;                          /* the frame, which strings and bins point into */
     uv_work_t work;
 } req;
 

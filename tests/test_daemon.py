@@ -185,6 +185,22 @@ def _():
     assert r['text'].startswith(', there was a little girl named Lily'), r['text']
 
 
+@case('pipelined requests: each answered by its id with its own arguments')
+def _():
+    c = Conn()
+    texts = ['story number %d, about a cat who liked %s' % (i, 'fish ' * i) for i in range(60)]
+    want = {100 + i: c.ok('tokenize', text=t)['tokens'] for i, t in enumerate(texts)}
+    for i, t in enumerate(texts):  # the pool reads each text while the loop reads the next
+        b = msgpack.packb({'id': 100 + i, 'op': 'tokenize', 'args': {'text': t}}, use_bin_type=True)
+        c.raw(struct.pack('>I', len(b)) + b)
+    got = {}
+    for _ in texts:
+        m = c.recv()
+        assert m['ok'], m
+        got[m['id']] = m['result']['tokens']
+    assert got == want, 'wrong tokens for ids %s' % [k for k in want if got.get(k) != want[k]][:5]
+
+
 @case('cancel: a queued job at once, a running one at its next step')
 def _():
     c = Conn()

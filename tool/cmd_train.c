@@ -80,7 +80,7 @@ int cmd_train(int argc, char **argv)
     const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0};
     train_hyper h;
-    int e, have_lr = 0, have_seq = 0;
+    int e, have_lr = 0, have_seq = 0, have_warmup = 0;
     /* lr and seq_len defaults depend on the model: set after it is loaded, unless given */
     train_hyper_default(&h, &(llama_config){.dim = 2048, .seq_len = 256});
     for (int i = 1; i < argc; i++) {
@@ -147,6 +147,7 @@ int cmd_train(int argc, char **argv)
             }
             have_lr |= num[k].f == &h.lr;
             have_seq |= num[k].i == &h.seq_len;
+            have_warmup |= num[k].i == &h.warmup;
         }
     }
     if (!data || !out)
@@ -160,6 +161,8 @@ int cmd_train(int argc, char **argv)
     train_hyper_default(&d, &m.cfg);
     if (!have_lr)
         h.lr = d.lr;
+    if (!have_warmup && h.warmup > h.steps) /* the default warmup fits short runs */
+        h.warmup = h.steps;
     if (!have_seq)
         h.seq_len = d.seq_len;
     char err[1024];
