@@ -341,31 +341,14 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     return 0;
 }
 
-int train_eval_stream(const llama_model *m, const llama_lora *ad, const int *tokens, size_t n, int seq_len,
-                      double *eval_loss, char *err, size_t errlen)
-{
-    size_t n_win = n / (size_t)seq_len + 1;
-    const int **seqs = malloc(n_win * sizeof *seqs);
-    size_t *lens = malloc(n_win * sizeof *lens);
-    if (!seqs || !lens) {
-        free(seqs), free(lens);
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    size_t used = llama_windows(tokens, n, seq_len, seqs, lens);
-    double nll = 0;
-    size_t np = 0;
-    int rc = llama_eval(m, ad, seqs, lens, used, &nll, &np, err, errlen);
-    free(seqs);
-    free(lens);
-    *eval_loss = np ? nll / (double)np : NAN;
-    return rc;
-}
-
 int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen)
 {
-    return train_eval_stream(t->model, &t->adapter, t->eval_tokens, t->n_eval, t->hyper.seq_len, eval_loss, err,
-                             errlen);
+    double nll;
+    size_t np;
+    int rc = llama_eval_stream(t->model, &t->adapter, t->eval_tokens, t->n_eval, t->hyper.seq_len, &nll, &np, err,
+                               errlen);
+    *eval_loss = np ? nll / (double)np : NAN;
+    return rc < 0 ? -1 : 0;
 }
 
 /* ---- checkpoints ---- */

@@ -77,9 +77,6 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
 /* Mean next-token loss (nats/token) of the adapted model on the held-out stream, in
  * windows of seq_len tokens. */
 int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen);
-/* The same measure for any adapter (NULL: the base alone) on a token stream. */
-int train_eval_stream(const llama_model *m, const llama_lora *ad, const int *tokens, size_t n, int seq_len,
-                      double *eval_loss, char *err, size_t errlen);
 
 /* Serialized training state (adapter, moments, step, sampler) for checkpoints. */
 size_t trainer_state_bytes(const trainer *t);

@@ -142,13 +142,7 @@ void op_eval(req *r)
             reply_error(r, "busy", "out of memory tokenizing");
             return;
         }
-        seqs = malloc((n_ids / (size_t)S + 1) * sizeof *seqs);
-        lens = malloc((n_ids / (size_t)S + 1) * sizeof *lens);
-        if (seqs && lens)
-            n_seqs = llama_windows(ids, n_ids, S, seqs, lens);
-        if (!seqs || !lens)
-            ok = 0, reply_error(r, "busy", "out of memory");
-        else if (n_seqs == 0)
+        if (n_ids < 2)
             ok = 0, reply_error(r, "invalid_argument", "text: fewer than 2 tokens");
     } else {
         n_seqs = tokens->via.array.size;
@@ -172,7 +166,9 @@ void op_eval(req *r)
         double nll = 0;
         size_t np = 0;
         char err[512];
-        if (llama_eval(&r->d->model, a ? &a->lora : NULL, seqs, lens, n_seqs, &nll, &np, err, sizeof err) < 0) {
+        const llama_lora *ad = a ? &a->lora : NULL;
+        if ((text ? llama_eval_stream(&r->d->model, ad, ids, n_ids, S, &nll, &np, err, sizeof err)
+                  : llama_eval(&r->d->model, ad, seqs, lens, n_seqs, &nll, &np, err, sizeof err)) < 0) {
             reply_error(r, "invalid_argument", "%s", err);
         } else {
             mp_out o;

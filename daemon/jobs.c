@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "generate.h"
 #include "qlorad.h"
 #include "train.h"
 
@@ -695,13 +696,14 @@ static void run_job(qd *d, job *j)
         goto done;
     }
     if (eval_ids && isnan(j->ppl_base)) {
-        double base;
-        if (train_eval_stream(&d->model, NULL, eval_ids, n_eval, j->hyper.seq_len, &base, err, sizeof err) < 0) {
+        double nll;
+        size_t np;
+        if (llama_eval_stream(&d->model, NULL, eval_ids, n_eval, j->hyper.seq_len, &nll, &np, err, sizeof err) < 0) {
             finish(d, j, JOB_FAILED, err);
             goto done;
         }
         pthread_mutex_lock(&J->lock);
-        j->ppl_base = exp(base);
+        j->ppl_base = exp(nll / (double)np);
         pthread_mutex_unlock(&J->lock);
     }
     run_ctx ctx = {d, j, 0};

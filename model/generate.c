@@ -195,12 +195,24 @@ int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seq
     return rc;
 }
 
-size_t llama_windows(const int *ids, size_t n, int seq_len, const int **seqs, size_t *lens)
+int llama_eval_stream(const llama_model *m, const llama_lora *ad, const int *ids, size_t n, int seq_len,
+                      double *nll_sum, size_t *n_predicted, char *err, size_t errlen)
 {
-    size_t used = 0;
+    size_t room = n / (size_t)seq_len + 1, used = 0;
+    const int **seqs = malloc(room * sizeof *seqs);
+    size_t *lens = malloc(room * sizeof *lens);
+    *nll_sum = 0, *n_predicted = 0;
+    if (!seqs || !lens) {
+        free(seqs), free(lens);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i + 1 < n; i += (size_t)seq_len) {
         seqs[used] = ids + i;
         lens[used++] = n - i < (size_t)seq_len ? n - i : (size_t)seq_len;
     }
-    return used;
+    int rc = llama_eval(m, ad, seqs, lens, used, nll_sum, n_predicted, err, errlen);
+    free(seqs);
+    free(lens);
+    return rc < 0 ? -1 : (int)used;
 }

@@ -36,9 +36,11 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
 int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seqs, const size_t *lens, size_t n_seqs,
                double *nll_sum, size_t *n_predicted, char *err, size_t errlen);
 
-/* A token stream cut into the sequences `eval` scores for a text: consecutive windows of
- * at most seq_len tokens; a last window of a single token predicts nothing and is left
- * out. Fills seqs and lens (room for n / seq_len + 1) and returns the window count. */
-size_t llama_windows(const int *ids, size_t n, int seq_len, const int **seqs, size_t *lens);
+/* llama_eval over a token stream cut into consecutive windows of at most seq_len tokens, as
+ * `eval` scores a text; a last window of a single token predicts nothing and is left out.
+ * Sets (not adds to) *nll_sum and *n_predicted. Returns the number of windows (0 when the
+ * stream has fewer than 2 tokens), or -1 with a message. */
+int llama_eval_stream(const llama_model *m, const llama_lora *ad, const int *ids, size_t n, int seq_len,
+                      double *nll_sum, size_t *n_predicted, char *err, size_t errlen);
 
 #endif

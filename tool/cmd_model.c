@@ -150,33 +150,20 @@ static int tokens_from_json(const char *cmd, const char *path, token_set *set)
     return rc;
 }
 
-/* The text tokenized once (BOS first) and cut into llama_windows. */
-static int tokens_from_text(const char *cmd, const char *path, const tok_tokenizer *tok,
-                            int seq_len, token_set *set)
+/* The text tokenized once (BOS first). */
+static int tokens_from_text(const char *cmd, const char *path, const tok_tokenizer *tok, int **ids, size_t *n)
 {
     char *text;
-    size_t len, n;
-    int *ids;
+    size_t len;
     if (read_file(path, &text, &len) < 0)
         return tool_fail(cmd, "--text: cannot read %s", path);
-    int rc = tok_encode(tok, text, len, 1, 0, &ids, &n);
+    int rc = tok_encode(tok, text, len, 1, 0, ids, n);
     free(text);
     if (rc < 0)
         return tool_fail(cmd, "out of memory tokenizing %s", path);
-    const int **seqs = malloc((n / (size_t)seq_len + 1) * sizeof *seqs);
-    size_t *lens = malloc((n / (size_t)seq_len + 1) * sizeof *lens);
-    size_t count = seqs && lens ? llama_windows(ids, n, seq_len, seqs, lens) : 0;
-    if (!seqs || !lens)
-        rc = tool_fail(cmd, "out of memory");
-    for (size_t i = 0; i < count && rc == 0; i++)
-        if (add_seq(set, seqs[i], lens[i]) < 0)
-            rc = tool_fail(cmd, "out of memory");
-    free(seqs);
-    free(lens);
-    free(ids);
-    if (rc == 0 && set->n == 0)
-        rc = tool_fail(cmd, "--text: %s yields fewer than 2 tokens", path);
-    return rc;
+    if (*n < 2)
+        return tool_fail(cmd, "--text: %s yields fewer than 2 tokens", path);
+    return 0;
 }
 
 int cmd_eval(int argc, char **argv)
@@ -214,25 +201,33 @@ int cmd_eval(int argc, char **argv)
         return rc;
     }
     token_set set = {0};
-    rc = tokens ? tokens_from_json(cmd, tokens, &set)
-                : tokens_from_text(cmd, text, tok, m.cfg.seq_len, &set);
+    int *ids = NULL;
+    size_t n_ids = 0;
+    rc = tokens ? tokens_from_json(cmd, tokens, &set) : tokens_from_text(cmd, text, tok, &ids, &n_ids);
     if (rc == 0) {
         double nll = 0;
         size_t npred = 0;
         char err[512];
-        if (llama_eval(&m, adapter ? &ad : NULL, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err,
-                       sizeof err) < 0) {
+        const llama_lora *a = adapter ? &ad : NULL;
+        int n_seqs;
+        if (text)
+            n_seqs = llama_eval_stream(&m, a, ids, n_ids, m.cfg.seq_len, &nll, &npred, err, sizeof err);
+        else
+            n_seqs = llama_eval(&m, a, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err, sizeof err) < 0
+                         ? -1 : (int)set.n;
+        if (n_seqs < 0) {
             rc = tool_fail(cmd, "%s", err);
         } else if (json) {
             printf("{\"nll_sum\":%.17g,\"n_predicted\":%zu,\"ppl\":%.17g}\n", nll, npred,
                    exp(nll / (double)npred));
         } else {
-            printf("%s (%s): %zu sequences, %zu predicted tokens, nll %.4f nats/token, ppl %.5f\n",
-                   o.dir, qt_format_name(o.spec.format), set.n, npred, nll / (double)npred,
+            printf("%s (%s): %d sequences, %zu predicted tokens, nll %.4f nats/token, ppl %.5f\n",
+                   o.dir, qt_format_name(o.spec.format), n_seqs, npred, nll / (double)npred,
                    exp(nll / (double)npred));
         }
     }
     free_set(&set);
+    free(ids);
     llama_lora_free(&ad);
     tok_free(tok);
     llama_free(&m);
