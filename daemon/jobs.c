@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "generate.h"
+#include "mapfile.h"
 #include "qlorad.h"
 #include "train.h"
 
@@ -277,27 +278,23 @@ static int load_data(qd *d, const char *packed, size_t len, int **ids, size_t *n
         rc = 0;
         goto done;
     }
-    char *text = NULL;
-    size_t text_len = 0;
+    const void *mapped = NULL;
+    size_t mapped_len = 0;
     if (mp_is_str(k, "path")) {
-        char *path = mp_strdup(v);
-        FILE *f = path ? fopen(path, "rb") : NULL;
-        if (!f || fseek(f, 0, SEEK_END) < 0 || (long)(text_len = (size_t)ftell(f)) < 0 || fseek(f, 0, SEEK_SET) < 0 ||
-            !(text = malloc(text_len + 1)) || fread(text, 1, text_len, f) != text_len) {
-            snprintf(err, errlen, "data.path: cannot read %s: %s", path ? path : "?", strerror(errno));
-            free(text);
-            text = NULL;
-        }
-        if (f)
-            fclose(f);
+        char *path = mp_strdup(v), why[600] = "out of memory";
+        rc = path ? map_file(path, &mapped, &mapped_len, why, sizeof why) : -1;
         free(path);
-        if (!text)
+        if (rc < 0) {
+            snprintf(err, errlen, "data.path: %s", why);
             goto done;
+        }
+        rc = tok_encode(d->tok, mapped ? mapped : "", mapped_len, 1, 0, ids, n);
+    } else {
+        rc = tok_encode(d->tok, v->via.str.ptr, v->via.str.size, 1, 0, ids, n);
     }
-    rc = tok_encode(d->tok, text ? text : v->via.str.ptr, text ? text_len : v->via.str.size, 1, 0, ids, n);
     if (rc < 0)
         snprintf(err, errlen, "out of memory tokenizing the data");
-    free(text);
+    unmap_file(mapped, mapped_len);
 done:
     msgpack_unpacked_destroy(&u);
     return rc;

@@ -1,37 +1,26 @@
 /* llama2c.c: see llama2c.h. */
 #include "llama2c.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+
+#include "mapfile.h"
 
 int l2c_open(l2c_file *f, const char *path, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    const void *map;
+    size_t size;
+    if (map_file(path, &map, &size, err, errlen) < 0)
         return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0 || st.st_size < 28) {
+    if (size < 28) {
         snprintf(err, errlen, "%s: too short for a llama2.c header (28 bytes)", path);
-        close(fd);
+        unmap_file(map, size);
         return -1;
     }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
-        return -1;
-    }
-    f->map = map;
-    f->size = (size_t)st.st_size;
+    f->map = (void *)map;
+    f->size = size;
     int32_t h[7];
     memcpy(h, map, sizeof h);
     l2c_config *c = &f->cfg;
@@ -77,7 +66,6 @@ int l2c_open(l2c_file *f, const char *path, char *err, size_t errlen)
 
 void l2c_close(l2c_file *f)
 {
-    if (f->map)
-        munmap(f->map, f->size);
+    unmap_file(f->map, f->size);
     memset(f, 0, sizeof *f);
 }

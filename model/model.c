@@ -9,6 +9,7 @@
 
 #include "json.h"
 #include "llama2c.h"
+#include "mapfile.h"
 #include "safetensors.h"
 
 static const char *const linear_names[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -48,45 +49,19 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static int read_text(const char *path, char **text, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open", path);
-        return -1;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (n < 0 || n > (64l << 20)) {
-        fclose(f);
-        snprintf(err, errlen, "%s: unreadable or larger than 64 MiB", path);
-        return -1;
-    }
-    *text = malloc((size_t)n + 1);
-    if (!*text || fread(*text, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
-        free(*text);
-        snprintf(err, errlen, "%s: cannot read", path);
-        return -1;
-    }
-    fclose(f);
-    (*text)[n] = 0;
-    *len = (size_t)n;
-    return 0;
-}
-
 static json_value *read_json(const char *path, char *err, size_t errlen)
 {
-    char *text;
+    const void *text;
     size_t len;
-    if (read_text(path, &text, &len, err, errlen) < 0)
+    if (map_file(path, &text, &len, err, errlen) < 0)
         return NULL;
+    json_value *v = NULL;
     char jerr[256];
-    json_value *v = json_parse(text, len, jerr, sizeof jerr);
-    free(text);
-    if (!v)
+    if (len > (64u << 20))
+        snprintf(err, errlen, "%s: larger than 64 MiB", path);
+    else if (!(v = json_parse(text, len, jerr, sizeof jerr)))
         snprintf(err, errlen, "%s: %s", path, jerr);
+    unmap_file(text, len);
     return v;
 }
 

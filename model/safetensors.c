@@ -1,14 +1,11 @@
 /* safetensors.c: see safetensors.h. */
 #include "safetensors.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+
+#include "mapfile.h"
 
 #define ST_MAX_HEADER (100u << 20) /* the format's own limit on the JSON header */
 
@@ -43,30 +40,15 @@ static int fail(st_file *f, char *err, size_t errlen, const char *name, const ch
 int st_open(st_file *f, const char *path, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    const void *map;
+    size_t size;
+    if (map_file(path, &map, &size, err, errlen) < 0)
         return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        close(fd);
-        snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
-        return -1;
-    }
-    size_t size = (size_t)st.st_size;
-    void *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-    close(fd);
-    if (map == MAP_FAILED) {
-        snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
-        return -1;
-    }
     if (st_parse(f, path, map, size, err, errlen) < 0) {
-        if (map)
-            munmap(map, size);
+        unmap_file(map, size);
         return -1;
     }
-    f->map = map; /* owned from here: st_close unmaps it */
+    f->map = (void *)map; /* owned from here: st_close unmaps it */
     return 0;
 }
 
@@ -161,8 +143,7 @@ int st_parse(st_file *f, const char *name, const void *data, size_t size, char *
 
 void st_close(st_file *f)
 {
-    if (f->map)
-        munmap(f->map, f->size);
+    unmap_file(f->map, f->size);
     json_free(f->header);
     free(f->tensors);
     f->map = NULL;
