@@ -263,20 +263,6 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         req_free(r);
         return;
     }
-    if (r->op->fn == op_auth) { /* needs the connection itself */
-        const msgpack_object *t = r->arg[0];
-        size_t n = d->token ? strlen(d->token) : 0;
-        unsigned diff = !d->token || t->via.str.size != n;
-        for (size_t i = 0; i < t->via.str.size && i < n; i++) /* constant time in the token's bytes */
-            diff |= (unsigned)(d->token[i] ^ t->via.str.ptr[i]);
-        if (c->tcp && diff) {
-            reply_error(r, "unauthorized", "token: does not match");
-            req_free(r);
-            conn_close(c);
-            return;
-        }
-        c->authed = 1;
-    }
     if (!r->op->pooled) {
         r->op->fn(r);
         req_free(r);
@@ -294,8 +280,23 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
 
 /* ---- the small ops ---- */
 
+/* On the loop, so the connection is at hand. The Unix socket needs no token. */
 static void op_auth(req *r)
 {
+    qd *d = r->d;
+    conn *c = qd_conn(d, r->conn_id);
+    const msgpack_object *t = r->arg[0];
+    size_t n = d->token ? strlen(d->token) : 0;
+    unsigned diff = !d->token || t->via.str.size != n;
+    for (size_t i = 0; i < t->via.str.size && i < n; i++) /* constant time in the token's bytes */
+        diff |= (unsigned)(d->token[i] ^ t->via.str.ptr[i]);
+    if (c && c->tcp && diff) {
+        reply_error(r, "unauthorized", "token: does not match");
+        conn_close(c);
+        return;
+    }
+    if (c)
+        c->authed = 1;
     mp_out o;
     reply_begin(r, &o);
     msgpack_pack_map(&o.pk, 0);
