@@ -7,6 +7,7 @@
 
 #include "generate.h"
 #include "json.h"
+#include "mapfile.h"
 #include "model.h"
 #include "tokenizer.h"
 #include "tool.h"
@@ -100,28 +101,15 @@ static int add_seq(token_set *s, const int *ids, size_t n)
     return 0;
 }
 
-static int read_file(const char *path, char **text, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -1;
-    unsigned char *buf;
-    int rc = tool_read_all(f, &buf, len);
-    fclose(f);
-    if (rc < 0)
-        return -1;
-    *text = (char *)buf;
-    return 0;
-}
-
 static int tokens_from_json(const char *cmd, const char *path, token_set *set)
 {
-    char *text, err[300];
+    const void *text;
+    char err[600];
     size_t len;
-    if (read_file(path, &text, &len) < 0)
-        return tool_fail(cmd, "--tokens: cannot read %s", path);
+    if (map_file(path, &text, &len, err, sizeof err) < 0)
+        return tool_fail(cmd, "--tokens: cannot read %s", err);
     json_value *v = json_parse(text, len, err, sizeof err);
-    free(text);
+    unmap_file(text, len);
     if (!v)
         return tool_fail(cmd, "--tokens: %s: %s", path, err);
     int rc = 0;
@@ -150,20 +138,19 @@ static int tokens_from_json(const char *cmd, const char *path, token_set *set)
     return rc;
 }
 
-/* The text tokenized once (BOS first). */
-static int tokens_from_text(const char *cmd, const char *path, const tok_tokenizer *tok, int **ids, size_t *n)
+int tool_tokenize_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, int **ids,
+                       size_t *n)
 {
-    char *text;
+    const void *text;
     size_t len;
-    if (read_file(path, &text, &len) < 0)
-        return tool_fail(cmd, "--text: cannot read %s", path);
+    char err[600];
+    if (map_file(path, &text, &len, err, sizeof err) < 0)
+        return tool_fail(cmd, "%s: cannot read %s", flag, err);
+    if (len == 0)
+        return tool_fail(cmd, "%s: %s is empty", flag, path);
     int rc = tok_encode(tok, text, len, 1, 0, ids, n);
-    free(text);
-    if (rc < 0)
-        return tool_fail(cmd, "out of memory tokenizing %s", path);
-    if (*n < 2)
-        return tool_fail(cmd, "--text: %s yields fewer than 2 tokens", path);
-    return 0;
+    unmap_file(text, len);
+    return rc < 0 ? tool_fail(cmd, "out of memory tokenizing %s", path) : 0;
 }
 
 int cmd_eval(int argc, char **argv)
@@ -203,7 +190,9 @@ int cmd_eval(int argc, char **argv)
     token_set set = {0};
     int *ids = NULL;
     size_t n_ids = 0;
-    rc = tokens ? tokens_from_json(cmd, tokens, &set) : tokens_from_text(cmd, text, tok, &ids, &n_ids);
+    rc = tokens ? tokens_from_json(cmd, tokens, &set) : tool_tokenize_file(cmd, "--text", text, tok, &ids, &n_ids);
+    if (rc == 0 && text && n_ids < 2)
+        rc = tool_fail(cmd, "--text: %s yields fewer than 2 tokens", text);
     if (rc == 0) {
         double nll = 0;
         size_t npred = 0;

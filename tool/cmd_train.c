@@ -27,27 +27,6 @@ int tool_load_adapter(const char *cmd, const char *path, const llama_model *m, l
     return 0;
 }
 
-static int read_tokens(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok,
-                       int **ids, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *text;
-    size_t len;
-    if (!f)
-        return tool_fail(cmd, "%s: cannot read %s", flag, path);
-    int rc = tool_read_all(f, &text, &len);
-    fclose(f);
-    if (rc < 0)
-        return tool_fail(cmd, "%s: cannot read %s", flag, path);
-    if (len == 0) {
-        free(text);
-        return tool_fail(cmd, "%s: %s is empty", flag, path);
-    }
-    rc = tok_encode(tok, (const char *)text, len, 1, 0, ids, n);
-    free(text);
-    return rc < 0 ? tool_fail(cmd, "out of memory tokenizing %s", path) : 0;
-}
-
 typedef struct {
     const char *out;
     const llama_model *m;
@@ -174,8 +153,8 @@ int cmd_train(int argc, char **argv)
         rc = tool_fail(cmd, "%s", err);
         goto done;
     }
-    if ((rc = read_tokens(cmd, "--data", data, tok, &ids, &n)) ||
-        (eval_data && (rc = read_tokens(cmd, "--eval-data", eval_data, tok, &eval_ids, &n_eval))))
+    if ((rc = tool_tokenize_file(cmd, "--data", data, tok, &ids, &n)) ||
+        (eval_data && (rc = tool_tokenize_file(cmd, "--eval-data", eval_data, tok, &eval_ids, &n_eval))))
         goto done;
     if (h.method == TRAIN_RECOVERY) {
         if (llama_load(&teacher, o.dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {

@@ -33,6 +33,11 @@ int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model
 /* Loads the model (and its tokenizer.bin when tok is not NULL); nonzero exit status on error. */
 int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok);
 
+/* A text file tokenized (BOS first); an unreadable or empty file is a usage error naming
+ * flag and path. */
+int tool_tokenize_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, int **ids,
+                       size_t *n);
+
 /* Loads a PEFT adapter file for model m, refusing one trained on another base. */
 int tool_load_adapter(const char *cmd, const char *path, const llama_model *m, llama_lora *ad);
 
