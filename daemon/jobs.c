@@ -1,5 +1,7 @@
-/* jobs.c: fine-tune jobs. A FIFO of jobs persisted in the store, and one runner thread
- * that trains them one at a time through adapters/train.c, checkpointing as it goes.
+/* jobs.c: fine-tune jobs. A FIFO of jobs persisted in the store, and runner threads
+ * (--max-running, one by default) that each train one job at a time through
+ * adapters/train.c, checkpointing as they go. Jobs share the frozen base read-only; each
+ * has its own trainer, so two runners never touch the same memory.
  * Watchers (job.watch) live on the loop; the runner reaches them through qd_call.
  *
  * Life of a job: queued -> running -> succeeded | failed | cancelled. A job the daemon
@@ -38,11 +40,13 @@ typedef struct job {
     char *data, *eval_data;  /* the data specs as submitted, packed msgpack */
     size_t data_len, eval_len;
     volatile int cancel;
+    int claimed;             /* a runner has it (under the lock) */
     struct job *next;
 } job;
 
 typedef struct watcher {
     uint64_t conn_id, req_id, job_id;
+    int sent_state;          /* the last state event it got: a change is told once */
     struct watcher *next;
 } watcher;
 
@@ -50,9 +54,8 @@ struct jobs {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     job *head, *tail;        /* in id order */
-    job *running;
-    int stop, thread_started;
-    pthread_t thread;
+    int stop, n_threads, n_exited;
+    pthread_t *threads;
     void (*stopped)(qd *d);
     watcher *watchers;       /* loop thread only */
 };
@@ -462,7 +465,7 @@ static job *find_job(jobs *J, uint64_t id)
 
 typedef struct {
     uint64_t job_id;
-    int final;
+    int final, state; /* state: of a state event, else -1 */
     size_t len;
     char packed[];
 } job_event;
@@ -478,7 +481,11 @@ static void deliver_event(qd *d, void *arg)
             continue;
         }
         if (!e->final) {
-            reply_event(d, x->conn_id, x->req_id, e->packed, e->len);
+            /* a watch that began between a change and its event has seen the state already */
+            if (e->state < 0 || e->state != x->sent_state)
+                reply_event(d, x->conn_id, x->req_id, e->packed, e->len);
+            if (e->state >= 0)
+                x->sent_state = e->state;
             w = &x->next;
             continue;
         }
@@ -493,13 +500,14 @@ static void deliver_event(qd *d, void *arg)
     free(e);
 }
 
-/* Posts an event map (or, final, the job record that ends the watch). */
-static void post_event(qd *d, uint64_t job_id, int final, mp_out *o)
+/* Posts an event map (or, final, the job record that ends the watch); state: the job
+ * state a state event tells, else -1. */
+static void post_event(qd *d, uint64_t job_id, int final, int state, mp_out *o)
 {
     size_t len = o->sb.size - 4;
     job_event *e = malloc(sizeof *e + len);
     if (e) {
-        e->job_id = job_id, e->final = final, e->len = len;
+        e->job_id = job_id, e->final = final, e->state = state, e->len = len;
         memcpy(e->packed, o->sb.data + 4, len);
         qd_call(d, deliver_event, e);
     }
@@ -524,15 +532,15 @@ static void post_state(qd *d, job *j)
     mp_out_init(&o);
     pthread_mutex_lock(&d->jobs->lock);
     pack_state_event(&o.pk, j);
-    int ended = j->state >= JOB_SUCCEEDED;
+    int ended = j->state >= JOB_SUCCEEDED, state = (int)j->state;
     mp_out rec;
     mp_out_init(&rec);
     if (ended)
         pack_job(&rec.pk, j, 0);
     pthread_mutex_unlock(&d->jobs->lock);
-    post_event(d, j->id, 0, &o);
+    post_event(d, j->id, 0, state, &o);
     if (ended)
-        post_event(d, j->id, 1, &rec);
+        post_event(d, j->id, 1, -1, &rec);
     else
         mp_out_free(&rec);
 }
@@ -621,7 +629,7 @@ static int on_train_event(void *p, trainer *t, train_event ev, const train_progr
         mp_kv_u64(&o.pk, "job_id", j->id);
         mp_kv_i64(&o.pk, "step", t->step);
     }
-    post_event(d, j->id, 0, &o);
+    post_event(d, j->id, 0, -1, &o);
     return 0;
 }
 
@@ -765,7 +773,7 @@ static void *runner(void *p)
         job *next = NULL;
         while (!J->stop) {
             for (job *j = J->head; j && !next; j = j->next) /* interrupted runs first, then FIFO */
-                if (j->state == JOB_RUNNING)
+                if (j->state == JOB_RUNNING && !j->claimed)
                     next = j;
             for (job *j = J->head; j && !next; j = j->next)
                 if (j->state == JOB_QUEUED)
@@ -780,7 +788,7 @@ static void *runner(void *p)
         next->state = JOB_RUNNING;
         if (isnan(next->started_at))
             next->started_at = now_s();
-        J->running = next;
+        next->claimed = 1;
         pthread_mutex_unlock(&J->lock);
         qd_log(LOG_INFO, "job %llu %s: %s -> %s", (unsigned long long)next->id, resuming ? "resuming" : "started",
                next->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", next->adapter);
@@ -790,9 +798,10 @@ static void *runner(void *p)
         }
         run_job(d, next);
         pthread_mutex_lock(&J->lock);
-        J->running = NULL;
+        next->claimed = 0;
     }
-    int tell = J->stopped != NULL;
+    /* the last runner out tells the loop */
+    int tell = ++J->n_exited == J->n_threads && J->stopped != NULL;
     pthread_mutex_unlock(&J->lock);
     if (tell)
         qd_call(d, runner_stopped, NULL);
@@ -838,11 +847,17 @@ int jobs_start(qd *d, char *err, size_t errlen)
     load_ctx c = {d, err, errlen};
     if (store_job_each(d->db, load_one, &c, err, errlen) < 0)
         return -1;
-    if (pthread_create(&J->thread, NULL, runner, d) != 0) {
-        snprintf(err, errlen, "cannot start the job runner thread");
+    J->threads = calloc((size_t)d->max_running, sizeof *J->threads);
+    if (!J->threads) {
+        snprintf(err, errlen, "out of memory");
         return -1;
     }
-    J->thread_started = 1;
+    for (; J->n_threads < d->max_running; J->n_threads++)
+        if (pthread_create(&J->threads[J->n_threads], NULL, runner, d) != 0) {
+            snprintf(err, errlen, "cannot start job runner thread %d", J->n_threads + 1);
+            jobs_stop(d, NULL);
+            return -1;
+        }
     return 0;
 }
 
@@ -852,8 +867,9 @@ void jobs_stop(qd *d, void (*done)(qd *d))
     pthread_mutex_lock(&J->lock);
     J->stop = 1;
     J->stopped = done;
-    if (J->running)
-        J->running->cancel = 1;
+    for (job *j = J->head; j; j = j->next)
+        if (j->claimed)
+            j->cancel = 1;
     pthread_cond_broadcast(&J->wake);
     pthread_mutex_unlock(&J->lock);
 }
@@ -863,8 +879,9 @@ void jobs_free(qd *d)
     jobs *J = d->jobs;
     if (!J)
         return;
-    if (J->thread_started)
-        pthread_join(J->thread, NULL);
+    for (int i = 0; i < J->n_threads; i++)
+        pthread_join(J->threads[i], NULL);
+    free(J->threads);
     while (J->head) {
         job *j = J->head;
         J->head = j->next;
@@ -1088,6 +1105,7 @@ void op_job_watch(req *r)
     mp_out_init(&o);
     pthread_mutex_lock(&d->jobs->lock);
     pack_state_event(&o.pk, j);
+    w->sent_state = (int)j->state;
     pthread_mutex_unlock(&d->jobs->lock);
     reply_event(d, r->conn_id, r->id, o.sb.data + 4, o.sb.size - 4);
     mp_out_free(&o);

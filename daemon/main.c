@@ -14,7 +14,8 @@
 static const char usage[] =
     "usage: qlorad --model DIR --db DIR --socket PATH [--quant F] [--block B] [--no-double-quant]\n"
     "              [--listen HOST:PORT --token-file FILE] [--max-frame BYTES] [--threads N]\n"
-    "              [--adapter-cache-mb N] [--max-queued N] [--db-max-mb N] [--verbose]\n";
+    "              [--adapter-cache-mb N] [--max-queued N] [--max-running N] [--max-output BYTES]\n"
+    "              [--db-max-mb N] [--verbose]\n";
 
 /* ---- shutdown ---- */
 
@@ -76,8 +77,8 @@ static int parse_size(const char *flag, const char *v, double min, double max, d
 {
     char *end;
     double x = strtod(v, &end);
-    if (!*v || *end || !(x >= min && x <= max)) {
-        fprintf(stderr, "qlorad: %s: '%s' is not a number in %.0f..%.0f\n", flag, v, min, max);
+    if (!*v || *end || !(x >= min && x <= max) || x != (double)(long long)x) {
+        fprintf(stderr, "qlorad: %s: '%s' is not an integer in %.0f..%.0f\n", flag, v, min, max);
         return -1;
     }
     *out = x;
@@ -90,7 +91,8 @@ int main(int argc, char **argv)
     memset(&d, 0, sizeof d);
     const char *db_dir = NULL, *listen_addr = NULL, *token_file = NULL;
     qt_spec spec = qt_spec_default(QT_NF4);
-    double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, db_max_mb = 65536;
+    double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
+           db_max_mb = 65536;
     int verbose = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -134,6 +136,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--threads")) bad = parse_size(a, v, 1, 1024, &threads);
         else if (!strcmp(a, "--adapter-cache-mb")) bad = parse_size(a, v, 0, 1 << 20, &cache_mb);
         else if (!strcmp(a, "--max-queued")) bad = parse_size(a, v, 0, 1 << 20, &max_queued);
+        else if (!strcmp(a, "--max-running")) bad = parse_size(a, v, 1, 64, &max_running);
+        else if (!strcmp(a, "--max-output")) bad = parse_size(a, v, 65536, 1ull << 40, &max_output);
         else if (!strcmp(a, "--db-max-mb")) bad = parse_size(a, v, 1, 1 << 24, &db_max_mb);
         else {
             fprintf(stderr, "qlorad: unknown option '%s'\n%s", a, usage);
@@ -163,8 +167,10 @@ int main(int argc, char **argv)
     if (!getenv("UV_THREADPOOL_SIZE")) /* inference requests run side by side on the pool */
         setenv("UV_THREADPOOL_SIZE", "4", 0);
     d.max_frame = (size_t)max_frame;
-    d.max_out = d.max_frame + (16u << 20);
+    /* by default room for one whole frame more than a client may send */
+    d.max_out = max_output > 0 ? (size_t)max_output : d.max_frame + (16u << 20);
     d.max_queued = (int)max_queued;
+    d.max_running = (int)max_running;
     d.started = now_s();
     pthread_mutex_init(&d.mail_lock, NULL);
     pthread_mutex_init(&d.active_lock, NULL);

@@ -2,7 +2,7 @@
  *
  * Threads: the libuv loop owns every socket and the job table's watchers; it never
  * computes. Inference requests (eval, generate, tokenize, adapter import/export) run on
- * libuv's thread pool; training runs on the job runner thread. Other threads never touch a
+ * libuv's thread pool; training runs on the job runner threads. Other threads never touch a
  * socket: they post frames (and callbacks) to a mailbox that the loop drains in order,
  * so a request's events always reach the client before its final response. */
 #ifndef QLORAD_H
@@ -60,7 +60,7 @@ struct qd {
     store *db;
     const char *model_dir, *socket_path;
     size_t max_frame, max_out;
-    int max_queued;
+    int max_queued, max_running;
     char *token;         /* TCP only */
     double started;
     int stopping, runner_done, finished;
@@ -168,8 +168,8 @@ void cache_stats(qd *d, size_t *count, size_t *bytes);
 
 /* ---- jobs.c: the persistent queue and the runner thread ---- */
 int jobs_start(qd *d, char *err, size_t errlen);
-/* Stops the runner at the next step boundary (the running job checkpoints and stays
- * `running`, to resume at the next start); done(d) runs on the loop once it has. */
+/* Stops the runners at the next step boundary (running jobs checkpoint and stay
+ * `running`, to resume at the next start); done(d) runs on the loop once they have. */
 void jobs_stop(qd *d, void (*done)(qd *d));
 void jobs_free(qd *d);
 void jobs_counts(qd *d, int counts[5]);

@@ -159,6 +159,8 @@ def _():
     kinds = [e['type'] for e in events]
     assert 'progress' in kinds and 'eval' in kinds and 'checkpoint' in kinds, kinds
     assert kinds[-1] == 'state' and events[-1]['state'] == 'succeeded', events[-1]
+    states = [e['state'] for e in events if e['type'] == 'state']
+    assert all(a != b for a, b in zip(states, states[1:])), 'a state told twice: %s' % states
     steps = [e['step'] for e in events if e['type'] == 'progress']
     assert steps == sorted(steps) and steps[-1] == 12, steps
     m = rec['metrics']
@@ -457,6 +459,48 @@ def _():
     assert s['memory']['rss_bytes'] > s['memory']['base_bytes'] > 0, s['memory']
     assert s['jobs']['succeeded'] >= 5 and s['jobs']['cancelled'] == 2, s['jobs']
     assert s['adapters']['stored'] >= 6, s['adapters']
+
+
+@case('--max-running 2: two jobs train side by side, the third waits; same result as alone')
+def _():
+    stop()
+    start('--max-running', '2')
+    c = Conn()
+    alone = c.ok('job.get', job_id=submit(c, 'alone', steps=30, checkpoint_every=0, eval_every=0))
+    alone = c.ok('job.watch', job_id=alone['job_id'])
+    ids = [submit(c, 'side%d' % k, steps=30, checkpoint_every=0, eval_every=0) for k in range(3)]
+    recs = [c.ok('job.watch', job_id=j) for j in ids]
+    assert all(r['state'] == 'succeeded' for r in recs), recs
+    a, b, third = recs
+    assert b['started_at'] < a['finished_at'] and a['started_at'] < b['finished_at'], 'the first two did not overlap'
+    assert third['started_at'] >= min(a['finished_at'], b['finished_at']) - 1e-3, 'a third job ran beside two'
+    for r in recs:  # same seed and data: the same adapter whether it trained beside another or alone
+        assert abs(r['eval_loss'] - alone['eval_loss']) <= 1e-5 * abs(alone['eval_loss']), (r['eval_loss'], alone)
+    assert c.ok('status')['jobs']['running'] == 0
+
+
+@case('a client that stops reading is dropped past --max-output; other clients go on')
+def _():
+    stop()
+    start('--max-output', '65536')
+    slow, other = Conn(), Conn()
+    frame = msgpack.packb({'id': 1, 'op': 'status'}, use_bin_type=True)
+    try:  # ~2 MB of answers (the socket buffers hold a few hundred kB): nobody reads them
+        slow.raw((struct.pack('>I', len(frame)) + frame) * 5000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # dropped while still sending
+    assert other.ok('ping')['protocol'] == 1
+    answers = 0
+    try:
+        while True:
+            slow.recv()
+            answers += 1
+    except (EOFError, ConnectionResetError):
+        pass
+    assert answers < 5000, 'the daemon held every answer for a client that did not read'
+    log = open(os.path.join(tmp, 'log'), errors='replace').read()
+    assert 'does not read; closing it' in log, log[-2000:]
+    assert other.ok('status')['model']['name'] == 'stories260K' and daemon.poll() is None
 
 
 @case('SIGTERM at the end: exit status 0')
