@@ -2,6 +2,7 @@
 #include "train.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,28 @@
 
 static const char *const peft_names[LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                   "gate_proj", "up_proj", "down_proj"};
+
+#define FIELD(name, flag, kind, member) {name, flag, kind, offsetof(train_hyper, member)}
+const train_hyper_field train_hyper_fields[] = {
+    FIELD("rank", "--rank", HYPER_INT, rank),
+    FIELD("alpha", "--alpha", HYPER_FLOAT, alpha),
+    FIELD("dropout", "--dropout", HYPER_FLOAT, dropout),
+    FIELD("rslora", "--rslora", HYPER_BOOL, rslora),
+    FIELD("lr", "--lr", HYPER_FLOAT, lr),
+    FIELD("steps", "--steps", HYPER_INT, steps),
+    FIELD("batch_size", "--batch", HYPER_INT, batch),
+    FIELD("seq_len", "--seq-len", HYPER_INT, seq_len),
+    FIELD("grad_accum", "--grad-accum", HYPER_INT, grad_accum),
+    FIELD("warmup", "--warmup", HYPER_INT, warmup),
+    FIELD("weight_decay", "--weight-decay", HYPER_FLOAT, weight_decay),
+    FIELD("max_grad_norm", "--max-grad-norm", HYPER_FLOAT, max_grad_norm),
+    FIELD("seed", "--seed", HYPER_U64, seed),
+    FIELD("eval_every", "--eval-every", HYPER_INT, eval_every),
+    FIELD("checkpoint_every", "--checkpoint-every", HYPER_INT, checkpoint_every),
+    FIELD("recompute", "--recompute", HYPER_BOOL, recompute),
+};
+#undef FIELD
+const size_t train_hyper_n_fields = sizeof train_hyper_fields / sizeof train_hyper_fields[0];
 
 void train_hyper_default(train_hyper *h, const llama_config *c)
 {
@@ -190,10 +213,10 @@ int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, c
     t->dlogits = malloc((size_t)B * T * c->vocab_size * sizeof(float));
     t->batch = malloc((size_t)B * (T + 1) * 2 * sizeof(int));
     if (!t->grads || !t->m || !t->v || !t->dlogits || !t->batch ||
-        llama_cache_alloc(&t->cache, c, B, T) < 0 || llama_acts_alloc(&t->acts, c, B, T, T, h->rank) < 0)
+        llama_cache_alloc(&t->cache, c, B, T) < 0 || llama_acts_alloc(&t->acts, c, B, T, T, h->rank, !h->recompute) < 0)
         goto oom;
     if (t->teacher && (llama_cache_alloc(&t->teacher_cache, c, B, T) < 0 ||
-                       llama_acts_alloc(&t->teacher_acts, c, B, T, T, 0) < 0))
+                       llama_acts_alloc(&t->teacher_acts, c, B, T, T, 0, 0) < 0))
         goto oom;
     if (h->init == INIT_LOFTQ) {
         if (loftq_init(&t->adapter, m, h->seed, err, errlen) < 0) {
@@ -206,7 +229,7 @@ int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, c
     return 0;
 oom:
     snprintf(err, errlen, "out of memory for batch %d x seq_len %d (activations %.1f MiB)", B, T,
-             llama_acts_bytes(c, B, T, T, h->rank) / 1048576.0);
+             llama_acts_bytes(c, B, T, T, h->rank, !h->recompute) / 1048576.0);
     trainer_free(t);
     return -1;
 }

@@ -32,7 +32,21 @@ typedef struct {
     uint64_t seed;
     int eval_every, checkpoint_every;
     train_init init;
+    int recompute;      /* keep one layer's activations; recompute the others in backward */
 } train_hyper;
+
+/* The hyper-parameters that hold a plain value, one row each: the key of job.submit's
+ * hyper map, qlora-tool train's flag, the type and where it lives in train_hyper. The
+ * daemon and the tool parse (and the daemon packs) through this one table; targets,
+ * schedule, init and method are words, parsed by their owners. */
+typedef enum { HYPER_INT, HYPER_U64, HYPER_FLOAT, HYPER_BOOL } train_hyper_kind;
+typedef struct {
+    const char *name, *flag;
+    train_hyper_kind kind;
+    size_t offset;
+} train_hyper_field;
+extern const train_hyper_field train_hyper_fields[];
+extern const size_t train_hyper_n_fields;
 
 /* The defaults of the wire protocol; lr is 2e-4 scaled by max(1, 2048 / dim) because
  * small models need larger steps (docs/training.md). */

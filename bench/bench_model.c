@@ -41,8 +41,8 @@ static int measure(const char *dir, qt_format f, result *r)
         tokens[i] = 3 + (i * 37) % (c->vocab_size - 3);
     llama_cache cache;
     llama_acts pre, step;
-    if (!tokens || llama_cache_alloc(&cache, c, 1, S) < 0 || llama_acts_alloc(&pre, c, 1, T, S, 0) < 0 ||
-        llama_acts_alloc(&step, c, 1, 1, S, 0) < 0) {
+    if (!tokens || llama_cache_alloc(&cache, c, 1, S) < 0 || llama_acts_alloc(&pre, c, 1, T, S, 0, 0) < 0 ||
+        llama_acts_alloc(&step, c, 1, 1, S, 0, 0) < 0) {
         fprintf(stderr, "bench_model: out of memory\n");
         exit(1);
     }

@@ -62,47 +62,25 @@ struct jobs {
 
 /* ---- hyper-parameters on the wire ---- */
 
-typedef struct {
-    const char *name;
-    char kind; /* i: int, f: float, u: u64 */
-    size_t off;
-} hyper_field;
-
-static const hyper_field hyper_fields[] = {
-    {"rank", 'i', offsetof(train_hyper, rank)},
-    {"alpha", 'f', offsetof(train_hyper, alpha)},
-    {"dropout", 'f', offsetof(train_hyper, dropout)},
-    {"lr", 'f', offsetof(train_hyper, lr)},
-    {"steps", 'i', offsetof(train_hyper, steps)},
-    {"batch_size", 'i', offsetof(train_hyper, batch)},
-    {"seq_len", 'i', offsetof(train_hyper, seq_len)},
-    {"grad_accum", 'i', offsetof(train_hyper, grad_accum)},
-    {"warmup", 'i', offsetof(train_hyper, warmup)},
-    {"weight_decay", 'f', offsetof(train_hyper, weight_decay)},
-    {"max_grad_norm", 'f', offsetof(train_hyper, max_grad_norm)},
-    {"seed", 'u', offsetof(train_hyper, seed)},
-    {"eval_every", 'i', offsetof(train_hyper, eval_every)},
-    {"checkpoint_every", 'i', offsetof(train_hyper, checkpoint_every)},
-};
-#define N_HYPER_FIELDS (sizeof hyper_fields / sizeof hyper_fields[0])
-
 static void pack_hyper(msgpack_packer *pk, const train_hyper *h)
 {
-    msgpack_pack_map(pk, N_HYPER_FIELDS + 4);
-    for (size_t i = 0; i < N_HYPER_FIELDS; i++) {
-        const char *p = (const char *)h + hyper_fields[i].off;
-        if (hyper_fields[i].kind == 'i')
-            mp_kv_i64(pk, hyper_fields[i].name, *(const int *)p);
-        else if (hyper_fields[i].kind == 'u')
-            mp_kv_u64(pk, hyper_fields[i].name, *(const uint64_t *)p);
+    msgpack_pack_map(pk, train_hyper_n_fields + 3);
+    for (size_t i = 0; i < train_hyper_n_fields; i++) {
+        const train_hyper_field *f = &train_hyper_fields[i];
+        const char *p = (const char *)h + f->offset;
+        if (f->kind == HYPER_INT)
+            mp_kv_i64(pk, f->name, *(const int *)p);
+        else if (f->kind == HYPER_U64)
+            mp_kv_u64(pk, f->name, *(const uint64_t *)p);
+        else if (f->kind == HYPER_BOOL)
+            mp_kv_bool(pk, f->name, *(const int *)p);
         else
-            mp_kv_f64(pk, hyper_fields[i].name, *(const float *)p);
+            mp_kv_f64(pk, f->name, *(const float *)p);
     }
     mp_str(pk, "targets");
     pack_targets(pk, h->targets);
     mp_kv_str(pk, "schedule", h->schedule == SCHED_COSINE ? "cosine" : "constant");
     mp_kv_str(pk, "init", h->init == INIT_LOFTQ ? "loftq" : "default");
-    mp_kv_bool(pk, "rslora", h->rslora);
 }
 
 /* The hyper map of job.submit over the defaults. NULL, or the error code with a message
@@ -116,25 +94,31 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
         char key[40] = "?";
         if (k->type == MSGPACK_OBJECT_STR)
             snprintf(key, sizeof key, "%.*s", (int)(k->via.str.size < 32 ? k->via.str.size : 32), k->via.str.ptr);
-        size_t f = 0;
-        while (f < N_HYPER_FIELDS && !mp_is_str(k, hyper_fields[f].name))
-            f++;
+        const train_hyper_field *f = NULL;
+        for (size_t n = 0; n < train_hyper_n_fields && !f; n++)
+            if (mp_is_str(k, train_hyper_fields[n].name))
+                f = &train_hyper_fields[n];
         double x;
-        if (f < N_HYPER_FIELDS) {
-            char *p = (char *)h + hyper_fields[f].off;
-            int is_num = mp_number(v, &x);
-            if (!is_num) {
+        if (f && f->kind == HYPER_BOOL) {
+            if (v->type != MSGPACK_OBJECT_BOOLEAN) {
+                snprintf(err, errlen, "hyper.%s: must be a boolean", key);
+                return "bad_request";
+            }
+            *(int *)((char *)h + f->offset) = v->via.boolean;
+        } else if (f) {
+            char *p = (char *)h + f->offset;
+            if (!mp_number(v, &x)) {
                 snprintf(err, errlen, "hyper.%s: must be a number", key);
                 return "bad_request";
             }
-            if (hyper_fields[f].kind != 'f' && (x != floor(x) || x < (hyper_fields[f].kind == 'u' ? 0 : -2147483648.0) ||
-                                                x > (hyper_fields[f].kind == 'u' ? 1.8e19 : 2147483647.0))) {
+            if (f->kind != HYPER_FLOAT && (x != floor(x) || x < (f->kind == HYPER_U64 ? 0 : -2147483648.0) ||
+                                           x > (f->kind == HYPER_U64 ? 1.8e19 : 2147483647.0))) {
                 snprintf(err, errlen, "hyper.%s: %g is not an integer in range", key, x);
                 return "invalid_argument";
             }
-            if (hyper_fields[f].kind == 'i')
+            if (f->kind == HYPER_INT)
                 *(int *)p = (int)x;
-            else if (hyper_fields[f].kind == 'u')
+            else if (f->kind == HYPER_U64)
                 *(uint64_t *)p = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? v->via.u64 : (uint64_t)x;
             else
                 *(float *)p = (float)x;
@@ -178,12 +162,6 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
                 snprintf(err, errlen, "hyper.%s: must be %s", key, sched ? "\"cosine\" or \"constant\"" : "\"default\" or \"loftq\"");
                 return "invalid_argument";
             }
-        } else if (mp_is_str(k, "rslora")) {
-            if (v->type != MSGPACK_OBJECT_BOOLEAN) {
-                snprintf(err, errlen, "hyper.rslora: must be a boolean");
-                return "bad_request";
-            }
-            h->rslora = v->via.boolean;
         } else {
             snprintf(err, errlen, "hyper.%s: no such hyper-parameter", key);
             return "bad_request";

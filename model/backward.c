@@ -94,16 +94,11 @@ static void attention_backward_task(void *p, int task, int thread)
         }
 }
 
-static float *lora_u(const llama_acts *a, int layer, llama_linear k, size_t M)
-{
-    return a->u + ((size_t)layer * LIN_COUNT + k) * M * a->rank;
-}
-
 /* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
  * grads. x is the linear's forward input; du is [M x rank] scratch. */
-static int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a, int layer,
-                           llama_linear k, const float *x, const float *dy, int M, float *dx,
-                           int accumulate, float *grads, float *du)
+static int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a,
+                           const llama_layer_acts *la, int layer, llama_linear k, const float *x, const float *dy,
+                           int M, float *dx, int accumulate, float *grads, float *du)
 {
     int rc = qt_matmul_t(&m->layers[layer].lin[k], dy, M, dx, accumulate);
     if (rc || !llama_lora_has(ad, layer, k))
@@ -111,7 +106,7 @@ static int linear_backward(const llama_model *m, const llama_lora *ad, const lla
     const llama_config *c = &m->cfg;
     int out, in, r = ad->rank;
     llama_linear_shape(c, k, &out, &in);
-    const float *u = lora_u(a, layer, k, (size_t)M);
+    const float *u = llama_layer_u(la, a, k, (size_t)M);
     const float *A = llama_lora_a(ad, ad->params, layer, k), *Bm = llama_lora_b(ad, c, ad->params, layer, k);
     float *dA = llama_lora_a(ad, grads, layer, k), *dB = llama_lora_b(ad, c, grads, layer, k);
     /* dB += scale dy^T u;  du = scale dy B;  dA += du^T d(x);  dx += d'(du A) */
@@ -143,7 +138,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
 {
     const llama_config *c = &m->cfg;
     const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers;
-    const size_t M = (size_t)B * T, sMD = M * D, sMH = M * HD, sAtt = (size_t)B * c->n_heads * T * T;
+    const size_t M = (size_t)B * T, sMD = M * D, sMH = M * HD;
     const size_t wide = D > HD ? D : HD;
     /* dx: gradient of the residual stream; then per-layer scratch */
     float *buf = malloc((3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
@@ -162,30 +157,32 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
 
     for (int l = L - 1; l >= 0 && rc == 0; l--) {
         const llama_layer *ly = &m->layers[l];
-        const float *x = a->x + l * sMD, *xn1 = a->xn1 + l * sMD, *q = a->q + l * sMD;
-        const float *ao = a->ao + l * sMD, *x2 = a->x2 + l * sMD, *xn2 = a->xn2 + l * sMD;
-        const float *h1 = a->h1 + l * sMH, *h3 = a->h3 + l * sMH, *g = a->g + l * sMH;
+        if (a->slots == 1 && a->held != l) /* one slot: this layer's intermediates again */
+            rc |= llama_layer_forward(m, ad, a, cache, l, B, T, 0);
+        const llama_layer_acts la = llama_layer_acts_of(a, c, l, B, T), *pa = &la;
+        const float *x = la.x, *xn1 = la.xn1, *q = la.q, *ao = la.ao, *x2 = la.x2, *xn2 = la.xn2;
+        const float *h1 = la.h1, *h3 = la.h3, *g = la.g;
         const float *kc = cache->k + (size_t)l * B * T * KV, *vc = cache->v + (size_t)l * B * T * KV;
 
         /* x[l+1] = x2 + down(g) */
         memcpy(dx2, dx, sMD * sizeof(float));
         float *dg = d1, *dh1 = d2, *dh3 = d3;
-        rc |= linear_backward(m, ad, a, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
+        rc |= linear_backward(m, ad, a, pa, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
         for (size_t i = 0; i < sMH; i++) { /* g = silu(h1) * h3 */
             float sig = 1.0f / (1.0f + expf(-h1[i]));
             dh3[i] = dg[i] * h1[i] * sig;
             dh1[i] = dg[i] * h3[i] * sig * (1.0f + h1[i] * (1.0f - sig));
         }
         float *dxn2 = d1; /* dg is consumed */
-        rc |= linear_backward(m, ad, a, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
-        rc |= linear_backward(m, ad, a, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);
-        rmsnorm_backward(dx2, dxn2, x2, ly->rms_ffn, a->rstd2 + l * M, (int)M, D);
+        rc |= linear_backward(m, ad, a, pa, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
+        rc |= linear_backward(m, ad, a, pa, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);
+        rmsnorm_backward(dx2, dxn2, x2, ly->rms_ffn, la.rstd2, (int)M, D);
 
         /* x2 = x + o(ao) */
         memcpy(dx, dx2, sMD * sizeof(float));
         float *dao = d1;
-        rc |= linear_backward(m, ad, a, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
-        attn_bwd_ctx ac = {c, q, kc, vc, a->att + l * sAtt, dao, dq, dk, dv, datt, B, T};
+        rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
+        attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, datt, B, T};
         qt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
         for (size_t r = 0; r < M; r++) {
             int pos = (int)(r % (size_t)T);
@@ -193,10 +190,10 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
             rope_backward(m, dk + r * KV, KV, pos);
         }
         float *dxn1 = d2;
-        rc |= linear_backward(m, ad, a, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
-        rc |= linear_backward(m, ad, a, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);
-        rc |= linear_backward(m, ad, a, l, LIN_V, xn1, dv, (int)M, dxn1, 1, grads, du);
-        rmsnorm_backward(dx, dxn1, x, ly->rms_att, a->rstd1 + l * M, (int)M, D);
+        rc |= linear_backward(m, ad, a, pa, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
+        rc |= linear_backward(m, ad, a, pa, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);
+        rc |= linear_backward(m, ad, a, pa, l, LIN_V, xn1, dv, (int)M, dxn1, 1, grads, du);
+        rmsnorm_backward(dx, dxn1, x, ly->rms_att, la.rstd1, (int)M, D);
     }
     free(buf);
     return rc ? -1 : 0;

@@ -36,11 +36,11 @@ void llama_cache_free(llama_cache *c)
 #define N_ACTS 17
 
 /* Floats of each array for M = B*T rows, in allocation order. */
-static void acts_sizes(const llama_config *c, int B, int T, int S, int rank, size_t n[N_ACTS])
+static void acts_sizes(const llama_config *c, int B, int T, int S, int rank, int slots, size_t n[N_ACTS])
 {
-    size_t M = (size_t)B * T, L = c->n_layers, D = c->dim, H = c->hidden_dim;
+    size_t M = (size_t)B * T, L = slots, D = c->dim, H = c->hidden_dim;
     size_t sizes[N_ACTS] = {
-        (L + 1) * M * D,                 /* x */
+        ((size_t)c->n_layers + 1) * M * D, /* x */
         L * M * D, L * M,                /* xn1, rstd1 */
         L * M * D,                       /* q */
         L * B * c->n_heads * T * (size_t)S, /* att */
@@ -54,20 +54,21 @@ static void acts_sizes(const llama_config *c, int B, int T, int S, int rank, siz
     memcpy(n, sizes, sizeof sizes);
 }
 
-size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S, int rank)
+size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S, int rank, int all_layers)
 {
     size_t n[N_ACTS], total = 0;
-    acts_sizes(cfg, B, T, S, rank, n);
+    acts_sizes(cfg, B, T, S, rank, all_layers ? cfg->n_layers : 1, n);
     for (int i = 0; i < N_ACTS; i++)
         total += n[i];
     return total * sizeof(float);
 }
 
-int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S, int rank)
+int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S, int rank, int all_layers)
 {
     memset(a, 0, sizeof *a);
     size_t n[N_ACTS], total = 0;
-    acts_sizes(cfg, B, T, S, rank, n);
+    int slots = all_layers ? cfg->n_layers : 1;
+    acts_sizes(cfg, B, T, S, rank, slots, n);
     for (int i = 0; i < N_ACTS; i++)
         total += n[i];
     float *p = malloc(total * sizeof(float));
@@ -84,7 +85,29 @@ int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S
     a->T = T;
     a->S = S;
     a->rank = rank;
+    a->slots = slots;
+    a->held = -1;
     return 0;
+}
+
+llama_layer_acts llama_layer_acts_of(const llama_acts *a, const llama_config *c, int layer, int B, int T)
+{
+    /* strides of this call's M, so that a call smaller than the allocation stays dense */
+    const size_t M = (size_t)B * T, slot = a->slots == 1 ? 0 : (size_t)layer;
+    const size_t sMD = M * c->dim, sMH = M * c->hidden_dim, sAtt = (size_t)B * c->n_heads * T * a->S;
+    return (llama_layer_acts){
+        .x = a->x + layer * sMD, .next = a->x + (layer + 1) * sMD,
+        .xn1 = a->xn1 + slot * sMD, .rstd1 = a->rstd1 + slot * M, .q = a->q + slot * sMD,
+        .att = a->att + slot * sAtt, .ao = a->ao + slot * sMD, .x2 = a->x2 + slot * sMD,
+        .xn2 = a->xn2 + slot * sMD, .rstd2 = a->rstd2 + slot * M,
+        .h1 = a->h1 + slot * sMH, .h3 = a->h3 + slot * sMH, .g = a->g + slot * sMH,
+        .u = a->u + slot * LIN_COUNT * M * a->rank,
+    };
+}
+
+float *llama_layer_u(const llama_layer_acts *la, const llama_acts *a, llama_linear k, size_t M)
+{
+    return la->u + (size_t)k * M * a->rank;
 }
 
 void llama_acts_free(llama_acts *a)
@@ -207,15 +230,9 @@ static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
     }
 }
 
-/* The adapter's inner activations u [M x rank] of (layer, k) for this call's M. */
-static float *lora_u(const llama_acts *a, int layer, llama_linear k, size_t M)
-{
-    return a->u + ((size_t)layer * LIN_COUNT + k) * M * a->rank;
-}
-
 /* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
-static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, int layer,
-                          llama_linear k, const float *x, int M, float *y, int accumulate)
+static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
+                          int layer, llama_linear k, const float *x, int M, float *y, int accumulate)
 {
     int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
     if (rc || !llama_lora_has(ad, layer, k))
@@ -229,7 +246,7 @@ static int linear_forward(const llama_model *m, const llama_lora *ad, const llam
                 a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
         xin = a->scratch;
     }
-    float *u = lora_u(a, layer, k, (size_t)M);
+    float *u = llama_layer_u(la, a, k, (size_t)M);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
                 llama_lora_a(ad, ad->params, layer, k), in, 0.0f, u, r);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, r, ad->scale, u, r,
@@ -237,61 +254,66 @@ static int linear_forward(const llama_model *m, const llama_lora *ad, const llam
     return 0;
 }
 
+int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l, int B,
+                        int T, int pos0)
+{
+    const llama_config *c = &m->cfg;
+    const int D = c->dim, KV = c->kv_dim, S = cache->S;
+    const size_t M = (size_t)B * T;
+    const llama_layer *ly = &m->layers[l];
+    const llama_layer_acts la = llama_layer_acts_of(a, c, l, B, T);
+    float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
+    int rc = 0;
+
+    rmsnorm_forward(la.xn1, la.rstd1, la.x, ly->rms_att, (int)M, D, c->norm_eps);
+    rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.q, 0);
+    /* k and v straight into the cache rows of their positions */
+    float *kv_new = la.ao; /* scratch until the attention output overwrites it */
+    for (int which = 0; which < 2; which++) {
+        float *dst = which ? vc : kc;
+        rc |= linear_forward(m, ad, a, &la, l, which ? LIN_V : LIN_K, la.xn1, (int)M, kv_new, 0);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                float *row = dst + ((size_t)b * S + pos0 + t) * KV;
+                memcpy(row, kv_new + ((size_t)b * T + t) * KV, (size_t)KV * sizeof(float));
+                if (!which)
+                    rope_forward(m, row, KV, pos0 + t);
+            }
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            rope_forward(m, la.q + ((size_t)b * T + t) * D, D, pos0 + t);
+
+    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0};
+    qt_parallel(B * c->n_heads, attention_task, &ac);
+
+    memcpy(la.x2, la.x, M * D * sizeof(float));
+    rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
+
+    rmsnorm_forward(la.xn2, la.rstd2, la.x2, ly->rms_ffn, (int)M, D, c->norm_eps);
+    rc |= linear_forward(m, ad, a, &la, l, LIN_GATE, la.xn2, (int)M, la.h1, 0);
+    rc |= linear_forward(m, ad, a, &la, l, LIN_UP, la.xn2, (int)M, la.h3, 0);
+    swiglu_forward(la.g, la.h1, la.h3, M * c->hidden_dim);
+    memcpy(la.next, la.x2, M * D * sizeof(float));
+    rc |= linear_forward(m, ad, a, &la, l, LIN_DOWN, la.g, (int)M, la.next, 1);
+    a->held = l;
+    return rc;
+}
+
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                   const int *tokens, int B, int T, int pos0)
 {
     const llama_config *c = &m->cfg;
-    const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers, S = cache->S;
+    const int D = c->dim, L = c->n_layers;
     const size_t M = (size_t)B * T;
-    /* per-layer strides for this call's M */
-    const size_t sMD = M * D, sMH = M * HD, sAtt = (size_t)B * c->n_heads * T * S;
     int rc = 0;
 
     for (size_t r = 0; r < M; r++)
         memcpy(a->x + r * D, m->embed.data + (size_t)tokens[r] * D * sizeof(float),
                (size_t)D * sizeof(float));
-
-    for (int l = 0; l < L && rc == 0; l++) {
-        const llama_layer *ly = &m->layers[l];
-        float *x = a->x + l * sMD, *xn1 = a->xn1 + l * sMD, *q = a->q + l * sMD;
-        float *ao = a->ao + l * sMD, *x2 = a->x2 + l * sMD, *xn2 = a->xn2 + l * sMD;
-        float *h1 = a->h1 + l * sMH, *h3 = a->h3 + l * sMH, *g = a->g + l * sMH;
-        float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
-
-        rmsnorm_forward(xn1, a->rstd1 + l * M, x, ly->rms_att, (int)M, D, c->norm_eps);
-        rc |= linear_forward(m, ad, a, l, LIN_Q, xn1, (int)M, q, 0);
-        /* k and v straight into the cache rows of their positions */
-        float *kv_new = a->ao + l * sMD; /* scratch until the attention output overwrites it */
-        for (int which = 0; which < 2; which++) {
-            float *dst = which ? vc : kc;
-            rc |= linear_forward(m, ad, a, l, which ? LIN_V : LIN_K, xn1, (int)M, kv_new, 0);
-            for (int b = 0; b < B; b++)
-                for (int t = 0; t < T; t++) {
-                    float *row = dst + ((size_t)b * S + pos0 + t) * KV;
-                    memcpy(row, kv_new + ((size_t)b * T + t) * KV, (size_t)KV * sizeof(float));
-                    if (!which)
-                        rope_forward(m, row, KV, pos0 + t);
-                }
-        }
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++)
-                rope_forward(m, q + ((size_t)b * T + t) * D, D, pos0 + t);
-
-        attn_ctx ac = {c, q, kc, vc, a->att + l * sAtt, ao, B, T, S, pos0};
-        qt_parallel(B * c->n_heads, attention_task, &ac);
-
-        memcpy(x2, x, sMD * sizeof(float));
-        rc |= linear_forward(m, ad, a, l, LIN_O, ao, (int)M, x2, 1);
-
-        rmsnorm_forward(xn2, a->rstd2 + l * M, x2, ly->rms_ffn, (int)M, D, c->norm_eps);
-        rc |= linear_forward(m, ad, a, l, LIN_GATE, xn2, (int)M, h1, 0);
-        rc |= linear_forward(m, ad, a, l, LIN_UP, xn2, (int)M, h3, 0);
-        swiglu_forward(g, h1, h3, sMH);
-        float *next = a->x + (l + 1) * sMD;
-        memcpy(next, x2, sMD * sizeof(float));
-        rc |= linear_forward(m, ad, a, l, LIN_DOWN, g, (int)M, next, 1);
-    }
-    rmsnorm_forward(a->xf, a->rstdf, a->x + L * sMD, m->rms_final, (int)M, D, c->norm_eps);
+    for (int l = 0; l < L && rc == 0; l++)
+        rc |= llama_layer_forward(m, ad, a, cache, l, B, T, pos0);
+    rmsnorm_forward(a->xf, a->rstdf, a->x + L * M * D, m->rms_final, (int)M, D, c->norm_eps);
     rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
     return rc ? -1 : 0;
 }

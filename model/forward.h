@@ -7,8 +7,11 @@
  * Training and evaluation use pos0 = 0 and S = T; generation prefills the prompt and
  * then decodes with T = 1, both on the same cache.
  *
- * Every intermediate that the backward pass needs is kept per layer in llama_acts
- * (see llama_acts_bytes for the size); nothing is recomputed. */
+ * The intermediates the backward pass needs live in llama_acts, for every layer or for
+ * one layer slot reused by each layer in turn (llama_acts_bytes gives the size). With one
+ * slot, llama_backward recomputes each layer's intermediates from its kept input before
+ * undoing it: about half again the forward's work for an L-fold smaller buffer.
+ * Inference keeps one slot, since nothing reads a layer's intermediates afterwards. */
 #ifndef QLORA_FORWARD_H
 #define QLORA_FORWARD_H
 
@@ -21,24 +24,36 @@ typedef struct {
     float *k, *v;
 } llama_cache;
 
-/* Activations of one forward call for up to B x T rows (M = B*T). Per layer l:
- * x[l] [M x dim] the layer input (x[L] the final residual), xn1/rstd1 the attention norm,
- * q [M x dim] (after RoPE), att [B x H x T x S] attention probabilities, ao [M x dim] the
- * attention output before wo, x2 [M x dim] the residual after attention, xn2/rstd2 the
- * feed-forward norm, h1 (gate) h3 (up) [M x hidden], g = silu(h1) * h3. Then the final
- * norm xf/rstdf and logits [M x vocab]. With an adapter of rank r: u [L][LIN_COUNT][M x r],
- * the adapters' inner activations, and scratch [M x max(dim, hidden)] for dropout. */
+/* Activations of one forward call for up to B x T rows (M = B*T). x[l] [M x dim] is the
+ * input of layer l (x[L] the final residual), kept for every layer. Per layer slot:
+ * xn1/rstd1 the attention norm, q [M x dim] (after RoPE), att [B x H x T x S] attention
+ * probabilities, ao [M x dim] the attention output before wo, x2 [M x dim] the residual
+ * after attention, xn2/rstd2 the feed-forward norm, h1 (gate) h3 (up) [M x hidden],
+ * g = silu(h1) * h3, and with an adapter of rank r u [LIN_COUNT][M x r], the adapters'
+ * inner activations. Then the final norm xf/rstdf, logits [M x vocab], and scratch
+ * [M x max(dim, hidden)] for dropout. */
 typedef struct {
     int B, T, S, rank;
+    int slots;  /* n_layers (every layer kept) or 1 (reused) */
+    int held;   /* the layer whose intermediates the single slot holds */
     float *x, *xn1, *rstd1, *q, *att, *ao, *x2, *xn2, *rstd2, *h1, *h3, *g;
     float *xf, *rstdf, *logits, *u, *scratch;
 } llama_acts;
 
+/* One layer's intermediates within acts, for a call of M = B*T rows. */
+typedef struct {
+    float *x, *xn1, *rstd1, *q, *att, *ao, *x2, *xn2, *rstd2, *h1, *h3, *g, *u, *next;
+} llama_layer_acts;
+llama_layer_acts llama_layer_acts_of(const llama_acts *a, const llama_config *c, int layer, int B, int T);
+/* The adapter's inner activations [M x rank] of linear k within a layer's. */
+float *llama_layer_u(const llama_layer_acts *la, const llama_acts *a, llama_linear k, size_t M);
+
 int llama_cache_alloc(llama_cache *c, const llama_config *cfg, int B, int S);
 void llama_cache_free(llama_cache *c);
-/* rank: of the adapter the calls will run with (0 for none). */
-size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S, int rank);
-int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S, int rank);
+/* rank: of the adapter the calls will run with (0 for none); all_layers: keep every
+ * layer's intermediates (training without recomputation), else one slot. */
+size_t llama_acts_bytes(const llama_config *cfg, int B, int T, int S, int rank, int all_layers);
+int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S, int rank, int all_layers);
 void llama_acts_free(llama_acts *a);
 
 /* Runs tokens [B x T] (B and T up to the sizes of acts; S of acts equals the cache's) at
@@ -49,9 +64,15 @@ void llama_acts_free(llama_acts *a);
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                   const int *tokens, int B, int T, int pos0);
 
+/* Runs layer l alone (x[l] of acts in, x[l+1] out, its keys and values into the cache):
+ * llama_forward's step, and llama_backward's recomputation. */
+int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l, int B,
+                        int T, int pos0);
+
 /* The gradients of the adapter's parameters, added into grads (ad's layout), given
  * dlogits [B*T x vocab] of the loss, after llama_forward(m, ad, a, cache, tokens, B, T, 0)
- * with cache->S == T. dlogits is overwritten (used as scratch). Returns 0 or -1 (memory). */
+ * with cache->S == T. With one slot in a, each layer is recomputed first. dlogits is
+ * overwritten (used as scratch). Returns 0 or -1 (memory). */
 int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                    int B, int T, float *dlogits, float *grads);
 

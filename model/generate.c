@@ -110,8 +110,8 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
     int rc = -1;
     uint64_t rng = s->seed ? s->seed : 0x9E3779B97F4A7C15ull;
     int rank = ad ? ad->rank : 0;
-    if (llama_acts_alloc(&prefill, c, 1, n_prompt, S, rank) < 0 ||
-        llama_acts_alloc(&step, c, 1, 1, S, rank) < 0) {
+    if (llama_acts_alloc(&prefill, c, 1, n_prompt, S, rank, 0) < 0 ||
+        llama_acts_alloc(&step, c, 1, 1, S, rank, 0) < 0) {
         snprintf(err, errlen, "out of memory for activations");
         goto done;
     }
@@ -164,7 +164,7 @@ int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seq
     llama_cache cache;
     memset(&a, 0, sizeof a);
     if (llama_cache_alloc(&cache, c, 1, (int)longest) < 0 ||
-        llama_acts_alloc(&a, c, 1, (int)longest, (int)longest, ad ? ad->rank : 0) < 0) {
+        llama_acts_alloc(&a, c, 1, (int)longest, (int)longest, ad ? ad->rank : 0, 0) < 0) {
         llama_cache_free(&cache);
         snprintf(err, errlen, "out of memory for activations of %zu tokens", longest);
         return -1;

@@ -82,9 +82,35 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     float *grads = calloc(ad.n_params, sizeof(float));
     r.dlogits = malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
     CHECK(llama_cache_alloc(&r.cache, c, B_SEQ, T_LEN) == 0 &&
-              llama_acts_alloc(&r.a, c, B_SEQ, T_LEN, T_LEN, ad.rank) == 0 && grads && r.dlogits, "alloc");
+              llama_acts_alloc(&r.a, c, B_SEQ, T_LEN, T_LEN, ad.rank, 1) == 0 && grads && r.dlogits, "alloc");
     loss(&r);
     CHECK(llama_backward(&m, &ad, &r.a, &r.cache, B_SEQ, T_LEN, r.dlogits, grads) == 0, "backward");
+
+    /* One activation slot, each layer recomputed in backward: the same gradients, bit for
+     * bit (the same arithmetic runs again), in a buffer about L times smaller. */
+    {
+        rig one = {&m, &ad, {0}, {0}, malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float))};
+        float *g1 = calloc(ad.n_params, sizeof(float));
+        CHECK(one.dlogits && g1 && llama_cache_alloc(&one.cache, c, B_SEQ, T_LEN) == 0 &&
+                  llama_acts_alloc(&one.a, c, B_SEQ, T_LEN, T_LEN, ad.rank, 0) == 0, "alloc");
+        double l_all = loss(&r), l_one = loss(&one);
+        CHECK(llama_backward(&m, &ad, &one.a, &one.cache, B_SEQ, T_LEN, one.dlogits, g1) == 0, "backward");
+        size_t differ = 0;
+        for (size_t i = 0; i < ad.n_params; i++)
+            differ += g1[i] != grads[i];
+        size_t all_b = llama_acts_bytes(c, B_SEQ, T_LEN, T_LEN, ad.rank, 1);
+        size_t one_b = llama_acts_bytes(c, B_SEQ, T_LEN, T_LEN, ad.rank, 0);
+        CHECK(l_all == l_one && differ == 0, "recomputed: loss %.9g vs %.9g, %zu of %zu gradients differ", l_one,
+              l_all, differ, ad.n_params);
+        CHECK(one_b * 2 < all_b, "one slot %zu bytes vs every layer %zu", one_b, all_b);
+        test_case("%s base%s: recomputing each layer in backward gives the same gradients bit for bit with "
+                  "%.0f%% of the activation memory", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "",
+                  100.0 * one_b / all_b);
+        free(g1);
+        free(one.dlogits);
+        llama_acts_free(&one.a);
+        llama_cache_free(&one.cache);
+    }
 
     /* For each (layer, linear, A/B): the 3 largest analytic gradients and 2 random ones
      * with a gradient large enough to rise above float noise. */

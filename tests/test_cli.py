@@ -261,7 +261,9 @@ def _():
 @case('cancel: a long job ends cancelled, human and JSON')
 def _():
     a = qjson('submit', '--adapter', 'long', '--data', train, '--steps', '100000', '--batch', '2',
-              '--seq-len', '64')['job_id']
+              '--seq-len', '64', '--rslora', '--recompute')['job_id']
+    hyper = qjson('job', str(a))['hyper']
+    assert hyper['rslora'] is True and hyper['recompute'] is True and hyper['batch_size'] == 2, hyper
     b = qjson('submit', '--adapter', 'long', '--data', train, '--steps', '100000', '--batch', '2',
               '--seq-len', '64')['job_id']
     assert qjson('cancel', str(b))['state'] == 'cancelled'   # the queued one, at once

@@ -86,7 +86,7 @@ static void test_layouts_agree(void)
                 llama_acts x, y;
                 llama_cache cx, cy;
                 CHECK(llama_cache_alloc(&cx, &a.cfg, 1, 12) == 0 && llama_cache_alloc(&cy, &b.cfg, 1, 12) == 0 &&
-                          llama_acts_alloc(&x, &a.cfg, 1, 12, 12, 0) == 0 && llama_acts_alloc(&y, &b.cfg, 1, 12, 12, 0) == 0,
+                          llama_acts_alloc(&x, &a.cfg, 1, 12, 12, 0, 0) == 0 && llama_acts_alloc(&y, &b.cfg, 1, 12, 12, 0, 0) == 0,
                       "alloc");
                 llama_forward(&a, NULL, &x, &cx, tokens, 1, 12, 0);
                 llama_forward(&b, NULL, &y, &cy, tokens, 1, 12, 0);

@@ -144,6 +144,26 @@ def _():
     assert open(again, 'rb').read() == open(adapter, 'rb').read(), 'adapters differ'
 
 
+@case('--recompute: one layer of activations, recomputed in backward: the same adapter, byte for byte')
+def _():
+    again = os.path.join(tmp, 'recomputed.safetensors')
+    rc, out, err = run(*TRAIN, '--recompute', '--out', again)
+    assert rc == 0, err
+    losses = [l.split('tokens/s')[0].rsplit('  ', 1)[0] for l in out.splitlines() if 'tokens/s' in l]
+    want = [l.split('tokens/s')[0].rsplit('  ', 1)[0] for l in train_out[1].splitlines() if 'tokens/s' in l]
+    assert losses == want and len(losses) == 12, (losses, want)
+    assert open(again, 'rb').read() == open(adapter, 'rb').read(), 'adapters differ'
+
+
+@case('--help: train and eval print their usage and exit 0')
+def _():
+    for cmd, flags in (('train', ('--recompute', '--grad-accum', '--init')), ('eval', ('--tokens', '--adapter'))):
+        rc, out, err = run(cmd, '--help')
+        assert rc == 0 and out.startswith('usage: qlora-tool %s ' % cmd) and not err, (rc, out, err)
+        for f in flags:
+            assert f in out, '%s missing from %r' % (f, out)
+
+
 @case('bad arguments: one clear error naming the field, before any work')
 def _():
     empty = os.path.join(tmp, 'empty.txt')
@@ -156,6 +176,9 @@ def _():
     expect_usage_error(base + ['--targets', 'q,lm_head'], 'lm_head')
     expect_usage_error(base + ['--method', 'dpo'], 'dpo')
     expect_usage_error(base + ['--steps', 'ten'], '--steps', 'ten')
+    expect_usage_error(base + ['--seed', '-1'], '--seed', '-1')
+    expect_usage_error(base + ['--batch', '99999999999'], '--batch')
+    expect_usage_error(base + ['--recompute', 'yes'], 'yes')
     expect_usage_error(['train', '--model', MODEL, '--data', empty, '--out', out], 'empty')
     expect_usage_error(['train', '--model', MODEL, '--data', train], '--out')
     assert not os.path.exists(out), 'an adapter was written'

@@ -1,4 +1,5 @@
 /* cmd_train.c: qlora-tool train, and --adapter for eval and generate. */
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -70,8 +71,12 @@ int cmd_train(int argc, char **argv)
                 return e;
             continue;
         }
-        if (!strcmp(a, "--rslora")) {
-            h.rslora = 1;
+        const train_hyper_field *f = NULL;
+        for (size_t k = 0; k < train_hyper_n_fields && !f; k++)
+            if (!strcmp(a, train_hyper_fields[k].flag))
+                f = &train_hyper_fields[k];
+        if (f && f->kind == HYPER_BOOL) { /* a bare flag */
+            *(int *)((char *)&h + f->offset) = 1;
             continue;
         }
         if (!v)
@@ -96,37 +101,26 @@ int cmd_train(int argc, char **argv)
             char err[256];
             if (train_parse_targets(v, &h.targets, err, sizeof err) < 0)
                 return tool_fail(cmd, "%s", err);
-        } else if (!strcmp(a, "--seed")) {
-            h.seed = strtoull(v, &end, 10);
-            if (*end)
-                return tool_fail(cmd, "--seed: '%s' is not an integer", v);
-        } else {
-            struct { const char *flag; int *i; float *f; } num[] = {
-                {"--rank", &h.rank, NULL}, {"--steps", &h.steps, NULL}, {"--batch", &h.batch, NULL},
-                {"--seq-len", &h.seq_len, NULL}, {"--grad-accum", &h.grad_accum, NULL},
-                {"--warmup", &h.warmup, NULL}, {"--eval-every", &h.eval_every, NULL},
-                {"--checkpoint-every", &h.checkpoint_every, NULL}, {"--alpha", NULL, &h.alpha},
-                {"--lr", NULL, &h.lr}, {"--dropout", NULL, &h.dropout},
-                {"--weight-decay", NULL, &h.weight_decay}, {"--max-grad-norm", NULL, &h.max_grad_norm},
-            };
-            size_t k = 0;
-            for (; k < sizeof num / sizeof num[0] && strcmp(a, num[k].flag); k++)
-                ;
-            if (k == sizeof num / sizeof num[0])
-                return tool_fail(cmd, "unknown option '%s'", a);
-            if (num[k].i) {
-                long x = strtol(v, &end, 10);
-                if (*end || end == v || x < -2147483647 || x > 2147483647)
-                    return tool_fail(cmd, "%s: '%s' is not an integer", a, v);
-                *num[k].i = (int)x;
+        } else if (f) {
+            char *p = (char *)&h + f->offset;
+            errno = 0;
+            if (f->kind == HYPER_FLOAT) {
+                *(float *)p = strtof(v, &end);
+            } else if (f->kind == HYPER_U64) {
+                *(uint64_t *)p = strtoull(v, &end, 10);
+                errno = *v == '-' ? ERANGE : errno;
             } else {
-                *num[k].f = strtof(v, &end);
-                if (*end || end == v)
-                    return tool_fail(cmd, "%s: '%s' is not a number", a, v);
+                long x = strtol(v, &end, 10);
+                errno = x < -2147483647 || x > 2147483647 ? ERANGE : errno;
+                *(int *)p = (int)x;
             }
-            have_lr |= num[k].f == &h.lr;
-            have_seq |= num[k].i == &h.seq_len;
-            have_warmup |= num[k].i == &h.warmup;
+            if (*end || end == v || errno)
+                return tool_fail(cmd, "%s: '%s' is not %s", a, v, f->kind == HYPER_FLOAT ? "a number" : "an integer");
+            have_lr |= p == (char *)&h.lr;
+            have_seq |= p == (char *)&h.seq_len;
+            have_warmup |= p == (char *)&h.warmup;
+        } else {
+            return tool_fail(cmd, "unknown option '%s'", a);
         }
     }
     if (!data || !out)

@@ -22,7 +22,7 @@ static const struct {
      "train --model DIR [--quant F] --data FILE [--eval-data FILE] [--method lora|recovery] "
      "[--rank R --alpha A --targets LIST --lr LR --steps N --batch B --seq-len T --grad-accum G "
      "--warmup W --schedule cosine|constant --seed S --init default|loftq --dropout P "
-     "--weight-decay WD --max-grad-norm N --rslora --eval-every N --checkpoint-every N] "
+     "--weight-decay WD --max-grad-norm N --rslora --eval-every N --checkpoint-every N --recompute] "
      "--out ADAPTER.safetensors"},
     {"generate", cmd_generate,
      "generate --model DIR [--quant F] [--adapter FILE] --prompt TEXT [-n N] [--temperature T] "
@@ -107,9 +107,15 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name))
-            return commands[i].fn(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name))
+            continue;
+        if (argc > 2 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
+            printf("usage: qlora-tool %s\n", commands[i].usage);
+            return 0;
+        }
+        return commands[i].fn(argc - 1, argv + 1);
+    }
     fprintf(stderr, "qlora-tool: unknown command '%s' (try --help)\n", argv[1]);
     return EXIT_USAGE;
 }

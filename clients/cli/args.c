@@ -123,7 +123,9 @@ int cli_pack_args(cli *x, msgpack_packer *pk, const cli_opt *opts, int nopts,
             continue;
         qlora_pack_str(pk, s->key);
         double d = 0;
-        if (s->type == 's') {
+        if (s->type == 'b') {
+            msgpack_pack_true(pk);
+        } else if (s->type == 's') {
             qlora_pack_str(pk, v);
         } else if (cli_number(x, s->opt, v, s->lo, s->hi, &d) != EXIT_OK) {
             return EXIT_USAGE;

@@ -54,7 +54,8 @@ int cli_name_version(cli *x, char *spec, long *version);
 /* Prints a command's usage and help on stdout. */
 void cli_command_help(const cli_cmd *c);
 
-/* An option that becomes one request argument: type 'i' (whole number), 'f' or 's'. */
+/* An option that becomes one request argument: type 'i' (whole number), 'f', 's', or 'b'
+ * (a flag without a value: true when given). */
 typedef struct {
     const char *opt, *key;
     char type;

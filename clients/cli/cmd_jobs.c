@@ -24,6 +24,8 @@ static const cli_arg_spec hyper_spec[] = {
     {"--eval-every", "eval_every", 'i', ANY},
     {"--checkpoint-every", "checkpoint_every", 'i', ANY},
     {"--init", "init", 's', ANY},
+    {"--rslora", "rslora", 'b', ANY},
+    {"--recompute", "recompute", 'b', ANY},
 };
 #define NHYPER (int)(sizeof hyper_spec / sizeof hyper_spec[0])
 
@@ -89,7 +91,7 @@ int cmd_submit(cli *x, int argc, char **argv)
     cli_opt opts[NHYPER + 6] = {{"--adapter", 1, NULL}, {"--data", 1, NULL},    {"--eval-data", 1, NULL},
                                 {"--method", 1, NULL},  {"--targets", 1, NULL}, {"--watch", 0, NULL}};
     for (int i = 0; i < NHYPER; i++)
-        opts[6 + i] = (cli_opt){hyper_spec[i].opt, 1, NULL};
+        opts[6 + i] = (cli_opt){hyper_spec[i].opt, hyper_spec[i].type != 'b', NULL};
     int nopts = NHYPER + 6;
     int rc = cli_parse(x, argc, argv, opts, nopts, NULL, 0, 0, NULL);
     if (rc)

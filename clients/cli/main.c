@@ -19,7 +19,7 @@ static const cli_cmd commands[] = {
      "[--alpha A] [--lr LR] [--steps N] [--batch B] [--seq-len T] [--targets all-linear|q,k,...] "
      "[--init default|loftq] [--dropout P] [--warmup N] [--schedule cosine|constant] "
      "[--grad-accum N] [--weight-decay WD] [--max-grad-norm N] [--seed S] [--eval-every N] "
-     "[--checkpoint-every N] [--watch]",
+     "[--checkpoint-every N] [--rslora] [--recompute] [--watch]",
      "Queues a training job that produces a new version of adapter NAME. The files are read "
      "here and sent as text. With --watch, follows the job like `watch` until it ends."},
     {"jobs", cmd_jobs, "[--state queued|running|succeeded|failed|cancelled]",
