@@ -44,11 +44,15 @@ typedef struct {
     const float *q, *k, *v, *att; /* forward values (k, v: this layer's cache, S == T) */
     const float *dout;            /* [M x dim] gradient of the attention output */
     float *dq, *dk, *dv;          /* [M x dim], [M x kv_dim] x 2, written */
-    float *datt;                  /* [threads x T] scratch */
+    float *scratch;               /* [threads x (head_size + 1) x T]: transposed values, datt */
     int B, T;
 } attn_bwd_ctx;
 
-/* One task per (sequence, kv head): the heads sharing a kv head add into the same dk, dv. */
+/* One task per (sequence, kv head): the heads sharing a kv head add into the same dk, dv.
+ * As in the forward, the values are transposed once so that the products with every
+ * position build up together; every inner loop runs over independent outputs and
+ * vectorizes (target_clones: the widths this CPU may have, picked at load time). */
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static void attention_backward_task(void *p, int task, int thread)
 {
     const attn_bwd_ctx *c = p;
@@ -56,12 +60,13 @@ static void attention_backward_task(void *p, int task, int thread)
     const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, T = c->T;
     const int group = H / cfg->n_kv_heads, b = task / cfg->n_kv_heads, kvh = task % cfg->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hs);
-    float *datt = c->datt + (size_t)thread * T;
-    for (int t = 0; t < T; t++) {
-        float *dk = c->dk + ((size_t)b * T + t) * KV + (size_t)kvh * hs;
-        float *dv = c->dv + ((size_t)b * T + t) * KV + (size_t)kvh * hs;
-        memset(dk, 0, (size_t)hs * sizeof(float));
-        memset(dv, 0, (size_t)hs * sizeof(float));
+    float *vt = c->scratch + (size_t)thread * (hs + 1) * T, *restrict datt = vt + (size_t)hs * T;
+    for (int s = 0; s < T; s++) {
+        const float *v = c->v + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+        for (int i = 0; i < hs; i++)
+            vt[(size_t)i * T + s] = v[i];
+        memset(c->dk + ((size_t)b * T + s) * KV + (size_t)kvh * hs, 0, (size_t)hs * sizeof(float));
+        memset(c->dv + ((size_t)b * T + s) * KV + (size_t)kvh * hs, 0, (size_t)hs * sizeof(float));
     }
     for (int h = kvh * group; h < (kvh + 1) * group; h++)
         for (int t = 0; t < T; t++) {
@@ -69,28 +74,24 @@ static void attention_backward_task(void *p, int task, int thread)
             const float *att = c->att + (((size_t)b * H + h) * T + t) * T;
             const float *dout = c->dout + row * D + (size_t)h * hs, *q = c->q + row * D + (size_t)h * hs;
             float *dq = c->dq + row * D + (size_t)h * hs;
+            /* datt[s] = dout . v_s;  dv_s += att[s] dout */
+            llama_dot_columns(datt, dout, vt, hs, t + 1, (size_t)T);
             float dsum = 0;
             for (int s = 0; s <= t; s++) {
-                const float *v = c->v + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-                float *dv = c->dv + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-                float d = 0;
-                for (int i = 0; i < hs; i++) {
-                    d += dout[i] * v[i];
+                float *restrict dv = c->dv + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+                for (int i = 0; i < hs; i++)
                     dv[i] += att[s] * dout[i];
-                }
-                datt[s] = d;
-                dsum += att[s] * d;
+                dsum += att[s] * datt[s];
             }
-            memset(dq, 0, (size_t)hs * sizeof(float));
+            /* through the softmax: ds = att (datt - dsum) scale (into datt);  dk_s += ds q;
+             * dq = ds K, the columns of K */
             for (int s = 0; s <= t; s++) {
-                float ds = att[s] * (datt[s] - dsum) * scale;
-                const float *k = c->k + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-                float *dk = c->dk + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-                for (int i = 0; i < hs; i++) {
-                    dq[i] += ds * k[i];
+                const float ds = datt[s] = att[s] * (datt[s] - dsum) * scale;
+                float *restrict dk = c->dk + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
+                for (int i = 0; i < hs; i++)
                     dk[i] += ds * q[i];
-                }
             }
+            llama_dot_columns(dq, datt, c->k + (size_t)b * T * KV + (size_t)kvh * hs, t + 1, hs, (size_t)KV);
         }
 }
 
@@ -142,12 +143,12 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
     const size_t wide = D > HD ? D : HD;
     /* dx: gradient of the residual stream; then per-layer scratch */
     float *buf = malloc((3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
-                         (size_t)qt_threads() * T) * sizeof(float));
+                         (size_t)qt_threads() * (c->head_size + 1) * T) * sizeof(float));
     if (!buf)
         return -1;
     float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;
     float *d1 = dv + M * KV, *d2 = d1 + M * wide, *d3 = d2 + M * wide, *du = d3 + M * wide;
-    float *datt = du + M * (size_t)(ad ? ad->rank : 1);
+    float *attn_scratch = du + M * (size_t)(ad ? ad->rank : 1);
     int rc = 0;
 
     /* logits = xf Wcls^T; xf = rmsnorm(x[L]) */
@@ -182,7 +183,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         memcpy(dx, dx2, sMD * sizeof(float));
         float *dao = d1;
         rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
-        attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, datt, B, T};
+        attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, attn_scratch, B, T};
         qt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
         for (size_t r = 0; r < M; r++) {
             int pos = (int)(r % (size_t)T);

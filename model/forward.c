@@ -173,33 +173,67 @@ typedef struct {
     const float *k, *v; /* this layer's cache [B x S x kv_dim] */
     float *att;         /* [B x H x T x S] */
     float *out;         /* [B*T x dim] */
+    float *kt;          /* [threads x head_size x S] scratch: a head's keys transposed */
     int B, T, S, pos0;
 } attn_ctx;
 
+/* Columns s0 .. s0+W-1 of llama_dot_columns, their sums held in registers while i runs. */
+static inline void dot_block(float *restrict out, const float *restrict a, const float *restrict bt, int len,
+                             size_t ld, int s0, int W)
+{
+    float acc[64] = {0};
+    for (int i = 0; i < len; i++)
+        for (int j = 0; j < W; j++)
+            acc[j] += a[i] * bt[(size_t)i * ld + s0 + j];
+    memcpy(out + s0, acc, (size_t)W * sizeof(float));
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void llama_dot_columns(float *restrict out, const float *restrict a, const float *restrict bt, int len, int n,
+                       size_t ld)
+{
+    int s = 0;
+    for (; s + 64 <= n; s += 64)
+        dot_block(out, a, bt, len, ld, s, 64);
+    /* the rest of the 16-column groups in one block: independent sums to overlap */
+    switch ((n - s) / 16) {
+    case 3: dot_block(out, a, bt, len, ld, s, 48), s += 48; break;
+    case 2: dot_block(out, a, bt, len, ld, s, 32), s += 32; break;
+    case 1: dot_block(out, a, bt, len, ld, s, 16), s += 16; break;
+    }
+    for (; s < n; s++)
+        dot_block(out, a, bt, len, ld, s, 1);
+}
+
+/* One task per (sequence, head). The keys are transposed first so that the scores of all
+ * positions build up together (llama_dot_columns): the inner loops run over independent
+ * outputs and vectorize, and every score still adds its products in run.c's order
+ * (exactly run.c's values). target_clones compiles the vector widths this CPU may have
+ * and picks one at load time. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static void attention_task(void *p, int task, int thread)
 {
-    (void)thread;
     const attn_ctx *c = p;
     const llama_config *cfg = c->cfg;
     const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim;
-    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
+    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads), keys = c->pos0 + c->T;
     const float scale = 1.0f / sqrtf((float)hs);
+    const float *kb = c->k + (size_t)b * c->S * KV + (size_t)kvh * hs;
+    const float *vb = c->v + (size_t)b * c->S * KV + (size_t)kvh * hs;
+    float *kt = c->kt + (size_t)thread * hs * c->S;
+    for (int s = 0; s < keys; s++)
+        for (int i = 0; i < hs; i++)
+            kt[(size_t)i * keys + s] = kb[(size_t)s * KV + i];
     for (int t = 0; t < c->T; t++) {
-        int pos = c->pos0 + t;
+        const int pos = c->pos0 + t;
         const float *q = c->q + ((size_t)b * c->T + t) * D + (size_t)h * hs;
-        float *att = c->att + (((size_t)b * H + h) * c->T + t) * c->S;
-        const float *kb = c->k + (size_t)b * c->S * KV + (size_t)kvh * hs;
-        const float *vb = c->v + (size_t)b * c->S * KV + (size_t)kvh * hs;
+        float *restrict att = c->att + (((size_t)b * H + h) * c->T + t) * c->S;
+        llama_dot_columns(att, q, kt, hs, pos + 1, (size_t)keys);
+        memset(att + pos + 1, 0, (size_t)(c->S - pos - 1) * sizeof(float));
         float max = -INFINITY;
         for (int s = 0; s <= pos; s++) {
-            const float *k = kb + (size_t)s * KV;
-            float score = 0;
-            for (int i = 0; i < hs; i++)
-                score += q[i] * k[i];
-            score *= scale;
-            att[s] = score;
-            if (score > max)
-                max = score;
+            att[s] *= scale;
+            max = att[s] > max ? att[s] : max;
         }
         float sum = 0;
         for (int s = 0; s <= pos; s++) {
@@ -208,16 +242,8 @@ static void attention_task(void *p, int task, int thread)
         }
         for (int s = 0; s <= pos; s++)
             att[s] /= sum;
-        for (int s = pos + 1; s < c->S; s++)
-            att[s] = 0;
-        float *out = c->out + ((size_t)b * c->T + t) * D + (size_t)h * hs;
-        memset(out, 0, (size_t)hs * sizeof(float));
-        for (int s = 0; s <= pos; s++) {
-            const float *v = vb + (size_t)s * KV;
-            float a = att[s];
-            for (int i = 0; i < hs; i++)
-                out[i] += a * v[i];
-        }
+        /* out[i] = sum over s of att[s] v_s[i], in s order: the columns of v */
+        llama_dot_columns(c->out + ((size_t)b * c->T + t) * D + (size_t)h * hs, att, vb, pos + 1, hs, (size_t)KV);
     }
 }
 
@@ -230,11 +256,24 @@ static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
     }
 }
 
+/* y (+)= x W^T of a frozen base matrix. An fp32 matrix at M = 1 (decoding; always the
+ * head) goes to OpenBLAS's sgemv, which streams fp32 weights faster than the kernels' f32
+ * path does at one row (bench_quant: 0.6-0.9x sgemv); every other product goes through
+ * the fused kernels. */
+static int base_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+{
+    if (M != 1 || w->spec.format != QT_F32)
+        return qt_matmul(w, x, M, y, accumulate);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, w->rows, w->cols, 1.0f, (const float *)w->data,
+                (int)(w->row_bytes / sizeof(float)), x, 1, accumulate ? 1.0f : 0.0f, y, 1);
+    return 0;
+}
+
 /* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
 static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
                           int layer, llama_linear k, const float *x, int M, float *y, int accumulate)
 {
-    int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
+    int rc = base_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
     if (rc || !llama_lora_has(ad, layer, k))
         return rc;
     int out, in, r = ad->rank;
@@ -284,8 +323,12 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
         for (int t = 0; t < T; t++)
             rope_forward(m, la.q + ((size_t)b * T + t) * D, D, pos0 + t);
 
-    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0};
+    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, malloc((size_t)qt_threads() * c->head_size * S * sizeof(float)),
+                   B, T, S, pos0};
+    if (!ac.kt)
+        return -1;
     qt_parallel(B * c->n_heads, attention_task, &ac);
+    free(ac.kt);
 
     memcpy(la.x2, la.x, M * D * sizeof(float));
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
@@ -314,6 +357,6 @@ int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, lla
     for (int l = 0; l < L && rc == 0; l++)
         rc |= llama_layer_forward(m, ad, a, cache, l, B, T, pos0);
     rmsnorm_forward(a->xf, a->rstdf, a->x + L * M * D, m->rms_final, (int)M, D, c->norm_eps);
-    rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
+    rc |= base_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
     return rc ? -1 : 0;
 }
