@@ -96,12 +96,14 @@ static void attention_backward_task(void *p, int task, int thread)
 }
 
 /* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
- * grads. x is the linear's forward input; du is [M x rank] scratch. */
+ * grads. x is the linear's forward input; du is [M x rank] scratch. dx NULL: the input
+ * gradient is not wanted (layer 0's q, k, v: nothing lies below them but the frozen
+ * embedding), only the adapter's gradients. */
 static int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a,
                            const llama_layer_acts *la, int layer, llama_linear k, const float *x, const float *dy,
                            int M, float *dx, int accumulate, float *grads, float *du)
 {
-    int rc = qt_matmul_t(&m->layers[layer].lin[k], dy, M, dx, accumulate);
+    int rc = dx ? qt_matmul_t(&m->layers[layer].lin[k], dy, M, dx, accumulate) : 0;
     if (rc || !llama_lora_has(ad, layer, k))
         return rc;
     const llama_config *c = &m->cfg;
@@ -122,6 +124,8 @@ static int linear_backward(const llama_model *m, const llama_lora *ad, const lla
         xin = a->scratch;
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, M, 1.0f, du, r, xin, in, 1.0f, dA, in);
+    if (!dx)
+        return 0;
     if (!dropout) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
     } else {
@@ -190,11 +194,12 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
             rope_backward(m, dq + r * D, D, pos);
             rope_backward(m, dk + r * KV, KV, pos);
         }
-        float *dxn1 = d2;
+        float *dxn1 = l > 0 ? d2 : NULL; /* below layer 0 only the frozen embedding */
         rc |= linear_backward(m, ad, a, pa, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_V, xn1, dv, (int)M, dxn1, 1, grads, du);
-        rmsnorm_backward(dx, dxn1, x, ly->rms_att, la.rstd1, (int)M, D);
+        if (dxn1)
+            rmsnorm_backward(dx, dxn1, x, ly->rms_att, la.rstd1, (int)M, D);
     }
     free(buf);
     return rc ? -1 : 0;
