@@ -182,9 +182,7 @@ int main(int argc, char **argv)
         free(d.token);
         return 1;
     }
-    char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer.bin", d.model_dir);
-    if (tok_load(&d.tok, path, d.model.cfg.vocab_size, err, sizeof err) < 0) {
+    if (tok_load_dir(&d.tok, d.model_dir, d.model.cfg.vocab_size, err, sizeof err) < 0) {
         qd_log(LOG_ERROR, "%s", err);
         goto out_model;
     }

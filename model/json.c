@@ -1,5 +1,6 @@
 /* json.c: see json.h. Recursive descent over the text with an explicit depth bound. */
 #include "json.h"
+#include "mapfile.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -294,6 +295,22 @@ json_value *json_parse(const char *text, size_t len, char *err, size_t errlen)
         json_free(v);
         return NULL;
     }
+    return v;
+}
+
+json_value *json_parse_file(const char *path, size_t max_size, char *err, size_t errlen)
+{
+    const void *text;
+    size_t len;
+    if (map_file(path, &text, &len, err, errlen) < 0)
+        return NULL;
+    json_value *v = NULL;
+    char jerr[256];
+    if (len > max_size)
+        snprintf(err, errlen, "%s: larger than %zu MiB", path, max_size >> 20);
+    else if (!(v = json_parse(text, len, jerr, sizeof jerr)))
+        snprintf(err, errlen, "%s: %s", path, jerr);
+    unmap_file(text, len);
     return v;
 }
 

@@ -1,4 +1,4 @@
-/* json.h: a small JSON reader (config.json, safetensors headers, token files).
+/* json.h: a small JSON reader (config.json, tokenizer.json, safetensors headers, token files).
  * Parses a whole text into a tree; limits depth so hostile input cannot exhaust the
  * stack; errors name the byte offset. */
 #ifndef QLORA_JSON_H
@@ -23,6 +23,9 @@ typedef struct json_value {
 
 /* NULL on error, with a message naming the offset in err. */
 json_value *json_parse(const char *text, size_t len, char *err, size_t errlen);
+/* json_parse of a whole file (read through map_file) of at most max_size bytes; NULL with
+ * "PATH: why" in err. */
+json_value *json_parse_file(const char *path, size_t max_size, char *err, size_t errlen);
 void json_free(json_value *v);
 /* The member `key` of an object, or NULL. */
 const json_value *json_get(const json_value *obj, const char *key);

@@ -9,7 +9,6 @@
 
 #include "json.h"
 #include "llama2c.h"
-#include "mapfile.h"
 #include "safetensors.h"
 
 static const char *const linear_names[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -32,6 +31,7 @@ void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *c
 typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_RMS_FINAL, R_HEAD } role;
 
 #define MAX_SHARDS 64
+#define MAX_JSON (64u << 20) /* config.json, the shard index */
 
 typedef struct {
     int hf;
@@ -47,22 +47,6 @@ static int file_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static json_value *read_json(const char *path, char *err, size_t errlen)
-{
-    const void *text;
-    size_t len;
-    if (map_file(path, &text, &len, err, errlen) < 0)
-        return NULL;
-    json_value *v = NULL;
-    char jerr[256];
-    if (len > (64u << 20))
-        snprintf(err, errlen, "%s: larger than 64 MiB", path);
-    else if (!(v = json_parse(text, len, jerr, sizeof jerr)))
-        snprintf(err, errlen, "%s: %s", path, jerr);
-    unmap_file(text, len);
-    return v;
 }
 
 static int hf_config(source *s, const json_value *j, const char *path, char *err, size_t errlen)
@@ -115,7 +99,7 @@ static int open_shards(source *s, char *err, size_t errlen)
         return st_open(&s->shards[0], path, err, errlen);
     }
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", s->dir);
-    json_value *index = read_json(path, err, errlen);
+    json_value *index = json_parse_file(path, MAX_JSON, err, errlen);
     if (!index)
         return -1;
     const json_value *map = json_get(index, "weight_map");
@@ -189,7 +173,7 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
             return -1;
         }
         s->hf = 1;
-        json_value *j = read_json(path, err, errlen);
+        json_value *j = json_parse_file(path, MAX_JSON, err, errlen);
         if (!j)
             return -1;
         int rc = hf_config(s, j, path, err, errlen);

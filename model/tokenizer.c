@@ -1,38 +1,31 @@
 /* tokenizer.c: see tokenizer.h.
  *
+ * Both formats load into one table of pieces, spaces spelled " " (tokenizer.json's "▁"
+ * becomes " " on loading), and share the encoder and the decoder. They differ only in how
+ * a pair of adjacent symbols ranks (pair_rank): tokenizer.bin merges any pair whose
+ * concatenation is a piece, ranked by that piece's score; tokenizer.json merges the pairs
+ * its merges list, ranked by their position in it.
+ *
  * run.c merges by rescanning every adjacent pair after each merge. Here the symbols form a
- * doubly linked list and the candidate pairs sit in a heap ordered by (score desc, left
+ * doubly linked list and the candidate pairs sit in a heap ordered by (rank asc, left
  * symbol's original index asc), invalidated lazily when popped. A left symbol keeps its
  * index when it absorbs its right neighbour, so indices stay in text order and the heap's
- * top is always run.c's choice: the best score, and the leftmost pair among equal scores. */
-#include "tokenizer.h"
-
-#include <errno.h>
+ * top is always the reference's choice: the best rank, and the leftmost pair among equal
+ * ranks (run.c's loop for tokenizer.bin; Hugging Face's BPE, whose heap is ordered the
+ * same way, for tokenizer.json). */
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#define N_SPECIAL 3                  /* <unk>, BOS, EOS; byte b is token b + 3 */
-#define MAX_TOKEN_LENGTH (1 << 16)   /* far above any real vocabulary; keeps sums in range */
-#define NONE UINT32_MAX              /* no neighbour in the symbol list */
-#define NEVER UINT32_MAX             /* the rank of a piece that merges never make */
+#include "mapfile.h"
+#include "tokenizer_impl.h"
 
-struct tok_tokenizer {
-    int vocab_size;
-    int max_len;        /* longest piece: a longer concatenation cannot be in the vocab */
-    int space_id;       /* " ", the dummy prefix; -1 if the vocab lacks it */
-    float *score;       /* as in the file; the merge loop uses rank */
-    uint32_t *rank;     /* 0 for the best score; equal scores share a rank */
-    uint32_t *offset;   /* piece i is bytes[offset[i] .. offset[i] + len[i]) */
-    uint32_t *len;
-    uint32_t *hash;     /* FNV-1a of each piece: a pair's hash continues from its left piece */
-    char *bytes;
-    int32_t *table;     /* open addressing on hash, ids, -1 empty */
-    uint32_t mask;
-    char byte_str[256]; /* byte_str[b] == b: what byte tokens decode to */
-};
+#define N_SPECIAL 3      /* <unk>, BOS, EOS; in tokenizer.bin byte b is b + 3 */
+#define NONE UINT32_MAX  /* no neighbour in the symbol list */
+#define NEVER UINT32_MAX /* the rank of a piece that merges never make */
 
 /* ---- vocabulary lookup ---- */
 
@@ -61,91 +54,152 @@ static int lookup(const tok_tokenizer *t, uint32_t h, const char *a, size_t la, 
     }
 }
 
-/* ---- load ---- */
-
-static int read_file(const char *path, unsigned char **data, size_t *size, char *err,
-                     size_t errlen)
+int tok_piece_id(const tok_tokenizer *t, const char *a, size_t la, const char *b, size_t lb)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
-        fclose(f);
-        return -1;
-    }
-    *size = (size_t)st.st_size;
-    *data = malloc(*size ? *size : 1);
-    if (!*data) {
-        snprintf(err, errlen, "%s: out of memory for %zu bytes", path, *size);
-        fclose(f);
-        return -1;
-    }
-    if (fread(*data, 1, *size, f) != *size) {
-        snprintf(err, errlen, "%s: read error", path);
-        free(*data);
-        fclose(f);
-        return -1;
-    }
-    fclose(f);
-    return 0;
+    return lookup(t, fnv1a(fnv1a(FNV_BASIS, a, la), b, lb), a, la, b, lb);
 }
+
+static int lookup_str(const tok_tokenizer *t, const char *s, size_t n)
+{
+    return tok_piece_id(t, s, n, "", 0);
+}
+
+int tok_index_piece(tok_tokenizer *t, int id)
+{
+    const char *p = t->bytes + t->offset[id];
+    t->hash[id] = fnv1a(FNV_BASIS, p, t->len[id]);
+    int had = lookup(t, t->hash[id], p, t->len[id], "", 0);
+    if (had >= 0)
+        return had;
+    uint32_t j = t->hash[id] & t->mask;
+    while (t->table[j] >= 0)
+        j = (j + 1) & t->mask;
+    t->table[j] = id;
+    if ((int)t->len[id] > t->max_len)
+        t->max_len = (int)t->len[id];
+    return -1;
+}
+
+static uint32_t pair_hash(int32_t a, int32_t b)
+{
+    return ((uint32_t)a * 0x9E3779B1u) ^ ((uint32_t)b * 0x85EBCA77u);
+}
+
+merge_rule *tok_merge_slot(const tok_tokenizer *t, int32_t a, int32_t b)
+{
+    for (uint32_t i = pair_hash(a, b) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+        merge_rule *r = &t->merges[i];
+        if (r->a < 0 || (r->a == a && r->b == b))
+            return r;
+    }
+}
+
+/* How the pair of pieces a, b ranks: returns the piece it merges to, its rank in *rank
+ * (lower merges first), or -1 if the pair never merges. */
+static int32_t pair_rank(const tok_tokenizer *t, int32_t a, int32_t b, uint32_t *rank)
+{
+    if (t->merges) { /* tokenizer.json: its merges, by position */
+        const merge_rule *r = tok_merge_slot(t, a, b);
+        *rank = r->rank;
+        return r->a < 0 ? -1 : r->merged;
+    }
+    /* tokenizer.bin: any concatenation that is a piece, by the piece's score; it must beat
+     * run.c's starting best of -1e10 (rank NEVER). */
+    size_t la = t->len[a], lb = t->len[b];
+    if (la + lb > (size_t)t->max_len)
+        return -1;
+    const char *pa = t->bytes + t->offset[a], *pb = t->bytes + t->offset[b];
+    int merged = lookup(t, fnv1a(t->hash[a], pb, lb), pa, la, pb, lb);
+    if (merged < 0 || t->rank[merged] == NEVER)
+        return -1;
+    *rank = t->rank[merged];
+    return merged;
+}
+
+/* ---- load: what both formats share ---- */
+
+int tok_fail(char *err, size_t errlen, const char *path, const char *fmt, ...)
+{
+    int n = snprintf(err, errlen, "%s: ", path);
+    if (n >= 0 && (size_t)n < errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* A tokenizer of vocab_size pieces, none yet, with room to index them all; NULL if out of
+ * memory. Byte b falls back to token b + 3 unless the format says otherwise. */
+static tok_tokenizer *tok_new(int vocab_size)
+{
+    tok_tokenizer *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    size_t V = (size_t)vocab_size, cap = 1;
+    while (cap < 2 * V) /* load factor <= 1/2: probes stay short */
+        cap *= 2;
+    t->vocab_size = vocab_size;
+    t->space_id = -1;
+    t->mask = (uint32_t)cap - 1;
+    t->offset = calloc(V, sizeof *t->offset);
+    t->len = calloc(V, sizeof *t->len);
+    t->hash = calloc(V, sizeof *t->hash);
+    t->table = malloc(cap * sizeof *t->table);
+    if (!t->offset || !t->len || !t->hash || !t->table) {
+        tok_free(t);
+        return NULL;
+    }
+    memset(t->table, 0xff, cap * sizeof *t->table);
+    for (int b = 0; b < 256; b++) {
+        t->byte_str[b] = (char)b;
+        t->byte_id[b] = b + N_SPECIAL;
+    }
+    return t;
+}
+
+/* ---- load: tokenizer.bin ----
+ * int32 max_token_length, then for each of the model's vocab_size tokens: float score,
+ * int32 len, len bytes. */
 
 /* Checks the layout and sizes the arrays: fills len and score, returns the piece bytes. */
 static int parse(tok_tokenizer *t, const unsigned char *d, size_t size, const char *path,
                  const unsigned char **first, size_t *total, char *err, size_t errlen)
 {
     int32_t max_token_length;
-    if (size < 4) {
-        snprintf(err, errlen, "%s: truncated: %zu bytes, no max_token_length", path, size);
-        return -1;
-    }
+    if (size < 4)
+        return tok_fail(err, errlen, path, "truncated: %zu bytes, no max_token_length", size);
     memcpy(&max_token_length, d, 4);
-    if (max_token_length <= 0 || max_token_length > MAX_TOKEN_LENGTH) {
-        snprintf(err, errlen, "%s: max_token_length %d outside 1..%d", path,
-                 (int)max_token_length, MAX_TOKEN_LENGTH);
-        return -1;
-    }
+    if (max_token_length <= 0 || max_token_length > MAX_TOKEN_LENGTH)
+        return tok_fail(err, errlen, path, "max_token_length %d outside 1..%d",
+                        (int)max_token_length, MAX_TOKEN_LENGTH);
     size_t pos = 4;
     *first = d + pos;
     *total = 0;
-    t->max_len = 0;
     for (int i = 0; i < t->vocab_size; i++) {
         int32_t len;
-        if (size - pos < 8) {
-            snprintf(err, errlen, "%s: truncated at token %d of %d (offset %zu of %zu)", path, i,
-                     t->vocab_size, pos, size);
-            return -1;
-        }
+        if (size - pos < 8)
+            return tok_fail(err, errlen, path, "truncated at token %d of %d (offset %zu of %zu)", i,
+                            t->vocab_size, pos, size);
         memcpy(&t->score[i], d + pos, 4);
         memcpy(&len, d + pos + 4, 4);
-        if (len <= 0 || len > max_token_length) {
-            snprintf(err, errlen, "%s: token %d: len %d outside 1..max_token_length %d", path,
-                     i, (int)len, (int)max_token_length);
-            return -1;
-        }
-        if (size - pos - 8 < (size_t)len) {
-            snprintf(err, errlen, "%s: truncated in token %d of %d (offset %zu of %zu)", path, i,
-                     t->vocab_size, pos, size);
-            return -1;
-        }
+        if (len <= 0 || len > max_token_length)
+            return tok_fail(err, errlen, path, "token %d: len %d outside 1..max_token_length %d", i,
+                            (int)len, (int)max_token_length);
+        if (size - pos - 8 < (size_t)len)
+            return tok_fail(err, errlen, path, "truncated in token %d of %d (offset %zu of %zu)", i,
+                            t->vocab_size, pos, size);
         t->len[i] = (uint32_t)len;
-        t->max_len = len > t->max_len ? len : t->max_len;
         *total += (size_t)len;
         pos += 8 + (size_t)len;
     }
-    if (*total > UINT32_MAX) { /* offsets are 32-bit */
-        snprintf(err, errlen, "%s: %zu bytes of pieces, more than 4 GiB", path, *total);
-        return -1;
-    }
-    if (pos != size) {
-        snprintf(err, errlen, "%s: %zu trailing bytes after the %d tokens (vocab_size from the "
-                 "model)", path, size - pos, t->vocab_size);
-        return -1;
-    }
+    if (*total > UINT32_MAX) /* offsets are 32-bit */
+        return tok_fail(err, errlen, path, "%zu bytes of pieces, more than 4 GiB", *total);
+    if (pos != size)
+        return tok_fail(err, errlen, path,
+                        "%zu trailing bytes after the %d tokens (vocab_size from the model)",
+                        size - pos, t->vocab_size);
     return 0;
 }
 
@@ -187,83 +241,93 @@ static int rank_scores(tok_tokenizer *t)
     return 0;
 }
 
-/* Gathers the pieces (parse checked every length; each follows its 8-byte score and len)
- * and indexes them in a table of cap slots. On a repeated piece the lowest id wins, as a
- * first-match scan would; run.c's bsearch would return any of them. */
-static void index_pieces(tok_tokenizer *t, const unsigned char *first, size_t cap)
+static int load_bin(tok_tokenizer *t, const unsigned char *data, size_t size, const char *path,
+                    char *err, size_t errlen)
 {
-    t->mask = (uint32_t)cap - 1;
-    memset(t->table, 0xff, cap * sizeof *t->table);
-    const unsigned char *p = first;
+    size_t V = (size_t)t->vocab_size, total = 0;
+    const unsigned char *p = data;
+    t->score = malloc(V * sizeof *t->score);
+    t->rank = malloc(V * sizeof *t->rank);
+    if (!t->score || !t->rank)
+        return tok_fail(err, errlen, path, "out of memory for %d tokens", t->vocab_size);
+    if (parse(t, data, size, path, &p, &total, err, errlen) < 0)
+        return -1;
+    t->bytes = malloc(total);
+    if (!t->bytes || rank_scores(t) < 0)
+        return tok_fail(err, errlen, path, "out of memory (%zu bytes of pieces)", total);
+    /* parse checked every length; each piece follows its 8-byte score and len. On a
+     * repeated piece the lowest id wins, as a first-match scan would; run.c's bsearch
+     * would return any of them. */
     uint32_t off = 0;
     for (int i = 0; i < t->vocab_size; i++) {
         p += 8;
         memcpy(t->bytes + off, p, t->len[i]);
         t->offset[i] = off;
-        t->hash[i] = fnv1a(FNV_BASIS, t->bytes + off, t->len[i]);
-        if (lookup(t, t->hash[i], t->bytes + off, t->len[i], "", 0) < 0) {
-            uint32_t j = t->hash[i] & t->mask;
-            while (t->table[j] >= 0)
-                j = (j + 1) & t->mask;
-            t->table[j] = i;
-        }
+        tok_index_piece(t, i);
         p += t->len[i];
         off += t->len[i];
     }
+    t->space_id = lookup_str(t, " ", 1);
+    return 0;
+}
+
+/* ---- load: either ---- */
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
 int tok_load(tok_tokenizer **out, const char *path, int vocab_size, char *err, size_t errlen)
 {
     *out = NULL;
-    if (vocab_size < N_SPECIAL + 256 || vocab_size > (1 << 24)) {
-        snprintf(err, errlen, "%s: vocab_size %d from the model outside %d..%d (3 specials and "
-                 "256 byte tokens first)", path, vocab_size, N_SPECIAL + 256, 1 << 24);
-        return -1;
+    if (vocab_size < N_SPECIAL + 256 || vocab_size > (1 << 24))
+        return tok_fail(err, errlen, path,
+                        "vocab_size %d from the model outside %d..%d (3 specials and 256 byte "
+                        "tokens)", vocab_size, N_SPECIAL + 256, 1 << 24);
+    tok_tokenizer *t = tok_new(vocab_size);
+    if (!t)
+        return tok_fail(err, errlen, path, "out of memory for %d tokens", vocab_size);
+    int rc;
+    if (ends_with(path, ".json")) {
+        rc = tok_load_json(t, path, err, errlen);
+    } else {
+        const void *data;
+        size_t size;
+        rc = map_file(path, &data, &size, err, errlen);
+        if (rc == 0) {
+            rc = load_bin(t, data, size, path, err, errlen);
+            unmap_file(data, size);
+        }
     }
-    unsigned char *data;
-    size_t size;
-    if (read_file(path, &data, &size, err, errlen) < 0)
-        return -1;
-    tok_tokenizer *t = calloc(1, sizeof *t);
-    size_t V = (size_t)vocab_size, cap = 1;
-    while (cap < 2 * V) /* load factor <= 1/2: probes stay short */
-        cap *= 2;
-    if (t) {
-        t->vocab_size = vocab_size;
-        t->score = malloc(V * sizeof *t->score);
-        t->rank = malloc(V * sizeof *t->rank);
-        t->offset = malloc(V * sizeof *t->offset);
-        t->len = malloc(V * sizeof *t->len);
-        t->hash = malloc(V * sizeof *t->hash);
-        t->table = malloc(cap * sizeof *t->table);
-    }
-    if (!t || !t->score || !t->rank || !t->offset || !t->len || !t->hash || !t->table) {
-        snprintf(err, errlen, "%s: out of memory for %d tokens", path, vocab_size);
-        free(data);
+    if (rc < 0) {
         tok_free(t);
         return -1;
     }
-    const unsigned char *first;
-    size_t total;
-    if (parse(t, data, size, path, &first, &total, err, errlen) < 0) {
-        free(data);
-        tok_free(t);
-        return -1;
-    }
-    t->bytes = malloc(total);
-    if (!t->bytes || rank_scores(t) < 0) {
-        snprintf(err, errlen, "%s: out of memory (%zu bytes of pieces)", path, total);
-        free(data);
-        tok_free(t);
-        return -1;
-    }
-    index_pieces(t, first, cap);
-    free(data);
-    t->space_id = lookup(t, fnv1a(FNV_BASIS, " ", 1), " ", 1, "", 0);
-    for (int b = 0; b < 256; b++)
-        t->byte_str[b] = (char)b;
     *out = t;
     return 0;
+}
+
+int tok_load_dir(tok_tokenizer **out, const char *dir, int vocab_size, char *err, size_t errlen)
+{
+    *out = NULL;
+    size_t n = strlen(dir) + 32;
+    char *path = malloc(n);
+    if (!path)
+        return tok_fail(err, errlen, dir, "out of memory");
+    struct stat st;
+    int rc = -1;
+    snprintf(path, n, "%s/tokenizer.json", dir);
+    if (stat(path, &st) < 0)
+        snprintf(path, n, "%s/tokenizer.bin", dir);
+    if (stat(path, &st) < 0)
+        tok_fail(err, errlen, dir, "neither tokenizer.json (Hugging Face) nor tokenizer.bin "
+                 "(llama2.c)");
+    else
+        rc = tok_load(out, path, vocab_size, err, errlen);
+    free(path);
+    return rc;
 }
 
 void tok_free(tok_tokenizer *t)
@@ -277,6 +341,7 @@ void tok_free(tok_tokenizer *t)
     free(t->hash);
     free(t->bytes);
     free(t->table);
+    free(t->merges);
     free(t);
 }
 
@@ -288,20 +353,20 @@ int tok_vocab_size(const tok_tokenizer *t)
 /* ---- encode ---- */
 
 /* A symbol of the list: id (-1 once merged into its left neighbour), prev, next, and pair,
- * the piece that it and its right neighbour concatenate to (-1: none, or never merged).
- * One struct, not four arrays: merges visit symbols all over the text, one cache miss each. */
+ * the piece that it and its right neighbour merge to (-1: none), with that pair's rank.
+ * One struct, not five arrays: merges visit symbols all over the text, one cache miss each. */
 typedef struct {
     int32_t id, pair;
-    uint32_t prev, next;
+    uint32_t prev, next, rank;
 } symbol;
 
-/* The candidates: a min-heap of keys rank << 32 | left, so that the smallest key is
- * run.c's choice (the better score, then the leftmost) in one integer comparison. A key
- * names a pair only by its left symbol, whose pair field says what that pair is now: a key
- * whose rank the pair no longer has is stale and skipped when popped. One that still has
- * it is exactly the key a fresh push would make, so acting on it is right even if the pair
- * changed in between. (4- and 8-ary heaps measured no faster: the time goes to visiting
- * symbols all over the text, in the global order of merges that run.c imposes.) */
+/* The candidates: a min-heap of keys rank << 32 | left, so that the smallest key is the
+ * reference's choice (the better rank, then the leftmost) in one integer comparison. A key
+ * names a pair only by its left symbol, whose pair and rank fields say what that pair is
+ * now: a key whose rank the pair no longer has is stale and skipped when popped. One that
+ * still has it is exactly the key a fresh push would make, so acting on it is right even if
+ * the pair changed in between. (4- and 8-ary heaps measured no faster: the time goes to
+ * visiting symbols all over the text, in the global order of merges that run.c imposes.) */
 typedef struct {
     uint64_t *k;
     size_t n, cap;
@@ -346,25 +411,16 @@ static uint64_t heap_pop(heap *h)
     return top;
 }
 
-/* Sets pair[left] for the symbol and its current right neighbour, and queues the pair if
- * merges can make it: its piece must exist and its score must beat run.c's starting best
- * of -1e10 (rank NEVER). */
+/* Sets pair and rank of the symbol and its current right neighbour, and queues the pair if
+ * it merges. */
 static int update_pair(const tok_tokenizer *t, symbol *s, uint32_t left, heap *h)
 {
     uint32_t right = s[left].next;
     s[left].pair = -1;
     if (right == NONE)
         return 0;
-    int32_t a = s[left].id, b = s[right].id;
-    size_t la = t->len[a], lb = t->len[b];
-    if (la + lb > (size_t)t->max_len)
-        return 0;
-    const char *pa = t->bytes + t->offset[a], *pb = t->bytes + t->offset[b];
-    int merged = lookup(t, fnv1a(t->hash[a], pb, lb), pa, la, pb, lb);
-    if (merged < 0 || t->rank[merged] == NEVER)
-        return 0;
-    s[left].pair = merged;
-    return heap_push(h, (uint64_t)t->rank[merged] << 32 | left);
+    s[left].pair = pair_rank(t, s[left].id, s[right].id, &s[left].rank);
+    return s[left].pair < 0 ? 0 : heap_push(h, (uint64_t)s[left].rank << 32 | left);
 }
 
 static int is_continuation(char c)
@@ -373,23 +429,28 @@ static int is_continuation(char c)
 }
 
 /* Splits text into initial symbols as run.c does: a group starts at any byte and takes the
- * continuation bytes after it, up to 4 bytes in all; a group that is not a piece becomes
- * its byte tokens. Returns the number of symbols whose id it set (dummy prefix first). */
+ * continuation bytes after it, up to 4 bytes in all (in valid UTF-8: one codepoint, as
+ * Hugging Face splits); a group that is not a piece becomes its byte tokens. For
+ * tokenizer.json, "▁" is a space, as its normalizer makes every space. Returns the
+ * number of symbols whose id it set (dummy prefix first). */
 static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n, symbol *s)
 {
     size_t m = 0;
-    /* Without a " " piece run.c would emit id -1; its byte token is the sane stand-in. */
-    s[m++].id = t->space_id >= 0 ? t->space_id : ' ' + N_SPECIAL;
+    /* Without a " " piece run.c would emit id -1; its byte token is the sane stand-in
+     * (tokenizer.json always has the piece). */
+    s[m++].id = t->space_id >= 0 ? t->space_id : t->byte_id[' '];
     for (size_t i = 0; i < n;) {
         size_t j = i + 1;
         while (j < n && j - i < 4 && is_continuation(text[j]))
             j++;
-        int found = lookup(t, fnv1a(FNV_BASIS, text + i, j - i), text + i, j - i, "", 0);
+        int found = t->spm_space && j - i == 3 && memcmp(text + i, SPM_SPACE, 3) == 0
+                        ? t->space_id
+                        : lookup_str(t, text + i, j - i);
         if (found >= 0)
             s[m++].id = found;
         else
             for (size_t k = i; k < j; k++)
-                s[m++].id = (unsigned char)text[k] + N_SPECIAL;
+                s[m++].id = t->byte_id[(unsigned char)text[k]];
         i = j;
     }
     return m;
@@ -416,10 +477,9 @@ static int encode_text(const tok_tokenizer *t, const char *text, size_t n, int *
     while (h.n) {
         uint64_t key = heap_pop(&h);
         uint32_t left = (uint32_t)key, right = s[left].next;
-        int32_t merged = s[left].pair;
-        if (merged < 0 || t->rank[merged] != key >> 32)
+        if (s[left].pair < 0 || s[left].rank != key >> 32)
             continue; /* stale: the pair at left has changed since */
-        s[left].id = merged;
+        s[left].id = s[left].pair;
         s[right].id = -1;
         s[right].pair = -1;
         s[left].next = s[right].next;
@@ -488,7 +548,7 @@ const char *tok_decode(const tok_tokenizer *t, int prev, int id, size_t *len)
         return NULL;
     const char *p = t->bytes + t->offset[id];
     size_t n = t->len[id];
-    if (prev == TOK_BOS && p[0] == ' ') /* sentencepiece drops the dummy prefix */
+    if (prev == TOK_BOS && n > 0 && p[0] == ' ') /* sentencepiece drops the dummy prefix */
         p++, n--;
     if (n == 6 && memcmp(p, "<0x", 3) == 0 && p[5] == '>') {
         int hi = hex_digit(p[3]), lo = hex_digit(p[4]);

@@ -1,9 +1,22 @@
-/* tokenizer.h: the llama2.c BPE tokenizer (tokenizer.bin), encoding exactly as llama2.c's
- * run.c encode() does, in O(n log n) instead of run.c's quadratic merge loop.
+/* tokenizer.h: a Llama (sentencepiece BPE) tokenizer from either of two files, behind one
+ * type: llama2.c's tokenizer.bin, encoding exactly as llama2.c's run.c encode() does, or a
+ * Hugging Face tokenizer.json of the Llama flavour, encoding exactly as Hugging Face's
+ * tokenizers library does; both in O(n log n), with one merge loop.
  *
  * tokenizer.bin: int32 max_token_length, then for each of the model's vocab_size tokens:
  * float score, int32 len, len bytes (the piece, no terminator). Ids 0, 1, 2 are <unk>,
- * BOS and EOS; ids 3..258 are the byte tokens <0x00>..<0xFF> that byte fallback uses.
+ * BOS and EOS; ids 3..258 are the byte tokens <0x00>..<0xFF> that byte fallback uses. A
+ * pair of adjacent symbols merges if its concatenation is a piece, the best score first.
+ *
+ * tokenizer.json: model.type "BPE" with byte_fallback true, model.vocab (piece -> id, every
+ * id below the model's vocab_size; spaces spelled U+2581 "▁"), model.merges ("a b" or
+ * ["a", "b"]; a pair merges only if listed, the earlier listed first), the normalizer
+ * Prepend "▁" + Replace " " -> "▁", no pre_tokenizer, the decoder Replace "▁" -> " ",
+ * ByteFallback, Fuse, Strip, and added_tokens with <s> = 1 (BOS) and </s> = 2 (EOS); the
+ * vocab must hold "▁" and all 256 byte tokens <0xXX> (anywhere). Anything else is refused
+ * with a message naming the field. Ids that neither model.vocab nor added_tokens name decode
+ * as nothing. Text is not searched for added tokens: "<s>" in a text is three characters,
+ * as sentencepiece (and tokenizer.bin) have it.
  *
  * A loaded tokenizer is read-only: every function may be called from many threads. */
 #ifndef QLORA_TOKENIZER_H
@@ -17,23 +30,33 @@
 typedef struct tok_tokenizer tok_tokenizer;
 
 /* Loads path for a model of vocab_size tokens (at least 259: the specials and the byte
- * tokens). On any error (missing, truncated, a len <= 0 or > max_token_length, trailing
- * bytes...) returns -1 with a message naming the file in err. */
+ * tokens): tokenizer.json if the name ends in ".json", else tokenizer.bin. On any error
+ * (missing, malformed, an id out of range, tokenizer.bin truncated or with trailing bytes,
+ * a field of tokenizer.json this code does not implement...) returns -1 with a message
+ * naming the file (and the field) in err. */
 int tok_load(tok_tokenizer **t, const char *path, int vocab_size, char *err, size_t errlen);
+/* The tokenizer of a model directory: DIR/tokenizer.json when it exists, else
+ * DIR/tokenizer.bin; as tok_load. Every caller loads a model's tokenizer through this. */
+int tok_load_dir(tok_tokenizer **t, const char *dir, int vocab_size, char *err, size_t errlen);
 void tok_free(tok_tokenizer *t);
 int tok_vocab_size(const tok_tokenizer *t);
 
-/* Encodes the n bytes of text as run.c's encode(text, bos, eos): BOS first if bos, the
- * dummy-prefix " " token if n > 0, each UTF-8 codepoint as its piece or else as byte tokens
- * (byte + 3), then merges of the adjacent pair whose concatenation is a piece, best score
- * first and leftmost among equal scores, then EOS if eos. Unlike run.c, a NUL byte does not
- * end the text: it is one more byte. *ids is malloc'd (the caller frees it), *n_ids its
- * length. Returns 0, or -1 if out of memory (or n >= 4 GiB). */
+/* Encodes the n bytes of text: BOS first if bos; if n > 0, the dummy-prefix space, then
+ * each UTF-8 codepoint (a lead byte and up to 3 continuation bytes, as run.c groups even
+ * invalid UTF-8) as its piece or else as its byte tokens; then merges of adjacent pairs,
+ * the best rank first and the leftmost among equal ranks (tokenizer.bin: pairs whose
+ * concatenation is a piece, ranked by its score, as run.c's encode(text, bos, eos);
+ * tokenizer.json: the pairs of its merges, ranked by position, as Hugging Face's BPE, with
+ * its normalizer's spaces: a " " or "▁" of the text is the "▁" piece); then EOS if eos.
+ * Unlike run.c, a NUL byte does not end the text: it is one more byte. *ids is malloc'd
+ * (the caller frees it), *n_ids its length. Returns 0, or -1 if out of memory (or
+ * n >= 4 GiB). */
 int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
                size_t *n_ids);
 
-/* The text of token id that follows token prev, as run.c's decode(): after BOS (prev == 1)
- * a leading space is dropped, and a byte token <0xXX> gives that one raw byte. Returns a
+/* The text of token id that follows token prev, as run.c's decode() (for tokenizer.json
+ * the same, which is what its decoder makes of a text after BOS): after BOS (prev == 1) a
+ * leading space is dropped, and a byte token <0xXX> gives that one raw byte. Returns a
  * pointer into the tokenizer (valid while it lives; not NUL-terminated, pieces may hold any
  * byte) with its length in *len, or NULL if id is out of range. */
 const char *tok_decode(const tok_tokenizer *t, int prev, int id, size_t *len);

@@ -26,10 +26,10 @@ static int load(llama_model *m, const char *name, qt_format f)
 
 static tok_tokenizer *tokenizer(void)
 {
-    char path[4300], err[1024];
+    char dir[4300], err[1024];
     tok_tokenizer *t;
-    snprintf(path, sizeof path, "%s/models/stories260K/tokenizer.bin", shared);
-    if (tok_load(&t, path, 512, err, sizeof err) < 0) {
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared);
+    if (tok_load_dir(&t, dir, 512, err, sizeof err) < 0) {
         printf("# %s\n", err);
         return NULL;
     }

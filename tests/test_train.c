@@ -310,8 +310,7 @@ int main(int argc, char **argv)
         return 1;
     }
     tok_tokenizer *tok;
-    snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
-    if (tok_load(&tok, path, model.cfg.vocab_size, err, sizeof err) < 0) {
+    if (tok_load_dir(&tok, dir, model.cfg.vocab_size, err, sizeof err) < 0) {
         printf("not ok 1 - tokenizer: %s\n1..1\n", err);
         return 1;
     }

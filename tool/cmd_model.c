@@ -54,9 +54,7 @@ int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tok
         return 1;
     }
     if (tok) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/tokenizer.bin", o->dir);
-        if (tok_load(tok, path, m->cfg.vocab_size, err, sizeof err) < 0) {
+        if (tok_load_dir(tok, o->dir, m->cfg.vocab_size, err, sizeof err) < 0) {
             fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
             llama_free(m);
             return 1;

@@ -30,7 +30,7 @@ typedef struct {
 /* Consumes argv[*i] (and its value) if it is a model option: returns 1, with *err set to
  * a usage exit status if its value is bad; returns 0 for any other argument. */
 int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model_opts *o, int *err);
-/* Loads the model (and its tokenizer.bin when tok is not NULL); nonzero exit status on error. */
+/* Loads the model (and its tokenizer, tok_load_dir, when tok is not NULL); nonzero exit status on error. */
 int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok);
 
 /* A text file tokenized (BOS first); an unreadable or empty file is a usage error naming
