@@ -303,7 +303,7 @@ def _():
 def _():
     c = Conn()
     names = ['story@1', 'busy@1', 'whole@1']
-    failures, seen = [], set()
+    failures, seen, lock = [], set(), threading.Lock()
     done = threading.Event()
 
     def gen(k):
@@ -311,7 +311,8 @@ def _():
             cc = Conn()
             while not done.is_set():
                 r = cc.ok('generate', prompt='Once upon a time', max_tokens=6)
-                seen.add(r['adapter'])
+                with lock:
+                    seen.add(r['adapter'])
             cc.close()
         except Exception as e:  # noqa: BLE001
             failures.append(repr(e))
@@ -319,10 +320,18 @@ def _():
     threads = [threading.Thread(target=gen, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    for i in range(60):
+    def adapters_seen():
+        with lock:
+            return len(seen - {None})
+
+    # at least 60 swaps, and on until the generators have run with two adapters (a loaded
+    # machine may finish 60 swaps before the first generate does)
+    i, deadline = 0, time.time() + 120
+    while i < 60 or (adapters_seen() < 2 and time.time() < deadline and not failures):
         name, version = names[i % 3].split('@')
         r = c.ok('adapter.activate', name=name, version=int(version))
         assert r == {'active': name, 'version': int(version)}, r
+        i += 1
     done.set()
     for t in threads:
         t.join()
