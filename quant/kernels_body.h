@@ -9,7 +9,8 @@
  *
  * Y = X W^T:
  * - small M (decode): each weight chunk is decoded into registers and used at once
- *   against up to 4 rows of X; nothing is written but Y.
+ *   against up to 4 rows of X; nothing is written but Y. bitnet1 and ternary instead
+ *   look 4 weights at a time up in tables of partial sums of x.
  * - large M (prefill, training): X is packed transposed in panels of MR_FWD rows; each
  *   thread decodes a tile of NT_FWD weight rows x KC columns into a cache-resident buffer
  *   and runs an outer-product micro-kernel: 2 vectors of X^T times NR_FWD broadcast
@@ -36,13 +37,21 @@
 #define NC_BWD 256            /* weight rows per backward tile */
 #define SMALL_M 8             /* below this many rows of X, the register-fused path */
 
-#define FORMAT_SWITCH(fmt, CALL)                                                          \
-    switch (fmt) {                                                                        \
+/* Formats whose small-M product decodes weights; bitnet1 and ternary look up tables. */
+#define DECODED_CASES(CALL)                                                               \
     case QT_F32: CALL(QT_F32); break;                                                     \
     case QT_NF4: CALL(QT_NF4); break;                                                     \
     case QT_FP4: CALL(QT_FP4); break;                                                     \
     case QT_INT8: CALL(QT_INT8); break;                                                   \
-    case QT_INT4: CALL(QT_INT4); break;                                                   \
+    case QT_INT4: CALL(QT_INT4); break;
+#define DECODED_SWITCH(fmt, CALL)                                                         \
+    switch (fmt) {                                                                        \
+    DECODED_CASES(CALL)                                                                   \
+    default: break;                                                                       \
+    }
+#define FORMAT_SWITCH(fmt, CALL)                                                          \
+    switch (fmt) {                                                                        \
+    DECODED_CASES(CALL)                                                                   \
     case QT_BITNET1: CALL(QT_BITNET1); break;                                             \
     case QT_TERNARY: CALL(QT_TERNARY); break;                                             \
     default: break;                                                                       \
@@ -55,6 +64,7 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 typedef struct {
     const qt_matrix *m;
     const uint8_t *row;
+    const uint32_t *bits; /* bitnet1, ternary: the row's first word (kernels.h) */
     const float *table;
     size_t b0;  /* index of the row's first block */
     /* the row's block constants, copied out of m so that loops keep them in registers */
@@ -74,6 +84,7 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
     size_t b0 = (size_t)r * m->blocks_per_row;
     d->m = m;
     d->row = m->data + (size_t)r * m->row_bytes;
+    d->bits = qt_is_bits((qt_format)fmt) ? qt_bits_row(m, r) : NULL;
     d->table = qt_code_table((qt_format)fmt);
     d->scale = m->scale ? m->scale + b0 : NULL;
     d->zero = m->zero ? m->zero + b0 : NULL;
@@ -144,12 +155,12 @@ ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, int split, int k, vf *
         decode_int8_32((const int8_t *)d->row + k, d->s, out);
         break;
     case QT_BITNET1:
-        memcpy(&plus, d->row + (size_t)(k / 64) * 8 + (k % 64) / 8, 4);
+        plus = d->bits[(size_t)(k / 32) * QT_PANEL];
         decode_bits32(plus, ~plus, d->s, out);
         break;
     case QT_TERNARY:
-        memcpy(&plus, d->row + (size_t)(k / 64) * 16 + (k % 64) / 8, 4);
-        memcpy(&minus, d->row + (size_t)(k / 64) * 16 + 8 + (k % 64) / 8, 4);
+        plus = d->bits[(size_t)(k / 32) * 2 * QT_PANEL];
+        minus = d->bits[(size_t)(k / 32) * 2 * QT_PANEL + QT_PANEL];
         decode_bits32(plus, minus, d->s, out);
         break;
     default: break;
@@ -200,29 +211,8 @@ typedef struct {
     const qt_matrix *w;
     const float *x;  /* for 4-bit formats, each 32-chunk permuted to split order */
     float *y;
-    const float *xsum; /* bitnet1: sum of the first K/32*32 elements of each row of x */
     int M, accumulate, rows_per_task;
 } gemv_ctx;
-
-static inline int is_bits(int fmt)
-{
-    return fmt == QT_BITNET1 || fmt == QT_TERNARY;
-}
-
-/* Bit-plane formats multiply by adding x under masks: sum(+d x) over the "+1" bits minus
- * the same over the "-1" bits. bitnet1's "-1" set is every other weight, so its minus
- * sum is sum(x) - plus sum and only one plane is read. */
-ALWAYS_INLINE void bits_chunk(const rowdec *d, int fmt, int k, const float *x, vf *accp, vf *accm)
-{
-    uint32_t plus, minus;
-    size_t word = (size_t)(k / 64) * (fmt == QT_TERNARY ? 16 : 8) + (k % 64) / 8;
-    memcpy(&plus, d->row + word, 4);
-    add_masked32(plus, x, accp);
-    if (fmt == QT_TERNARY) {
-        memcpy(&minus, d->row + word + 8, 4);
-        add_masked32(minus, x, accm);
-    }
-}
 
 /* x in split order chunk by chunk (the ragged tail stays in natural order). */
 static float *split_x(const float *x, int M, int K)
@@ -255,14 +245,13 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
         rowdec d;
         rowdec_start(&d, w, n, fmt);
         vf acc[4][2][NV]; /* [row][unroll][vector] */
-        vf accm[4][2][NV]; /* ternary: the sums under "-1" bits */
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++)
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++)
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++)
-                    acc[i][u][v] = accm[i][u][v] = vzero();
+                    acc[i][u][v] = vzero();
         /* One flat loop with a block check per chunk: with 64-weight blocks a nested loop
          * over blocks runs one iteration at a time, and that costs more than the check. */
         const int bmask = w->spec.block - 1;
@@ -272,12 +261,6 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++) {
                 vf wv[NV];
-                if (is_bits(fmt)) {
-#pragma GCC unroll 4
-                    for (int i = 0; i < MG; i++)
-                        bits_chunk(&d, fmt, k + 32 * u, x + (size_t)i * K + k + 32 * u, acc[i][u], accm[i][u]);
-                    continue;
-                }
                 if (u + k > 0 && ((k + 32 * u) & bmask) == 0)
                     rowdec_seek(&d, fmt, k + 32 * u);
                 rowdec_chunk(&d, fmt, is_4bit(fmt), k + 32 * u, wv);
@@ -291,12 +274,6 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
         }
         for (; k < kv; k += 32) { /* a chunk left over by the unrolled loop */
             vf wv[NV];
-            if (is_bits(fmt)) {
-#pragma GCC unroll 4
-                for (int i = 0; i < MG; i++)
-                    bits_chunk(&d, fmt, k, x + (size_t)i * K + k, acc[i][0], accm[i][0]);
-                continue;
-            }
             if (k > 0 && (k & bmask) == 0)
                 rowdec_seek(&d, fmt, k);
             rowdec_chunk(&d, fmt, is_4bit(fmt), k, wv);
@@ -311,17 +288,13 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
             qt_decode_range(w, n, kv, K, tail);
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++) {
-            vf sum = acc[i][0][0], summ = accm[i][0][0];
+            vf sum = acc[i][0][0];
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++)
 #pragma GCC unroll 4
                 for (int v = u == 0; v < NV; v++)
-                    sum = vadd(sum, acc[i][u][v]), summ = vadd(summ, accm[i][u][v]);
+                    sum = vadd(sum, acc[i][u][v]);
             float s = vhsum(sum);
-            if (fmt == QT_TERNARY)
-                s = d.s * (s - vhsum(summ));
-            else if (fmt == QT_BITNET1)
-                s = d.s * (s - (c->xsum[m0 + i] - s));
             for (int t = kv; t < K; t++)
                 s += tail[t - kv] * x[(size_t)i * K + t];
             float *out = c->y + (size_t)(m0 + i) * N + n;
@@ -348,8 +321,128 @@ static void gemv_task(void *ctx, int t, int thread)
     const gemv_ctx *c = ctx;
     int n0 = t * c->rows_per_task, n1 = imin(n0 + c->rows_per_task, c->w->rows);
 #define GEMV_TASK(F) gemv_task_fmt(c, F, n0, n1)
-    FORMAT_SWITCH(c->w->spec.format, GEMV_TASK)
+    DECODED_SWITCH(c->w->spec.format, GEMV_TASK)
 #undef GEMV_TASK
+}
+
+/* ---- Y = X W^T, small M, bit-plane formats: table lookups ----
+ * The lookup-table idea of T-MAC and of bitnet.cpp's TL kernels, in fp32 on bit planes.
+ * For every 4 consecutive columns of a row of x, a 16-entry table holds what each
+ * pattern of 4 weight bits contributes (bitnet1: the sum of bit ? x : -x over the 4
+ * columns; ternary, for either plane: the sum of x over the set bits). The tables are
+ * built once per call and shared by all N rows. In a panel's word c (kernels.h), nibble g
+ * of each of the 16 lanes indexes table 8c + g, so one lookup and one add do 4
+ * multiply-adds for 16 rows (a decoded weight vector serves 16 multiply-adds of one row).
+ * The row scale (beta, or ternary's step) multiplies the finished sum. */
+
+#define LUT_GROUPS 8 /* 4-column groups per 32-column word */
+#define LUT_ROWS 4   /* rows of X per pass over a panel, sharing its loaded bit words */
+
+typedef struct {
+    const qt_matrix *w;
+    const float *tables; /* [M][words * LUT_GROUPS][16] */
+    float *y;
+    int M, accumulate, panels_per_task;
+} lut_ctx;
+
+/* The tables of one row of x (columns past K count as zero). */
+static void lut_tables(const float *x, int K, int words, int fmt, float *t)
+{
+    float sel[4][16]; /* the factor of column i of a group in entry e */
+    for (int i = 0; i < 4; i++)
+        for (int e = 0; e < 16; e++)
+            sel[i][e] = e >> i & 1 ? 1.0f : fmt == QT_BITNET1 ? -1.0f : 0.0f;
+    for (int g = 0; g < words * LUT_GROUPS; g++, t += 16) {
+        float xg[4];
+        for (int i = 0; i < 4; i++)
+            xg[i] = 4 * g + i < K ? x[4 * g + i] : 0.0f;
+#pragma GCC unroll 2
+        for (int h = 0; h < 16; h += VLEN) {
+            vf v = vzero();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) /* exact products by +-1 or 0: one rounding per add */
+                v = vfma(vset1(xg[i]), vload(sel[i] + h), v);
+            vstore(t + h, v);
+        }
+    }
+}
+
+ALWAYS_INLINE void lut_rows_fmt(const lut_ctx *c, int fmt, int MG, int m0, int p)
+{
+    const qt_matrix *w = c->w;
+    const int words = qt_bits_words(w), planes = fmt == QT_TERNARY ? 2 : 1;
+    const size_t tstride = (size_t)words * LUT_GROUPS * 16; /* floats per row of x */
+    const uint32_t *q = qt_bits_row(w, p * QT_PANEL);
+    const float *t = c->tables + (size_t)m0 * tstride;
+    vf acc[LUT_ROWS][QT_PANEL / VLEN];
+#pragma GCC unroll 4
+    for (int i = 0; i < MG; i++)
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++)
+            acc[i][h] = vzero();
+    for (int cw = 0; cw < words; cw++, q += planes * QT_PANEL, t += LUT_GROUPS * 16) {
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++) {
+            vi plus = vload_i(q + h * VLEN);
+            vi minus = fmt == QT_TERNARY ? vload_i(q + QT_PANEL + h * VLEN) : plus;
+#pragma GCC unroll 4
+            for (int i = 0; i < MG; i++) {
+                vf s[LUT_GROUPS];
+#pragma GCC unroll 8
+                for (int g = 0; g < LUT_GROUPS; g++) {
+                    const float *tg = t + i * tstride + g * 16;
+                    s[g] = vlookup16(vsrli(plus, 4 * g), tg);
+                    if (fmt == QT_TERNARY)
+                        s[g] = vsub(s[g], vlookup16(vsrli(minus, 4 * g), tg));
+                }
+                /* a tree, so that only one add per word waits on the accumulator */
+#pragma GCC unroll 3
+                for (int step = 1; step < LUT_GROUPS; step *= 2)
+#pragma GCC unroll 4
+                    for (int g = 0; g < LUT_GROUPS; g += 2 * step)
+                        s[g] = vadd(s[g], s[g + step]);
+                acc[i][h] = vadd(acc[i][h], s[0]);
+            }
+        }
+    }
+    const int n0 = p * QT_PANEL, nr = imin(QT_PANEL, w->rows - n0);
+#pragma GCC unroll 4
+    for (int i = 0; i < MG; i++) {
+        float sum[QT_PANEL];
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++)
+            vstore(sum + h * VLEN, acc[i][h]);
+        float *yr = c->y + (size_t)(m0 + i) * w->rows + n0;
+        for (int r = 0; r < nr; r++) {
+            float v = w->scale[n0 + r] * sum[r];
+            yr[r] = c->accumulate ? yr[r] + v : v;
+        }
+    }
+}
+
+ALWAYS_INLINE void lut_task_fmt(const lut_ctx *c, int fmt, int p0, int p1)
+{
+    for (int p = p0; p < p1; p++)
+        for (int m0 = 0; m0 < c->M; m0 += LUT_ROWS) {
+            switch (imin(LUT_ROWS, c->M - m0)) {
+            case 1: lut_rows_fmt(c, fmt, 1, m0, p); break;
+            case 2: lut_rows_fmt(c, fmt, 2, m0, p); break;
+            case 3: lut_rows_fmt(c, fmt, 3, m0, p); break;
+            default: lut_rows_fmt(c, fmt, 4, m0, p); break;
+            }
+        }
+}
+
+static void lut_task(void *ctx, int t, int thread)
+{
+    (void)thread;
+    const lut_ctx *c = ctx;
+    int panels = (c->w->rows + QT_PANEL - 1) / QT_PANEL;
+    int p0 = t * c->panels_per_task, p1 = imin(p0 + c->panels_per_task, panels);
+    if (c->w->spec.format == QT_BITNET1)
+        lut_task_fmt(c, QT_BITNET1, p0, p1);
+    else
+        lut_task_fmt(c, QT_TERNARY, p0, p1);
 }
 
 /* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
@@ -428,24 +521,41 @@ static void gemm_task(void *ctx, int t, int thread)
     }
 }
 
+/* Tasks of a small-M product: each of at least ~256K multiply-adds, so that claiming one
+ * costs little beside its work (a small layer runs on the caller alone), and up to 8 per
+ * thread, so that a thread the machine takes away leaves little behind. */
+static int small_m_tasks(const qt_matrix *w, int M)
+{
+    long work = (long)M * w->rows * w->cols, most = 8L * qt_threads();
+    return (int)((work >> 18) < 1 ? 1 : (work >> 18) < most ? work >> 18 : most);
+}
+
+static int lut_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+{
+    const int K = w->cols, words = qt_bits_words(w), panels = (w->rows + QT_PANEL - 1) / QT_PANEL;
+    const size_t tstride = (size_t)words * LUT_GROUPS * 16;
+    float *tables = aligned_alloc(64, (size_t)M * tstride * sizeof(float));
+    if (!tables)
+        return -1;
+    for (int m = 0; m < M; m++)
+        lut_tables(x + (size_t)m * K, K, words, w->spec.format, tables + (size_t)m * tstride);
+    int tasks = small_m_tasks(w, M);
+    lut_ctx c = {w, tables, y, M, accumulate, (panels + tasks - 1) / tasks};
+    qt_parallel((panels + c.panels_per_task - 1) / c.panels_per_task, lut_task, &c);
+    free(tables);
+    return 0;
+}
+
 static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
 {
+    if (M < SMALL_M && qt_is_bits(w->spec.format))
+        return lut_matmul(w, x, M, y, accumulate);
     if (M < SMALL_M) {
-        /* Tasks of at least ~64K multiply-adds: below that a wake-up costs more than the
-         * work (a 288 x 288 layer runs on one thread). */
-        long work = (long)M * w->rows * w->cols;
-        int tasks = (int)(work >> 16) < qt_threads() ? (int)(work >> 16) : qt_threads();
-        int rows = imin(16, (w->rows + tasks - 1) / (tasks < 1 ? 1 : tasks));
-        float *xs = NULL, xsum[SMALL_M];
+        int tasks = small_m_tasks(w, M);
+        float *xs = NULL;
         if (is_4bit(w->spec.format) && !(xs = split_x(x, M, w->cols)))
             return -1;
-        for (int m = 0; m < M && w->spec.format == QT_BITNET1; m++) {
-            float s = 0;
-            for (int k = 0; k < w->cols / 32 * 32; k++)
-                s += x[(size_t)m * w->cols + k];
-            xsum[m] = s;
-        }
-        gemv_ctx c = {w, xs ? xs : x, y, xsum, M, accumulate, rows < 1 ? 1 : rows};
+        gemv_ctx c = {w, xs ? xs : x, y, M, accumulate, (w->rows + tasks - 1) / tasks};
         qt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
         free(xs);
         return 0;

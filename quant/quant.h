@@ -42,7 +42,8 @@ typedef struct {
     int rows, cols;         /* N x K */
     int blocks_per_row;     /* ceil(K / block) for block-wise formats, else 1 */
     size_t row_bytes;       /* packed bytes per row in `data` */
-    uint8_t *data;          /* rows * row_bytes: codes (or fp32 values for f32) */
+    uint8_t *data;          /* codes (or fp32 values for f32), row after row; bitnet1 and
+                               ternary interleave 16 rows word by word (kernels.h) */
     float *scale;           /* per block: absmax (nf4/fp4 without dq), int8 scale, int4 S;
                                per row: bitnet1 beta, ternary 1/s */
     int32_t *zero;          /* int4: zero point per block */

@@ -18,6 +18,7 @@ static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline float vhsum(vf v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -46,6 +47,16 @@ static inline vf lookup16(__m256i idx, lut16 lut)
 {
     __m256 lo = _mm256_permutevar8x32_ps(lut.lo, idx), hi = _mm256_permutevar8x32_ps(lut.hi, idx);
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+typedef __m256i vi;
+
+static inline vi vload_i(const uint32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline vi vsrli(vi a, int n) { return _mm256_srli_epi32(a, n); }
+static inline vf vlookup16(vi idx, const float *table)
+{
+    lut16 l = {_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8)};
+    return lookup16(idx, l);
 }
 
 static inline void decode_nibbles32(const uint8_t *p, lut16 lut, vf *out)
@@ -87,13 +98,6 @@ static inline __m256 bits8_mask(uint32_t bits)
     __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)bits), sel);
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
-}
-
-static inline void add_masked32(uint32_t bits, const float *x, vf *acc)
-{
-    for (int i = 0; i < 4; i++)
-        acc[i] = _mm256_add_ps(acc[i], _mm256_and_ps(bits8_mask(bits >> (8 * i) & 255),
-                                                     _mm256_loadu_ps(x + 8 * i)));
 }
 
 static inline void decode_bits32(uint32_t plus, uint32_t minus, float d, vf *out)

@@ -9,6 +9,15 @@
 
 typedef __m512 vf;
 typedef __m512 lut16; /* 16 table values: one register, looked up with vpermps */
+typedef __m512i vi;
+
+static inline vi vload_i(const uint32_t *p) { return _mm512_loadu_si512(p); }
+static inline vi vsrli(vi a, int n) { return _mm512_srli_epi32(a, (unsigned)n); }
+/* table[idx & 15] in every lane (vpermps reads only the low 4 bits of an index) */
+static inline vf vlookup16(vi idx, const float *table)
+{
+    return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table));
+}
 
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
 static inline vf vset1(float x) { return _mm512_set1_ps(x); }
@@ -16,6 +25,7 @@ static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
 
 static inline lut16 lut_scaled(const float *table, float a)
@@ -58,14 +68,6 @@ static inline void decode_int8_32(const int8_t *p, float s, vf *out)
         __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * i)));
         out[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs);
     }
-}
-
-/* acc += the elements of x[0..32) whose bit is set (matrix-vector products with bit
- * planes add x under a mask instead of multiplying by decoded +-d). */
-static inline void add_masked32(uint32_t bits, const float *x, vf *acc)
-{
-    acc[0] = _mm512_mask_add_ps(acc[0], (__mmask16)bits, acc[0], _mm512_loadu_ps(x));
-    acc[1] = _mm512_mask_add_ps(acc[1], (__mmask16)(bits >> 16), acc[1], _mm512_loadu_ps(x + 16));
 }
 
 /* Lane i is +d where bit i of plus is set, -d where bit i of minus is, else 0. */

@@ -263,8 +263,18 @@ static void test_bits_per_param(void)
               qt_format_name(want[i].spec.format), want[i].spec.double_quant, got, want[i].bits);
         qt_free(&m);
     }
+    /* Bit planes are stored for whole panels of 16 rows: 17 rows hold 32 rows of bits. */
+    for (int f = QT_BITNET1; f <= QT_TERNARY; f++) {
+        qt_matrix m;
+        char err[128];
+        CHECK(qt_quantize(&m, w, 17, cols, qt_spec_default(f), err, sizeof err) == 0, "%s", err);
+        double want = (32.0 * cols * (f == QT_TERNARY ? 2 : 1) + 17 * 32.0) / (17.0 * cols);
+        CHECK(fabs(qt_bits_per_param(&m) - want) < 1e-9, "%s 17 rows: %.5f bits/param, expected %.5f",
+              qt_format_name(f), qt_bits_per_param(&m), want);
+        qt_free(&m);
+    }
     free(w);
-    test_case("bits per parameter (nf4 with double quant: 4.127)");
+    test_case("bits per parameter (nf4 with double quant: 4.127; bit planes padded to 16 rows)");
 }
 
 /* ---- kernels ---- */
@@ -408,22 +418,31 @@ static void test_vector_decode(void)
 static void test_threads_agree(void)
 {
     /* The same product on 1 and on all threads: every element is computed by one thread
-     * in a fixed order, so results must be bitwise equal. */
-    int N = 301, K = 515, M = 40;
-    float *w = gaussian_matrix((size_t)N * K, 0.05f), *x = gaussian_matrix((size_t)M * K, 1);
-    qt_matrix m;
-    char err[128];
-    CHECK(qt_quantize(&m, w, N, K, qt_spec_default(QT_NF4), err, sizeof err) == 0, "%s", err);
-    float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
-    int threads = qt_threads();
-    qt_set_threads(1);
-    qt_matmul(&m, x, M, y1, 0);
-    qt_set_threads(threads < 2 ? 2 : threads);
-    qt_matmul(&m, x, M, y2, 0);
-    CHECK(memcmp(y1, y2, (size_t)M * N * 4) == 0, "1 thread and %d threads differ", qt_threads());
-    qt_set_threads(threads);
-    qt_free(&m);
-    free(w), free(x), free(y1), free(y2);
+     * in a fixed order, so results must be bitwise equal. The small-M cases are large
+     * enough to be split into several tasks. */
+    const struct {
+        qt_format f;
+        int M;
+    } cases[] = {{QT_NF4, 40}, {QT_NF4, 1}, {QT_TERNARY, 1}, {QT_BITNET1, 3}};
+    int N = 301, K = 2055;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int M = cases[i].M;
+        float *w = gaussian_matrix((size_t)N * K, 0.05f), *x = gaussian_matrix((size_t)M * K, 1);
+        qt_matrix m;
+        char err[128];
+        CHECK(qt_quantize(&m, w, N, K, qt_spec_default(cases[i].f), err, sizeof err) == 0, "%s", err);
+        float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+        int threads = qt_threads();
+        qt_set_threads(1);
+        qt_matmul(&m, x, M, y1, 0);
+        qt_set_threads(threads < 2 ? 2 : threads);
+        qt_matmul(&m, x, M, y2, 0);
+        CHECK(memcmp(y1, y2, (size_t)M * N * 4) == 0, "%s M=%d: 1 thread and %d threads differ",
+              qt_format_name(cases[i].f), M, qt_threads());
+        qt_set_threads(threads);
+        qt_free(&m);
+        free(w), free(x), free(y1), free(y2);
+    }
     test_case("results do not depend on the thread count");
 }
 
