@@ -67,7 +67,7 @@ typedef struct {
     const uint32_t *bits; /* bitnet1, ternary: the row's first word (kernels.h) */
     const float *table;
     size_t b0;  /* index of the row's first block */
-    /* the row's block constants, copied out of m so that loops keep them in registers */
+    /* the block constants, copied out of m so that loops keep them in registers */
     const float *scale;
     const int32_t *zero;
     const uint8_t *qabsmax;
@@ -86,9 +86,9 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
     d->row = m->data + (size_t)r * m->row_bytes;
     d->bits = qt_is_bits((qt_format)fmt) ? qt_bits_row(m, r) : NULL;
     d->table = qt_code_table((qt_format)fmt);
-    d->scale = m->scale ? m->scale + b0 : NULL;
-    d->zero = m->zero ? m->zero + b0 : NULL;
-    d->qabsmax = m->qabsmax ? m->qabsmax + b0 : NULL;
+    d->scale = m->scale;
+    d->zero = m->zero;
+    d->qabsmax = m->qabsmax;
     d->absmax2 = m->absmax2;
     d->offset = m->offset;
     d->cols = m->cols;
@@ -112,55 +112,85 @@ static inline int is_4bit(int fmt)
     return fmt == QT_NF4 || fmt == QT_FP4 || fmt == QT_INT4;
 }
 
+static inline int has_blocks(int fmt)
+{
+    return fmt != QT_F32 && fmt != QT_BITNET1 && fmt != QT_TERNARY;
+}
+
+/* Loads the constants of block b (row-major index in the matrix). dq is the matrix's
+ * double_quant, a constant where the caller knows it, so that the hot loop of small M
+ * does not test it per block. */
+ALWAYS_INLINE void rowdec_block(rowdec *d, int fmt, int dq, size_t b)
+{
+    if (fmt == QT_INT8) {
+        d->s = d->scale[b];
+    } else if (fmt == QT_INT4) {
+        d->lut = lut_affine(d->scale[b], d->zero[b]);
+    } else if (fmt == QT_NF4 || fmt == QT_FP4) {
+        float absmax = dq ? qt_dq_absmax(d->qabsmax[b], d->absmax2[b / QT_DQ_GROUP], d->offset)
+                          : d->scale[b];
+        d->lut = lut_scaled(d->table, absmax);
+    }
+}
+
 /* Loads the constants of the block holding column k and returns the column where that
  * block ends (the row's end for per-row formats). Blocks are multiples of 32, so chunks
  * never straddle them. */
-ALWAYS_INLINE int rowdec_seek(rowdec *d, int fmt, int k)
+ALWAYS_INLINE int rowdec_seek(rowdec *d, int fmt, int dq, int k)
 {
-    if (fmt == QT_F32 || fmt == QT_BITNET1 || fmt == QT_TERNARY)
+    if (!has_blocks(fmt))
         return d->cols;
     int j = k >> d->shift;
-    if (fmt == QT_INT8) {
-        d->s = d->scale[j];
-    } else if (fmt == QT_INT4) {
-        d->lut = lut_affine(d->scale[j], d->zero[j]);
-    } else {
-        size_t b = d->b0 + (size_t)j;
-        float absmax = d->qabsmax ? qt_dq_absmax(d->qabsmax[j], d->absmax2[b / QT_DQ_GROUP], d->offset)
-                                  : d->scale[j];
-        d->lut = lut_scaled(d->table, absmax);
-    }
+    rowdec_block(d, fmt, dq, d->b0 + (size_t)j);
     return imin((j + 1) << d->shift, d->cols);
+}
+
+/* Bytes of a row in `data` per 32 columns, for the formats stored row after row. */
+static inline size_t chunk_bytes(int fmt)
+{
+    return fmt == QT_F32 ? 128 : fmt == QT_INT8 ? 32 : 16;
+}
+
+/* rowdec_chunk of those formats, from the chunk's address p in the row (loops that walk a
+ * row keep a pointer rather than recomputing it from k). */
+ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const uint8_t *p, vf *out)
+{
+    switch (fmt) {
+    case QT_F32:
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            out[v] = vload((const float *)p + v * VLEN);
+        break;
+    case QT_NF4: case QT_FP4: case QT_INT4:
+        if (split)
+            decode_nibbles32_split(p, d->lut, out);
+        else
+            decode_nibbles32(p, d->lut, out);
+        break;
+    case QT_INT8:
+        decode_int8_32((const int8_t *)p, d->s, out);
+        break;
+    default: break;
+    }
 }
 
 /* Weights [k, k+32) of the row, in natural order, or in split order for 4-bit formats
  * when `split`; k is a multiple of 32, k + 32 <= cols, and rowdec_seek has loaded the
  * block holding k. */
-ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, int split, int k, vf *out)
+ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, int split, size_t k, vf *out)
 {
     uint32_t plus, minus;
     switch (fmt) {
-    case QT_F32:
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            out[v] = vload((const float *)d->row + k + v * VLEN);
-        break;
-    case QT_NF4: case QT_FP4: case QT_INT4:
-        if (split)
-            decode_nibbles32_split(d->row + k / 2, d->lut, out);
-        else
-            decode_nibbles32(d->row + k / 2, d->lut, out);
-        break;
-    case QT_INT8:
-        decode_int8_32((const int8_t *)d->row + k, d->s, out);
+    case QT_F32: case QT_NF4: case QT_FP4: case QT_INT4: case QT_INT8:
+        rowdec_chunk_at(d, fmt, split, d->row + k / 32 * chunk_bytes(fmt), out);
         break;
     case QT_BITNET1:
-        plus = d->bits[(size_t)(k / 32) * QT_PANEL];
+        plus = d->bits[k / 32 * QT_PANEL];
         decode_bits32(plus, ~plus, d->s, out);
         break;
     case QT_TERNARY:
-        plus = d->bits[(size_t)(k / 32) * 2 * QT_PANEL];
-        minus = d->bits[(size_t)(k / 32) * 2 * QT_PANEL + QT_PANEL];
+        plus = d->bits[k / 32 * 2 * QT_PANEL];
+        minus = d->bits[k / 32 * 2 * QT_PANEL + QT_PANEL];
         decode_bits32(plus, minus, d->s, out);
         break;
     default: break;
@@ -183,7 +213,7 @@ ALWAYS_INLINE void decode_tile_fmt(const qt_matrix *m, int fmt, int r0, int nrow
         rowdec d;
         rowdec_start(&d, m, r, fmt);
         for (int k = k0; k < kv;) {
-            int kb = imin(rowdec_seek(&d, fmt, k), kv);
+            int kb = imin(rowdec_seek(&d, fmt, m->spec.double_quant, k), kv);
             for (; k < kb; k += 32) {
                 vf c[NV];
                 rowdec_chunk(&d, fmt, 0, k, c);
@@ -236,11 +266,29 @@ static float *split_x(const float *x, int M, int K)
  * own independent accumulators. */
 #define GEMV_UNROLL(MG) ((MG) == 1 ? 2 : 1)
 
-ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int n0, int n1)
+/* acc[i][u] += the weights [k, k + 32) of the row times those of row i of x. */
+ALWAYS_INLINE void gemv_chunk(const rowdec *d, int fmt, int MG, size_t K, const uint8_t *p,
+                              const float *x, vf acc[4][2][NV], int u)
+{
+    vf wv[NV];
+    rowdec_chunk_at(d, fmt, is_4bit(fmt), p, wv);
+#pragma GCC unroll 4
+    for (int i = 0; i < MG; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[i][u][v] = vfma(wv[v], vload(x + i * K + v * VLEN), acc[i][u][v]);
+}
+
+ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int dq, int bs, int MG, int m0, int n0, int n1)
 {
     const qt_matrix *w = c->w;
-    const int K = w->cols, N = w->rows, kv = K / 32 * 32, U = GEMV_UNROLL(MG);
+    const int K = w->cols, N = w->rows, U = GEMV_UNROLL(MG);
+    const size_t kv = (size_t)K / 32 * 32;
     const float *x = c->x + (size_t)m0 * K;
+    /* Columns that share block constants, bs where the caller knows it: a block, or the
+     * whole row. Whole spans first, then what is left of the row's last block. */
+    const size_t span = !has_blocks(fmt) ? kv : bs ? (size_t)bs : (size_t)w->spec.block;
+    const size_t spans = span ? kv / span : 0;
     for (int n = n0; n < n1; n++) {
         rowdec d;
         rowdec_start(&d, w, n, fmt);
@@ -252,40 +300,29 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++)
                     acc[i][u][v] = vzero();
-        /* One flat loop with a block check per chunk: with 64-weight blocks a nested loop
-         * over blocks runs one iteration at a time, and that costs more than the check. */
-        const int bmask = w->spec.block - 1;
-        rowdec_seek(&d, fmt, 0);
-        int k = 0;
-        for (; k + 32 * U <= kv; k += 32 * U) {
+        /* p and xk walk the row's codes and x chunk by chunk */
+        const size_t step = chunk_bytes(fmt);
+        const uint8_t *p = d.row;
+        const float *xk = x;
+        for (size_t b = d.b0; b < d.b0 + spans; b++) {
+            rowdec_block(&d, fmt, dq, b);
+            size_t left = span;
+            for (; left >= 32 * (size_t)U; left -= 32 * U, p += U * step, xk += 32 * U)
 #pragma GCC unroll 2
-            for (int u = 0; u < U; u++) {
-                vf wv[NV];
-                if (u + k > 0 && ((k + 32 * u) & bmask) == 0)
-                    rowdec_seek(&d, fmt, k + 32 * u);
-                rowdec_chunk(&d, fmt, is_4bit(fmt), k + 32 * u, wv);
-#pragma GCC unroll 4
-                for (int i = 0; i < MG; i++)
-#pragma GCC unroll 4
-                    for (int v = 0; v < NV; v++)
-                        acc[i][u][v] = vfma(wv[v], vload(x + (size_t)i * K + k + 32 * u + v * VLEN),
-                                            acc[i][u][v]);
+                for (int u = 0; u < U; u++)
+                    gemv_chunk(&d, fmt, MG, K, p + u * step, xk + 32 * u, acc, u);
+            if (left) { /* 32-column blocks */
+                gemv_chunk(&d, fmt, MG, K, p, xk, acc, 0);
+                p += step, xk += 32;
             }
         }
-        for (; k < kv; k += 32) { /* a chunk left over by the unrolled loop */
-            vf wv[NV];
-            if (k > 0 && (k & bmask) == 0)
-                rowdec_seek(&d, fmt, k);
-            rowdec_chunk(&d, fmt, is_4bit(fmt), k, wv);
-#pragma GCC unroll 4
-            for (int i = 0; i < MG; i++)
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; v++)
-                    acc[i][0][v] = vfma(wv[v], vload(x + (size_t)i * K + k + v * VLEN), acc[i][0][v]);
-        }
+        if (xk < x + kv)
+            rowdec_block(&d, fmt, dq, d.b0 + spans);
+        for (; xk < x + kv; p += step, xk += 32)
+            gemv_chunk(&d, fmt, MG, K, p, xk, acc, 0);
         float tail[32];
-        if (kv < K)
-            qt_decode_range(w, n, kv, K, tail);
+        if (kv < (size_t)K)
+            qt_decode_range(w, n, (int)kv, K, tail);
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++) {
             vf sum = acc[i][0][0];
@@ -295,7 +332,7 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
                 for (int v = u == 0; v < NV; v++)
                     sum = vadd(sum, acc[i][u][v]);
             float s = vhsum(sum);
-            for (int t = kv; t < K; t++)
+            for (size_t t = kv; t < (size_t)K; t++)
                 s += tail[t - kv] * x[(size_t)i * K + t];
             float *out = c->y + (size_t)(m0 + i) * N + n;
             *out = c->accumulate ? *out + s : s;
@@ -303,24 +340,52 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int
     }
 }
 
-ALWAYS_INLINE void gemv_task_fmt(const gemv_ctx *c, int fmt, int n0, int n1)
+ALWAYS_INLINE void gemv_task_dq(const gemv_ctx *c, int fmt, int dq, int n0, int n1)
 {
     for (int m0 = 0; m0 < c->M; m0 += 4) {
         switch (imin(4, c->M - m0)) {
-        case 1: gemv_rows_fmt(c, fmt, 1, m0, n0, n1); break;
-        case 2: gemv_rows_fmt(c, fmt, 2, m0, n0, n1); break;
-        case 3: gemv_rows_fmt(c, fmt, 3, m0, n0, n1); break;
-        default: gemv_rows_fmt(c, fmt, 4, m0, n0, n1); break;
+        case 1: /* the default block as a constant: a block is then two straight chunks */
+            if (c->w->spec.block == 64 && has_blocks(fmt))
+                gemv_rows_fmt(c, fmt, dq, 64, 1, m0, n0, n1);
+            else
+                gemv_rows_fmt(c, fmt, dq, 0, 1, m0, n0, n1);
+            break;
+        case 2: gemv_rows_fmt(c, fmt, dq, 0, 2, m0, n0, n1); break;
+        case 3: gemv_rows_fmt(c, fmt, dq, 0, 3, m0, n0, n1); break;
+        default: gemv_rows_fmt(c, fmt, dq, 0, 4, m0, n0, n1); break;
         }
     }
 }
+
+/* double_quant as a constant in the hot loop */
+ALWAYS_INLINE void gemv_task_fmt(const gemv_ctx *c, int fmt, int n0, int n1)
+{
+    if ((fmt == QT_NF4 || fmt == QT_FP4) && c->w->spec.double_quant)
+        gemv_task_dq(c, fmt, 1, n0, n1);
+    else
+        gemv_task_dq(c, fmt, 0, n0, n1);
+}
+
+/* name_F(c, a, b) = body(c, F, a, b) as a function of its own per format: in a single
+ * function holding every format's loops, the register allocator spills the pointers of
+ * the hot loops. */
+#define PER_FORMAT(name, ctx_type, body, F)                                               \
+    static __attribute__((noinline)) void name##_##F(const ctx_type *c, int a, int b)    \
+    {                                                                                     \
+        body(c, F, a, b);                                                                 \
+    }
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_F32)
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_NF4)
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_FP4)
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_INT8)
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_INT4)
 
 static void gemv_task(void *ctx, int t, int thread)
 {
     (void)thread;
     const gemv_ctx *c = ctx;
     int n0 = t * c->rows_per_task, n1 = imin(n0 + c->rows_per_task, c->w->rows);
-#define GEMV_TASK(F) gemv_task_fmt(c, F, n0, n1)
+#define GEMV_TASK(F) gemv_##F(c, n0, n1)
     DECODED_SWITCH(c->w->spec.format, GEMV_TASK)
 #undef GEMV_TASK
 }
@@ -433,6 +498,9 @@ ALWAYS_INLINE void lut_task_fmt(const lut_ctx *c, int fmt, int p0, int p1)
         }
 }
 
+PER_FORMAT(lut, lut_ctx, lut_task_fmt, QT_BITNET1)
+PER_FORMAT(lut, lut_ctx, lut_task_fmt, QT_TERNARY)
+
 static void lut_task(void *ctx, int t, int thread)
 {
     (void)thread;
@@ -440,9 +508,9 @@ static void lut_task(void *ctx, int t, int thread)
     int panels = (c->w->rows + QT_PANEL - 1) / QT_PANEL;
     int p0 = t * c->panels_per_task, p1 = imin(p0 + c->panels_per_task, panels);
     if (c->w->spec.format == QT_BITNET1)
-        lut_task_fmt(c, QT_BITNET1, p0, p1);
+        lut_QT_BITNET1(c, p0, p1);
     else
-        lut_task_fmt(c, QT_TERNARY, p0, p1);
+        lut_QT_TERNARY(c, p0, p1);
 }
 
 /* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
