@@ -589,12 +589,14 @@ static void gemm_task(void *ctx, int t, int thread)
     }
 }
 
-/* Tasks of a small-M product: each of at least ~256K multiply-adds, so that claiming one
- * costs little beside its work (a small layer runs on the caller alone), and up to 8 per
- * thread, so that a thread the machine takes away leaves little behind. */
-static int small_m_tasks(const qt_matrix *w, int M)
+/* Tasks of a small-M product of `work` vector lanes (a lane of a decoded format's FMA
+ * is one multiply-add, a lane of a lookup four): each task of at least ~256K, so that
+ * handing it to another thread costs little beside it (a small layer runs on the caller
+ * alone), and up to 8 per thread, so that a thread the machine takes away leaves little
+ * behind. */
+static int small_m_tasks(long work)
 {
-    long work = (long)M * w->rows * w->cols, most = 8L * qt_threads();
+    long most = 8L * qt_threads();
     return (int)((work >> 18) < 1 ? 1 : (work >> 18) < most ? work >> 18 : most);
 }
 
@@ -607,7 +609,7 @@ static int lut_matmul(const qt_matrix *w, const float *x, int M, float *y, int a
         return -1;
     for (int m = 0; m < M; m++)
         lut_tables(x + (size_t)m * K, K, words, w->spec.format, tables + (size_t)m * tstride);
-    int tasks = small_m_tasks(w, M);
+    int tasks = small_m_tasks((long)M * w->rows * words * LUT_GROUPS * qt_bits_planes(w));
     lut_ctx c = {w, tables, y, M, accumulate, (panels + tasks - 1) / tasks};
     qt_parallel((panels + c.panels_per_task - 1) / c.panels_per_task, lut_task, &c);
     free(tables);
@@ -619,7 +621,7 @@ static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accum
     if (M < SMALL_M && qt_is_bits(w->spec.format))
         return lut_matmul(w, x, M, y, accumulate);
     if (M < SMALL_M) {
-        int tasks = small_m_tasks(w, M);
+        int tasks = small_m_tasks((long)M * w->rows * w->cols);
         float *xs = NULL;
         if (is_4bit(w->spec.format) && !(xs = split_x(x, M, w->cols)))
             return -1;
