@@ -4,35 +4,44 @@
 
 #include "quant.h"
 
-/* bitnet1 and ternary keep their bits in panels of QT_PANEL rows: panel p holds, for
- * each 32-column word c in turn, word c of its 16 rows' "+1" plane (bit j = column
- * 32c + j) and then, for ternary, of their "-1" plane. One 64-byte load gives the codes
- * of 16 rows for the same 32 columns, which is what the lookup-table kernel of small M
- * wants; a single row's words are read just as cheaply, one per 32 columns. The rows are
- * padded with zero bits to a whole panel. */
-#define QT_PANEL 16
-
+/* nf4, fp4, bitnet1 and ternary keep their codes in panels of QT_PANEL rows, as 32-bit
+ * words: panel p holds word c of its 16 rows, then word c + 1, and so on, so that one
+ * 64-byte load gives 16 rows' codes for the same columns, which the small-M kernels want;
+ * a single row's word is still one 32-bit load for the decoders. A word holds 8 nibble
+ * codes (nibble j, bits 4j..4j+3: column 8c + j) or 32 bits (bit j: column 32c + j);
+ * ternary follows each panel word of its "+1" plane with the same word of its "-1" plane.
+ * The last word of a row and the last panel are padded with zeros. */
 static inline int qt_is_bits(qt_format f)
 {
     return f == QT_BITNET1 || f == QT_TERNARY;
 }
 
-/* Bit planes per word (1 or 2), and 32-column words per row. */
-static inline int qt_bits_planes(const qt_matrix *m)
+static inline int qt_is_nibble_panel(qt_format f)
+{
+    return f == QT_NF4 || f == QT_FP4;
+}
+
+static inline int qt_is_panel(qt_format f)
+{
+    return qt_is_bits(f) || qt_is_nibble_panel(f);
+}
+
+/* Planes per word (ternary 2, else 1), and words per row. */
+static inline int qt_panel_planes(const qt_matrix *m)
 {
     return m->spec.format == QT_TERNARY ? 2 : 1;
 }
 
-static inline int qt_bits_words(const qt_matrix *m)
+static inline int qt_panel_words(const qt_matrix *m)
 {
-    return (m->cols + 31) / 32;
+    return qt_is_bits(m->spec.format) ? (m->cols + 31) / 32 : (m->cols + 7) / 8;
 }
 
-/* Word 0 of row r's "+1" plane; its word c is c * QT_PANEL * planes words further on, and
- * the "-1" word QT_PANEL words after the "+1" word. */
-static inline uint32_t *qt_bits_row(const qt_matrix *m, int r)
+/* Word 0 of row r (its "+1" plane); its word c is c * QT_PANEL * planes words further on,
+ * and a "-1" word QT_PANEL words after its "+1" word. */
+static inline uint32_t *qt_panel_row(const qt_matrix *m, int r)
 {
-    size_t panel = (size_t)(r / QT_PANEL) * qt_bits_words(m) * qt_bits_planes(m) * QT_PANEL;
+    size_t panel = (size_t)(r / QT_PANEL) * qt_panel_words(m) * qt_panel_planes(m) * QT_PANEL;
     return (uint32_t *)m->data + panel + r % QT_PANEL;
 }
 

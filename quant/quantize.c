@@ -90,7 +90,8 @@ static size_t row_bytes_of(qt_format f, int cols)
     size_t k = (size_t)cols, words = (k + 31) / 32;
     switch (f) {
     case QT_F32: return k * 4;
-    case QT_NF4: case QT_FP4: case QT_INT4: return (k + 1) / 2;
+    case QT_NF4: case QT_FP4: return (k + 7) / 8 * 4; /* 8 codes per 32-bit word */
+    case QT_INT4: return (k + 1) / 2;
     case QT_INT8: return k;
     case QT_BITNET1: return words * 4;      /* one sign bit per weight */
     case QT_TERNARY: return words * 8;      /* a "+1" and a "-1" bit plane */
@@ -98,19 +99,27 @@ static size_t row_bytes_of(qt_format f, int cols)
     }
 }
 
-/* Rows held in `data`: bit-plane formats fill their last panel with zero rows. */
+/* Rows held in `data`: the panel formats fill their last panel with zero rows. */
 static size_t stored_rows(const qt_matrix *m)
 {
     size_t rows = (size_t)m->rows;
-    return qt_is_bits(m->spec.format) ? (rows + QT_PANEL - 1) / QT_PANEL * QT_PANEL : rows;
+    return qt_is_panel(m->spec.format) ? (rows + QT_PANEL - 1) / QT_PANEL * QT_PANEL : rows;
 }
 
+/* Entries of `scale` or `qabsmax`: one per block, nf4 and fp4 for whole panels. */
+static size_t block_slots(const qt_matrix *m)
+{
+    size_t rows = qt_is_nibble_panel(m->spec.format) ? stored_rows(m) : (size_t)m->rows;
+    return rows * (size_t)m->blocks_per_row;
+}
+
+/* int4 codes: two per byte, the first element in the high nibble. */
 static void set_nibble(uint8_t *row, int k, unsigned q)
 {
     if (k & 1)
         row[k / 2] |= (uint8_t)q;
     else
-        row[k / 2] |= (uint8_t)(q << 4); /* first element in the high nibble */
+        row[k / 2] |= (uint8_t)(q << 4);
 }
 
 static unsigned get_nibble(const uint8_t *row, int k)
@@ -118,11 +127,23 @@ static unsigned get_nibble(const uint8_t *row, int k)
     return k & 1 ? row[k / 2] & 15u : row[k / 2] >> 4;
 }
 
+/* nf4 and fp4 codes: nibble k % 8 of row r's word k / 8 (kernels.h). */
+static void set_code(qt_matrix *m, int r, int k, unsigned q)
+{
+    qt_panel_row(m, r)[(size_t)(k / 8) * QT_PANEL] |= q << 4 * (k % 8);
+}
+
+static unsigned get_code(const qt_matrix *m, int r, int k)
+{
+    return qt_panel_row(m, r)[(size_t)(k / 8) * QT_PANEL] >> 4 * (k % 8) & 15u;
+}
+
 /* ---- quantize ---- */
 
-static void quantize_4bit_row(const float *x, int cols, int block, const sorted_table *st,
-                              uint8_t *row, float *absmax)
+static void quantize_4bit_row(qt_matrix *m, int r, const float *x, const sorted_table *st,
+                              float *absmax)
 {
+    const int cols = m->cols, block = m->spec.block;
     for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
         int b1 = b0 + block < cols ? b0 + block : cols;
         float amax = 0;
@@ -132,7 +153,7 @@ static void quantize_4bit_row(const float *x, int cols, int block, const sorted_
         float inv = 1.0f / amax; /* bitsandbytes multiplies by the reciprocal */
         for (int k = b0; k < b1; k++) {
             float s = amax > 0 ? fminf(fmaxf(x[k] * inv, -1.0f), 1.0f) : 0.0f;
-            set_nibble(row, k, nearest_code(st, s));
+            set_code(m, r, k, nearest_code(st, s));
         }
     }
 }
@@ -263,12 +284,12 @@ static float mean_abs(const float *x, int cols, float *scratch)
 /* Sets bit k of row r's "+1" plane (minus = 0) or "-1" plane (minus = 1). */
 static void set_bit(qt_matrix *m, int r, int k, int minus)
 {
-    qt_bits_row(m, r)[((size_t)(k / 32) * qt_bits_planes(m) + minus) * QT_PANEL] |= 1u << (k % 32);
+    qt_panel_row(m, r)[((size_t)(k / 32) * qt_panel_planes(m) + minus) * QT_PANEL] |= 1u << (k % 32);
 }
 
 static int get_bit(const qt_matrix *m, int r, int k, int minus)
 {
-    return qt_bits_row(m, r)[((size_t)(k / 32) * qt_bits_planes(m) + minus) * QT_PANEL] >> (k % 32) & 1;
+    return qt_panel_row(m, r)[((size_t)(k / 32) * qt_panel_planes(m) + minus) * QT_PANEL] >> (k % 32) & 1;
 }
 
 static void quantize_bitnet1_row(qt_matrix *m, int r, const float *x, float *scratch)
@@ -306,16 +327,17 @@ static void double_quantize(qt_matrix *m, const float *absmax, size_t nblocks)
             amax = fmaxf(amax, fabsf(absmax[b] - m->offset));
         m->absmax2[g0 / QT_DQ_GROUP] = amax;
         for (size_t b = g0; b < g1; b++)
-            m->qabsmax[b] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
+            m->qabsmax[qt_block_slot(m, b)] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
     }
 }
 
 static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
 {
     size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
+    size_t slots = block_slots(m);
     qt_format f = m->spec.format;
-    /* 64-byte aligned, so that the kernels' vector loads of 16 rows' bit words stay
-     * within a cache line */
+    /* 64-byte aligned, so that the kernels' vector loads of 16 rows' words stay within a
+     * cache line */
     size_t data_bytes = (stored_rows(m) * m->row_bytes + 63) / 64 * 64;
     m->data = aligned_alloc(64, data_bytes);
     int ok = m->data != NULL;
@@ -324,11 +346,11 @@ static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
     if (qt_is_bits(f))
         ok = ok && (m->scale = calloc(rows, sizeof(float)));
     else if (f != QT_F32 && !m->spec.double_quant)
-        ok = ok && (m->scale = calloc(nblocks, sizeof(float)));
+        ok = ok && (m->scale = calloc(slots, sizeof(float)));
     if (f == QT_INT4)
         ok = ok && (m->zero = calloc(nblocks, sizeof(int32_t)));
     if (m->spec.double_quant) {
-        ok = ok && (m->qabsmax = calloc(nblocks, 1));
+        ok = ok && (m->qabsmax = calloc(slots, 1));
         ok = ok && (m->absmax2 = calloc((nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP, sizeof(float)));
     }
     if (!ok) {
@@ -365,10 +387,10 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
 
     size_t nblocks = (size_t)rows * m->blocks_per_row;
     float *absmax = NULL, *scratch = NULL;
-    int four_bit = spec.format == QT_NF4 || spec.format == QT_FP4;
+    int four_bit = qt_is_nibble_panel(spec.format);
     int per_row = qt_is_bits(spec.format);
-    if (four_bit)
-        absmax = spec.double_quant ? malloc(nblocks * sizeof(float)) : m->scale;
+    if (four_bit) /* row-major, the order of double quantization's groups */
+        absmax = malloc(nblocks * sizeof(float));
     if (per_row)
         scratch = malloc((size_t)cols * sizeof(float));
     if ((four_bit && !absmax) || (per_row && !scratch)) {
@@ -386,9 +408,7 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
         size_t b = (size_t)r * m->blocks_per_row;
         switch (spec.format) {
         case QT_F32: memcpy(row, x, (size_t)cols * sizeof(float)); break;
-        case QT_NF4: case QT_FP4:
-            quantize_4bit_row(x, cols, spec.block, &st, row, absmax + b);
-            break;
+        case QT_NF4: case QT_FP4: quantize_4bit_row(m, r, x, &st, absmax + b); break;
         case QT_INT8: quantize_int8_row(x, cols, spec.block, (int8_t *)row, m->scale + b); break;
         case QT_INT4:
             quantize_int4_row(x, cols, spec.block, row, m->scale + b, m->zero + b);
@@ -398,10 +418,12 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
         default: break;
         }
     }
-    if (spec.double_quant) {
+    if (spec.double_quant)
         double_quantize(m, absmax, nblocks);
-        free(absmax);
-    }
+    else if (four_bit)
+        for (size_t b = 0; b < nblocks; b++)
+            m->scale[qt_block_slot(m, b)] = absmax[b];
+    free(absmax);
     free(scratch);
     return 0;
 }
@@ -429,7 +451,7 @@ void qt_decode_range(const qt_matrix *m, int r, int k0, int k1, float *out)
     case QT_NF4: case QT_FP4: {
         const float *t = qt_code_table(m->spec.format);
         for (int k = k0; k < k1; k++)
-            out[k] = t[get_nibble(row, k)] * qt_block_absmax(m, b0 + k / block);
+            out[k] = t[get_code(m, r, k)] * qt_block_absmax(m, b0 + k / block);
         break;
     }
     case QT_INT8:
@@ -459,11 +481,11 @@ size_t qt_bytes(const qt_matrix *m)
     size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
     size_t bytes = stored_rows(m) * m->row_bytes;
     if (m->scale)
-        bytes += (qt_is_bits(m->spec.format) ? rows : nblocks) * sizeof(float);
+        bytes += (qt_is_bits(m->spec.format) ? rows : block_slots(m)) * sizeof(float);
     if (m->zero)
         bytes += nblocks * sizeof(int32_t);
     if (m->qabsmax)
-        bytes += nblocks + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
+        bytes += block_slots(m) + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
                  sizeof(float);
     return bytes;
 }
