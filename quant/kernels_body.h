@@ -8,8 +8,11 @@
  * holds the block's scale (table * absmax, or S * (q - Z) for int4).
  *
  * Y = X W^T:
- * - small M (decode): each weight chunk is decoded into registers and used at once
- *   against up to 4 rows of X; nothing is written but Y.
+ * - small M (decode): the formats stored row after row decode each weight chunk into
+ *   registers and use it at once against up to 4 rows of X; nothing is written but Y.
+ *   The panel formats work on 16 rows of W per vector: nf4 and fp4 look codes up
+ *   unscaled and scale each block's sums, bitnet1 and ternary look 4 weights at a time up
+ *   in tables of partial sums of x.
  * - large M (prefill, training): X is packed transposed in panels of MR_FWD rows; each
  *   thread decodes a tile of NT_FWD weight rows x KC columns into a cache-resident buffer
  *   and runs an outer-product micro-kernel: 2 vectors of X^T times NR_FWD broadcast
@@ -36,13 +39,22 @@
 #define NC_BWD 256            /* weight rows per backward tile */
 #define SMALL_M 8             /* below this many rows of X, the register-fused path */
 
+/* Formats stored row after row, whose small-M product decodes rows; the panel formats
+ * have kernels of their own. */
+#define ROW_CASES(CALL)                                                                   \
+    case QT_F32: CALL(QT_F32); break;                                                     \
+    case QT_INT8: CALL(QT_INT8); break;                                                   \
+    case QT_INT4: CALL(QT_INT4); break;
+#define ROW_SWITCH(fmt, CALL)                                                             \
+    switch (fmt) {                                                                        \
+    ROW_CASES(CALL)                                                                       \
+    default: break;                                                                       \
+    }
 #define FORMAT_SWITCH(fmt, CALL)                                                          \
     switch (fmt) {                                                                        \
-    case QT_F32: CALL(QT_F32); break;                                                     \
+    ROW_CASES(CALL)                                                                       \
     case QT_NF4: CALL(QT_NF4); break;                                                     \
     case QT_FP4: CALL(QT_FP4); break;                                                     \
-    case QT_INT8: CALL(QT_INT8); break;                                                   \
-    case QT_INT4: CALL(QT_INT4); break;                                                   \
     case QT_BITNET1: CALL(QT_BITNET1); break;                                             \
     case QT_TERNARY: CALL(QT_TERNARY); break;                                             \
     default: break;                                                                       \
@@ -55,9 +67,11 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 typedef struct {
     const qt_matrix *m;
     const uint8_t *row;
+    const uint32_t *words; /* panel formats: the row's first word (kernels.h) */
     const float *table;
     size_t b0;  /* index of the row's first block */
-    /* the row's block constants, copied out of m so that loops keep them in registers */
+    size_t slot0, slot_step; /* where its block constants are: slot0 + j * slot_step */
+    /* the block constants, copied out of m so that loops keep them in registers */
     const float *scale;
     const int32_t *zero;
     const uint8_t *qabsmax;
@@ -74,31 +88,50 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
     size_t b0 = (size_t)r * m->blocks_per_row;
     d->m = m;
     d->row = m->data + (size_t)r * m->row_bytes;
+    d->words = qt_is_panel((qt_format)fmt) ? qt_panel_row(m, r) : NULL;
     d->table = qt_code_table((qt_format)fmt);
-    d->scale = m->scale ? m->scale + b0 : NULL;
-    d->zero = m->zero ? m->zero + b0 : NULL;
-    d->qabsmax = m->qabsmax ? m->qabsmax + b0 : NULL;
+    d->b0 = b0;
+    d->slot0 = qt_is_nibble_panel((qt_format)fmt) ? qt_block_slot(m, b0) : b0;
+    d->slot_step = qt_is_nibble_panel((qt_format)fmt) ? QT_PANEL : 1;
+    d->scale = m->scale;
+    d->zero = m->zero;
+    d->qabsmax = m->qabsmax;
     d->absmax2 = m->absmax2;
     d->offset = m->offset;
     d->cols = m->cols;
-    d->b0 = b0;
     d->shift = __builtin_ctz((unsigned)m->spec.block);
     memset(&d->lut, 0, sizeof d->lut); /* set by rowdec_seek; quiets -Wmaybe-uninitialized */
-    d->s = (fmt == QT_BITNET1 || fmt == QT_TERNARY) ? m->scale[r] : 0.0f;
+    d->s = qt_is_bits((qt_format)fmt) ? m->scale[r] : 0.0f;
 }
 
-/* 4-bit codes decode fastest in "split" order: vector v holds elements
+/* int4's codes decode fastest in "split" order: vector v holds elements
  * (v / 2) * 2 * VLEN + 2 * lane + v % 2 of the chunk (high nibbles, then low nibbles, of
- * each VLEN bytes). Matrix-vector products use it with x permuted the same way. */
+ * each VLEN bytes). Its matrix-vector product uses it with x permuted the same way. */
 static inline int split_element(int p)
 {
     int v = p / VLEN, lane = p % VLEN;
     return v / 2 * 2 * VLEN + 2 * lane + v % 2;
 }
 
-static inline int is_4bit(int fmt)
+static inline int has_blocks(int fmt)
 {
-    return fmt == QT_NF4 || fmt == QT_FP4 || fmt == QT_INT4;
+    return fmt != QT_F32 && fmt != QT_BITNET1 && fmt != QT_TERNARY;
+}
+
+/* Loads the constants of block j of the row. */
+ALWAYS_INLINE void rowdec_block(rowdec *d, int fmt, size_t j)
+{
+    size_t slot = d->slot0 + j * d->slot_step;
+    if (fmt == QT_INT8) {
+        d->s = d->scale[slot];
+    } else if (fmt == QT_INT4) {
+        d->lut = lut_affine(d->scale[slot], d->zero[slot]);
+    } else if (qt_is_nibble_panel((qt_format)fmt)) {
+        float absmax = d->qabsmax ? qt_dq_absmax(d->qabsmax[slot], d->absmax2[(d->b0 + j) / QT_DQ_GROUP],
+                                                 d->offset)
+                                  : d->scale[slot];
+        d->lut = lut_scaled(d->table, absmax);
+    }
 }
 
 /* Loads the constants of the block holding column k and returns the column where that
@@ -106,51 +139,65 @@ static inline int is_4bit(int fmt)
  * never straddle them. */
 ALWAYS_INLINE int rowdec_seek(rowdec *d, int fmt, int k)
 {
-    if (fmt == QT_F32 || fmt == QT_BITNET1 || fmt == QT_TERNARY)
+    if (!has_blocks(fmt))
         return d->cols;
     int j = k >> d->shift;
-    if (fmt == QT_INT8) {
-        d->s = d->scale[j];
-    } else if (fmt == QT_INT4) {
-        d->lut = lut_affine(d->scale[j], d->zero[j]);
-    } else {
-        size_t b = d->b0 + (size_t)j;
-        float absmax = d->qabsmax ? qt_dq_absmax(d->qabsmax[j], d->absmax2[b / QT_DQ_GROUP], d->offset)
-                                  : d->scale[j];
-        d->lut = lut_scaled(d->table, absmax);
-    }
+    rowdec_block(d, fmt, (size_t)j);
     return imin((j + 1) << d->shift, d->cols);
 }
 
-/* Weights [k, k+32) of the row, in natural order, or in split order for 4-bit formats
- * when `split`; k is a multiple of 32, k + 32 <= cols, and rowdec_seek has loaded the
- * block holding k. */
-ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, int split, int k, vf *out)
+/* Bytes of a row in `data` per 32 columns, for the formats stored row after row (f32,
+ * int8, int4). */
+static inline size_t chunk_bytes(int fmt)
 {
-    uint32_t plus, minus;
+    return fmt == QT_F32 ? 128 : fmt == QT_INT8 ? 32 : 16;
+}
+
+/* rowdec_chunk of those formats, from the chunk's address p in the row (loops that walk a
+ * row keep a pointer rather than recomputing it from k); int4 in split order when
+ * `split`. */
+ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const uint8_t *p, vf *out)
+{
     switch (fmt) {
     case QT_F32:
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
-            out[v] = vload((const float *)d->row + k + v * VLEN);
+            out[v] = vload((const float *)p + v * VLEN);
         break;
-    case QT_NF4: case QT_FP4: case QT_INT4:
+    case QT_INT4:
         if (split)
-            decode_nibbles32_split(d->row + k / 2, d->lut, out);
+            decode_nibbles32_split(p, d->lut, out);
         else
-            decode_nibbles32(d->row + k / 2, d->lut, out);
+            decode_nibbles32(_mm_loadu_si128((const __m128i *)p), 1, d->lut, out);
         break;
     case QT_INT8:
-        decode_int8_32((const int8_t *)d->row + k, d->s, out);
+        decode_int8_32((const int8_t *)p, d->s, out);
+        break;
+    default: break;
+    }
+}
+
+/* Weights [k, k+32) of the row, in natural order; k is a multiple of 32, k + 32 <= cols,
+ * and rowdec_seek has loaded the block holding k. */
+ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, size_t k, vf *out)
+{
+    const uint32_t *w;
+    switch (fmt) {
+    case QT_F32: case QT_INT4: case QT_INT8:
+        rowdec_chunk_at(d, fmt, 0, d->row + k / 32 * chunk_bytes(fmt), out);
+        break;
+    case QT_NF4: case QT_FP4: /* 4 words of 8 codes, a panel word (16 words) apart */
+        w = d->words + k / 8 * QT_PANEL;
+        decode_nibbles32(_mm_setr_epi32((int)w[0], (int)w[QT_PANEL], (int)w[2 * QT_PANEL],
+                                        (int)w[3 * QT_PANEL]), 0, d->lut, out);
         break;
     case QT_BITNET1:
-        memcpy(&plus, d->row + (size_t)(k / 64) * 8 + (k % 64) / 8, 4);
-        decode_bits32(plus, ~plus, d->s, out);
+        w = d->words + k / 32 * QT_PANEL;
+        decode_bits32(w[0], ~w[0], d->s, out);
         break;
     case QT_TERNARY:
-        memcpy(&plus, d->row + (size_t)(k / 64) * 16 + (k % 64) / 8, 4);
-        memcpy(&minus, d->row + (size_t)(k / 64) * 16 + 8 + (k % 64) / 8, 4);
-        decode_bits32(plus, minus, d->s, out);
+        w = d->words + k / 32 * 2 * QT_PANEL;
+        decode_bits32(w[0], w[QT_PANEL], d->s, out);
         break;
     default: break;
     }
@@ -175,7 +222,7 @@ ALWAYS_INLINE void decode_tile_fmt(const qt_matrix *m, int fmt, int r0, int nrow
             int kb = imin(rowdec_seek(&d, fmt, k), kv);
             for (; k < kb; k += 32) {
                 vf c[NV];
-                rowdec_chunk(&d, fmt, 0, k, c);
+                rowdec_chunk(&d, fmt, k, c);
                 for (int v = 0; v < NV; v++)
                     vstore(o + (k - k0) + v * VLEN, c[v]);
             }
@@ -194,35 +241,14 @@ static void decode_tile(const qt_matrix *m, int r0, int nrows, int k0, int kc, i
 #undef DECODE_TILE
 }
 
-/* ---- Y = X W^T, small M: decode into registers ---- */
+/* ---- Y = X W^T, small M, formats stored row after row: decode into registers ---- */
 
 typedef struct {
     const qt_matrix *w;
-    const float *x;  /* for 4-bit formats, each 32-chunk permuted to split order */
+    const float *x;  /* for int4, each 32-chunk permuted to split order */
     float *y;
-    const float *xsum; /* bitnet1: sum of the first K/32*32 elements of each row of x */
     int M, accumulate, rows_per_task;
 } gemv_ctx;
-
-static inline int is_bits(int fmt)
-{
-    return fmt == QT_BITNET1 || fmt == QT_TERNARY;
-}
-
-/* Bit-plane formats multiply by adding x under masks: sum(+d x) over the "+1" bits minus
- * the same over the "-1" bits. bitnet1's "-1" set is every other weight, so its minus
- * sum is sum(x) - plus sum and only one plane is read. */
-ALWAYS_INLINE void bits_chunk(const rowdec *d, int fmt, int k, const float *x, vf *accp, vf *accm)
-{
-    uint32_t plus, minus;
-    size_t word = (size_t)(k / 64) * (fmt == QT_TERNARY ? 16 : 8) + (k % 64) / 8;
-    memcpy(&plus, d->row + word, 4);
-    add_masked32(plus, x, accp);
-    if (fmt == QT_TERNARY) {
-        memcpy(&minus, d->row + word + 8, 4);
-        add_masked32(minus, x, accm);
-    }
-}
 
 /* x in split order chunk by chunk (the ragged tail stays in natural order). */
 static float *split_x(const float *x, int M, int K)
@@ -246,83 +272,73 @@ static float *split_x(const float *x, int M, int K)
  * own independent accumulators. */
 #define GEMV_UNROLL(MG) ((MG) == 1 ? 2 : 1)
 
-ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int MG, int m0, int n0, int n1)
+/* acc[i][u] += the weights [k, k + 32) of the row times those of row i of x. */
+ALWAYS_INLINE void gemv_chunk(const rowdec *d, int fmt, int MG, size_t K, const uint8_t *p,
+                              const float *x, vf acc[4][2][NV], int u)
+{
+    vf wv[NV];
+    rowdec_chunk_at(d, fmt, fmt == QT_INT4, p, wv);
+#pragma GCC unroll 4
+    for (int i = 0; i < MG; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            acc[i][u][v] = vfma(wv[v], vload(x + i * K + v * VLEN), acc[i][u][v]);
+}
+
+ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int bs, int MG, int m0, int n0, int n1)
 {
     const qt_matrix *w = c->w;
-    const int K = w->cols, N = w->rows, kv = K / 32 * 32, U = GEMV_UNROLL(MG);
+    const int K = w->cols, N = w->rows, U = GEMV_UNROLL(MG);
+    const size_t kv = (size_t)K / 32 * 32;
     const float *x = c->x + (size_t)m0 * K;
+    /* Columns that share block constants, bs where the caller knows it: a block, or the
+     * whole row. Whole spans first, then what is left of the row's last block. */
+    const size_t span = !has_blocks(fmt) ? kv : bs ? (size_t)bs : (size_t)w->spec.block;
+    const size_t spans = span ? kv / span : 0;
     for (int n = n0; n < n1; n++) {
         rowdec d;
         rowdec_start(&d, w, n, fmt);
         vf acc[4][2][NV]; /* [row][unroll][vector] */
-        vf accm[4][2][NV]; /* ternary: the sums under "-1" bits */
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++)
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++)
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; v++)
-                    acc[i][u][v] = accm[i][u][v] = vzero();
-        /* One flat loop with a block check per chunk: with 64-weight blocks a nested loop
-         * over blocks runs one iteration at a time, and that costs more than the check. */
-        const int bmask = w->spec.block - 1;
-        rowdec_seek(&d, fmt, 0);
-        int k = 0;
-        for (; k + 32 * U <= kv; k += 32 * U) {
+                    acc[i][u][v] = vzero();
+        /* p and xk walk the row's codes and x chunk by chunk */
+        const size_t step = chunk_bytes(fmt);
+        const uint8_t *p = d.row;
+        const float *xk = x;
+        for (size_t j = 0; j < spans; j++) {
+            rowdec_block(&d, fmt, j);
+            size_t left = span;
+            for (; left >= 32 * (size_t)U; left -= 32 * U, p += U * step, xk += 32 * U)
 #pragma GCC unroll 2
-            for (int u = 0; u < U; u++) {
-                vf wv[NV];
-                if (is_bits(fmt)) {
-#pragma GCC unroll 4
-                    for (int i = 0; i < MG; i++)
-                        bits_chunk(&d, fmt, k + 32 * u, x + (size_t)i * K + k + 32 * u, acc[i][u], accm[i][u]);
-                    continue;
-                }
-                if (u + k > 0 && ((k + 32 * u) & bmask) == 0)
-                    rowdec_seek(&d, fmt, k + 32 * u);
-                rowdec_chunk(&d, fmt, is_4bit(fmt), k + 32 * u, wv);
-#pragma GCC unroll 4
-                for (int i = 0; i < MG; i++)
-#pragma GCC unroll 4
-                    for (int v = 0; v < NV; v++)
-                        acc[i][u][v] = vfma(wv[v], vload(x + (size_t)i * K + k + 32 * u + v * VLEN),
-                                            acc[i][u][v]);
+                for (int u = 0; u < U; u++)
+                    gemv_chunk(&d, fmt, MG, K, p + u * step, xk + 32 * u, acc, u);
+            if (left) { /* 32-column blocks */
+                gemv_chunk(&d, fmt, MG, K, p, xk, acc, 0);
+                p += step, xk += 32;
             }
         }
-        for (; k < kv; k += 32) { /* a chunk left over by the unrolled loop */
-            vf wv[NV];
-            if (is_bits(fmt)) {
-#pragma GCC unroll 4
-                for (int i = 0; i < MG; i++)
-                    bits_chunk(&d, fmt, k, x + (size_t)i * K + k, acc[i][0], accm[i][0]);
-                continue;
-            }
-            if (k > 0 && (k & bmask) == 0)
-                rowdec_seek(&d, fmt, k);
-            rowdec_chunk(&d, fmt, is_4bit(fmt), k, wv);
-#pragma GCC unroll 4
-            for (int i = 0; i < MG; i++)
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; v++)
-                    acc[i][0][v] = vfma(wv[v], vload(x + (size_t)i * K + k + v * VLEN), acc[i][0][v]);
-        }
+        if (xk < x + kv)
+            rowdec_block(&d, fmt, spans);
+        for (; xk < x + kv; p += step, xk += 32)
+            gemv_chunk(&d, fmt, MG, K, p, xk, acc, 0);
         float tail[32];
-        if (kv < K)
-            qt_decode_range(w, n, kv, K, tail);
+        if (kv < (size_t)K)
+            qt_decode_range(w, n, (int)kv, K, tail);
 #pragma GCC unroll 4
         for (int i = 0; i < MG; i++) {
-            vf sum = acc[i][0][0], summ = accm[i][0][0];
+            vf sum = acc[i][0][0];
 #pragma GCC unroll 2
             for (int u = 0; u < U; u++)
 #pragma GCC unroll 4
                 for (int v = u == 0; v < NV; v++)
-                    sum = vadd(sum, acc[i][u][v]), summ = vadd(summ, accm[i][u][v]);
+                    sum = vadd(sum, acc[i][u][v]);
             float s = vhsum(sum);
-            if (fmt == QT_TERNARY)
-                s = d.s * (s - vhsum(summ));
-            else if (fmt == QT_BITNET1)
-                s = d.s * (s - (c->xsum[m0 + i] - s));
-            for (int t = kv; t < K; t++)
+            for (size_t t = kv; t < (size_t)K; t++)
                 s += tail[t - kv] * x[(size_t)i * K + t];
             float *out = c->y + (size_t)(m0 + i) * N + n;
             *out = c->accumulate ? *out + s : s;
@@ -334,22 +350,280 @@ ALWAYS_INLINE void gemv_task_fmt(const gemv_ctx *c, int fmt, int n0, int n1)
 {
     for (int m0 = 0; m0 < c->M; m0 += 4) {
         switch (imin(4, c->M - m0)) {
-        case 1: gemv_rows_fmt(c, fmt, 1, m0, n0, n1); break;
-        case 2: gemv_rows_fmt(c, fmt, 2, m0, n0, n1); break;
-        case 3: gemv_rows_fmt(c, fmt, 3, m0, n0, n1); break;
-        default: gemv_rows_fmt(c, fmt, 4, m0, n0, n1); break;
+        case 1: /* the default block as a constant: a block is then two straight chunks */
+            if (c->w->spec.block == 64 && has_blocks(fmt))
+                gemv_rows_fmt(c, fmt, 64, 1, m0, n0, n1);
+            else
+                gemv_rows_fmt(c, fmt, 0, 1, m0, n0, n1);
+            break;
+        case 2: gemv_rows_fmt(c, fmt, 0, 2, m0, n0, n1); break;
+        case 3: gemv_rows_fmt(c, fmt, 0, 3, m0, n0, n1); break;
+        default: gemv_rows_fmt(c, fmt, 0, 4, m0, n0, n1); break;
         }
     }
 }
+
+/* name_F(c, a, b) = body(c, F, a, b) as a function of its own per format: in a single
+ * function holding every format's loops, the register allocator spills the pointers of
+ * the hot loops. */
+#define PER_FORMAT(name, ctx_type, body, F)                                               \
+    static __attribute__((noinline)) void name##_##F(const ctx_type *c, int a, int b)    \
+    {                                                                                     \
+        body(c, F, a, b);                                                                 \
+    }
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_F32)
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_INT8)
+PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_INT4)
 
 static void gemv_task(void *ctx, int t, int thread)
 {
     (void)thread;
     const gemv_ctx *c = ctx;
     int n0 = t * c->rows_per_task, n1 = imin(n0 + c->rows_per_task, c->w->rows);
-#define GEMV_TASK(F) gemv_task_fmt(c, F, n0, n1)
-    FORMAT_SWITCH(c->w->spec.format, GEMV_TASK)
+#define GEMV_TASK(F) gemv_##F(c, n0, n1)
+    ROW_SWITCH(c->w->spec.format, GEMV_TASK)
 #undef GEMV_TASK
+}
+
+/* ---- Y = X W^T, small M, panel formats: 16 rows of W at a time ----
+ * Both kernels load a panel word (kernels.h) as 16 lanes, one row of W each, and shift it
+ * by 4g so that nibble g of every lane indexes a 16-entry table (vpermps):
+ * - bitnet1, ternary: the lookup-table idea of T-MAC and of bitnet.cpp's TL kernels, in
+ *   fp32 on bit planes. For every 4 consecutive columns of a row of x, a table holds what
+ *   each pattern of 4 weight bits contributes (bitnet1: the sum of bit ? x : -x over the 4
+ *   columns; ternary, for either plane: the sum of x over the set bits), built once per
+ *   call and shared by all N rows. Nibble g of word c indexes table 8c + g, so one lookup
+ *   and one add do 4 multiply-adds for 16 rows. The row scale (beta, or ternary's step)
+ *   multiplies the finished sum.
+ * - nf4, fp4: nibble g of word c is the code of column 8c + g; its lookup in the code
+ *   table gives the 16 rows' unscaled weights, and one FMA with that element of x
+ *   broadcast adds them in. Each block's sums are then scaled at once by the 16 rows'
+ *   absmax, stored side by side (qt_block_slot). Decoding row by row instead costs an
+ *   index vector per 16 weights and, per block, a scalar absmax decode and a scaled table. */
+
+#define PANEL_ROWS 4 /* rows of X per pass over a panel, sharing its loads and lookups */
+#define LUT_GROUPS 8 /* 4-column groups per 32-column word */
+
+typedef struct {
+    const qt_matrix *w;
+    const float *x; /* bitnet1, ternary: per row of X, its tables ([words * LUT_GROUPS][16]);
+                       nf4, fp4: the rows of X, padded with zeros to whole words */
+    float *y;
+    int M, accumulate, panels_per_task;
+} panel_ctx;
+
+/* The tables of one row of x (columns past K count as zero). */
+static void lut_tables(const float *x, int K, int words, int fmt, float *t)
+{
+    float sel[4][16]; /* the factor of column i of a group in entry e */
+    for (int i = 0; i < 4; i++)
+        for (int e = 0; e < 16; e++)
+            sel[i][e] = e >> i & 1 ? 1.0f : fmt == QT_BITNET1 ? -1.0f : 0.0f;
+    for (int g = 0; g < words * LUT_GROUPS; g++, t += 16) {
+        float xg[4];
+        for (int i = 0; i < 4; i++)
+            xg[i] = 4 * g + i < K ? x[4 * g + i] : 0.0f;
+#pragma GCC unroll 2
+        for (int h = 0; h < 16; h += VLEN) {
+            vf v = vzero();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) /* exact products by +-1 or 0: one rounding per add */
+                v = vfma(vset1(xg[i]), vload(sel[i] + h), v);
+            vstore(t + h, v);
+        }
+    }
+}
+
+/* acc[i] += row m0 + i of X times the panel's rows, bitnet1 or ternary. */
+ALWAYS_INLINE void lut_rows_fmt(const panel_ctx *c, int fmt, int MG, int m0, int p,
+                                vf acc[PANEL_ROWS][QT_PANEL / VLEN])
+{
+    const qt_matrix *w = c->w;
+    const int words = qt_panel_words(w), planes = fmt == QT_TERNARY ? 2 : 1;
+    const size_t tstride = (size_t)words * LUT_GROUPS * 16; /* floats per row of x */
+    const uint32_t *q = qt_panel_row(w, p * QT_PANEL);
+    const float *t = c->x + (size_t)m0 * tstride;
+    for (int cw = 0; cw < words; cw++, q += planes * QT_PANEL, t += LUT_GROUPS * 16) {
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++) {
+            vi plus = vload_i(q + h * VLEN);
+            vi minus = fmt == QT_TERNARY ? vload_i(q + QT_PANEL + h * VLEN) : plus;
+#pragma GCC unroll 4
+            for (int i = 0; i < MG; i++) {
+                vf s[LUT_GROUPS];
+#pragma GCC unroll 8
+                for (int g = 0; g < LUT_GROUPS; g++) {
+                    lut16 tg = lut_load(t + i * tstride + g * 16);
+                    s[g] = vlookup16(vsrli(plus, 4 * g), tg);
+                    if (fmt == QT_TERNARY)
+                        s[g] = vsub(s[g], vlookup16(vsrli(minus, 4 * g), tg));
+                }
+                /* a tree, so that only one add per word waits on the accumulator */
+#pragma GCC unroll 3
+                for (int step = 1; step < LUT_GROUPS; step *= 2)
+#pragma GCC unroll 4
+                    for (int g = 0; g < LUT_GROUPS; g += 2 * step)
+                        s[g] = vadd(s[g], s[g + step]);
+                acc[i][h] = vadd(acc[i][h], s[0]);
+            }
+        }
+    }
+}
+
+/* The absmax of a block of the panel's rows at `slot`: qt_block_absmax, 16 at a time;
+ * a2 holds their double-quant groups' absmax2. */
+ALWAYS_INLINE vf nib_absmax(const qt_matrix *w, int dq, size_t slot, vf a2)
+{
+    if (!dq)
+        return vload(w->scale + slot);
+    return vadd(vmul(vlookup256(vload_u8(w->qabsmax + slot), qt_dynamic_map_table), a2),
+                vset1(w->offset));
+}
+
+/* The first block after j at which one of the panel's rows (rowb: the row-major index of
+ * each row's first block) enters another double-quant group. */
+static int nib_next_group(const int32_t *rowb, int j)
+{
+    int next = j + QT_DQ_GROUP;
+    for (int r = 0; r < QT_PANEL; r++)
+        next = imin(next, j + QT_DQ_GROUP - (rowb[r] + j) % QT_DQ_GROUP);
+    return next;
+}
+
+/* acc[i] += row m0 + i of X times the panel's rows, nf4 or fp4. */
+ALWAYS_INLINE void nib_rows_fmt(const panel_ctx *c, int fmt, int dq, int MG, int m0, int p,
+                                vf acc[PANEL_ROWS][QT_PANEL / VLEN])
+{
+    const qt_matrix *w = c->w;
+    const int words = qt_panel_words(w), bpr = w->blocks_per_row, bw = w->spec.block / 8;
+    const int NP = MG == 1 ? 4 : MG == 2 ? 2 : 1; /* partial sums per row of X, for the FMA latency */
+    const size_t xstride = (size_t)words * 8;
+    const uint32_t *q = qt_panel_row(w, p * QT_PANEL);
+    const float *x = c->x + (size_t)m0 * xstride;
+    const lut16 table = lut_load(qt_code_table((qt_format)fmt));
+    int32_t rowb[QT_PANEL]; /* the padding rows of the last panel borrow the last row's */
+    for (int r = 0; r < QT_PANEL; r++)
+        rowb[r] = imin(p * QT_PANEL + r, w->rows - 1) * bpr;
+    /* dq: the rows' absmax2, gathered again only where a row enters another group (never
+     * within a row when its blocks divide 256) */
+    vf a2[QT_PANEL / VLEN] = {vzero()}; /* (set at j = 0; the initializer quiets GCC) */
+    int regroup = 0;
+    for (int j = 0; j < bpr; j++) {
+        if (dq && j == regroup) {
+            _Static_assert(QT_DQ_GROUP == 256, "the group is found by a shift");
+#pragma GCC unroll 2
+            for (int h = 0; h < QT_PANEL / VLEN; h++)
+                a2[h] = vgather(w->absmax2, vsrli(vadd_i(vload_i((const uint32_t *)rowb + h * VLEN),
+                                                         vset1_i(j)), 8));
+            regroup = nib_next_group(rowb, j);
+        }
+        vf part[PANEL_ROWS][4][QT_PANEL / VLEN];
+#pragma GCC unroll 4
+        for (int i = 0; i < MG; i++)
+#pragma GCC unroll 4
+            for (int u = 0; u < NP; u++)
+#pragma GCC unroll 2
+                for (int h = 0; h < QT_PANEL / VLEN; h++)
+                    part[i][u][h] = vzero();
+        for (int cw = j * bw, c1 = imin(cw + bw, words); cw < c1; cw++) {
+#pragma GCC unroll 2
+            for (int h = 0; h < QT_PANEL / VLEN; h++) {
+                vi v = vload_i(q + (size_t)cw * QT_PANEL + h * VLEN);
+#pragma GCC unroll 8
+                for (int g = 0; g < 8; g++) {
+                    vf wt = vlookup16(g ? vsrli(v, 4 * g) : v, table);
+#pragma GCC unroll 4
+                    for (int i = 0; i < MG; i++)
+                        part[i][g % NP][h] = vfma(wt, vset1(x[i * xstride + (size_t)cw * 8 + g]),
+                                                  part[i][g % NP][h]);
+                }
+            }
+        }
+        const size_t slot = ((size_t)p * bpr + j) * QT_PANEL;
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++) {
+            vf a = nib_absmax(w, dq, slot + h * VLEN, a2[h]);
+#pragma GCC unroll 4
+            for (int i = 0; i < MG; i++) {
+                vf sum = part[i][0][h];
+#pragma GCC unroll 4
+                for (int u = 1; u < NP; u++)
+                    sum = vadd(sum, part[i][u][h]);
+                acc[i][h] = vfma(sum, a, acc[i][h]);
+            }
+        }
+    }
+}
+
+/* Y's entries of rows m0 .. m0 + MG - 1 of X for the panel's rows. */
+ALWAYS_INLINE void panel_rows(const panel_ctx *c, int fmt, int dq, int MG, int m0, int p)
+{
+    const qt_matrix *w = c->w;
+    vf acc[PANEL_ROWS][QT_PANEL / VLEN];
+#pragma GCC unroll 4
+    for (int i = 0; i < MG; i++)
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++)
+            acc[i][h] = vzero();
+    if (qt_is_bits((qt_format)fmt))
+        lut_rows_fmt(c, fmt, MG, m0, p, acc);
+    else
+        nib_rows_fmt(c, fmt, dq, MG, m0, p, acc);
+    const int n0 = p * QT_PANEL, nr = imin(QT_PANEL, w->rows - n0);
+#pragma GCC unroll 4
+    for (int i = 0; i < MG; i++) {
+        float sum[QT_PANEL];
+#pragma GCC unroll 2
+        for (int h = 0; h < QT_PANEL / VLEN; h++)
+            vstore(sum + h * VLEN, acc[i][h]);
+        float *yr = c->y + (size_t)(m0 + i) * w->rows + n0;
+        for (int r = 0; r < nr; r++) {
+            float v = qt_is_bits((qt_format)fmt) ? w->scale[n0 + r] * sum[r] : sum[r];
+            yr[r] = c->accumulate ? yr[r] + v : v;
+        }
+    }
+}
+
+ALWAYS_INLINE void panel_task_dq(const panel_ctx *c, int fmt, int dq, int p0, int p1)
+{
+    for (int p = p0; p < p1; p++)
+        for (int m0 = 0; m0 < c->M; m0 += PANEL_ROWS) {
+            switch (imin(PANEL_ROWS, c->M - m0)) {
+            case 1: panel_rows(c, fmt, dq, 1, m0, p); break;
+            case 2: panel_rows(c, fmt, dq, 2, m0, p); break;
+            case 3: panel_rows(c, fmt, dq, 3, m0, p); break;
+            default: panel_rows(c, fmt, dq, 4, m0, p); break;
+            }
+        }
+}
+
+/* double_quant as a constant in the hot loop */
+ALWAYS_INLINE void panel_task_fmt(const panel_ctx *c, int fmt, int p0, int p1)
+{
+    if (qt_is_nibble_panel((qt_format)fmt) && c->w->spec.double_quant)
+        panel_task_dq(c, fmt, 1, p0, p1);
+    else
+        panel_task_dq(c, fmt, 0, p0, p1);
+}
+
+PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_NF4)
+PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_FP4)
+PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_BITNET1)
+PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_TERNARY)
+
+static void panel_task(void *ctx, int t, int thread)
+{
+    (void)thread;
+    const panel_ctx *c = ctx;
+    int panels = (c->w->rows + QT_PANEL - 1) / QT_PANEL;
+    int p0 = t * c->panels_per_task, p1 = imin(p0 + c->panels_per_task, panels);
+    switch (c->w->spec.format) {
+    case QT_NF4: panel_QT_NF4(c, p0, p1); break;
+    case QT_FP4: panel_QT_FP4(c, p0, p1); break;
+    case QT_BITNET1: panel_QT_BITNET1(c, p0, p1); break;
+    case QT_TERNARY: panel_QT_TERNARY(c, p0, p1); break;
+    default: break;
+    }
 }
 
 /* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
@@ -428,24 +702,67 @@ static void gemm_task(void *ctx, int t, int thread)
     }
 }
 
+/* Tasks of a small-M product of `work` vector lanes (a lane of a decoded format's FMA
+ * is one multiply-add, a lane of a lookup four): each task of at least ~256K, so that
+ * handing it to another thread costs little beside it (a small layer runs on the caller
+ * alone), and up to 8 per thread, so that a thread the machine takes away leaves little
+ * behind. */
+static int small_m_tasks(long work)
+{
+    long most = 8L * qt_threads();
+    return (int)((work >> 18) < 1 ? 1 : (work >> 18) < most ? work >> 18 : most);
+}
+
+/* Y = X W^T for M < SMALL_M in a panel format: x is what panel_ctx.x holds, `work` the
+ * vector lanes of the product (small_m_tasks). */
+static void panel_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate,
+                         long work)
+{
+    int panels = (w->rows + QT_PANEL - 1) / QT_PANEL, tasks = small_m_tasks(work);
+    panel_ctx c = {w, x, y, M, accumulate, (panels + tasks - 1) / tasks};
+    qt_parallel((panels + c.panels_per_task - 1) / c.panels_per_task, panel_task, &c);
+}
+
+static int lut_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+{
+    const int K = w->cols, words = qt_panel_words(w);
+    const size_t tstride = (size_t)words * LUT_GROUPS * 16;
+    float *tables = aligned_alloc(64, (size_t)M * tstride * sizeof(float));
+    if (!tables)
+        return -1;
+    for (int m = 0; m < M; m++)
+        lut_tables(x + (size_t)m * K, K, words, w->spec.format, tables + (size_t)m * tstride);
+    panel_matmul(w, tables, M, y, accumulate, (long)M * w->rows * words * LUT_GROUPS * qt_panel_planes(w));
+    free(tables);
+    return 0;
+}
+
+static int nib_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+{
+    const int K = w->cols;
+    const size_t xstride = (size_t)qt_panel_words(w) * 8;
+    float *xp = calloc((size_t)M * xstride, sizeof(float));
+    if (!xp)
+        return -1;
+    for (int m = 0; m < M; m++)
+        memcpy(xp + m * xstride, x + (size_t)m * K, (size_t)K * sizeof(float));
+    panel_matmul(w, xp, M, y, accumulate, (long)M * w->rows * K);
+    free(xp);
+    return 0;
+}
+
 static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
 {
+    if (M < SMALL_M && qt_is_bits(w->spec.format))
+        return lut_matmul(w, x, M, y, accumulate);
+    if (M < SMALL_M && qt_is_nibble_panel(w->spec.format))
+        return nib_matmul(w, x, M, y, accumulate);
     if (M < SMALL_M) {
-        /* Tasks of at least ~64K multiply-adds: below that a wake-up costs more than the
-         * work (a 288 x 288 layer runs on one thread). */
-        long work = (long)M * w->rows * w->cols;
-        int tasks = (int)(work >> 16) < qt_threads() ? (int)(work >> 16) : qt_threads();
-        int rows = imin(16, (w->rows + tasks - 1) / (tasks < 1 ? 1 : tasks));
-        float *xs = NULL, xsum[SMALL_M];
-        if (is_4bit(w->spec.format) && !(xs = split_x(x, M, w->cols)))
+        int tasks = small_m_tasks((long)M * w->rows * w->cols);
+        float *xs = NULL;
+        if (w->spec.format == QT_INT4 && !(xs = split_x(x, M, w->cols)))
             return -1;
-        for (int m = 0; m < M && w->spec.format == QT_BITNET1; m++) {
-            float s = 0;
-            for (int k = 0; k < w->cols / 32 * 32; k++)
-                s += x[(size_t)m * w->cols + k];
-            xsum[m] = s;
-        }
-        gemv_ctx c = {w, xs ? xs : x, y, xsum, M, accumulate, rows < 1 ? 1 : rows};
+        gemv_ctx c = {w, xs ? xs : x, y, M, accumulate, (w->rows + tasks - 1) / tasks};
         qt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
         free(xs);
         return 0;

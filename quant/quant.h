@@ -29,6 +29,7 @@ typedef enum {
 #define QT_BLOCK_MIN 32
 #define QT_BLOCK_MAX 4096
 #define QT_DQ_GROUP 256 /* absmax values per group in double quantization */
+#define QT_PANEL 16     /* rows interleaved in the codes of nf4, fp4, bitnet1, ternary */
 
 /* How to quantize: format, block size, double quantization (nf4/fp4 only). */
 typedef struct {
@@ -42,11 +43,15 @@ typedef struct {
     int rows, cols;         /* N x K */
     int blocks_per_row;     /* ceil(K / block) for block-wise formats, else 1 */
     size_t row_bytes;       /* packed bytes per row in `data` */
-    uint8_t *data;          /* rows * row_bytes: codes (or fp32 values for f32) */
+    uint8_t *data;          /* codes (or fp32 values for f32), row after row; nf4, fp4,
+                               bitnet1 and ternary interleave 16 rows word by word
+                               (kernels.h) */
     float *scale;           /* per block: absmax (nf4/fp4 without dq), int8 scale, int4 S;
-                               per row: bitnet1 beta, ternary 1/s */
+                               per row: bitnet1 beta, ternary 1/s; nf4/fp4 keep theirs in
+                               16-row panels too (qt_block_slot) */
     int32_t *zero;          /* int4: zero point per block */
-    uint8_t *qabsmax;       /* nf4/fp4 with dq: 8-bit code of (absmax - offset) per block */
+    uint8_t *qabsmax;       /* nf4/fp4 with dq: 8-bit code of (absmax - offset) per block,
+                               in 16-row panels (qt_block_slot) */
     float *absmax2;         /* nf4/fp4 with dq: one fp32 absmax per group of 256 blocks */
     float offset;           /* nf4/fp4 with dq: mean of the block absmax values */
 } qt_matrix;
@@ -86,12 +91,23 @@ static inline float qt_dq_absmax(uint8_t q, float absmax2, float offset)
     return qt_dynamic_map_table[q] * absmax2 + offset;
 }
 
+/* Where block b (row-major block index, which also orders double quantization's groups)
+ * of an nf4/fp4 matrix keeps its absmax or its code: the 16 rows of a panel side by side,
+ * block after block, as the kernels load them (slot ((r / 16) * blocks_per_row + j) * 16
+ * + r % 16 for block j of row r). */
+static inline size_t qt_block_slot(const qt_matrix *m, size_t b)
+{
+    size_t r = b / (size_t)m->blocks_per_row, j = b % (size_t)m->blocks_per_row;
+    return ((r / QT_PANEL) * (size_t)m->blocks_per_row + j) * QT_PANEL + r % QT_PANEL;
+}
+
 /* The decoded absmax of block b (row-major block index) of an nf4/fp4 matrix. */
 static inline float qt_block_absmax(const qt_matrix *m, size_t b)
 {
+    size_t slot = qt_block_slot(m, b);
     if (!m->spec.double_quant)
-        return m->scale[b];
-    return qt_dq_absmax(m->qabsmax[b], m->absmax2[b / QT_DQ_GROUP], m->offset);
+        return m->scale[slot];
+    return qt_dq_absmax(m->qabsmax[slot], m->absmax2[b / QT_DQ_GROUP], m->offset);
 }
 
 /* ---- kernels ---- */

@@ -87,23 +87,39 @@ static int is_blockwise(qt_format f)
 
 static size_t row_bytes_of(qt_format f, int cols)
 {
-    size_t k = (size_t)cols, words = (k + 63) / 64;
+    size_t k = (size_t)cols, words = (k + 31) / 32;
     switch (f) {
     case QT_F32: return k * 4;
-    case QT_NF4: case QT_FP4: case QT_INT4: return (k + 1) / 2;
+    case QT_NF4: case QT_FP4: return (k + 7) / 8 * 4; /* 8 codes per 32-bit word */
+    case QT_INT4: return (k + 1) / 2;
     case QT_INT8: return k;
-    case QT_BITNET1: return words * 8;      /* one sign bit per weight */
-    case QT_TERNARY: return words * 16;     /* a "+1" and a "-1" bit plane per 64 weights */
+    case QT_BITNET1: return words * 4;      /* one sign bit per weight */
+    case QT_TERNARY: return words * 8;      /* a "+1" and a "-1" bit plane */
     default: return 0;
     }
 }
 
+/* Rows held in `data`: the panel formats fill their last panel with zero rows. */
+static size_t stored_rows(const qt_matrix *m)
+{
+    size_t rows = (size_t)m->rows;
+    return qt_is_panel(m->spec.format) ? (rows + QT_PANEL - 1) / QT_PANEL * QT_PANEL : rows;
+}
+
+/* Entries of `scale` or `qabsmax`: one per block, nf4 and fp4 for whole panels. */
+static size_t block_slots(const qt_matrix *m)
+{
+    size_t rows = qt_is_nibble_panel(m->spec.format) ? stored_rows(m) : (size_t)m->rows;
+    return rows * (size_t)m->blocks_per_row;
+}
+
+/* int4 codes: two per byte, the first element in the high nibble. */
 static void set_nibble(uint8_t *row, int k, unsigned q)
 {
     if (k & 1)
         row[k / 2] |= (uint8_t)q;
     else
-        row[k / 2] |= (uint8_t)(q << 4); /* first element in the high nibble */
+        row[k / 2] |= (uint8_t)(q << 4);
 }
 
 static unsigned get_nibble(const uint8_t *row, int k)
@@ -111,11 +127,23 @@ static unsigned get_nibble(const uint8_t *row, int k)
     return k & 1 ? row[k / 2] & 15u : row[k / 2] >> 4;
 }
 
+/* nf4 and fp4 codes: nibble k % 8 of row r's word k / 8 (kernels.h). */
+static void set_code(qt_matrix *m, int r, int k, unsigned q)
+{
+    qt_panel_row(m, r)[(size_t)(k / 8) * QT_PANEL] |= q << 4 * (k % 8);
+}
+
+static unsigned get_code(const qt_matrix *m, int r, int k)
+{
+    return qt_panel_row(m, r)[(size_t)(k / 8) * QT_PANEL] >> 4 * (k % 8) & 15u;
+}
+
 /* ---- quantize ---- */
 
-static void quantize_4bit_row(const float *x, int cols, int block, const sorted_table *st,
-                              uint8_t *row, float *absmax)
+static void quantize_4bit_row(qt_matrix *m, int r, const float *x, const sorted_table *st,
+                              float *absmax)
 {
+    const int cols = m->cols, block = m->spec.block;
     for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
         int b1 = b0 + block < cols ? b0 + block : cols;
         float amax = 0;
@@ -125,7 +153,7 @@ static void quantize_4bit_row(const float *x, int cols, int block, const sorted_
         float inv = 1.0f / amax; /* bitsandbytes multiplies by the reciprocal */
         for (int k = b0; k < b1; k++) {
             float s = amax > 0 ? fminf(fmaxf(x[k] * inv, -1.0f), 1.0f) : 0.0f;
-            set_nibble(row, k, nearest_code(st, s));
+            set_code(m, r, k, nearest_code(st, s));
         }
     }
 }
@@ -253,27 +281,36 @@ static float mean_abs(const float *x, int cols, float *scratch)
     return torch_mean_f32(scratch, (size_t)cols);
 }
 
-static void quantize_bitnet1_row(const float *x, int cols, uint8_t *row, float *beta,
-                                 float *scratch)
+/* Sets bit k of row r's "+1" plane (minus = 0) or "-1" plane (minus = 1). */
+static void set_bit(qt_matrix *m, int r, int k, int minus)
 {
-    float alpha = torch_mean_f32(x, (size_t)cols);
-    *beta = mean_abs(x, cols, scratch);
-    uint64_t *w = (uint64_t *)row;
-    for (int k = 0; k < cols; k++)
-        if (x[k] - alpha > 0)
-            w[k / 64] |= (uint64_t)1 << (k % 64);
+    qt_panel_row(m, r)[((size_t)(k / 32) * qt_panel_planes(m) + minus) * QT_PANEL] |= 1u << (k % 32);
 }
 
-static void quantize_ternary_row(const float *x, int cols, uint8_t *row, float *step,
-                                 float *scratch)
+static int get_bit(const qt_matrix *m, int r, int k, int minus)
 {
+    return qt_panel_row(m, r)[((size_t)(k / 32) * qt_panel_planes(m) + minus) * QT_PANEL] >> (k % 32) & 1;
+}
+
+static void quantize_bitnet1_row(qt_matrix *m, int r, const float *x, float *scratch)
+{
+    const int cols = m->cols;
+    float alpha = torch_mean_f32(x, (size_t)cols);
+    m->scale[r] = mean_abs(x, cols, scratch); /* beta */
+    for (int k = 0; k < cols; k++)
+        if (x[k] - alpha > 0)
+            set_bit(m, r, k, 0);
+}
+
+static void quantize_ternary_row(qt_matrix *m, int r, const float *x, float *scratch)
+{
+    const int cols = m->cols;
     float s = 1.0f / fmaxf(mean_abs(x, cols, scratch), 1e-5f);
-    *step = 1.0f / s; /* q / s for q = +-1 is exactly +-(1 / s) */
-    uint64_t *w = (uint64_t *)row;
+    m->scale[r] = 1.0f / s; /* q / s for q = +-1 is exactly +-(1 / s) */
     for (int k = 0; k < cols; k++) {
         float q = fminf(fmaxf(rintf(x[k] * s), -1.0f), 1.0f);
         if (q != 0)
-            w[2 * (k / 64) + (q < 0)] |= (uint64_t)1 << (k % 64);
+            set_bit(m, r, k, q < 0);
     }
 }
 
@@ -290,24 +327,30 @@ static void double_quantize(qt_matrix *m, const float *absmax, size_t nblocks)
             amax = fmaxf(amax, fabsf(absmax[b] - m->offset));
         m->absmax2[g0 / QT_DQ_GROUP] = amax;
         for (size_t b = g0; b < g1; b++)
-            m->qabsmax[b] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
+            m->qabsmax[qt_block_slot(m, b)] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
     }
 }
 
 static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
 {
     size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
+    size_t slots = block_slots(m);
     qt_format f = m->spec.format;
-    m->data = calloc(rows, m->row_bytes);
+    /* 64-byte aligned, so that the kernels' vector loads of 16 rows' words stay within a
+     * cache line */
+    size_t data_bytes = (stored_rows(m) * m->row_bytes + 63) / 64 * 64;
+    m->data = aligned_alloc(64, data_bytes);
     int ok = m->data != NULL;
-    if (f == QT_BITNET1 || f == QT_TERNARY)
+    if (ok)
+        memset(m->data, 0, data_bytes);
+    if (qt_is_bits(f))
         ok = ok && (m->scale = calloc(rows, sizeof(float)));
     else if (f != QT_F32 && !m->spec.double_quant)
-        ok = ok && (m->scale = calloc(nblocks, sizeof(float)));
+        ok = ok && (m->scale = calloc(slots, sizeof(float)));
     if (f == QT_INT4)
         ok = ok && (m->zero = calloc(nblocks, sizeof(int32_t)));
     if (m->spec.double_quant) {
-        ok = ok && (m->qabsmax = calloc(nblocks, 1));
+        ok = ok && (m->qabsmax = calloc(slots, 1));
         ok = ok && (m->absmax2 = calloc((nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP, sizeof(float)));
     }
     if (!ok) {
@@ -344,10 +387,10 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
 
     size_t nblocks = (size_t)rows * m->blocks_per_row;
     float *absmax = NULL, *scratch = NULL;
-    int four_bit = spec.format == QT_NF4 || spec.format == QT_FP4;
-    int per_row = spec.format == QT_BITNET1 || spec.format == QT_TERNARY;
-    if (four_bit)
-        absmax = spec.double_quant ? malloc(nblocks * sizeof(float)) : m->scale;
+    int four_bit = qt_is_nibble_panel(spec.format);
+    int per_row = qt_is_bits(spec.format);
+    if (four_bit) /* row-major, the order of double quantization's groups */
+        absmax = malloc(nblocks * sizeof(float));
     if (per_row)
         scratch = malloc((size_t)cols * sizeof(float));
     if ((four_bit && !absmax) || (per_row && !scratch)) {
@@ -365,22 +408,22 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
         size_t b = (size_t)r * m->blocks_per_row;
         switch (spec.format) {
         case QT_F32: memcpy(row, x, (size_t)cols * sizeof(float)); break;
-        case QT_NF4: case QT_FP4:
-            quantize_4bit_row(x, cols, spec.block, &st, row, absmax + b);
-            break;
+        case QT_NF4: case QT_FP4: quantize_4bit_row(m, r, x, &st, absmax + b); break;
         case QT_INT8: quantize_int8_row(x, cols, spec.block, (int8_t *)row, m->scale + b); break;
         case QT_INT4:
             quantize_int4_row(x, cols, spec.block, row, m->scale + b, m->zero + b);
             break;
-        case QT_BITNET1: quantize_bitnet1_row(x, cols, row, m->scale + r, scratch); break;
-        case QT_TERNARY: quantize_ternary_row(x, cols, row, m->scale + r, scratch); break;
+        case QT_BITNET1: quantize_bitnet1_row(m, r, x, scratch); break;
+        case QT_TERNARY: quantize_ternary_row(m, r, x, scratch); break;
         default: break;
         }
     }
-    if (spec.double_quant) {
+    if (spec.double_quant)
         double_quantize(m, absmax, nblocks);
-        free(absmax);
-    }
+    else if (four_bit)
+        for (size_t b = 0; b < nblocks; b++)
+            m->scale[qt_block_slot(m, b)] = absmax[b];
+    free(absmax);
     free(scratch);
     return 0;
 }
@@ -402,14 +445,13 @@ void qt_decode_range(const qt_matrix *m, int r, int k0, int k1, float *out)
     const uint8_t *row = m->data + (size_t)r * m->row_bytes;
     const int block = m->spec.block;
     const size_t b0 = (size_t)r * m->blocks_per_row;
-    const uint64_t *w = (const uint64_t *)row;
     out -= k0; /* index out by column */
     switch (m->spec.format) {
     case QT_F32: memcpy(out + k0, (const float *)row + k0, (size_t)(k1 - k0) * sizeof(float)); break;
     case QT_NF4: case QT_FP4: {
         const float *t = qt_code_table(m->spec.format);
         for (int k = k0; k < k1; k++)
-            out[k] = t[get_nibble(row, k)] * qt_block_absmax(m, b0 + k / block);
+            out[k] = t[get_code(m, r, k)] * qt_block_absmax(m, b0 + k / block);
         break;
     }
     case QT_INT8:
@@ -424,13 +466,11 @@ void qt_decode_range(const qt_matrix *m, int r, int k0, int k1, float *out)
         break;
     case QT_BITNET1:
         for (int k = k0; k < k1; k++)
-            out[k] = (w[k / 64] >> (k % 64) & 1) ? m->scale[r] : -m->scale[r];
+            out[k] = get_bit(m, r, k, 0) ? m->scale[r] : -m->scale[r];
         break;
     case QT_TERNARY:
-        for (int k = k0; k < k1; k++) {
-            int plus = w[2 * (k / 64)] >> (k % 64) & 1, minus = w[2 * (k / 64) + 1] >> (k % 64) & 1;
-            out[k] = plus ? m->scale[r] : minus ? -m->scale[r] : 0.0f;
-        }
+        for (int k = k0; k < k1; k++)
+            out[k] = get_bit(m, r, k, 0) ? m->scale[r] : get_bit(m, r, k, 1) ? -m->scale[r] : 0.0f;
         break;
     default: break;
     }
@@ -439,14 +479,13 @@ void qt_decode_range(const qt_matrix *m, int r, int k0, int k1, float *out)
 size_t qt_bytes(const qt_matrix *m)
 {
     size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
-    size_t bytes = rows * m->row_bytes;
+    size_t bytes = stored_rows(m) * m->row_bytes;
     if (m->scale)
-        bytes += (m->spec.format == QT_BITNET1 || m->spec.format == QT_TERNARY ? rows : nblocks) *
-                 sizeof(float);
+        bytes += (qt_is_bits(m->spec.format) ? rows : block_slots(m)) * sizeof(float);
     if (m->zero)
         bytes += nblocks * sizeof(int32_t);
     if (m->qabsmax)
-        bytes += nblocks + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
+        bytes += block_slots(m) + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
                  sizeof(float);
     return bytes;
 }

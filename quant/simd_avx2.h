@@ -18,6 +18,8 @@ static inline vf vload(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline float vhsum(vf v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -48,12 +50,29 @@ static inline vf lookup16(__m256i idx, lut16 lut)
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-static inline void decode_nibbles32(const uint8_t *p, lut16 lut, vf *out)
+typedef __m256i vi;
+
+static inline vi vload_i(const uint32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline vi vload_u8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline vi vset1_i(int32_t a) { return _mm256_set1_epi32(a); }
+static inline vi vadd_i(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vi vsrli(vi a, int n) { return _mm256_srli_epi32(a, n); }
+static inline lut16 lut_load(const float *table)
 {
-    __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+    lut16 l = {_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8)};
+    return l;
+}
+static inline vf vlookup16(vi idx, lut16 lut) { return lookup16(idx, lut); }
+static inline vf vgather(const float *base, vi idx) { return _mm256_i32gather_ps(base, idx, 4); }
+static inline vf vlookup256(vi idx, const float *table) { return vgather(table, idx); }
+
+static inline void decode_nibbles32(__m128i bytes, int hi_first, lut16 lut, vf *out)
+{
+    __m256i w = _mm256_cvtepu8_epi16(bytes);
     __m256i hi = _mm256_srli_epi16(w, 4);
     __m256i lo = _mm256_and_si256(w, _mm256_set1_epi16(15));
-    __m256i seq = _mm256_or_si256(hi, _mm256_slli_epi16(lo, 8));
+    __m256i seq = hi_first ? _mm256_or_si256(hi, _mm256_slli_epi16(lo, 8))
+                           : _mm256_or_si256(lo, _mm256_slli_epi16(hi, 8));
     __m128i a = _mm256_castsi256_si128(seq), b = _mm256_extracti128_si256(seq, 1);
     out[0] = lookup16(_mm256_cvtepu8_epi32(a), lut);
     out[1] = lookup16(_mm256_cvtepu8_epi32(_mm_srli_si128(a, 8)), lut);
@@ -87,13 +106,6 @@ static inline __m256 bits8_mask(uint32_t bits)
     __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)bits), sel);
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
-}
-
-static inline void add_masked32(uint32_t bits, const float *x, vf *acc)
-{
-    for (int i = 0; i < 4; i++)
-        acc[i] = _mm256_add_ps(acc[i], _mm256_and_ps(bits8_mask(bits >> (8 * i) & 255),
-                                                     _mm256_loadu_ps(x + 8 * i)));
 }
 
 static inline void decode_bits32(uint32_t plus, uint32_t minus, float d, vf *out)

@@ -9,6 +9,31 @@
 
 typedef __m512 vf;
 typedef __m512 lut16; /* 16 table values: one register, looked up with vpermps */
+typedef __m512i vi;
+
+static inline vi vload_i(const uint32_t *p) { return _mm512_loadu_si512(p); }
+/* VLEN bytes, zero-extended to 32-bit lanes */
+static inline vi vload_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+static inline vi vset1_i(int32_t a) { return _mm512_set1_epi32(a); }
+static inline vi vadd_i(vi a, vi b) { return _mm512_add_epi32(a, b); }
+static inline vi vsrli(vi a, int n) { return _mm512_srli_epi32(a, (unsigned)n); }
+static inline lut16 lut_load(const float *table) { return _mm512_loadu_ps(table); }
+/* lut[idx & 15] in every lane (vpermps reads only the low 4 bits of an index) */
+static inline vf vlookup16(vi idx, lut16 lut) { return _mm512_permutexvar_ps(idx, lut); }
+/* table[idx] for idx in 0..255: a vpermi2ps per 32 entries, merged under masks, costs less
+ * here than a gather */
+static inline vf vlookup256(vi idx, const float *table)
+{
+    __m512i hi = _mm512_srli_epi32(idx, 5);
+    __m512 r = _mm512_permutex2var_ps(_mm512_loadu_ps(table), idx, _mm512_loadu_ps(table + 16));
+    for (int i = 1; i < 8; i++) {
+        __mmask16 k = _mm512_cmpeq_epi32_mask(hi, _mm512_set1_epi32(i));
+        r = _mm512_mask_mov_ps(r, k, _mm512_permutex2var_ps(_mm512_loadu_ps(table + 32 * i), idx,
+                                                             _mm512_loadu_ps(table + 32 * i + 16)));
+    }
+    return r;
+}
+static inline vf vgather(const float *base, vi idx) { return _mm512_i32gather_ps(idx, base, 4); }
 
 static inline vf vzero(void) { return _mm512_setzero_ps(); }
 static inline vf vset1(float x) { return _mm512_set1_ps(x); }
@@ -16,6 +41,8 @@ static inline vf vload(const float *p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float *p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
 
 static inline lut16 lut_scaled(const float *table, float a)
@@ -30,13 +57,15 @@ static inline lut16 lut_affine(float s, int32_t z)
     return _mm512_mul_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(z))));
 }
 
-/* 16 bytes of packed nibbles (first element in the high nibble) -> 32 table values. */
-static inline void decode_nibbles32(const uint8_t *p, lut16 lut, vf *out)
+/* 16 bytes of packed nibbles -> 32 table values, the first element of each byte in its
+ * high nibble (hi_first) or in its low one. */
+static inline void decode_nibbles32(__m128i bytes, int hi_first, lut16 lut, vf *out)
 {
-    __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+    __m256i w = _mm256_cvtepu8_epi16(bytes);
     __m256i hi = _mm256_srli_epi16(w, 4);
     __m256i lo = _mm256_and_si256(w, _mm256_set1_epi16(15));
-    __m256i seq = _mm256_or_si256(hi, _mm256_slli_epi16(lo, 8)); /* bytes hi0 lo0 hi1 lo1 ... */
+    __m256i seq = hi_first ? _mm256_or_si256(hi, _mm256_slli_epi16(lo, 8)) /* hi0 lo0 hi1 .. */
+                           : _mm256_or_si256(lo, _mm256_slli_epi16(hi, 8));
     out[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(seq)), lut);
     out[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(seq, 1)), lut);
 }
@@ -58,14 +87,6 @@ static inline void decode_int8_32(const int8_t *p, float s, vf *out)
         __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * i)));
         out[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), vs);
     }
-}
-
-/* acc += the elements of x[0..32) whose bit is set (matrix-vector products with bit
- * planes add x under a mask instead of multiplying by decoded +-d). */
-static inline void add_masked32(uint32_t bits, const float *x, vf *acc)
-{
-    acc[0] = _mm512_mask_add_ps(acc[0], (__mmask16)bits, acc[0], _mm512_loadu_ps(x));
-    acc[1] = _mm512_mask_add_ps(acc[1], (__mmask16)(bits >> 16), acc[1], _mm512_loadu_ps(x + 16));
 }
 
 /* Lane i is +d where bit i of plus is set, -d where bit i of minus is, else 0. */

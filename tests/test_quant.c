@@ -140,27 +140,35 @@ static void test_tables(void)
 
 static void test_nf4_codes(void)
 {
-    /* One block: absmax 2 sets the scale; ties halfway between codes go to the lower. */
+    /* One block per row: absmax 2 sets the scale; ties halfway between codes go to the
+     * lower. Codes are 8 to a 32-bit word, column 8c + j in nibble j of word c, and the
+     * words of 16 rows side by side (row 1's word 0 follows row 0's). */
     const float *t = qt_code_table(QT_NF4);
-    float x[64] = {0};
+    float x[128] = {0};
     x[0] = 2.0f;
     x[1] = -2.0f;
     x[2] = 2.0f * t[9];                        /* exact code 9 */
     x[3] = (t[8] + t[9]);                      /* 2 * midpoint of codes 8, 9: a tie */
     x[4] = 0.001f;                              /* nearest 0 */
+    x[64] = -2.0f, x[65] = 2.0f;               /* row 1 */
     qt_matrix m;
     char err[128];
     qt_spec spec = {QT_NF4, 64, 0};
-    CHECK(qt_quantize(&m, x, 1, 64, spec, err, sizeof err) == 0, "%s", err);
-    CHECK(m.data[0] == 0xF0, "byte 0 = %#x (codes 15, 0; high nibble first)", m.data[0]);
+    CHECK(qt_quantize(&m, x, 2, 64, spec, err, sizeof err) == 0, "%s", err);
+    uint32_t w[QT_PANEL + 1];
+    memcpy(w, m.data, sizeof w);
+    CHECK((w[0] & 0xFF) == 0x0F, "word 0 = %#x (codes 15, 0 in nibbles 0, 1)", w[0]);
     float s = fminf(fmaxf(x[3] * (1 / 2.0f), -1), 1);
     int tie = fabsf(s - t[8]) == fabsf(s - t[9]);
-    CHECK(m.data[1] >> 4 == 9, "code of x[2] = %d", m.data[1] >> 4);
-    CHECK((m.data[1] & 15) == (tie ? 8 : argmin_first(t, 16, s)), "tie to lower code");
-    CHECK(m.data[2] >> 4 == 7, "small value to the zero code");
-    CHECK(m.scale[0] == 2.0f, "absmax %g", m.scale[0]);
+    CHECK((w[0] >> 8 & 15) == 9, "code of x[2] = %u", w[0] >> 8 & 15);
+    CHECK((w[0] >> 12 & 15) == (tie ? 8u : (uint32_t)argmin_first(t, 16, s)), "tie to lower code");
+    CHECK((w[0] >> 16 & 15) == 7, "small value to the zero code");
+    CHECK((w[1] & 0xFF) == 0xF0, "row 1's word 0 = %#x (codes 0, 15)", w[1]);
+    CHECK(w[QT_PANEL] == 0x77777777u, "row 0's word 1 = %#x (zeros: code 7)", w[QT_PANEL]);
+    CHECK(m.scale[0] == 2.0f && m.scale[1] == 2.0f, "absmax %g %g (rows side by side)",
+          m.scale[0], m.scale[1]);
     qt_free(&m);
-    test_case("nf4 codes, nibble order, ties");
+    test_case("nf4 codes, nibble order, panel layout, ties");
 }
 
 static void test_roundtrips(void)
@@ -263,8 +271,28 @@ static void test_bits_per_param(void)
               qt_format_name(want[i].spec.format), want[i].spec.double_quant, got, want[i].bits);
         qt_free(&m);
     }
+    /* The panel formats store whole panels of 16 rows: 17 rows hold 32 rows of codes (and
+     * for nf4 of block codes), but only 17 rows' worth of double-quant groups. */
+    const int b17 = 17 * cols / 64; /* blocks of the 17 rows */
+    const struct {
+        qt_format f;
+        double bits; /* stored, for 17 x cols */
+    } padded[] = {
+        {QT_BITNET1, 32.0 * cols + 17 * 32},
+        {QT_TERNARY, 32.0 * cols * 2 + 17 * 32},
+        {QT_NF4, 32.0 * cols * 4 + 32 * (cols / 64) * 8 + (b17 + 255) / 256 * 32 + 32},
+    };
+    for (size_t i = 0; i < sizeof padded / sizeof padded[0]; i++) {
+        qt_matrix m;
+        char err[128];
+        CHECK(qt_quantize(&m, w, 17, cols, qt_spec_default(padded[i].f), err, sizeof err) == 0, "%s", err);
+        double want = padded[i].bits / (17.0 * cols);
+        CHECK(fabs(qt_bits_per_param(&m) - want) < 1e-9, "%s 17 rows: %.5f bits/param, expected %.5f",
+              qt_format_name(padded[i].f), qt_bits_per_param(&m), want);
+        qt_free(&m);
+    }
     free(w);
-    test_case("bits per parameter (nf4 with double quant: 4.127)");
+    test_case("bits per parameter (nf4 with double quant: 4.127; panels padded to 16 rows)");
 }
 
 /* ---- kernels ---- */
@@ -323,6 +351,7 @@ static void test_kernels(void)
                 int N = Ns[a], K = Ks[b];
                 qt_spec spec = qt_spec_default(f);
                 spec.block = (a + b) % 2 ? 32 : 64;
+                spec.double_quant = spec.double_quant && a % 2 == 0; /* nf4, fp4: both ways */
                 float *w = gaussian_matrix((size_t)N * K, 0.05f);
                 qt_matrix m;
                 char err[128];
@@ -408,22 +437,31 @@ static void test_vector_decode(void)
 static void test_threads_agree(void)
 {
     /* The same product on 1 and on all threads: every element is computed by one thread
-     * in a fixed order, so results must be bitwise equal. */
-    int N = 301, K = 515, M = 40;
-    float *w = gaussian_matrix((size_t)N * K, 0.05f), *x = gaussian_matrix((size_t)M * K, 1);
-    qt_matrix m;
-    char err[128];
-    CHECK(qt_quantize(&m, w, N, K, qt_spec_default(QT_NF4), err, sizeof err) == 0, "%s", err);
-    float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
-    int threads = qt_threads();
-    qt_set_threads(1);
-    qt_matmul(&m, x, M, y1, 0);
-    qt_set_threads(threads < 2 ? 2 : threads);
-    qt_matmul(&m, x, M, y2, 0);
-    CHECK(memcmp(y1, y2, (size_t)M * N * 4) == 0, "1 thread and %d threads differ", qt_threads());
-    qt_set_threads(threads);
-    qt_free(&m);
-    free(w), free(x), free(y1), free(y2);
+     * in a fixed order, so results must be bitwise equal. The small-M cases are large
+     * enough to be split into several tasks. */
+    const struct {
+        qt_format f;
+        int M;
+    } cases[] = {{QT_NF4, 40}, {QT_NF4, 1}, {QT_TERNARY, 1}, {QT_BITNET1, 3}};
+    int N = 301, K = 2055;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int M = cases[i].M;
+        float *w = gaussian_matrix((size_t)N * K, 0.05f), *x = gaussian_matrix((size_t)M * K, 1);
+        qt_matrix m;
+        char err[128];
+        CHECK(qt_quantize(&m, w, N, K, qt_spec_default(cases[i].f), err, sizeof err) == 0, "%s", err);
+        float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
+        int threads = qt_threads();
+        qt_set_threads(1);
+        qt_matmul(&m, x, M, y1, 0);
+        qt_set_threads(threads < 2 ? 2 : threads);
+        qt_matmul(&m, x, M, y2, 0);
+        CHECK(memcmp(y1, y2, (size_t)M * N * 4) == 0, "%s M=%d: 1 thread and %d threads differ",
+              qt_format_name(cases[i].f), M, qt_threads());
+        qt_set_threads(threads);
+        qt_free(&m);
+        free(w), free(x), free(y1), free(y2);
+    }
     test_case("results do not depend on the thread count");
 }
 
