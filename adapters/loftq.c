@@ -3,11 +3,12 @@
  * small k x k problem solved exactly by Jacobi rotations. */
 #include "loftq.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+
+#include "pool_sgemm.h"
 
 #define OVERSAMPLE 8
 #define POWER_ITERS 4
@@ -110,16 +111,16 @@ static int fit_layer(void *p, int layer, llama_linear lin, const float *w, int o
         R[i] = w[i] - R[i];
     for (size_t i = 0; i < (size_t)in * k; i++)
         Z[i] = gauss(&c->rng);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, k, in, 1, R, in, Z, k, 0, Y, k);
+    pool_sgemm(CblasNoTrans, CblasNoTrans, out, k, in, 1, R, in, Z, k, 0, Y, k);
     orthonormalize(Y, out, k);
     for (int it = 0; it < POWER_ITERS; it++) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, k, out, 1, R, in, Y, k, 0, Z, k);
+        pool_sgemm(CblasTrans, CblasNoTrans, in, k, out, 1, R, in, Y, k, 0, Z, k);
         orthonormalize(Z, in, k);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, k, in, 1, R, in, Z, k, 0, Y, k);
+        pool_sgemm(CblasNoTrans, CblasNoTrans, out, k, in, 1, R, in, Z, k, 0, Y, k);
         orthonormalize(Y, out, k);
     }
     /* Bt = Y^T R [k x in];  Bt Bt^T = U diag(s^2) U^T;  R ~ (Y U) diag(s) (diag(1/s) U^T Bt) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, in, out, 1, Y, k, R, in, 0, Bt, in);
+    pool_sgemm(CblasTrans, CblasNoTrans, k, in, out, 1, Y, k, R, in, 0, Bt, in);
     for (int i = 0; i < k; i++)
         for (int j = 0; j < k; j++) {
             double d = 0;

@@ -2,13 +2,13 @@
  * Each step undoes one step of llama_forward, in reverse; the input gradient of every
  * base linear goes through the transposed fused kernel (qt_matmul_t), and only the LoRA
  * matrices collect gradients. */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "forward.h"
 #include "parallel.h"
+#include "pool_sgemm.h"
 
 /* y = w * rstd * x  =>  dx = rstd * (w . dy) - rstd^3 / D * x * sum(w . dy . x); dx is
  * accumulated into. */
@@ -44,15 +44,18 @@ typedef struct {
     const float *q, *k, *v, *att; /* forward values (k, v: this layer's cache, S == T) */
     const float *dout;            /* [M x dim] gradient of the attention output */
     float *dq, *dk, *dv;          /* [M x dim], [M x kv_dim] x 2, written */
-    float *scratch;               /* [threads x (head_size + 1) x T]: transposed values, datt */
+    float *scratch;               /* [threads x T x T]: dP, then dS, of one head */
     int B, T;
 } attn_bwd_ctx;
 
-/* One task per (sequence, kv head): the heads sharing a kv head add into the same dk, dv.
- * As in the forward, the values are transposed once so that the products with every
- * position build up together; every inner loop runs over independent outputs and
- * vectorizes (target_clones: the widths this CPU may have, picked at load time). */
-__attribute__((target_clones("avx512f", "avx2", "default")))
+/* One task per (sequence, kv head); the heads sharing a kv head add into the same dK, dV.
+ * Per head, with P the probabilities [T x T] (zero above the diagonal), dO the output's
+ * gradient, and every product a single-threaded sgemm on this task's thread:
+ *   dP = dO V^T,  dV += P^T dO,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),
+ *   dQ = dS K,    dK += dS^T Q.
+ * The products run over the whole square (the causal half is zeros in P and dS): twice
+ * the multiply-adds of the triangle, at sgemm's speed rather than that of T^2 short
+ * vector loops. Unlike the forward, no summation order is owed to run.c here. */
 static void attention_backward_task(void *p, int task, int thread)
 {
     const attn_bwd_ctx *c = p;
@@ -60,39 +63,29 @@ static void attention_backward_task(void *p, int task, int thread)
     const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, T = c->T;
     const int group = H / cfg->n_kv_heads, b = task / cfg->n_kv_heads, kvh = task % cfg->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hs);
-    float *vt = c->scratch + (size_t)thread * (hs + 1) * T, *restrict datt = vt + (size_t)hs * T;
-    for (int s = 0; s < T; s++) {
-        const float *v = c->v + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-        for (int i = 0; i < hs; i++)
-            vt[(size_t)i * T + s] = v[i];
-        memset(c->dk + ((size_t)b * T + s) * KV + (size_t)kvh * hs, 0, (size_t)hs * sizeof(float));
-        memset(c->dv + ((size_t)b * T + s) * KV + (size_t)kvh * hs, 0, (size_t)hs * sizeof(float));
-    }
-    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+    float *ds = c->scratch + (size_t)thread * T * T;
+    const size_t kv0 = (size_t)b * T * KV + (size_t)kvh * hs;
+    const float *k = c->k + kv0, *v = c->v + kv0;
+    float *dk = c->dk + kv0, *dv = c->dv + kv0;
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        const size_t q0 = (size_t)b * T * D + (size_t)h * hs;
+        const float *att = c->att + ((size_t)b * H + h) * T * T, *dout = c->dout + q0, *q = c->q + q0;
+        const float beta = h == kvh * group ? 0.0f : 1.0f; /* the group's first head writes */
+        task_sgemm(CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout, D, v, KV, 0.0f, ds, T);
+        task_sgemm(CblasTrans, CblasNoTrans, T, hs, T, 1.0f, att, T, dout, D, beta, dv, KV);
         for (int t = 0; t < T; t++) {
-            size_t row = (size_t)b * T + t;
-            const float *att = c->att + (((size_t)b * H + h) * T + t) * T;
-            const float *dout = c->dout + row * D + (size_t)h * hs, *q = c->q + row * D + (size_t)h * hs;
-            float *dq = c->dq + row * D + (size_t)h * hs;
-            /* datt[s] = dout . v_s;  dv_s += att[s] dout */
-            llama_dot_columns(datt, dout, vt, hs, t + 1, (size_t)T);
-            float dsum = 0;
-            for (int s = 0; s <= t; s++) {
-                float *restrict dv = c->dv + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-                for (int i = 0; i < hs; i++)
-                    dv[i] += att[s] * dout[i];
-                dsum += att[s] * datt[s];
-            }
-            /* through the softmax: ds = att (datt - dsum) scale (into datt);  dk_s += ds q;
-             * dq = ds K, the columns of K */
-            for (int s = 0; s <= t; s++) {
-                const float ds = datt[s] = att[s] * (datt[s] - dsum) * scale;
-                float *restrict dk = c->dk + ((size_t)b * T + s) * KV + (size_t)kvh * hs;
-                for (int i = 0; i < hs; i++)
-                    dk[i] += ds * q[i];
-            }
-            llama_dot_columns(dq, datt, c->k + (size_t)b * T * KV + (size_t)kvh * hs, t + 1, hs, (size_t)KV);
+            const float *pt = att + (size_t)t * T;
+            float *dst = ds + (size_t)t * T, dsum = 0;
+            for (int s = 0; s <= t; s++)
+                dsum += pt[s] * dst[s];
+            for (int s = 0; s <= t; s++)
+                dst[s] = pt[s] * (dst[s] - dsum) * scale;
+            for (int s = t + 1; s < T; s++)
+                dst[s] = 0;
         }
+        task_sgemm(CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, KV, 0.0f, c->dq + q0, D);
+        task_sgemm(CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, D, beta, dk, KV);
+    }
 }
 
 /* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
@@ -113,8 +106,8 @@ static int linear_backward(const llama_model *m, const llama_lora *ad, const lla
     const float *A = llama_lora_a(ad, ad->params, layer, k), *Bm = llama_lora_b(ad, c, ad->params, layer, k);
     float *dA = llama_lora_a(ad, grads, layer, k), *dB = llama_lora_b(ad, c, grads, layer, k);
     /* dB += scale dy^T u;  du = scale dy B;  dA += du^T d(x);  dx += d'(du A) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, M, ad->scale, dy, out, u, r, 1.0f, dB, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, r, out, ad->scale, dy, out, Bm, r, 0.0f, du, r);
+    pool_sgemm(CblasTrans, CblasNoTrans, out, r, M, ad->scale, dy, out, u, r, 1.0f, dB, r);
+    pool_sgemm(CblasNoTrans, CblasNoTrans, M, r, out, ad->scale, dy, out, Bm, r, 0.0f, du, r);
     int dropout = ad->training && ad->dropout > 0;
     const float *xin = x;
     if (dropout) {
@@ -123,13 +116,13 @@ static int linear_backward(const llama_model *m, const llama_lora *ad, const lla
                 a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
         xin = a->scratch;
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, M, 1.0f, du, r, xin, in, 1.0f, dA, in);
+    pool_sgemm(CblasTrans, CblasNoTrans, r, in, M, 1.0f, du, r, xin, in, 1.0f, dA, in);
     if (!dx)
         return 0;
     if (!dropout) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
+        pool_sgemm(CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 0.0f,
+        pool_sgemm(CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 0.0f,
                     a->scratch, in);
         for (size_t i = 0; i < (size_t)M; i++)
             for (int j = 0; j < in; j++)
@@ -147,7 +140,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
     const size_t wide = D > HD ? D : HD;
     /* dx: gradient of the residual stream; then per-layer scratch */
     float *buf = malloc((3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
-                         (size_t)qt_threads() * (c->head_size + 1) * T) * sizeof(float));
+                         (size_t)qt_threads() * T * T) * sizeof(float));
     if (!buf)
         return -1;
     float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;

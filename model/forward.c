@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
 
 #include "parallel.h"
+#include "pool_sgemm.h"
 
 int llama_cache_alloc(llama_cache *c, const llama_config *cfg, int B, int S)
 {
@@ -256,24 +256,11 @@ static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
     }
 }
 
-/* y (+)= x W^T of a frozen base matrix. An fp32 matrix at M = 1 (decoding; always the
- * head) goes to OpenBLAS's sgemv, which streams fp32 weights faster than the kernels' f32
- * path does at one row (bench_quant: 0.6-0.9x sgemv); every other product goes through
- * the fused kernels. */
-static int base_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
-{
-    if (M != 1 || w->spec.format != QT_F32)
-        return qt_matmul(w, x, M, y, accumulate);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, w->rows, w->cols, 1.0f, (const float *)w->data,
-                (int)(w->row_bytes / sizeof(float)), x, 1, accumulate ? 1.0f : 0.0f, y, 1);
-    return 0;
-}
-
 /* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
 static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
                           int layer, llama_linear k, const float *x, int M, float *y, int accumulate)
 {
-    int rc = base_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
+    int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
     if (rc || !llama_lora_has(ad, layer, k))
         return rc;
     int out, in, r = ad->rank;
@@ -286,9 +273,9 @@ static int linear_forward(const llama_model *m, const llama_lora *ad, const llam
         xin = a->scratch;
     }
     float *u = llama_layer_u(la, a, k, (size_t)M);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
+    pool_sgemm(CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
                 llama_lora_a(ad, ad->params, layer, k), in, 0.0f, u, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, r, ad->scale, u, r,
+    pool_sgemm(CblasNoTrans, CblasTrans, M, out, r, ad->scale, u, r,
                 llama_lora_b(ad, &m->cfg, ad->params, layer, k), r, 1.0f, y, out);
     return 0;
 }
@@ -357,6 +344,6 @@ int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, lla
     for (int l = 0; l < L && rc == 0; l++)
         rc |= llama_layer_forward(m, ad, a, cache, l, B, T, pos0);
     rmsnorm_forward(a->xf, a->rstdf, a->x + L * M * D, m->rms_final, (int)M, D, c->norm_eps);
-    rc |= base_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
+    rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
     return rc ? -1 : 0;
 }
