@@ -10,6 +10,7 @@
 
 #include "generate.h"
 #include "loftq.h"
+#include "parallel.h"
 
 static const char *const peft_names[LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                   "gate_proj", "up_proj", "down_proj"};
@@ -274,16 +275,25 @@ static double log_softmax(const float *lg, int V, double *p)
     return max + log(sum);
 }
 
-/* Loss of one micro-batch and its dlogits, scaled by 1/norm. */
-static double micro_loss(trainer *t, const int *targets, double norm)
+typedef struct {
+    trainer *t;
+    const int *targets;
+    double norm;
+    double *row_loss; /* [M] */
+} loss_ctx;
+
+/* Rows r0..r1 of the micro-batch: each row's loss, and its dlogits. */
+static void loss_rows(void *p, size_t r0, size_t r1)
 {
-    const llama_config *c = &t->model->cfg;
-    const int V = c->vocab_size;
-    const size_t M = (size_t)t->hyper.batch * t->hyper.seq_len;
-    double total = 0, *ps = malloc(2 * (size_t)V * sizeof(double)), *pt = ps + V;
-    if (!ps)
-        return NAN;
-    for (size_t r = 0; r < M; r++) {
+    const loss_ctx *c = p;
+    const trainer *t = c->t;
+    const int V = t->model->cfg.vocab_size;
+    double *ps = malloc(2 * (size_t)V * sizeof(double)), *pt = ps + V;
+    for (size_t r = r0; r < r1; r++) {
+        if (!ps) {
+            c->row_loss[r] = NAN;
+            continue;
+        }
         const float *lg = t->acts.logits + r * V;
         float *dl = t->dlogits + r * V;
         double lz = log_softmax(lg, V, ps);
@@ -292,16 +302,31 @@ static double micro_loss(trainer *t, const int *targets, double norm)
             for (int v = 0; v < V; v++) {
                 if (pt[v] > 0)
                     kl += pt[v] * ((t->teacher_acts.logits[r * V + v] - lzt) - (lg[v] - lz));
-                dl[v] = (float)((ps[v] - pt[v]) / norm);
+                dl[v] = (float)((ps[v] - pt[v]) / c->norm);
             }
-            total += kl;
+            c->row_loss[r] = kl;
         } else {
-            total += lz - lg[targets[r]];
+            c->row_loss[r] = lz - lg[c->targets[r]];
             for (int v = 0; v < V; v++)
-                dl[v] = (float)((ps[v] - (v == targets[r])) / norm);
+                dl[v] = (float)((ps[v] - (v == c->targets[r])) / c->norm);
         }
     }
     free(ps);
+}
+
+/* Loss of one micro-batch and its dlogits, scaled by 1/norm. Rows run in parallel; their
+ * losses are added in row order, so the total does not depend on the thread count. */
+static double micro_loss(trainer *t, const int *targets, double norm)
+{
+    const size_t M = (size_t)t->hyper.batch * t->hyper.seq_len;
+    loss_ctx c = {t, targets, norm, malloc(M * sizeof(double))};
+    if (!c.row_loss)
+        return NAN;
+    qt_parallel_for(M, 30 * (size_t)t->model->cfg.vocab_size, loss_rows, &c);
+    double total = 0;
+    for (size_t r = 0; r < M; r++)
+        total += c.row_loss[r];
+    free(c.row_loss);
     return total;
 }
 

@@ -10,32 +10,49 @@
 #include "parallel.h"
 #include "pool_sgemm.h"
 
+typedef struct {
+    float *dx;
+    const float *dy, *x, *w, *rstd;
+    int D;
+} norm_bwd_ctx;
+
 /* y = w * rstd * x  =>  dx = rstd * (w . dy) - rstd^3 / D * x * sum(w . dy . x); dx is
  * accumulated into. */
-static void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w,
-                             const float *rstd, int M, int D)
+static void rmsnorm_backward_rows(void *p, size_t r0, size_t r1)
 {
-    for (int m = 0; m < M; m++) {
-        const float *xm = x + (size_t)m * D, *dym = dy + (size_t)m * D;
-        float r = rstd[m], dot = 0;
+    const norm_bwd_ctx *c = p;
+    const int D = c->D;
+    for (size_t m = r0; m < r1; m++) {
+        const float *xm = c->x + m * D, *dym = c->dy + m * D;
+        float r = c->rstd[m], dot = 0;
         for (int i = 0; i < D; i++)
-            dot += w[i] * dym[i] * xm[i];
-        float c = r * r * r * dot / (float)D;
+            dot += c->w[i] * dym[i] * xm[i];
+        float k = r * r * r * dot / (float)D;
         for (int i = 0; i < D; i++)
-            dx[(size_t)m * D + i] += r * w[i] * dym[i] - c * xm[i];
+            c->dx[m * D + i] += r * c->w[i] * dym[i] - k * xm[i];
     }
 }
 
-/* The inverse rotation of rope_forward (the transpose of a rotation). */
-static void rope_backward(const llama_model *m, float *dx, int width, int pos)
+static void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w,
+                             const float *rstd, int M, int D)
 {
-    const int hs = m->cfg.head_size, half = hs / 2;
-    const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
-    for (int i = 0; i < width; i += 2) {
-        int p = (i % hs) / 2;
-        float g0 = dx[i], g1 = dx[i + 1];
-        dx[i] = g0 * cs[p] + g1 * sn[p];
-        dx[i + 1] = -g0 * sn[p] + g1 * cs[p];
+    norm_bwd_ctx c = {dx, dy, x, w, rstd, D};
+    qt_parallel_for((size_t)M, 2 * (size_t)D, rmsnorm_backward_rows, &c);
+}
+
+typedef struct {
+    float *dh1, *dh3;
+    const float *dg, *h1, *h3;
+} swiglu_bwd_ctx;
+
+/* g = silu(h1) * h3 */
+static void swiglu_backward_range(void *p, size_t i0, size_t i1)
+{
+    const swiglu_bwd_ctx *c = p;
+    for (size_t i = i0; i < i1; i++) {
+        float h1 = c->h1[i], sig = 1.0f / (1.0f + expf(-h1));
+        c->dh3[i] = c->dg[i] * h1 * sig;
+        c->dh1[i] = c->dg[i] * c->h3[i] * sig * (1.0f + h1 * (1.0f - sig));
     }
 }
 
@@ -166,11 +183,8 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         memcpy(dx2, dx, sMD * sizeof(float));
         float *dg = d1, *dh1 = d2, *dh3 = d3;
         rc |= linear_backward(m, ad, a, pa, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
-        for (size_t i = 0; i < sMH; i++) { /* g = silu(h1) * h3 */
-            float sig = 1.0f / (1.0f + expf(-h1[i]));
-            dh3[i] = dg[i] * h1[i] * sig;
-            dh1[i] = dg[i] * h3[i] * sig * (1.0f + h1[i] * (1.0f - sig));
-        }
+        swiglu_bwd_ctx sc = {dh1, dh3, dg, h1, h3};
+        qt_parallel_for(sMH, 20, swiglu_backward_range, &sc);
         float *dxn2 = d1; /* dg is consumed */
         rc |= linear_backward(m, ad, a, pa, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);
@@ -182,11 +196,8 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
         attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, attn_scratch, B, T};
         qt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
-        for (size_t r = 0; r < M; r++) {
-            int pos = (int)(r % (size_t)T);
-            rope_backward(m, dq + r * D, D, pos);
-            rope_backward(m, dk + r * KV, KV, pos);
-        }
+        llama_rope_rows(m, dq, D, M, T, 0, 1);
+        llama_rope_rows(m, dk, KV, M, T, 0, 1);
         float *dxn1 = l > 0 ? d2 : NULL; /* below layer 0 only the frozen embedding */
         rc |= linear_backward(m, ad, a, pa, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);

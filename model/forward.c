@@ -137,34 +137,68 @@ int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char 
 
 /* ---- layers ---- */
 
-static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int M, int D,
-                            float eps)
+typedef struct {
+    float *out, *rstd;
+    const float *x, *w;
+    int D;
+    float eps;
+} norm_ctx;
+
+static void rmsnorm_rows(void *p, size_t r0, size_t r1)
 {
-    for (int m = 0; m < M; m++) {
-        const float *xm = x + (size_t)m * D;
+    const norm_ctx *c = p;
+    const int D = c->D;
+    for (size_t m = r0; m < r1; m++) {
+        const float *xm = c->x + m * D;
         float ss = 0;
         for (int i = 0; i < D; i++)
             ss += xm[i] * xm[i];
         ss /= (float)D;
-        ss += eps;
+        ss += c->eps;
         ss = 1.0f / sqrtf(ss);
-        rstd[m] = ss;
+        c->rstd[m] = ss;
         for (int i = 0; i < D; i++)
-            out[(size_t)m * D + i] = w[i] * (ss * xm[i]);
+            c->out[m * D + i] = c->w[i] * (ss * xm[i]);
     }
 }
 
-/* Rotates consecutive pairs of each head by the position's angles (llama2.c order). */
-static void rope_forward(const llama_model *m, float *x, int width, int pos)
+static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int M, int D,
+                            float eps)
 {
-    const int hs = m->cfg.head_size, half = hs / 2;
-    const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
-    for (int i = 0; i < width; i += 2) {
-        int p = (i % hs) / 2;
-        float v0 = x[i], v1 = x[i + 1];
-        x[i] = v0 * cs[p] - v1 * sn[p];
-        x[i + 1] = v0 * sn[p] + v1 * cs[p];
+    norm_ctx c = {out, rstd, x, w, D, eps};
+    qt_parallel_for((size_t)M, (size_t)D, rmsnorm_rows, &c);
+}
+
+typedef struct {
+    const llama_model *m;
+    float *x;
+    int width, T, pos0, inverse;
+} rope_ctx;
+
+/* Rotates consecutive pairs of each head by the position's angles (llama2.c order), or
+ * back (the transpose: sin negated, which is exact). */
+static void rope_rows(void *p, size_t r0, size_t r1)
+{
+    const rope_ctx *c = p;
+    const int hs = c->m->cfg.head_size, half = hs / 2;
+    for (size_t r = r0; r < r1; r++) {
+        const int pos = c->pos0 + (int)(r % (size_t)c->T);
+        const float *cs = c->m->rope_cos + (size_t)pos * half, *sn = c->m->rope_sin + (size_t)pos * half;
+        const float sign = c->inverse ? -1.0f : 1.0f;
+        float *x = c->x + r * c->width;
+        for (int i = 0; i < c->width; i += 2) {
+            int j = (i % hs) / 2;
+            float v0 = x[i], v1 = x[i + 1], s = sign * sn[j];
+            x[i] = v0 * cs[j] - v1 * s;
+            x[i + 1] = v0 * s + v1 * cs[j];
+        }
     }
+}
+
+void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse)
+{
+    rope_ctx c = {m, x, width, T, pos0, inverse};
+    qt_parallel_for(rows, (size_t)width * 2, rope_rows, &c);
 }
 
 typedef struct {
@@ -177,7 +211,7 @@ typedef struct {
     int B, T, S, pos0;
 } attn_ctx;
 
-/* Columns s0 .. s0+W-1 of llama_dot_columns, their sums held in registers while i runs. */
+/* Columns s0 .. s0+W-1 of dot_columns, their sums held in registers while i runs. */
 static inline void dot_block(float *restrict out, const float *restrict a, const float *restrict bt, int len,
                              size_t ld, int s0, int W)
 {
@@ -188,9 +222,12 @@ static inline void dot_block(float *restrict out, const float *restrict a, const
     memcpy(out + s0, acc, (size_t)W * sizeof(float));
 }
 
+/* out[s] = the sum over i = 0 .. len-1, in that order, of a[i] * bt[i * ld + s], for
+ * s < n: the dot products of a with the columns of bt, each added up in the order of a
+ * scalar loop (so attention scores are run.c's to the bit), vectorized across columns. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void llama_dot_columns(float *restrict out, const float *restrict a, const float *restrict bt, int len, int n,
-                       size_t ld)
+static void dot_columns(float *restrict out, const float *restrict a, const float *restrict bt, int len, int n,
+                        size_t ld)
 {
     int s = 0;
     for (; s + 64 <= n; s += 64)
@@ -206,7 +243,7 @@ void llama_dot_columns(float *restrict out, const float *restrict a, const float
 }
 
 /* One task per (sequence, head). The keys are transposed first so that the scores of all
- * positions build up together (llama_dot_columns): the inner loops run over independent
+ * positions build up together (dot_columns): the inner loops run over independent
  * outputs and vectorize, and every score still adds its products in run.c's order
  * (exactly run.c's values). target_clones compiles the vector widths this CPU may have
  * and picks one at load time. */
@@ -228,7 +265,7 @@ static void attention_task(void *p, int task, int thread)
         const int pos = c->pos0 + t;
         const float *q = c->q + ((size_t)b * c->T + t) * D + (size_t)h * hs;
         float *restrict att = c->att + (((size_t)b * H + h) * c->T + t) * c->S;
-        llama_dot_columns(att, q, kt, hs, pos + 1, (size_t)keys);
+        dot_columns(att, q, kt, hs, pos + 1, (size_t)keys);
         memset(att + pos + 1, 0, (size_t)(c->S - pos - 1) * sizeof(float));
         float max = -INFINITY;
         for (int s = 0; s <= pos; s++) {
@@ -243,17 +280,29 @@ static void attention_task(void *p, int task, int thread)
         for (int s = 0; s <= pos; s++)
             att[s] /= sum;
         /* out[i] = sum over s of att[s] v_s[i], in s order: the columns of v */
-        llama_dot_columns(c->out + ((size_t)b * c->T + t) * D + (size_t)h * hs, att, vb, pos + 1, hs, (size_t)KV);
+        dot_columns(c->out + ((size_t)b * c->T + t) * D + (size_t)h * hs, att, vb, pos + 1, hs, (size_t)KV);
+    }
+}
+
+typedef struct {
+    float *g;
+    const float *h1, *h3;
+} swiglu_ctx;
+
+static void swiglu_range(void *p, size_t i0, size_t i1)
+{
+    const swiglu_ctx *c = p;
+    for (size_t i = i0; i < i1; i++) {
+        float val = c->h1[i];
+        val *= 1.0f / (1.0f + expf(-val));
+        c->g[i] = val * c->h3[i];
     }
 }
 
 static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        float val = h1[i];
-        val *= 1.0f / (1.0f + expf(-val));
-        g[i] = val * h3[i];
-    }
+    swiglu_ctx c = {g, h1, h3};
+    qt_parallel_for(n, 16, swiglu_range, &c);
 }
 
 /* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
@@ -298,17 +347,12 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     for (int which = 0; which < 2; which++) {
         float *dst = which ? vc : kc;
         rc |= linear_forward(m, ad, a, &la, l, which ? LIN_V : LIN_K, la.xn1, (int)M, kv_new, 0);
+        if (!which)
+            llama_rope_rows(m, kv_new, KV, M, T, pos0, 0);
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                float *row = dst + ((size_t)b * S + pos0 + t) * KV;
-                memcpy(row, kv_new + ((size_t)b * T + t) * KV, (size_t)KV * sizeof(float));
-                if (!which)
-                    rope_forward(m, row, KV, pos0 + t);
-            }
+            memcpy(dst + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
     }
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            rope_forward(m, la.q + ((size_t)b * T + t) * D, D, pos0 + t);
+    llama_rope_rows(m, la.q, D, M, T, pos0, 0);
 
     attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, malloc((size_t)qt_threads() * c->head_size * S * sizeof(float)),
                    B, T, S, pos0};

@@ -64,11 +64,9 @@ void llama_acts_free(llama_acts *a);
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                   const int *tokens, int B, int T, int pos0);
 
-/* out[s] = the sum over i = 0 .. len-1, in that order, of a[i] * bt[i * ld + s], for
- * s < n: the dot products of a with the columns of bt, each added up in the order of a
- * scalar loop (so attention scores are run.c's to the bit), vectorized across columns. */
-void llama_dot_columns(float *restrict out, const float *restrict a, const float *restrict bt, int len, int n,
-                       size_t ld);
+/* Rotates `rows` rows of x (width floats each; row r at position pos0 + r % T) by their
+ * positions' RoPE angles, or back (inverse: the backward pass's transpose). */
+void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse);
 
 /* Runs layer l alone (x[l] of acts in, x[l+1] out, its keys and values into the cache):
  * llama_forward's step, and llama_backward's recomputation. */

@@ -127,3 +127,27 @@ void qt_parallel(int ntasks, qt_task_fn fn, void *ctx)
         ;
     pthread_mutex_unlock(&pool.busy);
 }
+
+typedef struct {
+    qt_range_fn fn;
+    void *ctx;
+    size_t n, chunk;
+} range_ctx;
+
+static void range_task(void *p, int t, int thread)
+{
+    (void)thread;
+    const range_ctx *c = p;
+    size_t i0 = (size_t)t * c->chunk;
+    c->fn(c->ctx, i0, c->n - i0 < c->chunk ? c->n : i0 + c->chunk);
+}
+
+void qt_parallel_for(size_t n, size_t item_work, qt_range_fn fn, void *ctx)
+{
+    /* up to 4 ranges per thread, so that a thread the machine takes away leaves little */
+    size_t most = 4 * (size_t)qt_threads(), tasks = n / ((1u << 14) / (item_work ? item_work : 1) + 1);
+    tasks = tasks < 1 ? 1 : tasks < most ? tasks : most;
+    range_ctx c = {fn, ctx, n, (n + tasks - 1) / tasks};
+    if (n)
+        qt_parallel((int)((n + c.chunk - 1) / c.chunk), range_task, &c);
+}

@@ -7,11 +7,19 @@
 #ifndef QLORA_PARALLEL_H
 #define QLORA_PARALLEL_H
 
+#include <stddef.h>
+
 /* fn(ctx, task, thread): thread is in [0, qt_threads()) and unique among concurrent
  * calls of one qt_parallel, so it can index per-thread scratch space. */
 typedef void (*qt_task_fn)(void *ctx, int task, int thread);
 
 void qt_parallel(int ntasks, qt_task_fn fn, void *ctx);
+/* fn(ctx, i0, i1) over ranges covering [0, n), for element- and row-wise work beside the
+ * kernels (norms, activations, rotations). item_work: rough operations per item; each
+ * range gets at least 2^14 of them, so that it outweighs handing it to another thread,
+ * and small n runs on the caller alone. */
+typedef void (*qt_range_fn)(void *ctx, size_t i0, size_t i1);
+void qt_parallel_for(size_t n, size_t item_work, qt_range_fn fn, void *ctx);
 /* Threads a parallel call may use (QLORA_THREADS, else the online cores). */
 int qt_threads(void);
 /* Changes the pool size (1 = everything on the caller). Not while kernels run. */

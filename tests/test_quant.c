@@ -465,6 +465,47 @@ static void test_threads_agree(void)
     test_case("results do not depend on the thread count");
 }
 
+typedef struct {
+    _Atomic int *seen;
+    size_t n;
+    _Atomic int bad;
+} cover_ctx;
+
+static void cover_range(void *p, size_t i0, size_t i1)
+{
+    cover_ctx *c = p;
+    if (i0 >= i1 || i1 > c->n)
+        c->bad = 1;
+    for (size_t i = i0; i < i1 && i < c->n; i++)
+        c->seen[i]++;
+}
+
+/* qt_parallel_for hands out every item exactly once, for sizes around its split points,
+ * on one thread and on two or more. */
+static void test_parallel_for(void)
+{
+    const size_t sizes[] = {0, 1, 2, 7, 64, 1000, 16385, 100003};
+    const size_t works[] = {0, 1, 288, 100000};
+    int threads = qt_threads();
+    for (int th = 1; th <= 2; th++) {
+        qt_set_threads(th == 1 ? 1 : threads < 2 ? 2 : threads);
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+            for (size_t j = 0; j < sizeof works / sizeof works[0]; j++) {
+                size_t n = sizes[i];
+                cover_ctx c = {calloc(n + 1, sizeof(int)), n, 0};
+                qt_parallel_for(n, works[j], cover_range, &c);
+                size_t wrong = 0;
+                for (size_t k = 0; k < n; k++)
+                    wrong += c.seen[k] != 1;
+                CHECK(!c.bad && wrong == 0, "n %zu, work %zu, %d threads: %zu items not seen once%s", n,
+                      works[j], qt_threads(), wrong, c.bad ? ", an empty or out-of-range range" : "");
+                free((void *)c.seen);
+            }
+    }
+    qt_set_threads(threads);
+    test_case("parallel_for covers every item once");
+}
+
 int main(void)
 {
     test_tables();
@@ -475,5 +516,6 @@ int main(void)
     test_kernels();
     test_vector_decode();
     test_threads_agree();
+    test_parallel_for();
     return tap_done();
 }
