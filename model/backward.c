@@ -58,7 +58,7 @@ static void swiglu_backward_range(void *p, size_t i0, size_t i1)
 
 typedef struct {
     const llama_config *cfg;
-    const float *q, *k, *v, *att; /* forward values (k, v: this layer's cache, S == T) */
+    const float *q, *kt, *v, *att; /* forward values (kt, v: this layer's cache, S == T) */
     const float *dout;            /* [M x dim] gradient of the attention output */
     float *dq, *dk, *dv;          /* [M x dim], [M x kv_dim] x 2, written */
     float *scratch;               /* [threads x T x T]: dP, then dS, of one head */
@@ -69,7 +69,7 @@ typedef struct {
  * Per head, with P the probabilities [T x T] (zero above the diagonal), dO the output's
  * gradient, and every product a single-threaded sgemm on this task's thread:
  *   dP = dO V^T,  dV += P^T dO,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),
- *   dQ = dS K,    dK += dS^T Q.
+ *   dQ = dS K (K read transposed, as cached),  dK += dS^T Q.
  * The products run over the whole square (the causal half is zeros in P and dS): twice
  * the multiply-adds of the triangle, at sgemm's speed rather than that of T^2 short
  * vector loops. Unlike the forward, no summation order is owed to run.c here. */
@@ -82,7 +82,7 @@ static void attention_backward_task(void *p, int task, int thread)
     const float scale = 1.0f / sqrtf((float)hs);
     float *ds = c->scratch + (size_t)thread * T * T;
     const size_t kv0 = (size_t)b * T * KV + (size_t)kvh * hs;
-    const float *k = c->k + kv0, *v = c->v + kv0;
+    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * T, *v = c->v + kv0;
     float *dk = c->dk + kv0, *dv = c->dv + kv0;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         const size_t q0 = (size_t)b * T * D + (size_t)h * hs;
@@ -100,7 +100,7 @@ static void attention_backward_task(void *p, int task, int thread)
             for (int s = t + 1; s < T; s++)
                 dst[s] = 0;
         }
-        task_sgemm(CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, KV, 0.0f, c->dq + q0, D);
+        task_sgemm(CblasNoTrans, CblasTrans, T, hs, T, 1.0f, ds, T, kt, T, 0.0f, c->dq + q0, D);
         task_sgemm(CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, D, beta, dk, KV);
     }
 }

@@ -204,10 +204,10 @@ void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int
 typedef struct {
     const llama_config *cfg;
     const float *q;     /* [B*T x dim] */
-    const float *k, *v; /* this layer's cache [B x S x kv_dim] */
+    const float *kt;    /* this layer's keys [B x kv_dim x S] */
+    const float *v;     /* this layer's values [B x S x kv_dim] */
     float *att;         /* [B x H x T x S] */
     float *out;         /* [B*T x dim] */
-    float *kt;          /* [threads x head_size x S] scratch: a head's keys transposed */
     int B, T, S, pos0;
 } attn_ctx;
 
@@ -242,30 +242,27 @@ static void dot_columns(float *restrict out, const float *restrict a, const floa
         dot_block(out, a, bt, len, ld, s, 1);
 }
 
-/* One task per (sequence, head). The keys are transposed first so that the scores of all
- * positions build up together (dot_columns): the inner loops run over independent
- * outputs and vectorize, and every score still adds its products in run.c's order
- * (exactly run.c's values). target_clones compiles the vector widths this CPU may have
- * and picks one at load time. */
+/* One task per (sequence, head). The scores of all positions build up together from the
+ * transposed keys (dot_columns): the inner loops run over independent outputs and
+ * vectorize, and every score still adds its products in run.c's order (exactly run.c's
+ * values). target_clones compiles the vector widths this CPU may have and picks one at
+ * load time. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void attention_task(void *p, int task, int thread)
 {
+    (void)thread;
     const attn_ctx *c = p;
     const llama_config *cfg = c->cfg;
     const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim;
-    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads), keys = c->pos0 + c->T;
+    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
     const float scale = 1.0f / sqrtf((float)hs);
-    const float *kb = c->k + (size_t)b * c->S * KV + (size_t)kvh * hs;
+    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * c->S;
     const float *vb = c->v + (size_t)b * c->S * KV + (size_t)kvh * hs;
-    float *kt = c->kt + (size_t)thread * hs * c->S;
-    for (int s = 0; s < keys; s++)
-        for (int i = 0; i < hs; i++)
-            kt[(size_t)i * keys + s] = kb[(size_t)s * KV + i];
     for (int t = 0; t < c->T; t++) {
         const int pos = c->pos0 + t;
         const float *q = c->q + ((size_t)b * c->T + t) * D + (size_t)h * hs;
         float *restrict att = c->att + (((size_t)b * H + h) * c->T + t) * c->S;
-        dot_columns(att, q, kt, hs, pos + 1, (size_t)keys);
+        dot_columns(att, q, kt, hs, pos + 1, (size_t)c->S);
         memset(att + pos + 1, 0, (size_t)(c->S - pos - 1) * sizeof(float));
         float max = -INFINITY;
         for (int s = 0; s <= pos; s++) {
@@ -329,6 +326,25 @@ static int linear_forward(const llama_model *m, const llama_lora *ad, const llam
     return 0;
 }
 
+typedef struct {
+    float *kt;         /* this layer's keys [B x kv_dim x S] */
+    const float *rows; /* the new keys [B*T x kv_dim] */
+    int B, T, S, KV, pos0;
+} kt_ctx;
+
+/* Columns j (over B x kv_dim) of the new keys, into the transposed cache. */
+static void store_keys(void *p, size_t j0, size_t j1)
+{
+    const kt_ctx *c = p;
+    for (size_t j = j0; j < j1; j++) {
+        size_t b = j / (size_t)c->KV, col = j % (size_t)c->KV;
+        float *dst = c->kt + j * c->S + c->pos0;
+        const float *src = c->rows + b * c->T * c->KV + col;
+        for (int t = 0; t < c->T; t++)
+            dst[t] = src[(size_t)t * c->KV];
+    }
+}
+
 int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l, int B,
                         int T, int pos0)
 {
@@ -342,24 +358,19 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
 
     rmsnorm_forward(la.xn1, la.rstd1, la.x, ly->rms_att, (int)M, D, c->norm_eps);
     rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.q, 0);
-    /* k and v straight into the cache rows of their positions */
+    /* keys (rotated) and values into the cache at their positions */
     float *kv_new = la.ao; /* scratch until the attention output overwrites it */
-    for (int which = 0; which < 2; which++) {
-        float *dst = which ? vc : kc;
-        rc |= linear_forward(m, ad, a, &la, l, which ? LIN_V : LIN_K, la.xn1, (int)M, kv_new, 0);
-        if (!which)
-            llama_rope_rows(m, kv_new, KV, M, T, pos0, 0);
-        for (int b = 0; b < B; b++)
-            memcpy(dst + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
-    }
+    rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
+    llama_rope_rows(m, kv_new, KV, M, T, pos0, 0);
+    kt_ctx kc_ctx = {kc, kv_new, B, T, S, KV, pos0};
+    qt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &kc_ctx);
+    rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
+    for (int b = 0; b < B; b++)
+        memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
     llama_rope_rows(m, la.q, D, M, T, pos0, 0);
 
-    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, malloc((size_t)qt_threads() * c->head_size * S * sizeof(float)),
-                   B, T, S, pos0};
-    if (!ac.kt)
-        return -1;
+    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0};
     qt_parallel(B * c->n_heads, attention_task, &ac);
-    free(ac.kt);
 
     memcpy(la.x2, la.x, M * D * sizeof(float));
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);

@@ -18,7 +18,10 @@
 #include "lora.h"
 #include "model.h"
 
-/* Keys and values of every layer: [L][B][S][kv_dim] each. */
+/* Keys and values of every layer. v: [L][B][S][kv_dim]; k: [L][B][kv_dim][S], keys
+ * transposed as they arrive, because the attention reads a head's keys as columns (all
+ * positions' scores build up together, each summed in run.c's order): transposing every
+ * past key again at each decoding step cost as much as the scores themselves. */
 typedef struct {
     int B, S;
     float *k, *v;
