@@ -209,6 +209,7 @@ typedef struct {
     float *att;         /* [B x H x T x S] */
     float *out;         /* [B*T x dim] */
     int B, T, S, pos0;
+    int by_sgemm;       /* training: see attention_task */
 } attn_ctx;
 
 /* Columns s0 .. s0+W-1 of dot_columns, their sums held in registers while i runs. */
@@ -242,42 +243,60 @@ static void dot_columns(float *restrict out, const float *restrict a, const floa
         dot_block(out, a, bt, len, ld, s, 1);
 }
 
-/* One task per (sequence, head). The scores of all positions build up together from the
- * transposed keys (dot_columns): the inner loops run over independent outputs and
- * vectorize, and every score still adds its products in run.c's order (exactly run.c's
- * values). target_clones compiles the vector widths this CPU may have and picks one at
- * load time. */
+/* att[0..pos] = softmax of the (scaled) scores att[0..pos]; zeros after them, up to S. */
+static void softmax_causal(float *restrict att, int pos, int S)
+{
+    memset(att + pos + 1, 0, (size_t)(S - pos - 1) * sizeof(float));
+    float max = -INFINITY;
+    for (int s = 0; s <= pos; s++)
+        max = att[s] > max ? att[s] : max;
+    float sum = 0;
+    for (int s = 0; s <= pos; s++) {
+        att[s] = expf(att[s] - max);
+        sum += att[s];
+    }
+    for (int s = 0; s <= pos; s++)
+        att[s] /= sum;
+}
+
+/* One task per (sequence, head), in one of two ways:
+ * - exact (inference, evaluation): the scores of all positions build up together from the
+ *   transposed keys (dot_columns), each adding its products in run.c's order, so that
+ *   generation and evaluation give run.c's values to the bit; the inner loops run over
+ *   independent outputs and vectorize (target_clones picks the widths this CPU has).
+ * - by sgemm (training): scores = Q K^T and out = P V as two single-threaded sgemm over
+ *   the whole square, as the backward does. A different summation order, which training
+ *   does not mind, at sgemm's speed. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void attention_task(void *p, int task, int thread)
 {
     (void)thread;
     const attn_ctx *c = p;
     const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim;
-    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
+    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, S = c->S;
+    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads), keys = c->pos0 + c->T;
     const float scale = 1.0f / sqrtf((float)hs);
-    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * c->S;
-    const float *vb = c->v + (size_t)b * c->S * KV + (size_t)kvh * hs;
+    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * S;
+    const float *vb = c->v + (size_t)b * S * KV + (size_t)kvh * hs;
+    const float *qb = c->q + (size_t)b * c->T * D + (size_t)h * hs;
+    float *ob = c->out + (size_t)b * c->T * D + (size_t)h * hs;
+    float *ab = c->att + ((size_t)b * H + h) * c->T * S;
+    if (c->by_sgemm) {
+        task_sgemm(CblasNoTrans, CblasNoTrans, c->T, keys, hs, scale, qb, D, kt, S, 0.0f, ab, S);
+        for (int t = 0; t < c->T; t++)
+            softmax_causal(ab + (size_t)t * S, c->pos0 + t, S);
+        task_sgemm(CblasNoTrans, CblasNoTrans, c->T, hs, keys, 1.0f, ab, S, vb, KV, 0.0f, ob, D);
+        return;
+    }
     for (int t = 0; t < c->T; t++) {
         const int pos = c->pos0 + t;
-        const float *q = c->q + ((size_t)b * c->T + t) * D + (size_t)h * hs;
-        float *restrict att = c->att + (((size_t)b * H + h) * c->T + t) * c->S;
-        dot_columns(att, q, kt, hs, pos + 1, (size_t)c->S);
-        memset(att + pos + 1, 0, (size_t)(c->S - pos - 1) * sizeof(float));
-        float max = -INFINITY;
-        for (int s = 0; s <= pos; s++) {
-            att[s] *= scale;
-            max = att[s] > max ? att[s] : max;
-        }
-        float sum = 0;
-        for (int s = 0; s <= pos; s++) {
-            att[s] = expf(att[s] - max);
-            sum += att[s];
-        }
+        float *restrict att = ab + (size_t)t * S;
+        dot_columns(att, qb + (size_t)t * D, kt, hs, pos + 1, (size_t)S);
         for (int s = 0; s <= pos; s++)
-            att[s] /= sum;
+            att[s] *= scale;
+        softmax_causal(att, pos, S);
         /* out[i] = sum over s of att[s] v_s[i], in s order: the columns of v */
-        dot_columns(c->out + ((size_t)b * c->T + t) * D + (size_t)h * hs, att, vb, pos + 1, hs, (size_t)KV);
+        dot_columns(ob + (size_t)t * D, att, vb, pos + 1, hs, (size_t)KV);
     }
 }
 
@@ -369,7 +388,7 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
         memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
     llama_rope_rows(m, la.q, D, M, T, pos0, 0);
 
-    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0};
+    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0, ad && ad->training};
     qt_parallel(B * c->n_heads, attention_task, &ac);
 
     memcpy(la.x2, la.x, M * D * sizeof(float));

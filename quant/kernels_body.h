@@ -637,18 +637,21 @@ typedef struct {
     int M, accumulate;
 } gemm_ctx;
 
+/* dst[k * mr + i] = row i of src (len floats, rows `len` apart) at k, for i < mr and
+ * k < len; rows from `valid` on are zeros: a panel of X (forward) or dY (backward). */
+static void pack_transposed(float *restrict dst, const float *restrict src, int valid, int mr, int len)
+{
+    for (int i = 0; i < mr; i++)
+        for (int k = 0; k < len; k++)
+            dst[(size_t)k * mr + i] = i < valid ? src[(size_t)i * len + k] : 0.0f;
+}
+
 static void pack_x_task(void *ctx, int p, int thread)
 {
     (void)thread;
     const gemm_ctx *c = ctx;
     const int K = c->w->cols;
-    float *dst = c->xt + (size_t)p * K * MR_FWD;
-    for (int i = 0; i < MR_FWD; i++) {
-        int m = p * MR_FWD + i;
-        const float *src = c->x + (size_t)m * K;
-        for (int k = 0; k < K; k++)
-            dst[(size_t)k * MR_FWD + i] = m < c->M ? src[k] : 0.0f;
-    }
+    pack_transposed(c->xt + (size_t)p * K * MR_FWD, c->x + (size_t)p * MR_FWD * K, c->M - p * MR_FWD, MR_FWD, K);
 }
 
 /* c[j][i] = sum over k of xp[k][i] * wd[j][k], for a whole MR_FWD x NR_FWD tile. */
@@ -799,13 +802,7 @@ static void pack_dy_task(void *ctx, int p, int thread)
     (void)thread;
     const gemm_t_ctx *c = ctx;
     const int N = c->w->rows;
-    float *dst = c->dyt + (size_t)p * N * MR_BWD;
-    for (int i = 0; i < MR_BWD; i++) {
-        int m = p * MR_BWD + i;
-        const float *src = c->dy + (size_t)m * N;
-        for (int n = 0; n < N; n++)
-            dst[(size_t)n * MR_BWD + i] = m < c->M ? src[n] : 0.0f;
-    }
+    pack_transposed(c->dyt + (size_t)p * N * MR_BWD, c->dy + (size_t)p * MR_BWD * N, c->M - p * MR_BWD, MR_BWD, N);
 }
 
 /* c[i][k] = sum over n of dyp[n][i] * wd[n][k], for MR_BWD rows x NW_BWD columns. */

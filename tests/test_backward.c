@@ -161,10 +161,30 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     test_case("%s base%s: %d LoRA gradients (every target, A and B) match central differences "
               "(worst rel. diff %.2g)", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", checked, worst);
 
-    /* A fresh adapter (B = 0) changes nothing. */
     float *base = malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
+    const size_t n_logits = (size_t)B_SEQ * T_LEN * c->vocab_size;
+
+    /* Training attends by sgemm, inference in run.c's order: the same logits to rounding. */
+    if (dropout == 0) {
+        ad.training = 1;
+        llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+        memcpy(base, r.a.logits, n_logits * sizeof(float));
+        ad.training = 0;
+        llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+        double worst_diff = 0, largest = 0;
+        for (size_t i = 0; i < n_logits; i++) {
+            worst_diff = fmax(worst_diff, fabs((double)base[i] - r.a.logits[i]));
+            largest = fmax(largest, fabs((double)base[i]));
+        }
+        CHECK(worst_diff <= 1e-5 * largest, "training and inference logits differ by %.3g (largest %.3g)",
+              worst_diff, largest);
+        test_case("%s base: training's attention (sgemm) and inference's (run.c order) agree to %.2g of the "
+                  "largest logit", qt_format_name(f), worst_diff / largest);
+    }
+
+    /* A fresh adapter (B = 0) changes nothing. */
     llama_forward(&m, NULL, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
-    memcpy(base, r.a.logits, (size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
+    memcpy(base, r.a.logits, n_logits * sizeof(float));
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < LIN_COUNT; k++) {
             int out, in;
