@@ -70,9 +70,9 @@ typedef struct {
  * gradient, and every product a single-threaded sgemm on this task's thread:
  *   dP = dO V^T,  dV += P^T dO,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),
  *   dQ = dS K (K read transposed, as cached),  dK += dS^T Q.
- * The products run over the whole square (the causal half is zeros in P and dS): twice
- * the multiply-adds of the triangle, at sgemm's speed rather than that of T^2 short
- * vector loops. Unlike the forward, no summation order is owed to run.c here. */
+ * The products cover the causal triangle in blocks of LLAMA_ATT_BLOCK rows or columns
+ * (the diagonal blocks' upper parts are zeros in P and dS), at sgemm's speed rather than
+ * that of T^2 short vector loops. No summation order is owed to run.c here. */
 static void attention_backward_task(void *p, int task, int thread)
 {
     const attn_bwd_ctx *c = p;
@@ -88,8 +88,11 @@ static void attention_backward_task(void *p, int task, int thread)
         const size_t q0 = (size_t)b * T * D + (size_t)h * hs;
         const float *att = c->att + ((size_t)b * H + h) * T * T, *dout = c->dout + q0, *q = c->q + q0;
         const float beta = h == kvh * group ? 0.0f : 1.0f; /* the group's first head writes */
-        task_sgemm(CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout, D, v, KV, 0.0f, ds, T);
-        task_sgemm(CblasTrans, CblasNoTrans, T, hs, T, 1.0f, att, T, dout, D, beta, dv, KV);
+        for (int r0 = 0; r0 < T; r0 += LLAMA_ATT_BLOCK) { /* dP's rows r0.., up to the diagonal */
+            int rows = T - r0 < LLAMA_ATT_BLOCK ? T - r0 : LLAMA_ATT_BLOCK;
+            task_sgemm(CblasNoTrans, CblasTrans, rows, r0 + rows, hs, 1.0f, dout + (size_t)r0 * D, D, v, KV, 0.0f,
+                       ds + (size_t)r0 * T, T);
+        }
         for (int t = 0; t < T; t++) {
             const float *pt = att + (size_t)t * T;
             float *dst = ds + (size_t)t * T, dsum = 0;
@@ -100,8 +103,17 @@ static void attention_backward_task(void *p, int task, int thread)
             for (int s = t + 1; s < T; s++)
                 dst[s] = 0;
         }
-        task_sgemm(CblasNoTrans, CblasTrans, T, hs, T, 1.0f, ds, T, kt, T, 0.0f, c->dq + q0, D);
-        task_sgemm(CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, D, beta, dk, KV);
+        for (int r0 = 0; r0 < T; r0 += LLAMA_ATT_BLOCK) {
+            /* dQ's rows r0.. from dS's columns up to the diagonal; dV's and dK's rows
+             * (positions) r0.. from the rows of P and dS at or below them */
+            int n = T - r0 < LLAMA_ATT_BLOCK ? T - r0 : LLAMA_ATT_BLOCK, below = T - r0;
+            task_sgemm(CblasNoTrans, CblasTrans, n, hs, r0 + n, 1.0f, ds + (size_t)r0 * T, T, kt, T, 0.0f,
+                       c->dq + q0 + (size_t)r0 * D, D);
+            task_sgemm(CblasTrans, CblasNoTrans, n, hs, below, 1.0f, att + (size_t)r0 * T + r0, T,
+                       dout + (size_t)r0 * D, D, beta, dv + (size_t)r0 * KV, KV);
+            task_sgemm(CblasTrans, CblasNoTrans, n, hs, below, 1.0f, ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * D,
+                       D, beta, dk + (size_t)r0 * KV, KV);
+        }
     }
 }
 

@@ -264,8 +264,8 @@ static void softmax_causal(float *restrict att, int pos, int S)
  *   transposed keys (dot_columns), each adding its products in run.c's order, so that
  *   generation and evaluation give run.c's values to the bit; the inner loops run over
  *   independent outputs and vectorize (target_clones picks the widths this CPU has).
- * - by sgemm (training): scores = Q K^T and out = P V as two single-threaded sgemm over
- *   the whole square, as the backward does. A different summation order, which training
+ * - by sgemm (training): scores = Q K^T and out = P V as single-threaded sgemm over the
+ *   causal triangle in blocks of LLAMA_ATT_BLOCK rows, as the backward does. A different summation order, which training
  *   does not mind, at sgemm's speed. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void attention_task(void *p, int task, int thread)
@@ -274,18 +274,22 @@ static void attention_task(void *p, int task, int thread)
     const attn_ctx *c = p;
     const llama_config *cfg = c->cfg;
     const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, S = c->S;
-    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads), keys = c->pos0 + c->T;
+    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
     const float scale = 1.0f / sqrtf((float)hs);
     const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * S;
     const float *vb = c->v + (size_t)b * S * KV + (size_t)kvh * hs;
     const float *qb = c->q + (size_t)b * c->T * D + (size_t)h * hs;
     float *ob = c->out + (size_t)b * c->T * D + (size_t)h * hs;
     float *ab = c->att + ((size_t)b * H + h) * c->T * S;
-    if (c->by_sgemm) {
-        task_sgemm(CblasNoTrans, CblasNoTrans, c->T, keys, hs, scale, qb, D, kt, S, 0.0f, ab, S);
-        for (int t = 0; t < c->T; t++)
-            softmax_causal(ab + (size_t)t * S, c->pos0 + t, S);
-        task_sgemm(CblasNoTrans, CblasNoTrans, c->T, hs, keys, 1.0f, ab, S, vb, KV, 0.0f, ob, D);
+    if (c->by_sgemm) { /* rows r0.. see keys 0 .. pos0 + r0 + rows - 1 */
+        for (int r0 = 0; r0 < c->T; r0 += LLAMA_ATT_BLOCK) {
+            int rows = c->T - r0 < LLAMA_ATT_BLOCK ? c->T - r0 : LLAMA_ATT_BLOCK, seen = c->pos0 + r0 + rows;
+            float *ar = ab + (size_t)r0 * S;
+            task_sgemm(CblasNoTrans, CblasNoTrans, rows, seen, hs, scale, qb + (size_t)r0 * D, D, kt, S, 0.0f, ar, S);
+            for (int t = r0; t < r0 + rows; t++)
+                softmax_causal(ab + (size_t)t * S, c->pos0 + t, S);
+            task_sgemm(CblasNoTrans, CblasNoTrans, rows, hs, seen, 1.0f, ar, S, vb, KV, 0.0f, ob + (size_t)r0 * D, D);
+        }
         return;
     }
     for (int t = 0; t < c->T; t++) {

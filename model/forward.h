@@ -67,6 +67,10 @@ void llama_acts_free(llama_acts *a);
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                   const int *tokens, int B, int T, int pos0);
 
+/* Rows (or columns) per sgemm in training's attention, forward and backward: the products
+ * cover the causal triangle in blocks of this many rows, not the whole square. */
+#define LLAMA_ATT_BLOCK 64
+
 /* Rotates `rows` rows of x (width floats each; row r at position pos0 + r % T) by their
  * positions' RoPE angles, or back (inverse: the backward pass's transpose). */
 void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse);

@@ -1,6 +1,7 @@
 /* test_backward.c: LoRA gradients against central finite differences of the loss, on
  * stories260K with an f32 and an nf4 base, for every target linear (A and B), with and
- * without dropout; and a fresh adapter (B = 0) leaves the logits unchanged.
+ * without dropout, at T = 12 and at T = 150 (several of training attention's blocks); training's
+ * attention agrees with inference's; and a fresh adapter (B = 0) leaves the logits unchanged.
  * argv[1] is the shared directory. */
 #include <math.h>
 #include <stdio.h>
@@ -10,13 +11,16 @@
 #include "forward.h"
 #include "tap.h"
 
-#define B_SEQ 2
-#define T_LEN 12
-
-static const int tokens[B_SEQ * T_LEN] = {
+/* The batch: two short sequences, or one longer than two of training attention's blocks
+ * (LLAMA_ATT_BLOCK) and not a multiple of them. */
+static const int short_tokens[2 * 12] = {
     1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315,
     1, 410, 461, 441, 446, 459, 441, 467, 13, 445, 323, 432,
 };
+#define LONG_T (2 * LLAMA_ATT_BLOCK + 22)
+static int long_tokens[LONG_T];
+static int B_SEQ = 2, T_LEN = 12;
+static const int *tokens = short_tokens;
 
 typedef struct {
     const llama_model *m;
@@ -103,8 +107,8 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
         CHECK(l_all == l_one && differ == 0, "recomputed: loss %.9g vs %.9g, %zu of %zu gradients differ", l_one,
               l_all, differ, ad.n_params);
         CHECK(one_b * 2 < all_b, "one slot %zu bytes vs every layer %zu", one_b, all_b);
-        test_case("%s base%s: recomputing each layer in backward gives the same gradients bit for bit with "
-                  "%.0f%% of the activation memory", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "",
+        test_case("%s base%s, T %d: recomputing each layer in backward gives the same gradients bit for bit with "
+                  "%.0f%% of the activation memory", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", T_LEN,
                   100.0 * one_b / all_b);
         free(g1);
         free(one.dlogits);
@@ -158,8 +162,8 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
                 }
             }
     CHECK(bad == 0, "%d of %d gradients disagree (worst relative difference %.3g)", bad, checked, worst);
-    test_case("%s base%s: %d LoRA gradients (every target, A and B) match central differences "
-              "(worst rel. diff %.2g)", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", checked, worst);
+    test_case("%s base%s, T %d: %d LoRA gradients (every target, A and B) match central differences "
+              "(worst rel. diff %.2g)", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", T_LEN, checked, worst);
 
     float *base = malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
     const size_t n_logits = (size_t)B_SEQ * T_LEN * c->vocab_size;
@@ -178,8 +182,8 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
         }
         CHECK(worst_diff <= 1e-5 * largest, "training and inference logits differ by %.3g (largest %.3g)",
               worst_diff, largest);
-        test_case("%s base: training's attention (sgemm) and inference's (run.c order) agree to %.2g of the "
-                  "largest logit", qt_format_name(f), worst_diff / largest);
+        test_case("%s base, T %d: training's attention (sgemm) and inference's (run.c order) agree to %.2g of "
+                  "the largest logit", qt_format_name(f), T_LEN, worst_diff / largest);
     }
 
     /* A fresh adapter (B = 0) changes nothing. */
@@ -195,7 +199,7 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
     CHECK(memcmp(base, r.a.logits, (size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float)) == 0,
           "logits changed");
-    test_case("%s base: an adapter with B = 0 leaves the logits bit-identical", qt_format_name(f));
+    test_case("%s base, T %d: an adapter with B = 0 leaves the logits bit-identical", qt_format_name(f), T_LEN);
     free(base);
     free(grads);
     free(r.dlogits);
@@ -209,6 +213,12 @@ int main(int argc, char **argv)
 {
     const char *shared = argc > 1 ? argv[1] : "../shared";
     check_gradients(shared, QT_F32, 0);
+    long_tokens[0] = 1;
+    for (int t = 1; t < LONG_T; t++)
+        long_tokens[t] = short_tokens[t % 24 ? t % 24 : 1] ^ (t & 7);
+    B_SEQ = 1, T_LEN = LONG_T, tokens = long_tokens;
+    check_gradients(shared, QT_NF4, 0);
+    B_SEQ = 2, T_LEN = 12, tokens = short_tokens;
     check_gradients(shared, QT_NF4, 0);
     check_gradients(shared, QT_NF4, 0.1f);
     return tap_done();
