@@ -280,6 +280,7 @@ typedef struct {
     const int *targets;
     double norm;
     double *row_loss; /* [M] */
+    _Atomic int out_of_memory;
 } loss_ctx;
 
 /* Rows r0..r1 of the micro-batch: each row's loss, and its dlogits. */
@@ -288,12 +289,13 @@ static void loss_rows(void *p, size_t r0, size_t r1)
     const loss_ctx *c = p;
     const trainer *t = c->t;
     const int V = t->model->cfg.vocab_size;
-    double *ps = malloc(2 * (size_t)V * sizeof(double)), *pt = ps + V;
+    double *ps = malloc(2 * (size_t)V * sizeof(double));
+    if (!ps) {
+        ((loss_ctx *)p)->out_of_memory = 1;
+        return;
+    }
+    double *pt = ps + V;
     for (size_t r = r0; r < r1; r++) {
-        if (!ps) {
-            c->row_loss[r] = NAN;
-            continue;
-        }
         const float *lg = t->acts.logits + r * V;
         float *dl = t->dlogits + r * V;
         double lz = log_softmax(lg, V, ps);
@@ -314,20 +316,20 @@ static void loss_rows(void *p, size_t r0, size_t r1)
     free(ps);
 }
 
-/* Loss of one micro-batch and its dlogits, scaled by 1/norm. Rows run in parallel; their
- * losses are added in row order, so the total does not depend on the thread count. */
-static double micro_loss(trainer *t, const int *targets, double norm)
+/* Loss of one micro-batch into *total, and its dlogits, scaled by 1/norm. Rows run in
+ * parallel; their losses are added in row order, so the total does not depend on the
+ * thread count. Returns 0, or -1 out of memory. */
+static int micro_loss(trainer *t, const int *targets, double norm, double *total)
 {
     const size_t M = (size_t)t->hyper.batch * t->hyper.seq_len;
-    loss_ctx c = {t, targets, norm, malloc(M * sizeof(double))};
+    loss_ctx c = {t, targets, norm, malloc(M * sizeof(double)), 0};
     if (!c.row_loss)
-        return NAN;
+        return -1;
     qt_parallel_for(M, 30 * (size_t)t->model->cfg.vocab_size, loss_rows, &c);
-    double total = 0;
-    for (size_t r = 0; r < M; r++)
-        total += c.row_loss[r];
+    for (size_t r = 0; r < M && !c.out_of_memory; r++)
+        *total += c.row_loss[r];
     free(c.row_loss);
-    return total;
+    return c.out_of_memory ? -1 : 0;
 }
 
 int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t errlen)
@@ -353,7 +355,11 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
             t->adapter.training = 0;
             return -1;
         }
-        total += micro_loss(t, targets, norm);
+        if (micro_loss(t, targets, norm, &total) < 0) {
+            snprintf(err, errlen, "out of memory in the loss");
+            t->adapter.training = 0;
+            return -1;
+        }
         if (llama_backward(m, &t->adapter, &t->acts, &t->cache, B, T, t->dlogits, t->grads) < 0) {
             snprintf(err, errlen, "out of memory in the backward pass");
             t->adapter.training = 0;

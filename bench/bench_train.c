@@ -160,6 +160,7 @@ static int bench_model(const char *dir, int B, int T, int steps, const char *tor
         /* on a shared machine noise only lowers a speed: take the best of before and after */
         peak[th] = sgemm_peak(1.0);
         tps[th] = (double)B * T / time_steps(&t, steps);
+        openblas_set_num_threads(n_th); /* the library's products set OpenBLAS to 1 thread */
         peak[th] = fmax(peak[th], sgemm_peak(1.0));
     }
     trainer_free(&t);

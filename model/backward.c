@@ -167,6 +167,8 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
     const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers;
     const size_t M = (size_t)B * T, sMD = M * D, sMH = M * HD;
     const size_t wide = D > HD ? D : HD;
+    if (cache->S != T || cache->B != B) /* the attention reads the cache as [B][..][T] */
+        return -1;
     /* dx: gradient of the residual stream; then per-layer scratch */
     float *buf = malloc((3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
                          (size_t)qt_threads() * T * T) * sizeof(float));

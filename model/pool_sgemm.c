@@ -17,12 +17,18 @@ typedef struct {
     float *C;
 } sgemm_ctx;
 
-/* Once per process in practice; again only if a program (a benchmark timing OpenBLAS
- * itself) gave it threads in between. */
+/* Called on the thread about to call OpenBLAS. With OpenBLAS's pthreads build (Debian's
+ * default) the thread count is process-wide: set once, and again only if a program (a
+ * benchmark timing OpenBLAS itself) gave it threads in between. An OpenMP build keeps it
+ * per calling thread (and resets it from that thread's OpenMP setting), hence once per
+ * thread as well. */
 static void single_threaded_blas(void)
 {
-    if (openblas_get_num_threads() != 1)
+    static _Thread_local int set_here;
+    if (!set_here || openblas_get_num_threads() != 1) {
         openblas_set_num_threads(1);
+        set_here = 1;
+    }
 }
 
 void task_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
@@ -37,6 +43,7 @@ static void sgemm_task(void *p, int t, int thread)
     (void)thread;
     const sgemm_ctx *c = p;
     int s0 = t * c->slice;
+    single_threaded_blas();
     if (c->split_rows) { /* rows s0.. of C and of op(A) */
         int m = c->M - s0 < c->slice ? c->M - s0 : c->slice;
         const float *A = c->A + (c->ta == CblasNoTrans ? (size_t)s0 * c->lda : (size_t)s0);
@@ -53,7 +60,8 @@ static void sgemm_task(void *p, int t, int thread)
 void pool_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
                 int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    single_threaded_blas();
+    if (M <= 0 || N <= 0)
+        return;
     sgemm_ctx c = {ta, tb, M, N, K, lda, ldb, ldc, M >= N, 0, alpha, beta, A, B, C};
     int len = c.split_rows ? M : N;
     long flops = 2L * M * N * K, most = 4L * qt_threads();

@@ -7,8 +7,9 @@
  * tinystories6M nf4 decode ran 1.6x slower). So every fp32 product of the library goes
  * through here: OpenBLAS runs single-threaded inside pool tasks, each on a slice of C's
  * rows or columns, and no other thread ever spins. Each element of C is computed by one
- * call over the whole of K, so the slicing does not change the sums' order within a call;
- * results depend on the thread count only as OpenBLAS's single-threaded kernel does. */
+ * call over the whole of K; the slices depend on the thread count only, so results are
+ * reproducible for a given thread count (OpenBLAS may sum a slice of another size in
+ * another order, so across thread counts they agree to rounding). */
 #ifndef QLORA_POOL_SGEMM_H
 #define QLORA_POOL_SGEMM_H
 

@@ -20,6 +20,7 @@ static struct {
     int nthreads;               /* including the caller */
     int nworkers;               /* threads started so far */
     pthread_t workers[MAX_THREADS];
+    unsigned first_seen[MAX_THREADS]; /* the generation a worker starts after */
     atomic_uint generation;     /* bumped for every parallel call */
     atomic_int next_task;
     atomic_int done_workers;
@@ -41,7 +42,7 @@ static void run_tasks(int thread)
 static void *worker_main(void *arg)
 {
     int id = (int)(intptr_t)arg;
-    unsigned seen = 0;
+    unsigned seen = pool.first_seen[id];
     for (;;) {
         unsigned gen;
         int spins = 0;
@@ -74,6 +75,9 @@ static void start_workers(int n)
 {
     while (pool.nworkers < n - 1) {
         int id = pool.nworkers + 1;
+        /* a worker added after parallel calls must not take the last one's generation
+         * for news and acknowledge it (the callers hold pool.busy: it cannot move now) */
+        pool.first_seen[id] = atomic_load(&pool.generation);
         if (pthread_create(&pool.workers[pool.nworkers], NULL, worker_main, (void *)(intptr_t)id)) {
             fprintf(stderr, "qlora: cannot start kernel thread %d; using %d\n", id, id);
             break;

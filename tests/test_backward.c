@@ -165,8 +165,12 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     test_case("%s base%s, T %d: %d LoRA gradients (every target, A and B) match central differences "
               "(worst rel. diff %.2g)", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", T_LEN, checked, worst);
 
-    float *base = malloc((size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float));
     const size_t n_logits = (size_t)B_SEQ * T_LEN * c->vocab_size;
+    float *base = malloc(n_logits * sizeof(float));
+    if (!base) {
+        CHECK(0, "out of memory");
+        return;
+    }
 
     /* Training attends by sgemm, inference in run.c's order: the same logits to rounding. */
     if (dropout == 0) {
