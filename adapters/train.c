@@ -286,12 +286,12 @@ typedef struct {
 /* Rows r0..r1 of the micro-batch: each row's loss, and its dlogits. */
 static void loss_rows(void *p, size_t r0, size_t r1)
 {
-    const loss_ctx *c = p;
+    loss_ctx *c = p;
     const trainer *t = c->t;
     const int V = t->model->cfg.vocab_size;
     double *ps = malloc(2 * (size_t)V * sizeof(double));
     if (!ps) {
-        ((loss_ctx *)p)->out_of_memory = 1;
+        c->out_of_memory = 1;
         return;
     }
     double *pt = ps + V;

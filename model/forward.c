@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "parallel.h"
 #include "pool_sgemm.h"
 
@@ -265,8 +264,8 @@ static void softmax_causal(float *restrict att, int pos, int S)
  *   generation and evaluation give run.c's values to the bit; the inner loops run over
  *   independent outputs and vectorize (target_clones picks the widths this CPU has).
  * - by sgemm (training): scores = Q K^T and out = P V as single-threaded sgemm over the
- *   causal triangle in blocks of LLAMA_ATT_BLOCK rows, as the backward does. A different summation order, which training
- *   does not mind, at sgemm's speed. */
+ *   causal triangle in blocks of LLAMA_ATT_BLOCK rows, as the backward does: another
+ *   summation order, which training does not mind, at sgemm's speed. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
 static void attention_task(void *p, int task, int thread)
 {

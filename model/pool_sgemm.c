@@ -43,17 +43,15 @@ static void sgemm_task(void *p, int t, int thread)
     (void)thread;
     const sgemm_ctx *c = p;
     int s0 = t * c->slice;
-    single_threaded_blas();
     if (c->split_rows) { /* rows s0.. of C and of op(A) */
         int m = c->M - s0 < c->slice ? c->M - s0 : c->slice;
         const float *A = c->A + (c->ta == CblasNoTrans ? (size_t)s0 * c->lda : (size_t)s0);
-        cblas_sgemm(CblasRowMajor, c->ta, c->tb, m, c->N, c->K, c->alpha, A, c->lda, c->B, c->ldb, c->beta,
-                    c->C + (size_t)s0 * c->ldc, c->ldc);
+        task_sgemm(c->ta, c->tb, m, c->N, c->K, c->alpha, A, c->lda, c->B, c->ldb, c->beta,
+                   c->C + (size_t)s0 * c->ldc, c->ldc);
     } else { /* columns s0.. of C and of op(B) */
         int n = c->N - s0 < c->slice ? c->N - s0 : c->slice;
         const float *B = c->B + (c->tb == CblasNoTrans ? (size_t)s0 : (size_t)s0 * c->ldb);
-        cblas_sgemm(CblasRowMajor, c->ta, c->tb, c->M, n, c->K, c->alpha, c->A, c->lda, B, c->ldb, c->beta,
-                    c->C + s0, c->ldc);
+        task_sgemm(c->ta, c->tb, c->M, n, c->K, c->alpha, c->A, c->lda, B, c->ldb, c->beta, c->C + s0, c->ldc);
     }
 }
 
