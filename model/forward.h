@@ -82,8 +82,9 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
 
 /* The gradients of the adapter's parameters, added into grads (ad's layout), given
  * dlogits [B*T x vocab] of the loss, after llama_forward(m, ad, a, cache, tokens, B, T, 0)
- * with cache->S == T. With one slot in a, each layer is recomputed first. dlogits is
- * overwritten (used as scratch). Returns 0 or -1 (memory). */
+ * with cache->S == T and cache->B == B. With one slot in a, each layer is recomputed
+ * first. dlogits is overwritten (used as scratch). Returns 0, or -1 out of memory or for
+ * a cache of another shape (it is read as [B][..][T]). */
 int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                    int B, int T, float *dlogits, float *grads);
 
