@@ -23,6 +23,7 @@
 #include "mapfile.h"
 #include "qlorad.h"
 #include "train.h"
+#include "workspace.h"
 
 typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED } job_state;
 static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "cancelled"};
@@ -775,6 +776,7 @@ static void *runner(void *p)
             post_state(d, next);
         }
         run_job(d, next);
+        qt_workspace_release(); /* a step's scratch (hundreds of MB on large models) */
         pthread_mutex_lock(&J->lock);
         next->claimed = 0;
     }

@@ -9,6 +9,7 @@
 #include "forward.h"
 #include "parallel.h"
 #include "pool_sgemm.h"
+#include "workspace.h"
 
 typedef struct {
     float *dx;
@@ -169,9 +170,11 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
     const size_t wide = D > HD ? D : HD;
     if (cache->S != T || cache->B != B) /* the attention reads the cache as [B][..][T] */
         return -1;
-    /* dx: gradient of the residual stream; then per-layer scratch */
-    float *buf = malloc((3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
-                         (size_t)qt_threads() * T * T) * sizeof(float));
+    /* dx: gradient of the residual stream; then per-layer scratch (kept by the thread
+     * between steps: workspace.h) */
+    size_t floats = 3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
+                    (size_t)qt_threads() * T * T;
+    float *buf = qt_workspace(QT_WS_CALLER, floats * sizeof(float));
     if (!buf)
         return -1;
     float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;
@@ -219,6 +222,5 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         if (dxn1)
             rmsnorm_backward(dx, dxn1, x, ly->rms_att, la.rstd1, (int)M, D);
     }
-    free(buf);
     return rc ? -1 : 0;
 }

@@ -7,6 +7,7 @@
 
 #include "kernels.h"
 #include "parallel.h"
+#include "workspace.h"
 
 static const char *const isa_names[] = {"scalar", "avx2", "avx512"};
 static const qt_kernel_set *const isa_kernels[] = {&qt_kernels_scalar, &qt_kernels_avx2,
@@ -85,8 +86,7 @@ void qt_dequantize_rows(const qt_matrix *m, int r0, int r1, float *out)
     isa_kernels[qt_isa_active()]->dequantize(m, r0, r1, out);
 }
 
-float *qt_scratch_alloc(size_t per_thread)
+float *qt_scratch(size_t per_thread)
 {
-    size_t bytes = (size_t)qt_threads() * per_thread * sizeof(float);
-    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    return qt_workspace(QT_WS_DECODE, (size_t)qt_threads() * per_thread * sizeof(float));
 }

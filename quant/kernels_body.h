@@ -25,6 +25,7 @@
 
 #include "kernels.h"
 #include "parallel.h"
+#include "workspace.h"
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -253,7 +254,7 @@ typedef struct {
 /* x in split order chunk by chunk (the ragged tail stays in natural order). */
 static float *split_x(const float *x, int M, int K)
 {
-    float *xs = malloc((size_t)M * K * sizeof(float));
+    float *xs = qt_workspace(QT_WS_PACK, (size_t)M * K * sizeof(float));
     if (!xs)
         return NULL;
     for (int m = 0; m < M; m++) {
@@ -730,13 +731,12 @@ static int lut_matmul(const qt_matrix *w, const float *x, int M, float *y, int a
 {
     const int K = w->cols, words = qt_panel_words(w);
     const size_t tstride = (size_t)words * LUT_GROUPS * 16;
-    float *tables = aligned_alloc(64, (size_t)M * tstride * sizeof(float));
+    float *tables = qt_workspace(QT_WS_PACK, (size_t)M * tstride * sizeof(float));
     if (!tables)
         return -1;
     for (int m = 0; m < M; m++)
         lut_tables(x + (size_t)m * K, K, words, w->spec.format, tables + (size_t)m * tstride);
     panel_matmul(w, tables, M, y, accumulate, (long)M * w->rows * words * LUT_GROUPS * qt_panel_planes(w));
-    free(tables);
     return 0;
 }
 
@@ -744,13 +744,14 @@ static int nib_matmul(const qt_matrix *w, const float *x, int M, float *y, int a
 {
     const int K = w->cols;
     const size_t xstride = (size_t)qt_panel_words(w) * 8;
-    float *xp = calloc((size_t)M * xstride, sizeof(float));
+    float *xp = qt_workspace(QT_WS_PACK, (size_t)M * xstride * sizeof(float));
     if (!xp)
         return -1;
-    for (int m = 0; m < M; m++)
+    for (int m = 0; m < M; m++) { /* rows padded with zeros to whole panel words */
         memcpy(xp + m * xstride, x + (size_t)m * K, (size_t)K * sizeof(float));
+        memset(xp + m * xstride + K, 0, (xstride - K) * sizeof(float));
+    }
     panel_matmul(w, xp, M, y, accumulate, (long)M * w->rows * K);
-    free(xp);
     return 0;
 }
 
@@ -767,22 +768,16 @@ static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accum
             return -1;
         gemv_ctx c = {w, xs ? xs : x, y, M, accumulate, (w->rows + tasks - 1) / tasks};
         qt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
-        free(xs);
         return 0;
     }
     int panels = (M + MR_FWD - 1) / MR_FWD;
     gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate};
-    c.xt = aligned_alloc(64, ((size_t)panels * w->cols * MR_FWD * sizeof(float) + 63) / 64 * 64);
-    c.scratch = qt_scratch_alloc((size_t)NT_FWD * KC_FWD);
-    if (!c.xt || !c.scratch) {
-        free(c.xt);
-        free(c.scratch);
+    c.xt = qt_workspace(QT_WS_PACK, (size_t)panels * w->cols * MR_FWD * sizeof(float));
+    c.scratch = qt_scratch((size_t)NT_FWD * KC_FWD);
+    if (!c.xt || !c.scratch)
         return -1;
-    }
     qt_parallel(panels, pack_x_task, &c);
     qt_parallel((w->rows + NT_FWD - 1) / NT_FWD, gemm_task, &c);
-    free(c.xt);
-    free(c.scratch);
     return 0;
 }
 
@@ -860,17 +855,12 @@ static int matmul_t(const qt_matrix *w, const float *dy, int M, float *dx, int a
 {
     int panels = (M + MR_BWD - 1) / MR_BWD;
     gemm_t_ctx c = {w, dy, NULL, dx, NULL, M, accumulate};
-    c.dyt = aligned_alloc(64, ((size_t)panels * w->rows * MR_BWD * sizeof(float) + 63) / 64 * 64);
-    c.scratch = qt_scratch_alloc((size_t)NC_BWD * KT_BWD);
-    if (!c.dyt || !c.scratch) {
-        free(c.dyt);
-        free(c.scratch);
+    c.dyt = qt_workspace(QT_WS_PACK, (size_t)panels * w->rows * MR_BWD * sizeof(float));
+    c.scratch = qt_scratch((size_t)NC_BWD * KT_BWD);
+    if (!c.dyt || !c.scratch)
         return -1;
-    }
     qt_parallel(panels, pack_dy_task, &c);
     qt_parallel((w->cols + KT_BWD - 1) / KT_BWD, gemm_t_task, &c);
-    free(c.dyt);
-    free(c.scratch);
     return 0;
 }
 

@@ -1,13 +1,17 @@
 /* test_quant.c: formats against brute-force references, and every vectorized kernel
  * against the scalar path and a double-precision product, on ragged shapes. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "parallel.h"
 #include "quant.h"
 #include "tap.h"
+#include "workspace.h"
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -506,6 +510,65 @@ static void test_parallel_for(void)
     test_case("parallel_for covers every item once");
 }
 
+/* Large enough that glibc maps it (above its largest mmap threshold, 32 MB) and unmaps it
+ * when it is freed, so that the resident size shows whether it is held. */
+#define WS_BIG ((size_t)48 << 20)
+
+#ifndef __SANITIZE_ADDRESS__
+static size_t resident_bytes(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+#endif
+
+static void *use_workspace(void *unused)
+{
+    (void)unused;
+    char *p = qt_workspace(QT_WS_PACK, WS_BIG);
+    if (p)
+        memset(p, 1, WS_BIG);
+    return p;
+}
+
+/* Workspaces: aligned, kept while big enough, one per slot, freed by release and by the
+ * exit of the thread that made them. */
+static void test_workspace(void)
+{
+    char *a = qt_workspace(QT_WS_PACK, 100), *b = qt_workspace(QT_WS_DECODE, 100);
+    CHECK(a && b && a != b, "two slots share a buffer");
+    CHECK((uintptr_t)a % 64 == 0 && (uintptr_t)b % 64 == 0, "not 64-byte aligned");
+    CHECK(qt_workspace(QT_WS_PACK, 64) == a, "a smaller request moved the buffer");
+    char *c = qt_workspace(QT_WS_PACK, 1 << 20);
+    CHECK(c && (uintptr_t)c % 64 == 0, "growing failed");
+    memset(c, 0, 1 << 20); /* all of it is ours (ASan checks the bound) */
+    qt_workspace_release();
+#ifndef __SANITIZE_ADDRESS__
+    size_t before = resident_bytes();
+#endif
+    pthread_t t;
+    void *theirs = NULL;
+    CHECK(pthread_create(&t, NULL, use_workspace, NULL) == 0 && pthread_join(t, &theirs) == 0 && theirs,
+          "thread's workspace");
+#ifdef __SANITIZE_ADDRESS__
+    printf("# the exiting thread's release is checked by LeakSanitizer in this build\n");
+#else
+    /* a margin of half the buffer for the thread's stack and whatever else moves */
+    CHECK(resident_bytes() < before + WS_BIG / 2, "the exited thread still holds %zu MB",
+          (resident_bytes() - before) >> 20);
+    CHECK(use_workspace(NULL) && resident_bytes() >= before + WS_BIG, "the buffer is not resident");
+    qt_workspace_release();
+    CHECK(resident_bytes() < before + WS_BIG / 2, "release left %zu MB", (resident_bytes() - before) >> 20);
+#endif
+    test_case("workspace: aligned, per slot, freed at release and thread exit");
+}
+
 int main(void)
 {
     test_tables();
@@ -517,5 +580,6 @@ int main(void)
     test_vector_decode();
     test_threads_agree();
     test_parallel_for();
+    test_workspace();
     return tap_done();
 }
