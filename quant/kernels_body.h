@@ -642,9 +642,20 @@ typedef struct {
  * k < len; rows from `valid` on are zeros: a panel of X (forward) or dY (backward). */
 static void pack_transposed(float *restrict dst, const float *restrict src, int valid, int mr, int len)
 {
-    for (int i = 0; i < mr; i++)
-        for (int k = 0; k < len; k++)
-            dst[(size_t)k * mr + i] = i < valid ? src[(size_t)i * len + k] : 0.0f;
+    /* in blocks of 64 columns, so that the block of dst being filled stays in L1 */
+    for (int k0 = 0; k0 < len; k0 += 64) {
+        int kn = imin(64, len - k0);
+        for (int i = 0; i < mr; i++) {
+            float *d = dst + (size_t)k0 * mr + i;
+            const float *s = src + (size_t)i * len + k0;
+            if (i < valid)
+                for (int k = 0; k < kn; k++)
+                    d[(size_t)k * mr] = s[k];
+            else
+                for (int k = 0; k < kn; k++)
+                    d[(size_t)k * mr] = 0.0f;
+        }
+    }
 }
 
 static void pack_x_task(void *ctx, int p, int thread)
