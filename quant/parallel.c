@@ -22,9 +22,11 @@ static struct {
     pthread_t workers[MAX_THREADS];
     unsigned first_seen[MAX_THREADS]; /* the generation a worker starts after */
     atomic_uint generation;     /* bumped for every parallel call */
-    atomic_int next_task;
+    struct {                    /* thread t's share of the tasks: [next, end) */
+        _Alignas(64) atomic_int next;
+        int end;
+    } share[MAX_THREADS];
     atomic_int done_workers;
-    int ntasks;
     qt_task_fn fn;
     void *ctx;
 } pool = {.once = PTHREAD_ONCE_INIT,
@@ -32,11 +34,17 @@ static struct {
           .lock = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER};
 
+/* Each thread runs its own share first, in order, then helps with the others' (from their
+ * front). Shares are the same contiguous ranges at every call, so work split the same way
+ * from call to call (rows, mostly) stays with one thread and in its cache; the help
+ * balances a thread the machine slows down. */
 static void run_tasks(int thread)
 {
-    int t;
-    while ((t = atomic_fetch_add(&pool.next_task, 1)) < pool.ntasks)
-        pool.fn(pool.ctx, t, thread);
+    for (int o = 0; o < pool.nthreads; o++) {
+        int q = (thread + o) % pool.nthreads, t;
+        while ((t = atomic_fetch_add(&pool.share[q].next, 1)) < pool.share[q].end)
+            pool.fn(pool.ctx, t, thread);
+    }
 }
 
 static void *worker_main(void *arg)
@@ -115,10 +123,12 @@ void qt_parallel(int ntasks, qt_task_fn fn, void *ctx)
             fn(ctx, t, 0);
         return;
     }
-    pool.ntasks = ntasks;
     pool.fn = fn;
     pool.ctx = ctx;
-    atomic_store(&pool.next_task, 0);
+    for (int t = 0; t < pool.nthreads; t++) {
+        atomic_store(&pool.share[t].next, (int)((long)t * ntasks / pool.nthreads));
+        pool.share[t].end = (int)((long)(t + 1) * ntasks / pool.nthreads);
+    }
     atomic_store(&pool.done_workers, 0);
     pthread_mutex_lock(&pool.lock);
     atomic_fetch_add(&pool.generation, 1);

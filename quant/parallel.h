@@ -1,7 +1,9 @@
 /* parallel.h: a small fork-join thread pool for the kernels.
  *
  * One process-wide pool of QLORA_THREADS threads (default: all cores), the caller
- * being one of them. Tasks are claimed dynamically. The pool serves one parallel call at
+ * being one of them. Thread t first runs its share, the t-th of T contiguous ranges of the
+ * task numbers (the same ranges at every call of as many tasks, so that work split by rows
+ * stays on one thread), then takes what remains of the others'. The pool serves one parallel call at
  * a time: a call that finds it busy (another thread of the process is inside a kernel)
  * runs its tasks itself, so concurrent callers never wait on each other or deadlock. */
 #ifndef QLORA_PARALLEL_H
