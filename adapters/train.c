@@ -332,6 +332,32 @@ static int micro_loss(trainer *t, const int *targets, double norm, double *total
     return c.out_of_memory ? -1 : 0;
 }
 
+#define ADAM_B1 0.9f
+#define ADAM_B2 0.999f
+#define ADAM_EPS 1e-8f
+
+typedef struct {
+    trainer *t;
+    float clip, lr, c1, c2; /* gradient scale, learning rate, bias corrections */
+} adamw_ctx;
+
+/* AdamW with decoupled weight decay on parameters i0..i1 (each on its own: any split of
+ * the range gives the same result). */
+static void adamw_range(void *p, size_t i0, size_t i1)
+{
+    const adamw_ctx *c = p;
+    trainer *t = c->t;
+    float *w = t->adapter.params, *m = t->m, *v = t->v;
+    const float wd = t->hyper.weight_decay;
+    for (size_t i = i0; i < i1; i++) {
+        float g = t->grads[i] * c->clip;
+        m[i] = ADAM_B1 * m[i] + (1 - ADAM_B1) * g;
+        v[i] = ADAM_B2 * v[i] + (1 - ADAM_B2) * g * g;
+        float mh = m[i] / c->c1, vh = v[i] / c->c2;
+        w[i] -= c->lr * (mh / (sqrtf(vh) + ADAM_EPS) + wd * w[i]);
+    }
+}
+
 int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t errlen)
 {
     const train_hyper *h = &t->hyper;
@@ -380,17 +406,10 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     /* AdamW with decoupled weight decay, after global-norm clipping */
     const float clip = h->max_grad_norm > 0 && *grad_norm > h->max_grad_norm
                            ? (float)(h->max_grad_norm / *grad_norm) : 1.0f;
-    const float lr = trainer_lr(h, t->step), b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    const float lr = trainer_lr(h, t->step);
     const int step = t->step + 1;
-    const float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
-    float *p = t->adapter.params;
-    for (size_t i = 0; i < t->adapter.n_params; i++) {
-        float g = t->grads[i] * clip;
-        t->m[i] = b1 * t->m[i] + (1 - b1) * g;
-        t->v[i] = b2 * t->v[i] + (1 - b2) * g * g;
-        float mh = t->m[i] / c1, vh = t->v[i] / c2;
-        p[i] -= lr * (mh / (sqrtf(vh) + eps) + h->weight_decay * p[i]);
-    }
+    adamw_ctx c = {t, clip, lr, 1.0f - powf(ADAM_B1, (float)step), 1.0f - powf(ADAM_B2, (float)step)};
+    qt_parallel_for(t->adapter.n_params, 16, adamw_range, &c);
     t->step = step;
     return 0;
 }

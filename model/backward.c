@@ -197,7 +197,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         const float *kc = cache->k + (size_t)l * B * T * KV, *vc = cache->v + (size_t)l * B * T * KV;
 
         /* x[l+1] = x2 + down(g) */
-        memcpy(dx2, dx, sMD * sizeof(float));
+        llama_copy(dx2, dx, sMD);
         float *dg = d1, *dh1 = d2, *dh3 = d3;
         rc |= linear_backward(m, ad, a, pa, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
         swiglu_bwd_ctx sc = {dh1, dh3, dg, h1, h3};
@@ -208,7 +208,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         rmsnorm_backward(dx2, dxn2, x2, ly->rms_ffn, la.rstd2, (int)M, D);
 
         /* x2 = x + o(ao) */
-        memcpy(dx, dx2, sMD * sizeof(float));
+        llama_copy(dx, dx2, sMD);
         float *dao = d1;
         rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
         attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, attn_scratch, B, T};

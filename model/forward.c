@@ -304,6 +304,23 @@ static void attention_task(void *p, int task, int thread)
 }
 
 typedef struct {
+    float *dst;
+    const float *src;
+} copy_ctx;
+
+static void copy_range(void *p, size_t i0, size_t i1)
+{
+    const copy_ctx *c = p;
+    memcpy(c->dst + i0, c->src + i0, (i1 - i0) * sizeof(float));
+}
+
+void llama_copy(float *dst, const float *src, size_t n)
+{
+    copy_ctx c = {dst, src};
+    qt_parallel_for(n, 1, copy_range, &c);
+}
+
+typedef struct {
     float *g;
     const float *h1, *h3;
 } swiglu_ctx;
@@ -394,14 +411,14 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0, ad && ad->training};
     qt_parallel(B * c->n_heads, attention_task, &ac);
 
-    memcpy(la.x2, la.x, M * D * sizeof(float));
+    llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
 
     rmsnorm_forward(la.xn2, la.rstd2, la.x2, ly->rms_ffn, (int)M, D, c->norm_eps);
     rc |= linear_forward(m, ad, a, &la, l, LIN_GATE, la.xn2, (int)M, la.h1, 0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_UP, la.xn2, (int)M, la.h3, 0);
     swiglu_forward(la.g, la.h1, la.h3, M * c->hidden_dim);
-    memcpy(la.next, la.x2, M * D * sizeof(float));
+    llama_copy(la.next, la.x2, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_DOWN, la.g, (int)M, la.next, 1);
     a->held = l;
     return rc;

@@ -71,6 +71,9 @@ int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, lla
  * cover the causal triangle in blocks of this many rows, not the whole square. */
 #define LLAMA_ATT_BLOCK 64
 
+/* dst[0..n) = src[0..n) on the kernels' pool, split as the row-wise work is (each thread
+ * copies the part it produced and will read next). */
+void llama_copy(float *dst, const float *src, size_t n);
 /* Rotates `rows` rows of x (width floats each; row r at position pos0 + r % T) by their
  * positions' RoPE angles, or back (inverse: the backward pass's transpose). */
 void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse);
