@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "qlorad.h"
+#include "workspace.h"
 
 enum {
     T_STR = 1, T_UINT = 2, T_NUM = 4, T_BOOL = 8, T_MAP = 16, T_ARRAY = 32, T_NIL = 64, T_BIN = 128,
@@ -156,6 +157,9 @@ static void work(uv_work_t *w)
 {
     req *r = w->data;
     r->op->fn(r);
+    /* libuv's threads live as long as the daemon: a prompt's packed rows (up to seq_len x
+     * hidden floats) are not kept between requests */
+    qt_workspace_release();
 }
 
 static void work_done(uv_work_t *w, int status)

@@ -629,13 +629,16 @@ static void panel_task(void *ctx, int t, int thread)
 
 /* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
 
-/* Panels of rows per task of the large-M products: one chunk of rows per thread, tasks
- * numbered chunk-major, so that qt_parallel gives each thread its own chunk first and the
- * rows it produced in the step before stay in its cache (docs/quantization.md, Kernels). */
-static int rows_chunk(int panels)
+/* Rows of the large-M products are split in qt_threads() chunks of panels, chunk c being
+ * [c * panels / chunks, (c + 1) * panels / chunks): the same split as qt_parallel's shares
+ * of the pack tasks (one per panel), and tasks numbered chunk-major, so that each thread
+ * gets its own chunk first and multiplies the rows it packed and produced in the step
+ * before, still in its cache (docs/quantization.md, Kernels). A chunk may be empty (fewer
+ * panels than threads). When the pool is busy and the caller runs every task itself, it
+ * decodes each weight tile once per chunk, against a chunk's rows of FMAs per decode. */
+static inline int chunk_panel(int c, int panels)
 {
-    int chunks = imin(panels, qt_threads());
-    return (panels + chunks - 1) / chunks;
+    return (int)((long)c * panels / qt_threads());
 }
 
 typedef struct {
@@ -645,7 +648,7 @@ typedef struct {
     float *y;
     float *scratch;
     int M, accumulate;
-    int chunk, blocks; /* task t: panels [t / blocks * chunk, + chunk), weight block t % blocks */
+    int panels, blocks; /* task t: chunk t / blocks (chunk_panel), weight block t % blocks */
 } gemm_ctx;
 
 /* dst[k * mr + i] = row i of src (len floats, rows `len` apart) at k, for i < mr and
@@ -704,9 +707,11 @@ static void gemm_task(void *ctx, int t, int thread)
     const gemm_ctx *c = ctx;
     const qt_matrix *w = c->w;
     const int K = w->cols, N = w->rows, n0 = t % c->blocks * NT_FWD, nr = imin(NT_FWD, N - n0);
-    const int p0 = t / c->blocks * c->chunk, p1 = imin(p0 + c->chunk, (c->M + MR_FWD - 1) / MR_FWD);
+    const int p0 = chunk_panel(t / c->blocks, c->panels), p1 = chunk_panel(t / c->blocks + 1, c->panels);
     float *wd = c->scratch + (size_t)thread * NT_FWD * KC_FWD;
     float tile[NR_FWD * MR_FWD];
+    if (p0 == p1)
+        return;
     for (int k0 = 0; k0 < K; k0 += KC_FWD) {
         int kc = imin(KC_FWD, K - k0);
         int fresh = k0 == 0 && !c->accumulate;
@@ -792,13 +797,13 @@ static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accum
         return 0;
     }
     int panels = (M + MR_FWD - 1) / MR_FWD;
-    gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate, rows_chunk(panels), (w->rows + NT_FWD - 1) / NT_FWD};
+    gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate, panels, (w->rows + NT_FWD - 1) / NT_FWD};
     c.xt = qt_workspace(QT_WS_PACK, (size_t)panels * w->cols * MR_FWD * sizeof(float));
     c.scratch = qt_scratch((size_t)NT_FWD * KC_FWD);
     if (!c.xt || !c.scratch)
         return -1;
     qt_parallel(panels, pack_x_task, &c);
-    qt_parallel((panels + c.chunk - 1) / c.chunk * c.blocks, gemm_task, &c);
+    qt_parallel(qt_threads() * c.blocks, gemm_task, &c);
     return 0;
 }
 
@@ -811,7 +816,7 @@ typedef struct {
     float *dx;
     float *scratch;
     int M, accumulate;
-    int chunk, blocks; /* task t: panels [t / blocks * chunk, + chunk), column block t % blocks */
+    int panels, blocks; /* task t: chunk t / blocks (chunk_panel), column block t % blocks */
 } gemm_t_ctx;
 
 static void pack_dy_task(void *ctx, int p, int thread)
@@ -850,9 +855,11 @@ static void gemm_t_task(void *ctx, int t, int thread)
     const gemm_t_ctx *c = ctx;
     const qt_matrix *w = c->w;
     const int K = w->cols, N = w->rows, k0 = t % c->blocks * KT_BWD, kt = imin(KT_BWD, K - k0);
-    const int p0 = t / c->blocks * c->chunk, p1 = imin(p0 + c->chunk, (c->M + MR_BWD - 1) / MR_BWD);
+    const int p0 = chunk_panel(t / c->blocks, c->panels), p1 = chunk_panel(t / c->blocks + 1, c->panels);
     float *wd = c->scratch + (size_t)thread * NC_BWD * KT_BWD;
     float tile[MR_BWD * NW_BWD];
+    if (p0 == p1)
+        return;
     for (int n0 = 0; n0 < N; n0 += NC_BWD) {
         int nc = imin(NC_BWD, N - n0);
         int fresh = n0 == 0 && !c->accumulate;
@@ -875,14 +882,16 @@ static void gemm_t_task(void *ctx, int t, int thread)
 
 static int matmul_t(const qt_matrix *w, const float *dy, int M, float *dx, int accumulate)
 {
+    if (M <= 0)
+        return 0;
     int panels = (M + MR_BWD - 1) / MR_BWD;
-    gemm_t_ctx c = {w, dy, NULL, dx, NULL, M, accumulate, rows_chunk(panels), (w->cols + KT_BWD - 1) / KT_BWD};
+    gemm_t_ctx c = {w, dy, NULL, dx, NULL, M, accumulate, panels, (w->cols + KT_BWD - 1) / KT_BWD};
     c.dyt = qt_workspace(QT_WS_PACK, (size_t)panels * w->rows * MR_BWD * sizeof(float));
     c.scratch = qt_scratch((size_t)NC_BWD * KT_BWD);
     if (!c.dyt || !c.scratch)
         return -1;
     qt_parallel(panels, pack_dy_task, &c);
-    qt_parallel((panels + c.chunk - 1) / c.chunk * c.blocks, gemm_t_task, &c);
+    qt_parallel(qt_threads() * c.blocks, gemm_t_task, &c);
     return 0;
 }
 
