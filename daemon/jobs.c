@@ -902,6 +902,14 @@ void jobs_conn_closed(qd *d, uint64_t conn_id)
     }
 }
 
+int jobs_conn_watches(qd *d, uint64_t conn_id)
+{
+    int n = 0;
+    for (watcher *w = d->jobs ? d->jobs->watchers : NULL; w; w = w->next)
+        n += w->conn_id == conn_id;
+    return n;
+}
+
 /* ---- ops (loop thread) ---- */
 
 static void reply_job(req *r, job *j)
@@ -1070,6 +1078,10 @@ void op_job_watch(req *r)
     pthread_mutex_unlock(&d->jobs->lock);
     if (ended) {
         reply_job(r, j);
+        return;
+    }
+    if (jobs_conn_watches(d, r->conn_id) >= d->max_watches) {
+        reply_error(r, "busy", "this connection watches %d jobs already (--max-watches)", d->max_watches);
         return;
     }
     watcher *w = malloc(sizeof *w);

@@ -15,7 +15,8 @@ static const char usage[] =
     "usage: qlorad --model DIR --db DIR --socket PATH [--quant F] [--block B] [--no-double-quant]\n"
     "              [--listen HOST:PORT --token-file FILE] [--max-frame BYTES] [--threads N]\n"
     "              [--adapter-cache-mb N] [--max-queued N] [--max-running N] [--max-output BYTES]\n"
-    "              [--db-max-mb N] [--verbose]\n";
+    "              [--db-max-mb N] [--max-connections N] [--max-requests N] [--max-inflight N]\n"
+    "              [--max-watches N] [--auth-timeout S] [--idle-timeout S] [--verbose]\n";
 
 /* ---- shutdown ---- */
 
@@ -30,6 +31,7 @@ void qd_maybe_finish(qd *d)
     uv_close((uv_handle_t *)&d->wake, NULL);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->sighup, NULL);
 }
 
 static void on_runner_stopped(qd *d)
@@ -38,13 +40,20 @@ static void on_runner_stopped(qd *d)
     qd_maybe_finish(d);
 }
 
+/* SIGTERM, SIGINT and SIGHUP (a closed terminal) stop cleanly; a second one, from
+ * someone who will not wait for the checkpoint, exits at once. The store stays whole
+ * either way (every write is one LMDB transaction); a job then resumes from its last
+ * checkpoint. */
 static void on_signal(uv_signal_t *s, int signum)
 {
     qd *d = s->data;
-    if (d->stopping)
-        return;
+    const char *name = signum == SIGTERM ? "SIGTERM" : signum == SIGINT ? "SIGINT" : "SIGHUP";
+    if (d->stopping) {
+        qd_log(LOG_WARN, "%s again: exiting now (running jobs resume from their last checkpoint)", name);
+        _exit(1);
+    }
     d->stopping = 1;
-    qd_log(LOG_INFO, "%s: stopping (a running job checkpoints at its next step)", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    qd_log(LOG_INFO, "%s: stopping (a running job checkpoints at its next step; a second signal exits at once)", name);
     server_close(d);
     jobs_stop(d, on_runner_stopped);
 }
@@ -92,7 +101,8 @@ int main(int argc, char **argv)
     const char *db_dir = NULL, *listen_addr = NULL, *token_file = NULL;
     qt_spec spec = qt_spec_default(QT_NF4);
     double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
-           db_max_mb = 65536;
+           db_max_mb = 65536, max_conns = 256, max_requests = 16, max_inflight = 64, max_watches = 64,
+           auth_timeout = 10, idle_timeout = 600;
     int verbose = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -132,13 +142,19 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--block")) {
             bad = parse_size(a, v, QT_BLOCK_MIN, QT_BLOCK_MAX, &block);
             spec.block = (int)block;
-        } else if (!strcmp(a, "--max-frame")) bad = parse_size(a, v, 1024, 1 << 30, &max_frame);
+        } else if (!strcmp(a, "--max-frame")) bad = parse_size(a, v, 4096, 1 << 30, &max_frame);
         else if (!strcmp(a, "--threads")) bad = parse_size(a, v, 1, 1024, &threads);
         else if (!strcmp(a, "--adapter-cache-mb")) bad = parse_size(a, v, 0, 1 << 20, &cache_mb);
         else if (!strcmp(a, "--max-queued")) bad = parse_size(a, v, 0, 1 << 20, &max_queued);
         else if (!strcmp(a, "--max-running")) bad = parse_size(a, v, 1, 64, &max_running);
         else if (!strcmp(a, "--max-output")) bad = parse_size(a, v, 65536, 1ull << 40, &max_output);
         else if (!strcmp(a, "--db-max-mb")) bad = parse_size(a, v, 1, 1 << 24, &db_max_mb);
+        else if (!strcmp(a, "--max-connections")) bad = parse_size(a, v, 1, 1 << 20, &max_conns);
+        else if (!strcmp(a, "--max-requests")) bad = parse_size(a, v, 1, 1 << 20, &max_requests);
+        else if (!strcmp(a, "--max-inflight")) bad = parse_size(a, v, 1, 1 << 20, &max_inflight);
+        else if (!strcmp(a, "--max-watches")) bad = parse_size(a, v, 1, 1 << 20, &max_watches);
+        else if (!strcmp(a, "--auth-timeout")) bad = parse_size(a, v, 1, 86400, &auth_timeout);
+        else if (!strcmp(a, "--idle-timeout")) bad = parse_size(a, v, 0, 1 << 30, &idle_timeout);
         else {
             fprintf(stderr, "qlorad: unknown option '%s'\n%s", a, usage);
             return 2;
@@ -171,6 +187,12 @@ int main(int argc, char **argv)
     d.max_out = max_output > 0 ? (size_t)max_output : d.max_frame + (16u << 20);
     d.max_queued = (int)max_queued;
     d.max_running = (int)max_running;
+    d.max_conns = (int)max_conns;
+    d.max_requests = (int)max_requests;
+    d.max_inflight = (int)max_inflight;
+    d.max_watches = (int)max_watches;
+    d.auth_timeout_ms = (uint64_t)auth_timeout * 1000;
+    d.idle_timeout_ms = (uint64_t)idle_timeout * 1000;
     d.started = now_s();
     pthread_mutex_init(&d.mail_lock, NULL);
     pthread_mutex_init(&d.active_lock, NULL);
@@ -203,9 +225,11 @@ int main(int argc, char **argv)
     }
     uv_signal_init(d.loop, &d.sigterm);
     uv_signal_init(d.loop, &d.sigint);
-    d.sigterm.data = d.sigint.data = &d;
+    uv_signal_init(d.loop, &d.sighup);
+    d.sigterm.data = d.sigint.data = d.sighup.data = &d;
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
     uv_signal_start(&d.sigint, on_signal, SIGINT);
+    uv_signal_start(&d.sighup, on_signal, SIGHUP);
     signal(SIGPIPE, SIG_IGN);
     qd_log(LOG_INFO, "serving on %s%s%s (%s, %d layers, dim %d, %.3f bits/param; base %016llx)", d.socket_path,
            listen_addr ? " and " : "", listen_addr ? listen_addr : "", qt_format_name(spec.format), d.model.cfg.n_layers,

@@ -96,6 +96,14 @@ void reply_begin(req *r, mp_out *o)
 
 void reply_end(req *r, mp_out *o)
 {
+    size_t len = o->sb.size - 4;
+    if (o->sb.data && len > r->d->max_frame) {
+        /* the client could not read it (its limit is the same): say so instead */
+        mp_out_free(o);
+        reply_error(r, "busy", "the result is %zu bytes, more than max_frame (%zu): ask for less at a time", len,
+                    r->d->max_frame);
+        return;
+    }
     qd_send(r->d, r->conn_id, o);
 }
 
@@ -168,6 +176,10 @@ static void work_done(uv_work_t *w, int status)
     qd *d = r->d;
     (void)status;
     d->inflight--;
+    conn *c = qd_conn(d, r->conn_id);
+    if (c)
+        c->requests--;
+    conn_resume(d);
     req_free(r);
     qd_maybe_finish(d);
 }
@@ -212,7 +224,10 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     char err[256];
     if (mp_check(frame, len, err, sizeof err) < 0) {
         send_error(d, c->id, 0, "bad_frame", "%s", err);
-        conn_close(c);
+        if (c->authed)
+            conn_close(c);
+        else
+            conn_abort(c);
         return;
     }
     req *r = calloc(1, sizeof *r);
@@ -231,6 +246,8 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     if (!r->bytes || msgpack_unpack_next(&r->frame, r->bytes, len, &off) != MSGPACK_UNPACK_SUCCESS) {
         send_error(d, c->id, 0, "busy", "out of memory decoding a frame of %zu bytes", len);
         req_free(r);
+        if (!c->authed)
+            conn_abort(c);
         return;
     }
     const msgpack_object *o = &r->frame.data, *id = mp_get(o, "id"), *op = mp_get(o, "op");
@@ -239,6 +256,13 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     r->args = mp_get(o, "args");
     if (r->args && r->args->type == MSGPACK_OBJECT_NIL)
         r->args = NULL;
+    if (!c->authed && !(op && mp_is_str(op, "auth"))) {
+        /* before auth nothing is answered but that: no shape errors to keep a stranger talking */
+        reply_error(r, "unauthorized", "a TCP connection must begin with auth");
+        req_free(r);
+        conn_abort(c);
+        return;
+    }
     const char *bad = o->type != MSGPACK_OBJECT_MAP ? "a request is a map {id, op, args}"
                       : !id || id->type != MSGPACK_OBJECT_POSITIVE_INTEGER ? "id: missing or not a non-negative integer"
                       : !op || op->type != MSGPACK_OBJECT_STR ? "op: missing or not a string"
@@ -247,12 +271,8 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     if (bad) {
         reply_error(r, "bad_request", "%s", bad);
         req_free(r);
-        return;
-    }
-    if (!c->authed && !mp_is_str(op, "auth")) {
-        reply_error(r, "unauthorized", "a TCP connection must begin with auth");
-        req_free(r);
-        conn_close(c);
+        if (!c->authed)
+            conn_abort(c);
         return;
     }
     for (size_t i = 0; i < sizeof op_table / sizeof op_table[0]; i++)
@@ -265,6 +285,8 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     }
     if (bind_args(r) < 0) {
         req_free(r);
+        if (!c->authed)
+            conn_abort(c);
         return;
     }
     if (!r->op->pooled) {
@@ -280,6 +302,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         return;
     }
     d->inflight++;
+    c->requests++;
 }
 
 /* ---- the small ops ---- */
@@ -295,12 +318,13 @@ static void op_auth(req *r)
     for (size_t i = 0; i < t->via.str.size && i < n; i++) /* constant time in the token's bytes */
         diff |= (unsigned)(d->token[i] ^ t->via.str.ptr[i]);
     if (c && c->tcp && diff) {
+        qd_log(LOG_INFO, "connection %llu: wrong token; closing it", (unsigned long long)c->id);
         reply_error(r, "unauthorized", "token: does not match");
-        conn_close(c);
+        conn_abort(c);
         return;
     }
-    if (c)
-        c->authed = 1;
+    if (c && !c->authed)
+        conn_authed(c);
     mp_out o;
     reply_begin(r, &o);
     msgpack_pack_map(&o.pk, 0);
@@ -347,7 +371,11 @@ static void op_status(req *r)
     mp_out o;
     reply_begin(r, &o);
     msgpack_packer *pk = &o.pk;
-    msgpack_pack_map(pk, 5);
+    msgpack_pack_map(pk, 6);
+    mp_str(pk, "server");
+    msgpack_pack_map(pk, 2);
+    mp_kv_u64(pk, "connections", (uint64_t)d->n_conns);
+    mp_kv_u64(pk, "requests_in_flight", (uint64_t)d->inflight);
     mp_str(pk, "model");
     msgpack_pack_map(pk, 8);
     mp_kv_str(pk, "name", name);

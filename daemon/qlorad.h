@@ -34,6 +34,10 @@ void qd_log(log_level level, const char *fmt, ...) __attribute__((format(printf,
 void qd_log_verbose(int on);
 
 /* ---- server.c: sockets, framing, the mailbox ---- */
+/* A connection's memory is freed only in the close callback of its last handle, which
+ * libuv runs in its own phase of the loop: closing a connection from inside a walk over
+ * its watchers or requests (an overflow found while sending) can never free what the
+ * walk holds. Everything else names a connection by id and finds it with qd_conn. */
 struct conn {
     union {
         uv_pipe_t pipe;
@@ -41,14 +45,22 @@ struct conn {
         uv_stream_t stream;
         uv_handle_t handle;
     } h;
+    uv_timer_t timer;    /* the auth deadline, the idle timeout, then the close linger */
     qd *d;
     uint64_t id;
     int tcp, authed, closing;
+    int open_handles;    /* of h and timer: the last close callback frees the connection */
+    int requests;        /* pooled requests in flight */
+    int paused;          /* not reading: at --max-requests or --max-inflight */
+    uint64_t last_active;/* uv_now of the last byte received */
     char *in;            /* bytes received, not yet a whole frame */
     size_t in_len, in_cap;
-    size_t out_pending;  /* bytes handed to uv_write and not yet written */
+    size_t out_pending;  /* bytes allocated for output handed to uv_write and not yet written */
     conn *prev, *next;
 };
+
+/* Before auth a TCP connection may send one frame of at most this many bytes. */
+#define PREAUTH_MAX_FRAME 4096
 
 typedef struct mail mail;
 
@@ -61,6 +73,11 @@ struct qd {
     const char *model_dir, *socket_path;
     size_t max_frame, max_out;
     int max_queued, max_running;
+    int max_conns, n_conns;   /* n_conns: accepted and not yet freed (each holds an fd) */
+    int max_requests;         /* pooled requests in flight per connection */
+    int max_inflight;         /* pooled requests in flight in all */
+    int max_watches;          /* job.watch open per connection */
+    uint64_t auth_timeout_ms, idle_timeout_ms; /* idle 0: never */
     char *token;         /* TCP only */
     double started;
     int stopping, runner_done, finished;
@@ -71,7 +88,7 @@ struct qd {
     int have_tcp, listening;
     conn *conns;
     uint64_t next_conn_id;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
 
     uv_async_t wake;     /* the mailbox */
     pthread_mutex_t mail_lock;
@@ -84,8 +101,13 @@ struct qd {
     uint32_t active_version;
 };
 
-/* Sets up the mailbox and listens on the Unix socket (and TCP). */
+/* Sets up the mailbox. */
+int server_init(qd *d, char *err, size_t errlen);
+/* server_init, then listens on the Unix socket (and TCP). */
 int server_listen(qd *d, const char *listen_addr, char *err, size_t errlen);
+/* Serves a connected stream socket fd as if accepted (tcp: as a TCP client, which must
+ * authenticate first). For the fuzzer, which feeds it through a socketpair. */
+int server_adopt(qd *d, int fd, int tcp);
 /* Delivers what is in the mailbox now (at shutdown). */
 void server_drain(qd *d);
 /* main.c: ends the loop once stopping and nothing can post any more. */
@@ -96,8 +118,16 @@ void qd_send(qd *d, uint64_t conn_id, mp_out *o);
 /* Runs fn(d, arg) on the loop thread, after every frame posted before it. */
 void qd_call(qd *d, void (*fn)(qd *d, void *arg), void *arg);
 conn *qd_conn(qd *d, uint64_t id);
-/* Frames already sent still go out; then the connection closes. */
+/* Frames already sent still go out (for a few seconds at most); then the connection
+ * closes. Nothing more is read from it. */
 void conn_close(conn *c);
+/* Closes at once: what was not yet written is dropped (a client that does not read, or
+ * one refused before auth, holds no memory and no fd for longer than this call). */
+void conn_abort(conn *c);
+/* A pooled request ended: connections that stopped reading at a limit take frames again. */
+void conn_resume(qd *d);
+/* The connection has passed auth (or needs none): its idle timeout starts. */
+void conn_authed(conn *c);
 /* Stop accepting and close every connection (shutdown). */
 void server_close(qd *d);
 
@@ -180,6 +210,8 @@ void op_job_cancel(req *r);
 void op_job_watch(req *r);
 /* A connection went away: forget its watchers. */
 void jobs_conn_closed(qd *d, uint64_t conn_id);
+/* How many job.watch a connection has open. */
+int jobs_conn_watches(qd *d, uint64_t conn_id);
 
 double now_s(void);
 

@@ -31,25 +31,31 @@ conn *qd_conn(qd *d, uint64_t id)
     return NULL;
 }
 
-static void on_closed(uv_handle_t *h)
+/* The last of a connection's two handles is closed: nothing can refer to it any more. */
+static void on_handle_closed(uv_handle_t *h)
 {
     conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    jobs_conn_closed(c->d, c->id);
+    c->d->n_conns--;
     free(c->in);
     free(c);
 }
 
-static void on_shutdown(uv_shutdown_t *sh, int status)
+static void conn_release(conn *c)
 {
-    (void)status;
-    uv_close((uv_handle_t *)sh->handle, on_closed);
-    free(sh);
+    if (!uv_is_closing(&c->h.handle))
+        uv_close(&c->h.handle, on_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&c->timer))
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
-/* Written frames still go out (uv_shutdown waits for them); nothing more is read. */
-void conn_close(conn *c)
+/* Out of the list (qd_conn no longer finds it, so nothing more is sent) and deaf. */
+static int conn_unlink(conn *c)
 {
     if (c->closing)
-        return;
+        return -1;
     c->closing = 1;
     qd *d = c->d;
     if (c->prev)
@@ -58,61 +64,113 @@ void conn_close(conn *c)
         d->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    jobs_conn_closed(d, c->id);
     uv_read_stop(&c->h.stream);
+    return 0;
+}
+
+void conn_abort(conn *c)
+{
+    conn_unlink(c);
+    conn_release(c);
+}
+
+static void on_shutdown(uv_shutdown_t *sh, int status)
+{
+    (void)status;
+    conn_release(sh->handle->data);
+    free(sh);
+}
+
+static void on_linger_over(uv_timer_t *t)
+{
+    conn_release(t->data);
+}
+
+/* How long written frames may take to leave once a connection is closing. */
+#define CLOSE_LINGER_MS 5000
+
+void conn_close(conn *c)
+{
+    if (conn_unlink(c) < 0)
+        return;
+    uv_timer_start(&c->timer, on_linger_over, CLOSE_LINGER_MS, 0);
     uv_shutdown_t *sh = malloc(sizeof *sh);
     if (!sh || uv_shutdown(sh, &c->h.stream, on_shutdown) < 0) {
         free(sh);
-        uv_close(&c->h.handle, on_closed);
+        conn_release(c);
     }
 }
 
 typedef struct {
     uv_write_t w;
     conn *c;
-    size_t len;
+    size_t cost;
     char *data;
 } write_req;
+
+static void conn_take_frames(conn *c);
 
 static void on_written(uv_write_t *w, int status)
 {
     write_req *wr = (write_req *)w;
-    wr->c->out_pending -= wr->len;
+    conn *c = wr->c;
+    c->out_pending -= wr->cost;
     free(wr->data);
     free(wr);
-    (void)status; /* a failed write shows up as a read error and closes the connection */
+    if (status < 0) /* a failed write shows up as a read error and closes the connection */
+        return;
+    c->last_active = uv_now(c->d->loop);
+    if (c->paused && !c->closing)
+        conn_take_frames(c);
 }
 
-/* Takes ownership of data. */
+/* Takes ownership of data. What a frame costs is what it holds allocated, not its
+ * length alone: a client that does not read is bounded by the memory it makes us keep. */
 static void conn_write(conn *c, char *data, size_t len)
 {
     if (c->closing) {
         free(data);
         return;
     }
-    if (c->out_pending + len > c->d->max_out) {
+    size_t cost = len + sizeof(write_req);
+    if (c->out_pending + cost > c->d->max_out) {
         qd_log(LOG_WARN, "connection %llu: %zu bytes waiting for a client that does not read; closing it",
                (unsigned long long)c->id, c->out_pending);
         free(data);
-        conn_close(c);
+        conn_abort(c);
         return;
     }
     write_req *wr = malloc(sizeof *wr);
     if (!wr) {
         free(data);
-        conn_close(c);
+        conn_abort(c);
         return;
     }
-    wr->c = c, wr->len = len, wr->data = data;
+    wr->c = c, wr->cost = cost, wr->data = data;
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
     int rc = uv_write(&wr->w, &c->h.stream, &b, 1, on_written);
     if (rc < 0) {
         free(data);
         free(wr);
-        conn_close(c);
+        conn_abort(c);
         return;
     }
-    c->out_pending += len;
+    c->out_pending += cost;
+}
+
+/* The frame of a finished packer, its buffer cut to its length (msgpack-c grows buffers
+ * by doubling from 8 KiB: a 60-byte error would otherwise hold 8 KiB). */
+static char *take_frame(mp_out *o, size_t *len)
+{
+    size_t alloc = o->sb.alloc;
+    *len = o->sb.size;
+    char *frame = msgpack_sbuffer_release(&o->sb);
+    if (frame && alloc > *len + 64) {
+        char *cut = realloc(frame, *len);
+        if (cut)
+            frame = cut;
+    }
+    return frame;
 }
 
 static void deliver(qd *d, mail *m)
@@ -160,8 +218,8 @@ void qd_send(qd *d, uint64_t conn_id, mp_out *o)
     mp_out_finish(o);
     if (pthread_equal(pthread_self(), d->loop_thread)) {
         conn *c = qd_conn(d, conn_id);
-        size_t len = o->sb.size;
-        char *frame = msgpack_sbuffer_release(&o->sb);
+        size_t len;
+        char *frame = take_frame(o, &len);
         if (c && frame)
             conn_write(c, frame, len);
         else
@@ -175,8 +233,7 @@ void qd_send(qd *d, uint64_t conn_id, mp_out *o)
         return;
     }
     m->conn_id = conn_id;
-    m->len = o->sb.size;
-    m->frame = msgpack_sbuffer_release(&o->sb);
+    m->frame = take_frame(o, &m->len);
     post(d, m);
 }
 
@@ -197,8 +254,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     conn *c = h->data;
     (void)suggested;
-    if (c->in_cap - c->in_len < 65536) {
-        size_t cap = c->in_cap ? c->in_cap * 2 : 131072;
+    /* before auth one small frame is all a connection may send: a small buffer */
+    size_t room = c->authed ? 65536 : PREAUTH_MAX_FRAME + 4;
+    if (c->in_cap - c->in_len < room) {
+        size_t cap = c->in_cap ? c->in_cap * 2 : c->authed ? 131072 : room;
+        if (cap < c->in_len + room)
+            cap = c->in_len + room;
         char *p = realloc(c->in, cap);
         if (!p) {
             *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
@@ -207,6 +268,84 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         c->in = p, c->in_cap = cap;
     }
     *buf = uv_buf_init(c->in + c->in_len, (unsigned)(c->in_cap - c->in_len));
+}
+
+static size_t frame_length(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (size_t)u[0] << 24 | (size_t)u[1] << 16 | (size_t)u[2] << 8 | u[3];
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* Dispatches the whole frames buffered, as long as the connection may have more requests
+ * in flight; past that it stops reading (the client's writes then block in its kernel
+ * buffer) until conn_resume. Pipelining thus never costs more than --max-requests
+ * frames per connection and --max-inflight in all. */
+static void conn_take_frames(conn *c)
+{
+    qd *d = c->d;
+    size_t used = 0;
+    int full = 0;
+    while (!c->closing && c->in_len - used >= 4) {
+        /* nor while half its output budget waits for it to read: a pipelining client is
+         * paced by its own reading, and only output that comes anyway (events) can reach
+         * the limit that closes the connection */
+        if (c->requests >= d->max_requests || d->inflight >= d->max_inflight || c->out_pending >= d->max_out / 2) {
+            full = 1;
+            break;
+        }
+        size_t len = frame_length(c->in + used);
+        if (!c->authed && len > PREAUTH_MAX_FRAME) {
+            send_error(d, c->id, 0, "unauthorized", "a frame of %zu bytes before auth (at most %d)", len,
+                       PREAUTH_MAX_FRAME);
+            conn_abort(c);
+            return;
+        }
+        if (len == 0 || len > d->max_frame) {
+            send_error(d, c->id, 0, "bad_frame", "frame length %zu is not in 1..%zu (max_frame)", len, d->max_frame);
+            conn_close(c);
+            return;
+        }
+        if (c->in_len - used - 4 < len)
+            break;
+        ops_dispatch(d, c, c->in + used + 4, len);
+        used += 4 + len;
+    }
+    if (c->closing)
+        return;
+    memmove(c->in, c->in + used, c->in_len - used);
+    c->in_len -= used;
+    if (full != c->paused) {
+        c->paused = full;
+        if (full)
+            uv_read_stop(&c->h.stream);
+        else
+            uv_read_start(&c->h.stream, on_alloc, on_read);
+    }
+    /* a big frame needs its whole length buffered: grow now rather than in small steps */
+    if (c->in_len >= 4) {
+        size_t need = 4 + frame_length(c->in) + 65536;
+        if (need > c->in_cap) {
+            char *q = realloc(c->in, need);
+            if (!q) {
+                send_error(d, c->id, 0, "busy", "out of memory for a frame of %zu bytes", need);
+                conn_close(c);
+                return;
+            }
+            c->in = q, c->in_cap = need;
+        }
+    }
+}
+
+void conn_resume(qd *d)
+{
+    for (conn *c = d->conns, *next; c; c = next) {
+        next = c->next; /* taking frames may close c */
+        if (c->paused)
+            conn_take_frames(c);
+    }
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -220,39 +359,91 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     c->in_len += (size_t)n;
-    size_t used = 0;
-    while (!c->closing && c->in_len - used >= 4) {
-        const unsigned char *p = (const unsigned char *)c->in + used;
-        size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
-        if (len == 0 || len > c->d->max_frame) {
-            send_error(c->d, c->id, 0, "bad_frame", "frame length %zu is not in 1..%zu (max_frame)", len,
-                       c->d->max_frame);
-            conn_close(c);
-            return;
-        }
-        if (c->in_len - used - 4 < len)
-            break;
-        ops_dispatch(c->d, c, c->in + used + 4, len);
-        used += 4 + len;
-    }
-    if (c->closing)
+    c->last_active = uv_now(c->d->loop);
+    conn_take_frames(c);
+}
+
+/* Before auth: the deadline. After: closes a connection that neither sent nor took any
+ * bytes for the idle timeout and waits for nothing (no request in flight, no watch);
+ * output it does not read does not keep it open. */
+static void on_timer(uv_timer_t *t)
+{
+    conn *c = t->data;
+    qd *d = c->d;
+    if (!c->authed) {
+        qd_log(LOG_INFO, "connection %llu: no auth within %llu ms; closing it", (unsigned long long)c->id,
+               (unsigned long long)d->auth_timeout_ms);
+        send_error(d, c->id, 0, "unauthorized", "no auth within %llu ms", (unsigned long long)d->auth_timeout_ms);
+        conn_abort(c);
         return;
-    memmove(c->in, c->in + used, c->in_len - used);
-    c->in_len -= used;
-    /* a big frame needs its whole length buffered: grow now rather than in small steps */
-    if (c->in_len >= 4) {
-        const unsigned char *p = (const unsigned char *)c->in;
-        size_t need = 4 + ((size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3]) + 65536;
-        if (need > c->in_cap) {
-            char *q = realloc(c->in, need);
-            if (!q) {
-                send_error(c->d, c->id, 0, "busy", "out of memory for a frame of %zu bytes", need);
-                conn_close(c);
-                return;
-            }
-            c->in = q, c->in_cap = need;
-        }
     }
+    uint64_t idle = uv_now(d->loop) - c->last_active;
+    if (idle >= d->idle_timeout_ms && c->requests == 0 && jobs_conn_watches(d, c->id) == 0) {
+        qd_log(LOG_DEBUG, "connection %llu: idle for %llu ms; closing it", (unsigned long long)c->id,
+               (unsigned long long)idle);
+        if (c->out_pending)
+            conn_abort(c);
+        else
+            conn_close(c);
+        return;
+    }
+    uv_timer_start(t, on_timer, idle < d->idle_timeout_ms ? d->idle_timeout_ms - idle : d->idle_timeout_ms, 0);
+}
+
+/* After auth the timer watches for idleness (when there is an idle timeout). */
+void conn_authed(conn *c)
+{
+    c->authed = 1;
+    uv_timer_stop(&c->timer);
+    if (c->d->idle_timeout_ms)
+        uv_timer_start(&c->timer, on_timer, c->d->idle_timeout_ms, 0);
+}
+
+/* A connection on a stream handle that h's init made: into the list, its timer running,
+ * reading. Refused (told busy, closed) past --max-connections. */
+static void conn_start(qd *d, conn *c)
+{
+    c->id = ++d->next_conn_id;
+    c->next = d->conns;
+    if (d->conns)
+        d->conns->prev = c;
+    d->conns = c;
+    c->last_active = uv_now(d->loop);
+    if (d->n_conns > d->max_conns) {
+        /* accepted, told and closed at once, so that the backlog does not fill */
+        qd_log(LOG_WARN, "connection %llu refused: %d connections open (--max-connections)",
+               (unsigned long long)c->id, d->n_conns - 1);
+        send_error(d, c->id, 0, "busy", "%d connections are open already (--max-connections)", d->n_conns - 1);
+        conn_abort(c);
+        return;
+    }
+    if (c->tcp)
+        uv_timer_start(&c->timer, on_timer, d->auth_timeout_ms, 0);
+    else
+        conn_authed(c); /* the socket's mode is the Unix socket's guard */
+    uv_read_start(&c->h.stream, on_alloc, on_read);
+}
+
+/* A new connection whose handles are initialised but not yet in the list: a TCP or a
+ * pipe handle (a pipe may carry a "TCP" client, which must authenticate). */
+static conn *conn_new(qd *d, int tcp, int pipe)
+{
+    conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->d = d;
+    c->tcp = tcp;
+    int rc = !pipe ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
+    if (rc < 0) {
+        free(c);
+        return NULL;
+    }
+    uv_timer_init(d->loop, &c->timer);
+    c->h.handle.data = c->timer.data = c;
+    c->open_handles = 2;
+    c->closing = 1; /* not in the list yet */
+    d->n_conns++;
+    return c;
 }
 
 static void on_connection(uv_stream_t *srv, int status)
@@ -260,28 +451,30 @@ static void on_connection(uv_stream_t *srv, int status)
     qd *d = srv->data;
     if (status < 0 || d->stopping)
         return;
-    conn *c = calloc(1, sizeof *c);
+    int tcp = srv == (uv_stream_t *)&d->tcp_srv;
+    conn *c = conn_new(d, tcp, !tcp);
     if (!c)
         return;
-    c->d = d;
-    c->tcp = srv == (uv_stream_t *)&d->tcp_srv;
-    c->authed = !c->tcp;
-    int rc = c->tcp ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
-    if (rc < 0) {
-        free(c);
-        return;
-    }
-    c->h.handle.data = c;
     if (uv_accept(srv, &c->h.stream) < 0) {
-        uv_close(&c->h.handle, on_closed);
+        conn_release(c);
         return;
     }
-    c->id = ++d->next_conn_id;
-    c->next = d->conns;
-    if (d->conns)
-        d->conns->prev = c;
-    d->conns = c;
-    uv_read_start(&c->h.stream, on_alloc, on_read);
+    c->closing = 0;
+    conn_start(d, c);
+}
+
+int server_adopt(qd *d, int fd, int tcp)
+{
+    conn *c = conn_new(d, tcp, 1);
+    if (!c)
+        return -1;
+    if (uv_pipe_open(&c->h.pipe, fd) < 0) {
+        conn_release(c);
+        return -1;
+    }
+    c->closing = 0;
+    conn_start(d, c);
+    return 0;
 }
 
 /* A socket file left by a dead daemon is replaced; a live daemon's is not stolen. */
@@ -317,13 +510,20 @@ void server_drain(qd *d)
     on_wake(&d->wake);
 }
 
-int server_listen(qd *d, const char *listen_addr, char *err, size_t errlen)
+int server_init(qd *d, char *err, size_t errlen)
 {
     if (uv_async_init(d->loop, &d->wake, on_wake) < 0) {
         snprintf(err, errlen, "cannot create the mailbox");
         return -1;
     }
     d->wake.data = d;
+    return 0;
+}
+
+int server_listen(qd *d, const char *listen_addr, char *err, size_t errlen)
+{
+    if (server_init(d, err, errlen) < 0)
+        return -1;
     if (strlen(d->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         snprintf(err, errlen, "--socket %s: path too long for a Unix socket", d->socket_path);
         return -1;

@@ -1,18 +1,96 @@
-"""qlorad_fixture: a real qlorad on a temporary socket and database, for the client tests.
+"""qlorad_fixture: a real qlorad on a temporary socket and database, for the tests.
 
     with Daemon(QLORAD, SHARED, tcp=True) as d:   # d.socket, d.host, d.token_file, d.dir
-        ...
+        c = Conn(d.socket)                        # or Conn(tcp=('127.0.0.1', port))
+        c.ok('ping')
 The daemon runs stories260K quantized to nf4; stop() sends SIGTERM and returns the exit
-status (a clean stop is 0)."""
+status (a clean stop is 0). Conn speaks raw frames, so that broken ones can be sent too."""
 
 import atexit
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
+
+import msgpack
+
+
+def expect_error(m, code, *needles):
+    """m is an error response with that code, its message naming each needle."""
+    assert not m['ok'], 'expected %s, got %r' % (code, m)
+    assert m['error']['code'] == code, 'expected %s, got %r' % (code, m['error'])
+    for n in needles:
+        assert n in m['error']['message'], '%r not in %r' % (n, m['error']['message'])
+
+
+class Conn:
+    def __init__(self, path=None, tcp=None, timeout=120):
+        if tcp:
+            self.s = socket.create_connection(tcp, timeout=timeout)
+        else:
+            self.s = socket.socket(socket.AF_UNIX)
+            self.s.settimeout(timeout)
+            self.s.connect(path)
+        self.buf = b''
+        self.next_id = 0
+
+    def raw(self, payload):
+        self.s.sendall(payload)
+
+    def send(self, op, args=None, **kw):
+        self.next_id += 1
+        req = {'id': self.next_id, 'op': op}
+        if args is not None or kw:
+            req['args'] = dict(args or {}, **kw)
+        b = msgpack.packb(req, use_bin_type=True)
+        self.s.sendall(struct.pack('>I', len(b)) + b)
+        return self.next_id
+
+    def recv(self):
+        while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack('>I', self.buf[:4])[0]:
+            d = self.s.recv(1 << 20)
+            if not d:
+                raise EOFError('connection closed')
+            self.buf += d
+        n = struct.unpack('>I', self.buf[:4])[0]
+        m = msgpack.unpackb(self.buf[4:4 + n], raw=False)
+        self.buf = self.buf[4 + n:]
+        return m
+
+    def call(self, op, args=None, events=None, **kw):
+        rid = self.send(op, args, **kw)
+        while True:
+            m = self.recv()
+            assert m['id'] == rid, 'response for %r while waiting for %d' % (m, rid)
+            if 'event' in m:
+                if events is not None:
+                    events.append(m['event'])
+                continue
+            return m
+
+    def ok(self, op, args=None, events=None, **kw):
+        m = self.call(op, args, events, **kw)
+        assert m['ok'], '%s failed: %r' % (op, m)
+        return m['result']
+
+    def closed(self):
+        """True once the daemon has closed its side (what it sent before is read first)."""
+        try:
+            while True:
+                d = self.s.recv(1 << 16)
+                if not d:
+                    return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
 
 
 def free_port():

@@ -18,6 +18,7 @@ import time
 
 import msgpack
 
+from qlorad_fixture import Conn as _Conn, expect_error
 from tap import case, report
 
 QLORAD, SHARED = sys.argv[1], sys.argv[2]
@@ -31,64 +32,8 @@ SMALL = {'steps': 12, 'batch_size': 2, 'seq_len': 64, 'eval_every': 6, 'checkpoi
          'alpha': 8, 'warmup': 2}
 
 
-class Conn:
-    def __init__(self, path=SOCK, tcp=None):
-        if tcp:
-            self.s = socket.create_connection(tcp, timeout=120)
-        else:
-            self.s = socket.socket(socket.AF_UNIX)
-            self.s.settimeout(120)
-            self.s.connect(path)
-        self.buf = b''
-        self.next_id = 0
-
-    def raw(self, payload):
-        self.s.sendall(payload)
-
-    def send(self, op, args=None, **kw):
-        self.next_id += 1
-        req = {'id': self.next_id, 'op': op}
-        if args is not None or kw:
-            req['args'] = dict(args or {}, **kw)
-        b = msgpack.packb(req, use_bin_type=True)
-        self.s.sendall(struct.pack('>I', len(b)) + b)
-        return self.next_id
-
-    def recv(self):
-        while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack('>I', self.buf[:4])[0]:
-            d = self.s.recv(1 << 20)
-            if not d:
-                raise EOFError('connection closed')
-            self.buf += d
-        n = struct.unpack('>I', self.buf[:4])[0]
-        m = msgpack.unpackb(self.buf[4:4 + n], raw=False)
-        self.buf = self.buf[4 + n:]
-        return m
-
-    def call(self, op, args=None, events=None, **kw):
-        rid = self.send(op, args, **kw)
-        while True:
-            m = self.recv()
-            assert m['id'] == rid, 'response for %r while waiting for %d' % (m, rid)
-            if 'event' in m:
-                if events is not None:
-                    events.append(m['event'])
-                continue
-            return m
-
-    def ok(self, op, args=None, events=None, **kw):
-        m = self.call(op, args, events, **kw)
-        assert m['ok'], '%s failed: %r' % (op, m)
-        return m['result']
-
-    def closed(self):
-        try:
-            return self.s.recv(1) == b''
-        except (ConnectionResetError, socket.timeout):
-            return True
-
-    def close(self):
-        self.s.close()
+def Conn(path=SOCK, tcp=None):
+    return _Conn(path, tcp)
 
 
 daemon = None
@@ -123,13 +68,6 @@ def stop(p=None, sig=signal.SIGTERM):
         log = open(os.path.join(tmp, 'log'), errors='replace').read()
         raise AssertionError('qlorad exited with %d:\n%s' % (rc, log[-3000:]))
     return rc
-
-
-def expect_error(m, code, *needles):
-    assert not m['ok'], 'expected %s, got %r' % (code, m)
-    assert m['error']['code'] == code, 'expected %s, got %r' % (code, m['error'])
-    for n in needles:
-        assert n in m['error']['message'], '%r not in %r' % (n, m['error']['message'])
 
 
 def submit(c, name, **hyper):
@@ -488,30 +426,6 @@ def _():
         assert abs(r['eval_loss'] - alone['eval_loss']) <= 1e-5 * abs(alone['eval_loss']), (r['eval_loss'], alone)
     assert [r['hyper']['recompute'] for r in recs] == [False, False, True], [r['hyper'] for r in recs]
     assert c.ok('status')['jobs']['running'] == 0
-
-
-@case('a client that stops reading is dropped past --max-output; other clients go on')
-def _():
-    stop()
-    start('--max-output', '65536')
-    slow, other = Conn(), Conn()
-    frame = msgpack.packb({'id': 1, 'op': 'status'}, use_bin_type=True)
-    try:  # ~2 MB of answers (the socket buffers hold a few hundred kB): nobody reads them
-        slow.raw((struct.pack('>I', len(frame)) + frame) * 5000)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # dropped while still sending
-    assert other.ok('ping')['protocol'] == 1
-    answers = 0
-    try:
-        while True:
-            slow.recv()
-            answers += 1
-    except (EOFError, ConnectionResetError):
-        pass
-    assert answers < 5000, 'the daemon held every answer for a client that did not read'
-    log = open(os.path.join(tmp, 'log'), errors='replace').read()
-    assert 'does not read; closing it' in log, log[-2000:]
-    assert other.ok('status')['model']['name'] == 'stories260K' and daemon.poll() is None
 
 
 @case('SIGTERM at the end: exit status 0')
