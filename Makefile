@@ -1,7 +1,7 @@
 # Entry points; the real work is in scripts/ and meson. See README.md.
 MODEL ?= ../shared/models/tinystories6M
 
-.PHONY: all setup build test demo bench clean
+.PHONY: all setup build test demo bench fuzz clean
 
 all: build
 
@@ -21,5 +21,14 @@ demo: build
 bench: build
 	@scripts/bench.sh "$(MODEL)"
 
+# The wire fuzzer for FUZZ_SECONDS (default 600); make test runs it for 60.
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	@[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dbuildtype=debugoptimized \
+	  -Db_sanitize=address,undefined -Db_lundef=false -Dfuzz=true \
+	  "-Dc_args=-fsanitize=fuzzer-no-link -fno-sanitize-recover=all" >/dev/null
+	@ninja -C build-fuzz tests/fuzz_wire >/dev/null
+	tests/fuzz/run.sh build-fuzz/tests/fuzz_wire tests/fuzz/seeds $(FUZZ_SECONDS)
+
 clean:
-	rm -rf build build-sanitize
+	rm -rf build build-sanitize build-fuzz

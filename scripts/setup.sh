@@ -8,6 +8,7 @@ packages=(
   libopenblas-dev libuv1-dev libmsgpack-dev liblmdb-dev   # libraries
   python3 python3-numpy python3-msgpack python3-torch     # references, peers, Python client
   valgrind
+  clang libclang-rt-14-dev                  # the wire fuzzer (libFuzzer, ASan, UBSan)
 )
 
 missing=()
