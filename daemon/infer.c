@@ -211,9 +211,18 @@ typedef struct {
     size_t n_held;
 } stream_ctx;
 
+/* Without a stream: only whether the client is still there. */
+static int still_wanted(void *p, int token)
+{
+    (void)token;
+    return req_abandoned(((stream_ctx *)p)->r);
+}
+
 static int on_token(void *p, int token)
 {
     stream_ctx *s = p;
+    if (req_abandoned(s->r))
+        return 1; /* nobody reads the rest */
     size_t len;
     const char *piece = tok_decode(s->r->d->tok, s->prev, token, &len);
     s->prev = token;
@@ -300,7 +309,7 @@ void op_generate(req *r)
     if (!out) {
         reply_error(r, "busy", "out of memory");
     } else if (llama_generate(&d->model, a ? &a->lora : NULL, ids, (int)n, (int)max_tokens, &s,
-                              stream ? on_token : NULL, &sc, out, &n_out, err, sizeof err) < 0) {
+                              stream ? on_token : still_wanted, &sc, out, &n_out, err, sizeof err) < 0) {
         reply_error(r, "internal", "%s", err);
     } else {
         double dt = now_s() - t0;

@@ -154,8 +154,14 @@ void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_
 
 /* ---- dispatch ---- */
 
+int req_abandoned(const req *r)
+{
+    return r->life && atomic_load(&r->life->gone);
+}
+
 static void req_free(req *r)
 {
+    conn_life_put(r->life);
     msgpack_unpacked_destroy(&r->frame);
     free(r->bytes);
     free(r);
@@ -295,6 +301,8 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         return;
     }
     r->pooled = 1;
+    r->life = c->life;
+    atomic_fetch_add(&c->life->refs, 1);
     r->work.data = r;
     if (uv_queue_work(d->loop, &r->work, work, work_done) < 0) {
         reply_error(r, "internal", "cannot queue the request");

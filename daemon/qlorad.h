@@ -10,6 +10,7 @@
 
 #include <msgpack.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -34,6 +35,14 @@ void qd_log(log_level level, const char *fmt, ...) __attribute__((format(printf,
 void qd_log_verbose(int on);
 
 /* ---- server.c: sockets, framing, the mailbox ---- */
+/* Whether a connection still wants what its requests compute: shared by the connection
+ * and its pooled requests (reference counted), so that a pool thread can stop work for a
+ * client that has gone without touching the connection itself. */
+typedef struct conn_life {
+    atomic_int refs;
+    atomic_int gone;
+} conn_life;
+
 /* A connection's memory is freed only in the close callback of its last handle, which
  * libuv runs in its own phase of the loop: closing a connection from inside a walk over
  * its watchers or requests (an overflow found while sending) can never free what the
@@ -52,6 +61,7 @@ struct conn {
     int open_handles;    /* of h and timer: the last close callback frees the connection */
     int requests;        /* pooled requests in flight */
     int paused;          /* not reading: at --max-requests or --max-inflight */
+    conn_life *life;
     uint64_t last_active;/* uv_now of the last byte received */
     char *in;            /* bytes received, not yet a whole frame */
     size_t in_len, in_cap;
@@ -140,11 +150,15 @@ typedef struct req {
     const msgpack_object *args;           /* the args map, or NULL */
     const msgpack_object *arg[MAX_ARGS];  /* by position in the op's schema; NULL = absent */
     msgpack_unpacked frame;               /* owns every object above */
+    conn_life *life;                      /* pooled requests: the connection's, referenced */
     char *bytes;                          /* the frame, which strings and bins point into */
     uv_work_t work;
 } req;
 
 void ops_dispatch(qd *d, conn *c, const char *frame, size_t len);
+/* The client of a pooled request has gone (its connection closed): stop computing. */
+int req_abandoned(const req *r);
+void conn_life_put(conn_life *l);
 
 /* Replies (from any thread). reply_begin packs {id, ok: true, result: ...} up to the
  * result, which the caller packs before reply_end. */

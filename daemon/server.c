@@ -39,6 +39,7 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     jobs_conn_closed(c->d, c->id);
     c->d->n_conns--;
+    conn_life_put(c->life);
     free(c->in);
     free(c);
 }
@@ -57,6 +58,7 @@ static int conn_unlink(conn *c)
     if (c->closing)
         return -1;
     c->closing = 1;
+    atomic_store(&c->life->gone, 1);
     qd *d = c->d;
     if (c->prev)
         c->prev->next = c->next;
@@ -339,12 +341,29 @@ static void conn_take_frames(conn *c)
     }
 }
 
+void conn_life_put(conn_life *l)
+{
+    if (l && atomic_fetch_sub(&l->refs, 1) == 1)
+        free(l);
+}
+
+/* Paused connections take frames again, those with the fewest requests in flight first:
+ * when the daemon-wide limit is what stopped them, a client that pipelines does not keep
+ * the freed places from one that waits for its single answer. */
 void conn_resume(qd *d)
 {
-    for (conn *c = d->conns, *next; c; c = next) {
-        next = c->next; /* taking frames may close c */
-        if (c->paused)
-            conn_take_frames(c);
+    for (;;) {
+        conn *next = NULL;
+        for (conn *c = d->conns; c; c = c->next)
+            if (c->paused && c->requests < d->max_requests && c->out_pending < d->max_out / 2 &&
+                (!next || c->requests < next->requests))
+                next = c;
+        if (!next || d->inflight >= d->max_inflight)
+            return;
+        int before = d->inflight;
+        conn_take_frames(next);
+        if (d->inflight == before && next->paused && !next->closing)
+            return; /* it could take nothing: nobody else can either */
     }
 }
 
@@ -429,12 +448,20 @@ static void conn_start(qd *d, conn *c)
 static conn *conn_new(qd *d, int tcp, int pipe)
 {
     conn *c = calloc(1, sizeof *c);
-    if (!c)
+    conn_life *life = calloc(1, sizeof *life);
+    if (!c || !life) {
+        free(c);
+        free(life);
         return NULL;
+    }
+    atomic_init(&life->refs, 1);
+    atomic_init(&life->gone, 0);
+    c->life = life;
     c->d = d;
     c->tcp = tcp;
     int rc = !pipe ? uv_tcp_init(d->loop, &c->h.tcp) : uv_pipe_init(d->loop, &c->h.pipe, 0);
     if (rc < 0) {
+        free(c->life);
         free(c);
         return NULL;
     }

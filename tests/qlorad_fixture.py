@@ -19,6 +19,21 @@ import time
 import msgpack
 
 
+def frame(obj):
+    """obj as one frame: 4-byte big-endian length, then msgpack."""
+    b = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack('>I', len(b)) + b
+
+
+def rss(pid):
+    """Resident bytes of process pid."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024
+    raise AssertionError('no VmRSS for %d' % pid)
+
+
 def expect_error(m, code, *needles):
     """m is an error response with that code, its message naming each needle."""
     assert not m['ok'], 'expected %s, got %r' % (code, m)

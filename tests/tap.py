@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import traceback
 
 _results = []
 
@@ -24,7 +25,9 @@ def case(name):
         except AssertionError as e:
             _results.append((False, name, str(e)))
         except Exception as e:  # noqa: BLE001 (a crash fails the case, not the run)
-            _results.append((False, name, '%s: %s' % (type(e).__name__, e)))
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            _results.append((False, name, '%s: %s (%s:%d)' % (type(e).__name__, e, os.path.basename(where.filename),
+                                                              where.lineno)))
         return fn
     return wrap
 

@@ -14,28 +14,14 @@ import sys
 import threading
 import time
 
-import msgpack
 
-from qlorad_fixture import Conn, Daemon, expect_error
+from qlorad_fixture import Conn, Daemon, expect_error, frame, rss
 from tap import case, report
 
 QLORAD, SHARED = sys.argv[1], sys.argv[2]
 TRAIN = open(os.path.join(SHARED, 'data/tinystories_train.txt'), encoding='utf-8').read(30000)
 SMALL = {'steps': 6, 'batch_size': 2, 'seq_len': 32, 'eval_every': 0, 'checkpoint_every': 0, 'rank': 4,
          'alpha': 8, 'warmup': 1}
-
-
-def frame(obj):
-    b = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack('>I', len(b)) + b
-
-
-def rss(pid):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) * 1024
-    raise AssertionError('no VmRSS for %d' % pid)
 
 
 def n_fds(pid):
