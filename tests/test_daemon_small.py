@@ -100,4 +100,21 @@ def _():
         assert '\ufffd' in expect
 
 
+@case('log lines cannot be forged: newlines, escapes and controls in client strings are escaped')
+def _():
+    forged = b'x\n2026-01-01T00:00:00.000Z error forged line\r\x1b[31mred\x7f\xc2\x9b2J\\'
+    with Daemon(QLORAD, SHARED, extra=['--verbose']) as d:
+        error_of(raw_call(d.socket, forged), 'unknown_op')
+        error_of(raw_call(d.socket, b'generate', {b'prompt': b'x', b'adapter': forged}), 'invalid_argument')
+        with Client(socket=d.socket, timeout=60) as c:
+            c.ping()
+        log = open(d.log, 'rb').read()
+    lines = log.split(b'\n')
+    assert not any(line.startswith(b'2026-01-01') for line in lines), log
+    assert all(b'x\\x0a2026-01-01' in line for line in lines if b'forged' in line), log
+    assert b'\x1b' not in log and b'\r' not in log and b'\x7f' not in log and b'\xc2\x9b' not in log, log
+    assert b'x\\x0a2026-01-01T00:00:00.000Z error forged line\\x0d\\x1b[31mred\\x7f\\xc2\\x9b2J\\\\' in log, log
+    log.decode('utf-8')  # and the whole log is valid UTF-8
+
+
 report()
