@@ -68,6 +68,21 @@ def pieces():
     return out
 
 
+def peft_files(alpha, fill=0.01, r=2):
+    """A PEFT adapter of q_proj for stories260K, made here: config and safetensors."""
+    header, body = {}, b''
+    for i in range(LAYERS):
+        for part, shape in (('lora_A', [r, DIM]), ('lora_B', [DIM, r])):
+            name = 'base_model.model.model.layers.%d.self_attn.q_proj.%s.weight' % (i, part)
+            data = struct.pack('<%df' % (shape[0] * shape[1]), *[fill] * (shape[0] * shape[1]))
+            header[name] = {'dtype': 'F32', 'shape': shape, 'data_offsets': [len(body), len(body) + len(data)]}
+            body += data
+    h = json.dumps(header).encode()
+    h += b' ' * (-len(h) % 8)
+    config = '{"peft_type": "LORA", "r": %d, "lora_alpha": %s, "target_modules": ["q_proj"]}' % (r, alpha)
+    return {'adapter_config.json': config, 'adapter_model.safetensors': struct.pack('<Q', len(h)) + h + body}
+
+
 @case('invalid UTF-8 in an op name and an adapter name: the error quotes it as U+FFFD')
 def _():
     with Daemon(QLORAD, SHARED) as d:
@@ -115,6 +130,25 @@ def _():
     assert b'\x1b' not in log and b'\r' not in log and b'\x7f' not in log and b'\xc2\x9b' not in log, log
     assert b'x\\x0a2026-01-01T00:00:00.000Z error forged line\\x0d\\x1b[31mred\\x7f\\xc2\\x9b2J\\\\' in log, log
     log.decode('utf-8')  # and the whole log is valid UTF-8
+
+
+@case('adapter.import refuses a non-finite or non-positive lora_alpha, naming it')
+def _():
+    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        for alpha in ('1e39', '1e999', '0', '-4'):  # 1e39 is finite as a double, +Inf as a float
+            try:
+                c.import_adapter('alpha', peft_files(alpha))
+                raise AssertionError('lora_alpha %s was accepted' % alpha)
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and 'lora_alpha' in e.message, (alpha, e.code, e.message)
+        try:
+            c.import_adapter('alpha', peft_files('8', fill=float('nan')))
+            raise AssertionError('a NaN in lora_A was accepted')
+        except QloraError as e:
+            assert e.code == 'invalid_argument' and 'q_proj.lora_A' in e.message and 'non-finite' in e.message, e
+        assert c.import_adapter('alpha', peft_files('8'))['version'] == 1
+        r = c.eval(tokens=[[1, 403, 407, 261, 378]], adapter='alpha@1')
+        assert r['nll_sum'] == r['nll_sum'] and r['ppl'] < 1e6, r
 
 
 report()
