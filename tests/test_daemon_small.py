@@ -151,4 +151,29 @@ def _():
         assert r['nll_sum'] == r['nll_sum'] and r['ppl'] < 1e6, r
 
 
+@case('a version deleted while the cache loads it is not served afterwards')
+def _():
+    # the hook holds each cache load between its read and its insert, so the delete lands there
+    os.environ['QLORAD_TEST_CACHE_LOAD_DELAY_MS'] = '400'
+    try:
+        d = Daemon(QLORAD, SHARED)
+    finally:
+        del os.environ['QLORAD_TEST_CACHE_LOAD_DELAY_MS']
+    with d, Client(socket=d.socket, timeout=60) as c, Client(socket=d.socket, timeout=60) as c2:
+        tokens = [[1, 403, 407, 261, 378]]
+        for version in (1, 2, 3):
+            assert c.import_adapter('race', peft_files('8'))['version'] == version
+            ref = 'race@%d' % version
+            rid = c.send('eval', {'tokens': tokens, 'adapter': ref})  # misses the cache, loads
+            time.sleep(0.15)
+            assert c2.delete_adapter('race', version) == 1
+            c.wait(rid)  # read before the delete: it may be served once
+            for _ in range(2):
+                try:
+                    c.eval(tokens=tokens, adapter=ref)
+                    raise AssertionError('%s served after its delete' % ref)
+                except QloraError as e:
+                    assert e.code == 'not_found' and ref in e.message, (e.code, e.message)
+
+
 report()
