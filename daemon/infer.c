@@ -259,6 +259,14 @@ void op_generate(req *r)
             return;
     } else {
         const char *text = prompt ? prompt->via.str.ptr : "";
+        size_t bytes = prompt ? prompt->via.str.size : 0, per = tok_max_token_bytes(d->tok);
+        /* BOS and at least bytes / per ids: a prompt this long cannot leave room, whatever it
+         * says, and is refused before tokenizing (which costs memory per byte) */
+        if (bytes / per + 1 >= (size_t)S) {
+            reply_error(r, "invalid_argument", "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
+                        "which leave no room in the context of %d", bytes, bytes / per + 1, per, S);
+            return;
+        }
         if (tok_encode(d->tok, text, prompt ? prompt->via.str.size : 0, 1, 0, &ids, &n) < 0) {
             reply_error(r, "busy", "out of memory tokenizing");
             return;

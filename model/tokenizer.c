@@ -350,6 +350,12 @@ int tok_vocab_size(const tok_tokenizer *t)
     return t->vocab_size;
 }
 
+size_t tok_max_token_bytes(const tok_tokenizer *t)
+{
+    /* a byte token stands for one byte, shorter than any bound here */
+    return (size_t)(t->max_len > 0 ? t->max_len : 1) * (t->spm_space ? 3 : 1);
+}
+
 /* ---- encode ---- */
 
 /* A symbol of the list: id (-1 once merged into its left neighbour), prev, next, and pair,

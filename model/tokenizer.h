@@ -54,6 +54,12 @@ int tok_vocab_size(const tok_tokenizer *t);
 int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
                size_t *n_ids);
 
+/* The most bytes of text that one id of tok_encode can stand for (the longest piece, with
+ * each of its spaces counted as the 3 bytes of a "\xe2\x96\x81" where the text may spell
+ * it so): a text of n bytes encodes to at least n / tok_max_token_bytes ids, which bounds a
+ * text against a context before it is encoded. */
+size_t tok_max_token_bytes(const tok_tokenizer *t);
+
 /* The text of token id that follows token prev, as run.c's decode() (for tokenizer.json
  * the same, which is what its decoder makes of a text after BOS): after BOS (prev == 1) a
  * leading space is dropped, and a byte token <0xXX> gives that one raw byte. Returns a

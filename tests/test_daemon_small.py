@@ -176,4 +176,32 @@ def _():
                     assert e.code == 'not_found' and ref in e.message, (e.code, e.message)
 
 
+@case('a prompt too long for the context is refused before it is tokenized')
+def _():
+    def hwm(pid):
+        for line in open('/proc/%d/status' % pid):
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) << 10
+    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
+        before = hwm(d.proc.pid)
+        big = 'a' * (16 << 20)
+        e = None
+        try:
+            c.generate(prompt=big, max_tokens=1)
+        except QloraError as err:
+            e = err
+        grew = hwm(d.proc.pid) - before
+        # the frame and its decoded copy, not the tokenizer's symbols (~26 bytes per byte)
+        assert grew < 5 * len(big), 'peak RSS grew by %d MiB' % (grew >> 20)
+        assert e and e.code == 'invalid_argument' and e.message.startswith('prompt: 16777216 bytes'), e
+        # within the bound: tokenized, and refused by its count as before
+        e = None
+        try:
+            c.generate(prompt='Once upon a time ' * 200, max_tokens=1)
+        except QloraError as err:
+            e = err
+        assert e and e.code == 'invalid_argument' and 'tokens leave no room' in e.message, e
+        assert c.generate(prompt='Once upon a time', max_tokens=3)['tokens'], 'a short prompt still works'
+
+
 report()
