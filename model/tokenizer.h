@@ -48,7 +48,10 @@ int tok_vocab_size(const tok_tokenizer *t);
  * concatenation is a piece, ranked by its score, as run.c's encode(text, bos, eos);
  * tokenizer.json: the pairs of its merges, ranked by position, as Hugging Face's BPE, with
  * its normalizer's spaces: a " " or "▁" of the text is the "▁" piece); then EOS if eos.
- * Unlike run.c, a NUL byte does not end the text: it is one more byte. *ids is malloc'd
+ * Unlike run.c, a NUL byte does not end the text: it is one more byte. The text is encoded
+ * in chunks of a few KiB cut where no merge can cross, with the same ids as whole: memory
+ * goes with the ids, and up to about 30 bytes per byte for a text with no such cut (one
+ * letter repeated whose pair is a piece). *ids is malloc'd
  * (the caller frees it), *n_ids its length. Returns 0, or -1 if out of memory (or
  * n >= 4 GiB). */
 int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
