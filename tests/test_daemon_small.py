@@ -30,6 +30,17 @@ DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, SEQ_LEN = struct.unpack(
     '7i', open(os.path.join(MODEL, 'model.bin'), 'rb').read(28))
 
 
+class Checked(Daemon):
+    """A daemon that must exit with status 0 at SIGTERM (under the sanitizers, a leak or an
+    error report fails the case)."""
+    def __exit__(self, exc_type, *rest):
+        status = self.stop()
+        tail = self.log_text()[-3000:]
+        self.cleanup()
+        if exc_type is None:
+            assert status == 0, 'qlorad exited with %r: %s' % (status, tail)
+
+
 def raw_call(sock_path, op, args=None, rid=1):
     """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
     its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""
@@ -85,7 +96,7 @@ def peft_files(alpha, fill=0.01, r=2):
 
 @case('invalid UTF-8 in an op name and an adapter name: the error quotes it as U+FFFD')
 def _():
-    with Daemon(QLORAD, SHARED) as d:
+    with Checked(QLORAD, SHARED) as d:
         msg = error_of(raw_call(d.socket, b'no\xffsuch\xc3op'), 'unknown_op')
         assert 'no\ufffdsuch\ufffdop' in msg, msg
         msg = error_of(raw_call(d.socket, b'generate', {b'prompt': b'x', b'adapter': b'\xe2\x82(bad\xed\xa0\x80'}),
@@ -98,7 +109,7 @@ def _():
 @case('generate that samples lone byte tokens: stream and result decode, U+FFFD where no character can be')
 def _():
     table = pieces()
-    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
         # a temperature of 100 samples nearly uniformly: half the vocabulary is byte tokens
         args = dict(tokens=[1], max_tokens=200, temperature=100, seed=7)
         events = list(c.generate(stream=True, **args))
@@ -118,7 +129,7 @@ def _():
 @case('log lines cannot be forged: newlines, escapes and controls in client strings are escaped')
 def _():
     forged = b'x\n2026-01-01T00:00:00.000Z error forged line\r\x1b[31mred\x7f\xc2\x9b2J\\'
-    with Daemon(QLORAD, SHARED, extra=['--verbose']) as d:
+    with Checked(QLORAD, SHARED, extra=['--verbose']) as d:
         error_of(raw_call(d.socket, forged), 'unknown_op')
         error_of(raw_call(d.socket, b'generate', {b'prompt': b'x', b'adapter': forged}), 'invalid_argument')
         with Client(socket=d.socket, timeout=60) as c:
@@ -134,7 +145,7 @@ def _():
 
 @case('adapter.import refuses a non-finite or non-positive lora_alpha, naming it')
 def _():
-    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
         for alpha in ('1e39', '1e999', '0', '-4'):  # 1e39 is finite as a double, +Inf as a float
             try:
                 c.import_adapter('alpha', peft_files(alpha))
@@ -156,7 +167,7 @@ def _():
     # the hook holds each cache load between its read and its insert, so the delete lands there
     os.environ['QLORAD_TEST_CACHE_LOAD_DELAY_MS'] = '400'
     try:
-        d = Daemon(QLORAD, SHARED)
+        d = Checked(QLORAD, SHARED)
     finally:
         del os.environ['QLORAD_TEST_CACHE_LOAD_DELAY_MS']
     with d, Client(socket=d.socket, timeout=60) as c, Client(socket=d.socket, timeout=60) as c2:
@@ -185,7 +196,7 @@ def hwm(pid):
 
 @case('a prompt too long for the context is refused before it is tokenized')
 def _():
-    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
         before = hwm(d.proc.pid)
         big = 'a' * (16 << 20)
         e = None
@@ -211,7 +222,7 @@ def _():
 def _():
     story = open(os.path.join(SHARED, 'data', 'tinystories_train.txt'), encoding='utf-8').read()
     text = (story * ((16 << 20) // len(story) + 1))[:16 << 20]
-    with Daemon(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=300) as c:
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=300) as c:
         before = hwm(d.proc.pid)
         tokens = c.tokenize(text)
         grew = hwm(d.proc.pid) - before
