@@ -279,14 +279,20 @@ done:
     return rc;
 }
 
+/* What training itself accepts (train.c's hyper-parameter checks): r in 1..dim, a finite
+ * positive lora_alpha (as a float: a JSON 1e39 is +Inf there, and alpha / r would scale
+ * every delta to Inf or NaN), lora_dropout in [0, 1). PEFT itself checks none of these. */
 static int check_params(const peft_params *p, const llama_config *c, const char *what, char *err, size_t errlen)
 {
-    if (p->rank < 1 || p->rank > c->dim || !(p->alpha > 0) || !(p->dropout >= 0 && p->dropout < 1)) {
-        snprintf(err, errlen, "%s: needs r in 1..%d, a positive lora_alpha and lora_dropout in [0, 1)", what,
-                 c->dim);
-        return -1;
-    }
-    return 0;
+    if (p->rank < 1 || p->rank > c->dim)
+        snprintf(err, errlen, "%s: r must be in 1..%d (the model's dim)", what, c->dim);
+    else if (!(p->alpha > 0) || !isfinite(p->alpha))
+        snprintf(err, errlen, "%s: lora_alpha must be a finite positive number", what);
+    else if (!(p->dropout >= 0 && p->dropout < 1))
+        snprintf(err, errlen, "%s: lora_dropout must be in [0, 1)", what);
+    else
+        return 0;
+    return -1;
 }
 
 static const char *meta_string(const st_file *f, const char *key)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "qlorad.h"
 
@@ -13,6 +14,8 @@ struct adapter_cache {
     pthread_mutex_t lock;
     size_t budget, bytes, count;
     uint64_t clock;
+    uint64_t forgets;   /* cache_forget calls: a load that saw another count may be stale */
+    unsigned load_delay_ms; /* tests only: widens the window between a load and its insert */
     cached_adapter *list;
 };
 
@@ -22,6 +25,10 @@ adapter_cache *cache_new(size_t budget_bytes)
     if (c) {
         pthread_mutex_init(&c->lock, NULL);
         c->budget = budget_bytes;
+        /* A race of a load with a delete lasts microseconds; tests make it last long
+         * enough to be certain (tests/test_daemon_small.py). */
+        const char *delay = getenv("QLORAD_TEST_CACHE_LOAD_DELAY_MS");
+        c->load_delay_ms = delay ? (unsigned)strtoul(delay, NULL, 10) % 10000 : 0;
     }
     return c;
 }
@@ -89,6 +96,7 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
         *out = a;
         return NULL;
     }
+    uint64_t forgets = c->forgets;
     pthread_mutex_unlock(&c->lock);
     /* load outside the lock: other requests go on meanwhile */
     a = calloc(1, sizeof *a);
@@ -113,6 +121,8 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
     a->version = version;
     a->bytes = a->lora.n_params * sizeof(float);
     a->refs = 1;
+    if (c->load_delay_ms)
+        nanosleep(&(struct timespec){c->load_delay_ms / 1000, c->load_delay_ms % 1000 * 1000000L}, NULL);
     pthread_mutex_lock(&c->lock);
     cached_adapter *raced = find(c, name, version);
     if (raced) { /* another request loaded it meanwhile: use that one */
@@ -124,6 +134,11 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
         *out = raced;
         return NULL;
     }
+    /* adapter.delete removes from the store first, then forgets: a forget since the miss
+     * above may have been for this very version, read before it went. This request may
+     * still use it (it was read while it existed, like a request that held it before the
+     * delete), but no later one finds it: stale, dropped when released. */
+    a->stale = c->forgets != forgets;
     a->last_used = ++c->clock;
     a->next = c->list;
     c->list = a;
@@ -157,6 +172,7 @@ void cache_forget(qd *d, const char *name, uint32_t version)
 {
     adapter_cache *c = d->cache;
     pthread_mutex_lock(&c->lock);
+    c->forgets++;
     for (cached_adapter **p = &c->list; *p;) {
         cached_adapter *a = *p;
         if (!strcmp(a->name, name) && (!version || a->version == version)) {

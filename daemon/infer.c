@@ -10,6 +10,7 @@
 #include "generate.h"
 #include "peft.h"
 #include "qlorad.h"
+#include "utf8.h"
 
 int parse_adapter_ref(const char *s, char *name, uint32_t *version)
 {
@@ -191,23 +192,10 @@ void op_eval(req *r)
     free(lens);
 }
 
-/* Bytes of s[0..n) that end on a whole UTF-8 character: a token can end inside one. */
-static size_t utf8_whole(const char *s, size_t n)
-{
-    size_t i = n, back = 0;
-    while (i > 0 && back < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80)
-        i--, back++;
-    if (i == 0)
-        return n;
-    unsigned char lead = (unsigned char)s[i - 1];
-    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
-    return need > back + 1 ? i - 1 : n;
-}
-
 typedef struct {
     req *r;
     int prev;
-    char held[8];        /* the start of a character split across tokens */
+    char held[8];        /* the start of a character split across tokens (utf8_cut_tail) */
     size_t n_held;
 } stream_ctx;
 
@@ -233,7 +221,9 @@ static int on_token(void *p, int token)
         len = sizeof text - n;
     memcpy(text + n, piece, len);
     n += len;
-    size_t whole = utf8_whole(text, n);
+    /* A piece may end inside a character: hold its start back for the next token. What can
+     * never become whole goes out at once, as U+FFFD (mp_str_n). */
+    size_t whole = n - utf8_cut_tail(text, n);
     s->n_held = n - whole < sizeof s->held ? n - whole : 0;
     memcpy(s->held, text + whole, s->n_held);
     mp_out o;
@@ -241,8 +231,7 @@ static int on_token(void *p, int token)
     msgpack_pack_map(&o.pk, 2);
     mp_kv_i64(&o.pk, "token", token);
     mp_str(&o.pk, "text");
-    msgpack_pack_str(&o.pk, whole);
-    msgpack_pack_str_body(&o.pk, text, whole);
+    mp_str_n(&o.pk, text, whole);
     reply_event(s->r->d, s->r->conn_id, s->r->id, o.sb.data + 4, o.sb.size - 4);
     mp_out_free(&o);
     return 0;
@@ -279,6 +268,14 @@ void op_generate(req *r)
             return;
     } else {
         const char *text = prompt ? prompt->via.str.ptr : "";
+        size_t bytes = prompt ? prompt->via.str.size : 0, per = tok_max_token_bytes(d->tok);
+        /* BOS and at least bytes / per ids: a prompt this long cannot leave room, whatever it
+         * says, and is refused before tokenizing (which costs memory per byte) */
+        if (bytes / per + 1 >= (size_t)S) {
+            reply_error(r, "invalid_argument", "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
+                        "which leave no room in the context of %d", bytes, bytes / per + 1, per, S);
+            return;
+        }
         if (tok_encode(d->tok, text, prompt ? prompt->via.str.size : 0, 1, 0, &ids, &n) < 0) {
             reply_error(r, "busy", "out of memory tokenizing");
             return;
@@ -317,10 +314,10 @@ void op_generate(req *r)
         mp_out o;
         reply_begin(r, &o);
         msgpack_pack_map(&o.pk, 4);
-        size_t tl = text ? utf8_whole(text, strlen(text)) : 0;
+        /* as the stream has it: a character left unfinished at the end is dropped */
+        size_t tl = text ? strlen(text) : 0;
         mp_str(&o.pk, "text");
-        msgpack_pack_str(&o.pk, tl);
-        msgpack_pack_str_body(&o.pk, text ? text : "", tl);
+        mp_str_n(&o.pk, text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0));
         mp_str(&o.pk, "tokens");
         msgpack_pack_array(&o.pk, (size_t)n_out);
         for (int i = 0; i < n_out; i++)

@@ -1,5 +1,6 @@
 /* mp.c: see mp.h. */
 #include "mp.h"
+#include "utf8.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -166,11 +167,40 @@ void mp_out_free(mp_out *o)
     msgpack_sbuffer_destroy(&o->sb);
 }
 
+void mp_str_n(msgpack_packer *pk, const char *s, size_t n)
+{
+    static const char fffd[3] = "\xEF\xBF\xBD";
+    const unsigned char *p = (const unsigned char *)s;
+    size_t out = 0, bad = 0;
+    for (size_t i = 0; i < n;) {
+        int len = utf8_char(p + i, n - i, NULL);
+        out += len > 0 ? (size_t)len : sizeof fffd;
+        i += len > 0 ? (size_t)len : (size_t)-len;
+        bad += len < 0;
+    }
+    msgpack_pack_str(pk, out);
+    if (!bad) { /* valid: the usual case, in one piece */
+        msgpack_pack_str_body(pk, s, n);
+        return;
+    }
+    size_t start = 0; /* of the valid run not yet written */
+    for (size_t i = 0; i < n;) {
+        int len = utf8_char(p + i, n - i, NULL);
+        if (len > 0) {
+            i += (size_t)len;
+            continue;
+        }
+        msgpack_pack_str_body(pk, s + start, i - start);
+        msgpack_pack_str_body(pk, fffd, sizeof fffd);
+        i += (size_t)-len;
+        start = i;
+    }
+    msgpack_pack_str_body(pk, s + start, n - start);
+}
+
 void mp_str(msgpack_packer *pk, const char *s)
 {
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
+    mp_str_n(pk, s, strlen(s));
 }
 
 void mp_kv_str(msgpack_packer *pk, const char *key, const char *s)

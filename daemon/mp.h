@@ -34,6 +34,10 @@ void mp_out_init(mp_out *o);
 void mp_out_finish(mp_out *o);
 void mp_out_free(mp_out *o);
 
+/* Every str the daemon packs goes through mp_str_n, so that it is valid UTF-8 (clients
+ * decode strs as text): each invalid subpart of s[0..n) becomes one U+FFFD, as Python's
+ * errors="replace" has it; valid text is packed unchanged. */
+void mp_str_n(msgpack_packer *pk, const char *s, size_t n);
 void mp_str(msgpack_packer *pk, const char *s);
 void mp_kv_str(msgpack_packer *pk, const char *key, const char *s); /* s NULL: nil */
 void mp_kv_u64(msgpack_packer *pk, const char *key, uint64_t v);

@@ -12,7 +12,16 @@
  * index when it absorbs its right neighbour, so indices stay in text order and the heap's
  * top is always the reference's choice: the best rank, and the leftmost pair among equal
  * ranks (run.c's loop for tokenizer.bin; Hugging Face's BPE, whose heap is ordered the
- * same way, for tokenizer.json). */
+ * same way, for tokenizer.json).
+ *
+ * A merge makes a piece of the vocabulary whose bytes are its two halves' pieces end to
+ * end, so it can only join two symbols whose facing bytes (the last byte of the left
+ * piece, the first of the right) occur side by side in some piece. Between two initial
+ * symbols whose facing bytes never do, no merge ever crosses: the merges on either side
+ * are the same as if the other side were not there, in the same relative order. The
+ * encoder cuts the text at such points (in natural text, before a space) into chunks of a
+ * few KiB and encodes one chunk at a time, so that its symbols and heap cost per chunk,
+ * not per text; a text without such a point (one letter repeated) is one chunk. */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -305,6 +314,11 @@ int tok_load(tok_tokenizer **out, const char *path, int vocab_size, char *err, s
         tok_free(t);
         return -1;
     }
+    for (int id = 0; id < t->vocab_size; id++) {
+        const unsigned char *p = (const unsigned char *)t->bytes + t->offset[id];
+        for (uint32_t i = 1; i < t->len[id]; i++)
+            t->bigram[(p[i - 1] << 8 | p[i]) >> 3] |= (uint8_t)(1u << (p[i] & 7));
+    }
     *out = t;
     return 0;
 }
@@ -348,6 +362,12 @@ void tok_free(tok_tokenizer *t)
 int tok_vocab_size(const tok_tokenizer *t)
 {
     return t->vocab_size;
+}
+
+size_t tok_max_token_bytes(const tok_tokenizer *t)
+{
+    /* a byte token stands for one byte, shorter than any bound here */
+    return (size_t)(t->max_len > 0 ? t->max_len : 1) * (t->spm_space ? 3 : 1);
 }
 
 /* ---- encode ---- */
@@ -428,54 +448,83 @@ static int is_continuation(char c)
     return ((unsigned char)c & 0xC0) == 0x80;
 }
 
+/* Bytes of a chunk before the encoder looks for a point to cut the text at. */
+#define CHUNK_BYTES 4096
+
+/* Whether no merge can ever join a symbol of piece a to its right neighbour of piece b:
+ * the facing bytes occur side by side in no piece (the bigram table). */
+static int never_joined(const tok_tokenizer *t, int32_t a, int32_t b)
+{
+    if (t->len[a] == 0 || t->len[b] == 0)
+        return 0;
+    unsigned x = (unsigned char)t->bytes[t->offset[a] + t->len[a] - 1], y = (unsigned char)t->bytes[t->offset[b]];
+    return !(t->bigram[(x << 8 | y) >> 3] & (1u << (y & 7)));
+}
+
 /* Splits text into initial symbols as run.c does: a group starts at any byte and takes the
  * continuation bytes after it, up to 4 bytes in all (in valid UTF-8: one codepoint, as
  * Hugging Face splits); a group that is not a piece becomes its byte tokens. For
- * tokenizer.json, "▁" is a space, as its normalizer makes every space. Returns the
- * number of symbols whose id it set (dummy prefix first). */
-static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n, symbol *s)
+ * tokenizer.json, "▁" is a space, as its normalizer makes every space. The dummy prefix
+ * first if prefix. Stops before a group, once CHUNK_BYTES are taken, where no merge can
+ * cross (never_joined); *used says how many bytes were taken. The symbols go into *s
+ * (grown as needed, *cap of them); returns their number, or 0 if out of memory. */
+static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n, int prefix, symbol **s,
+                              size_t *cap, size_t *used)
 {
     size_t m = 0;
-    /* Without a " " piece run.c would emit id -1; its byte token is the sane stand-in
-     * (tokenizer.json always has the piece). */
-    s[m++].id = t->space_id >= 0 ? t->space_id : t->byte_id[' '];
-    for (size_t i = 0; i < n;) {
+    for (size_t i = 0;;) {
+        if (m + 5 > *cap) { /* room for the prefix or a group's (at most 4) byte tokens */
+            size_t c = *cap ? 2 * *cap : 2 * CHUNK_BYTES;
+            symbol *g = realloc(*s, c * sizeof *g);
+            if (!g)
+                return 0;
+            *s = g, *cap = c;
+        }
+        if (prefix && m == 0) {
+            /* Without a " " piece run.c would emit id -1; its byte token is the sane stand-in
+             * (tokenizer.json always has the piece). */
+            (*s)[m++].id = t->space_id >= 0 ? t->space_id : t->byte_id[' '];
+            continue;
+        }
+        if (i == n) {
+            *used = n;
+            return m;
+        }
         size_t j = i + 1;
         while (j < n && j - i < 4 && is_continuation(text[j]))
             j++;
         int found = t->spm_space && j - i == 3 && memcmp(text + i, SPM_SPACE, 3) == 0
                         ? t->space_id
                         : lookup_str(t, text + i, j - i);
+        int first = found >= 0 ? found : t->byte_id[(unsigned char)text[i]];
+        if (i >= CHUNK_BYTES && m > 0 && never_joined(t, (*s)[m - 1].id, first)) {
+            *used = i;
+            return m;
+        }
         if (found >= 0)
-            s[m++].id = found;
+            (*s)[m++].id = found;
         else
             for (size_t k = i; k < j; k++)
-                s[m++].id = t->byte_id[(unsigned char)text[k]];
+                (*s)[m++].id = t->byte_id[(unsigned char)text[k]];
         i = j;
     }
-    return m;
 }
 
-/* Encodes the non-empty text into out (room for n + 1 ids), the count in *count.
- * Returns 0 or -1 (out of memory). */
-static int encode_text(const tok_tokenizer *t, const char *text, size_t n, int *out,
-                       size_t *count)
+/* Merges the m symbols s[0..m) and appends the resulting ids to ids (*n_ids of them, room
+ * for *cap, grown as needed). Returns 0 or -1 (out of memory). */
+static int merge_symbols(const tok_tokenizer *t, symbol *s, size_t m, heap *h, int **ids, size_t *n_ids,
+                         size_t *cap)
 {
-    symbol *s = malloc((n + 1) * sizeof *s);
-    heap h = {0};
-    int status = -1;
-    if (!s)
-        goto done;
-    size_t m = initial_symbols(t, text, n, s);
+    h->n = 0;
     for (size_t i = 0; i < m; i++) {
         s[i].prev = i ? (uint32_t)i - 1 : NONE;
         s[i].next = i + 1 < m ? (uint32_t)i + 1 : NONE;
     }
     for (size_t i = 0; i < m; i++)
-        if (update_pair(t, s, (uint32_t)i, &h) < 0)
-            goto done;
-    while (h.n) {
-        uint64_t key = heap_pop(&h);
+        if (update_pair(t, s, (uint32_t)i, h) < 0)
+            return -1;
+    while (h->n) {
+        uint64_t key = heap_pop(h);
         uint32_t left = (uint32_t)key, right = s[left].next;
         if (s[left].pair < 0 || s[left].rank != key >> 32)
             continue; /* stale: the pair at left has changed since */
@@ -486,18 +535,20 @@ static int encode_text(const tok_tokenizer *t, const char *text, size_t n, int *
         if (s[right].next != NONE)
             s[s[right].next].prev = left;
         /* The merged symbol makes new pairs on both sides. */
-        if ((s[left].prev != NONE && update_pair(t, s, s[left].prev, &h) < 0) ||
-            update_pair(t, s, left, &h) < 0)
-            goto done;
+        if ((s[left].prev != NONE && update_pair(t, s, s[left].prev, h) < 0) || update_pair(t, s, left, h) < 0)
+            return -1;
     }
-    *count = 0;
-    for (uint32_t i = 0; i != NONE; i = s[i].next) /* symbol 0 is never a right symbol */
-        out[(*count)++] = s[i].id;
-    status = 0;
-done:
-    free(s);
-    free(h.k);
-    return status;
+    for (uint32_t i = 0; i != NONE; i = s[i].next) { /* symbol 0 is never a right symbol */
+        if (*n_ids + 2 > *cap) { /* and room for EOS */
+            size_t c = 2 * *cap;
+            int *g = realloc(*ids, c * sizeof *g);
+            if (!g)
+                return -1;
+            *ids = g, *cap = c;
+        }
+        (*ids)[(*n_ids)++] = s[i].id;
+    }
+    return 0;
 }
 
 int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
@@ -508,25 +559,32 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int 
     /* Symbol indices are 32-bit (the heap holds several entries per byte of text). */
     if (n >= (size_t)UINT32_MAX - 8)
         return -1;
-    int *out = malloc((n + 3) * sizeof *out); /* BOS, dummy prefix, one per byte, EOS */
+    /* the ids grow with the output (about a quarter of the bytes in natural text) */
+    size_t cap = 64, k = 0, m_cap = 0;
+    int *out = malloc(cap * sizeof *out);
+    symbol *s = NULL;
+    heap h = {0};
+    int status = -1;
     if (!out)
-        return -1;
-    size_t k = 0;
+        goto done;
     if (bos)
         out[k++] = TOK_BOS;
-    if (n > 0) {
-        size_t m;
-        if (encode_text(t, text, n, out + k, &m) < 0) {
-            free(out);
-            return -1;
-        }
-        k += m;
+    for (size_t start = 0, used; start < n; start += used) {
+        size_t m = initial_symbols(t, text + start, n - start, start == 0, &s, &m_cap, &used);
+        if (m == 0 || merge_symbols(t, s, m, &h, &out, &k, &cap) < 0)
+            goto done;
     }
     if (eos)
         out[k++] = TOK_EOS;
     *ids = out;
     *n_ids = k;
-    return 0;
+    out = NULL;
+    status = 0;
+done:
+    free(out);
+    free(s);
+    free(h.k);
+    return status;
 }
 
 /* ---- decode ---- */

@@ -48,11 +48,20 @@ int tok_vocab_size(const tok_tokenizer *t);
  * concatenation is a piece, ranked by its score, as run.c's encode(text, bos, eos);
  * tokenizer.json: the pairs of its merges, ranked by position, as Hugging Face's BPE, with
  * its normalizer's spaces: a " " or "▁" of the text is the "▁" piece); then EOS if eos.
- * Unlike run.c, a NUL byte does not end the text: it is one more byte. *ids is malloc'd
+ * Unlike run.c, a NUL byte does not end the text: it is one more byte. The text is encoded
+ * in chunks of a few KiB cut where no merge can cross, with the same ids as whole: memory
+ * goes with the ids, and up to about 30 bytes per byte for a text with no such cut (one
+ * letter repeated whose pair is a piece). *ids is malloc'd
  * (the caller frees it), *n_ids its length. Returns 0, or -1 if out of memory (or
  * n >= 4 GiB). */
 int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
                size_t *n_ids);
+
+/* The most bytes of text that one id of tok_encode can stand for (the longest piece, with
+ * each of its spaces counted as the 3 bytes of a "\xe2\x96\x81" where the text may spell
+ * it so): a text of n bytes encodes to at least n / tok_max_token_bytes ids, which bounds a
+ * text against a context before it is encoded. */
+size_t tok_max_token_bytes(const tok_tokenizer *t);
 
 /* The text of token id that follows token prev, as run.c's decode() (for tokenizer.json
  * the same, which is what its decoder makes of a text after BOS): after BOS (prev == 1) a

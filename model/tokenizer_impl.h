@@ -36,6 +36,10 @@ struct tok_tokenizer {
     merge_rule *merges; /* tokenizer.json: open addressing on the pair; NULL for tokenizer.bin */
     uint32_t merge_mask;
     char byte_str[256]; /* byte_str[b] == b: what byte tokens decode to */
+    /* bit a * 256 + b: some piece holds byte a followed by byte b. Where the pieces on the
+     * two sides of a point of the text end and begin with a pair no piece holds, no merge
+     * can ever cross that point: the encoder cuts the text there (tokenizer.c). */
+    uint8_t bigram[256 * 256 / 8];
 };
 
 /* "PATH: " and the message into err; returns -1. */

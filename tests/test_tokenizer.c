@@ -458,6 +458,40 @@ static void test_against_runc(void)
     }
     test_case("equal to the run.c port on %d slices of ../shared/data (%d differ)", d.cases,
               d.failures);
+
+    /* Texts longer than the encoder's chunks (4 KiB, cut where no merge can cross): the
+     * cuts must not change a single id, whatever the text holds around them. */
+    tally e = {0};
+    enum { LONG = 6000 }; /* the port is quadratic: one or two cuts each */
+    char *big = malloc(LONG);
+    CHECK(big != NULL, "out of memory");
+    for (size_t f = 0; big && f < sizeof data_files / sizeof data_files[0]; f++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/data/%s", shared, data_files[f]);
+        size_t len;
+        char *text = read_all(path, &len);
+        if (!text)
+            continue;
+        size_t n = 4200 + below(LONG - 4200), at = below(len - n);
+        compare_one(t, &v, text + at, n, 1, 1, &e, data_files[f]);
+        free(text);
+    }
+    for (int k = 0; big && k < 3; k++) {
+        random_from(big, LONG, k == 0 ? "lop " : k == 1 ? "lopahe tw\n" : "ll");
+        compare_one(t, &v, big, LONG - (size_t)k, 1, 0, &e, "small alphabet, long");
+        for (size_t i = 0; i < LONG; i++)
+            big[i] = (char)next_u64();
+        compare_one(t, &v, big, LONG - (size_t)k, 1, 0, &e, "random bytes, long");
+        size_t n = random_utf8(big, LONG);
+        compare_one(t, &v, big, n, 1, 0, &e, "random UTF-8, long");
+        memset(big, 'l', LONG); /* "ll" is a piece: no cut anywhere, then one at each space */
+        for (size_t i = 4094 + (size_t)k; k && i < LONG; i += 700)
+            big[i] = ' ';
+        compare_one(t, &v, big, LONG, 1, 0, &e, "a run of l, long");
+    }
+    free(big);
+    test_case("equal to the run.c port on %d texts of 4..6 KB, cut into chunks (%d differ)", e.cases,
+              e.failures);
     ref_free(&v);
     tok_free(t);
 }

@@ -1,0 +1,237 @@
+#!/usr/bin/python3
+"""qlorad against careless and hostile strings and races (issue 15, "smaller ones"): every
+str it sends is valid UTF-8, client strings cannot forge log lines, PEFT import refuses a
+non-finite lora_alpha, a version deleted while the cache loads it stays deleted, a huge
+prompt is refused before it is tokenized. Each case runs its own daemon (stories260K, nf4)
+from tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP output.
+
+usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
+
+import codecs
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+import msgpack
+
+from tap import case, report
+from qlorad_fixture import Daemon
+
+QLORAD, SHARED, CLIENT_DIR = sys.argv[1:4]
+sys.path.insert(0, CLIENT_DIR)
+from qlora_client import Client, QloraError  # noqa: E402
+
+MODEL = os.path.join(SHARED, 'models', 'stories260K')
+DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB, SEQ_LEN = struct.unpack(
+    '7i', open(os.path.join(MODEL, 'model.bin'), 'rb').read(28))
+
+
+class Checked(Daemon):
+    """A daemon that must exit with status 0 at SIGTERM (under the sanitizers, a leak or an
+    error report fails the case)."""
+    def __exit__(self, exc_type, *rest):
+        status = self.stop()
+        tail = self.log_text()[-3000:]
+        self.cleanup()
+        if exc_type is None:
+            assert status == 0, 'qlorad exited with %r: %s' % (status, tail)
+
+
+def raw_call(sock_path, op, args=None, rid=1):
+    """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
+    its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""
+    req = {b'id': rid, b'op': op}
+    if args is not None:
+        req[b'args'] = args
+    body = msgpack.packb(req, use_bin_type=False)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(sock_path)
+        s.sendall(struct.pack('>I', len(body)) + body)
+        buf = b''
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack('>I', buf[:4])[0]:
+            d = s.recv(1 << 16)
+            assert d, 'the connection closed before the reply'
+            buf += d
+    return msgpack.unpackb(buf[4:4 + struct.unpack('>I', buf[:4])[0]], raw=False)
+
+
+def error_of(m, code):
+    assert m.get('ok') is False and m['error']['code'] == code, m
+    return m['error']['message']
+
+
+def pieces():
+    """stories260K's tokenizer.bin: the bytes each id decodes to (byte tokens as the byte)."""
+    data = open(os.path.join(MODEL, 'tokenizer.bin'), 'rb').read()
+    off, out = 4, []
+    for _ in range(VOCAB):
+        n = struct.unpack_from('<i', data, off + 4)[0]
+        p = data[off + 8:off + 8 + n]
+        off += 8 + n
+        if len(p) == 6 and p.startswith(b'<0x') and p.endswith(b'>'):
+            p = bytes([int(p[3:5], 16)])
+        out.append(p)
+    return out
+
+
+def peft_files(alpha, fill=0.01, r=2):
+    """A PEFT adapter of q_proj for stories260K, made here: config and safetensors."""
+    header, body = {}, b''
+    for i in range(LAYERS):
+        for part, shape in (('lora_A', [r, DIM]), ('lora_B', [DIM, r])):
+            name = 'base_model.model.model.layers.%d.self_attn.q_proj.%s.weight' % (i, part)
+            data = struct.pack('<%df' % (shape[0] * shape[1]), *[fill] * (shape[0] * shape[1]))
+            header[name] = {'dtype': 'F32', 'shape': shape, 'data_offsets': [len(body), len(body) + len(data)]}
+            body += data
+    h = json.dumps(header).encode()
+    h += b' ' * (-len(h) % 8)
+    config = '{"peft_type": "LORA", "r": %d, "lora_alpha": %s, "target_modules": ["q_proj"]}' % (r, alpha)
+    return {'adapter_config.json': config, 'adapter_model.safetensors': struct.pack('<Q', len(h)) + h + body}
+
+
+@case('invalid UTF-8 in an op name and an adapter name: the error quotes it as U+FFFD')
+def _():
+    with Checked(QLORAD, SHARED) as d:
+        msg = error_of(raw_call(d.socket, b'no\xffsuch\xc3op'), 'unknown_op')
+        assert 'no\ufffdsuch\ufffdop' in msg, msg
+        msg = error_of(raw_call(d.socket, b'generate', {b'prompt': b'x', b'adapter': b'\xe2\x82(bad\xed\xa0\x80'}),
+                       'invalid_argument')
+        assert '\ufffd(bad\ufffd\ufffd\ufffd' in msg, msg  # a surrogate is three invalid bytes, as Python has it
+        with Client(socket=d.socket, timeout=60) as c:  # still serving
+            assert c.tokenize('hello world') == [1, 281, 306, 414, 263, 304, 341]
+
+
+@case('generate that samples lone byte tokens: stream and result decode, U+FFFD where no character can be')
+def _():
+    table = pieces()
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
+        # a temperature of 100 samples nearly uniformly: half the vocabulary is byte tokens
+        args = dict(tokens=[1], max_tokens=200, temperature=100, seed=7)
+        events = list(c.generate(stream=True, **args))
+        result = c.generate(**args)
+        tokens = result['tokens']
+        assert [e['token'] for e in events] == tokens, (events, tokens)
+        assert 3 not in tokens, 'seed 7 samples <0x00>: pick a seed without it'  # the result text is a C string
+        raw = b''.join(table[t][1:] if i == 0 and table[t][:1] == b' ' else table[t] for i, t in enumerate(tokens))
+        # an incremental decoder holds back a character cut at the end, as the daemon does
+        expect = codecs.getincrementaldecoder('utf-8')('replace').decode(raw, final=False)
+        assert raw.decode('utf-8', 'replace') != raw.decode('utf-8', 'ignore'), 'no invalid UTF-8 was sampled'
+        assert ''.join(e['text'] for e in events) == expect, (events, expect)
+        assert result['text'] == expect, (result['text'], expect)
+        assert '\ufffd' in expect
+
+
+@case('log lines cannot be forged: newlines, escapes and controls in client strings are escaped')
+def _():
+    forged = b'x\n2026-01-01T00:00:00.000Z error forged line\r\x1b[31mred\x7f\xc2\x9b2J\\'
+    with Checked(QLORAD, SHARED, extra=['--verbose']) as d:
+        error_of(raw_call(d.socket, forged), 'unknown_op')
+        error_of(raw_call(d.socket, b'generate', {b'prompt': b'x', b'adapter': forged}), 'invalid_argument')
+        with Client(socket=d.socket, timeout=60) as c:
+            c.ping()
+        log = open(d.log, 'rb').read()
+    lines = log.split(b'\n')
+    assert not any(line.startswith(b'2026-01-01') for line in lines), log
+    assert all(b'x\\x0a2026-01-01' in line for line in lines if b'forged' in line), log
+    assert b'\x1b' not in log and b'\r' not in log and b'\x7f' not in log and b'\xc2\x9b' not in log, log
+    assert b'x\\x0a2026-01-01T00:00:00.000Z error forged line\\x0d\\x1b[31mred\\x7f\\xc2\\x9b2J\\\\' in log, log
+    log.decode('utf-8')  # and the whole log is valid UTF-8
+
+
+@case('adapter.import refuses a non-finite or non-positive lora_alpha, naming it')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        for alpha in ('1e39', '1e999', '0', '-4'):  # 1e39 is finite as a double, +Inf as a float
+            try:
+                c.import_adapter('alpha', peft_files(alpha))
+                raise AssertionError('lora_alpha %s was accepted' % alpha)
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and 'lora_alpha' in e.message, (alpha, e.code, e.message)
+        try:
+            c.import_adapter('alpha', peft_files('8', fill=float('nan')))
+            raise AssertionError('a NaN in lora_A was accepted')
+        except QloraError as e:
+            assert e.code == 'invalid_argument' and 'q_proj.lora_A' in e.message and 'non-finite' in e.message, e
+        assert c.import_adapter('alpha', peft_files('8'))['version'] == 1
+        r = c.eval(tokens=[[1, 403, 407, 261, 378]], adapter='alpha@1')
+        assert r['nll_sum'] == r['nll_sum'] and r['ppl'] < 1e6, r
+
+
+@case('a version deleted while the cache loads it is not served afterwards')
+def _():
+    # the hook holds each cache load between its read and its insert, so the delete lands there
+    os.environ['QLORAD_TEST_CACHE_LOAD_DELAY_MS'] = '400'
+    try:
+        d = Checked(QLORAD, SHARED)
+    finally:
+        del os.environ['QLORAD_TEST_CACHE_LOAD_DELAY_MS']
+    with d, Client(socket=d.socket, timeout=60) as c, Client(socket=d.socket, timeout=60) as c2:
+        tokens = [[1, 403, 407, 261, 378]]
+        for version in (1, 2, 3):
+            assert c.import_adapter('race', peft_files('8'))['version'] == version
+            ref = 'race@%d' % version
+            rid = c.send('eval', {'tokens': tokens, 'adapter': ref})  # misses the cache, loads
+            time.sleep(0.15)
+            assert c2.delete_adapter('race', version) == 1
+            c.wait(rid)  # read before the delete: it may be served once
+            for _ in range(2):
+                try:
+                    c.eval(tokens=tokens, adapter=ref)
+                    raise AssertionError('%s served after its delete' % ref)
+                except QloraError as e:
+                    assert e.code == 'not_found' and ref in e.message, (e.code, e.message)
+
+
+def hwm(pid):
+    """Peak RSS of a process, bytes."""
+    for line in open('/proc/%d/status' % pid):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) << 10
+
+
+@case('a prompt too long for the context is refused before it is tokenized')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=120) as c:
+        before = hwm(d.proc.pid)
+        big = 'a' * (16 << 20)
+        e = None
+        try:
+            c.generate(prompt=big, max_tokens=1)
+        except QloraError as err:
+            e = err
+        grew = hwm(d.proc.pid) - before
+        # the frame and its decoded copy, not the tokenizer's symbols (~26 bytes per byte)
+        assert grew < 5 * len(big), 'peak RSS grew by %d MiB' % (grew >> 20)
+        assert e and e.code == 'invalid_argument' and e.message.startswith('prompt: 16777216 bytes'), e
+        # within the bound: tokenized, and refused by its count as before
+        e = None
+        try:
+            c.generate(prompt='Once upon a time ' * 200, max_tokens=1)
+        except QloraError as err:
+            e = err
+        assert e and e.code == 'invalid_argument' and 'tokens leave no room' in e.message, e
+        assert c.generate(prompt='Once upon a time', max_tokens=3)['tokens'], 'a short prompt still works'
+
+
+@case('tokenize of 16 MiB of text: memory in proportion to the ids, not ~25 bytes per byte')
+def _():
+    story = open(os.path.join(SHARED, 'data', 'tinystories_train.txt'), encoding='utf-8').read()
+    text = (story * ((16 << 20) // len(story) + 1))[:16 << 20]
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=300) as c:
+        before = hwm(d.proc.pid)
+        tokens = c.tokenize(text)
+        grew = hwm(d.proc.pid) - before
+        # the frame, its decoded copy, the ids and their response: 5.4 bytes per byte here,
+        # 10.6 under ASan (its shadow and quarantine); before the chunks 27
+        assert grew < 16 * len(text), 'peak RSS grew by %d MiB for %d MiB' % (grew >> 20, len(text) >> 20)
+        head = c.tokenize(story[:5000])
+        assert tokens[0] == 1 and len(tokens) > len(text) // 8, len(tokens)
+        assert tokens[:len(head) - 8] == head[:-8], 'the start is tokenized as alone'
+
+
+report()
