@@ -15,7 +15,7 @@ static const char usage[] =
     "usage: qlorad --model DIR --db DIR --socket PATH [--quant F] [--block B] [--no-double-quant]\n"
     "              [--listen HOST:PORT --token-file FILE] [--max-frame BYTES] [--threads N]\n"
     "              [--adapter-cache-mb N] [--max-queued N] [--max-running N] [--max-output BYTES]\n"
-    "              [--db-max-mb N] [--verbose]\n";
+    "              [--db-max-mb N] [--max-job-crashes N] [--verbose]\n";
 
 /* ---- shutdown ---- */
 
@@ -92,7 +92,7 @@ int main(int argc, char **argv)
     const char *db_dir = NULL, *listen_addr = NULL, *token_file = NULL;
     qt_spec spec = qt_spec_default(QT_NF4);
     double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
-           db_max_mb = 65536;
+           db_max_mb = 65536, max_crashes = 3;
     int verbose = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -139,6 +139,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--max-running")) bad = parse_size(a, v, 1, 64, &max_running);
         else if (!strcmp(a, "--max-output")) bad = parse_size(a, v, 65536, 1ull << 40, &max_output);
         else if (!strcmp(a, "--db-max-mb")) bad = parse_size(a, v, 1, 1 << 24, &db_max_mb);
+        else if (!strcmp(a, "--max-job-crashes")) bad = parse_size(a, v, 1, 1 << 20, &max_crashes);
         else {
             fprintf(stderr, "qlorad: unknown option '%s'\n%s", a, usage);
             return 2;
@@ -171,6 +172,7 @@ int main(int argc, char **argv)
     d.max_out = max_output > 0 ? (size_t)max_output : d.max_frame + (16u << 20);
     d.max_queued = (int)max_queued;
     d.max_running = (int)max_running;
+    d.max_crashes = (int)max_crashes;
     d.started = now_s();
     pthread_mutex_init(&d.mail_lock, NULL);
     pthread_mutex_init(&d.active_lock, NULL);
@@ -186,8 +188,15 @@ int main(int argc, char **argv)
         qd_log(LOG_ERROR, "%s", err);
         goto out_model;
     }
+    /* before the store is touched: a second daemon on it would run the same jobs */
+    int db_lock = store_lock(db_dir, "qlorad", err, sizeof err);
+    if (db_lock < 0) {
+        qd_log(LOG_ERROR, "--db %s: %s", db_dir, err);
+        goto out_tok;
+    }
     if (store_open(&d.db, db_dir, (size_t)db_max_mb << 20, err, sizeof err) < 0) {
         qd_log(LOG_ERROR, "--db %s: %s", db_dir, err);
+        store_unlock(db_lock);
         goto out_tok;
     }
     d.cache = cache_new((size_t)cache_mb << 20);
@@ -219,6 +228,7 @@ out_jobs:
         uv_loop_close(d.loop);
     cache_free(d.cache);
     store_close(d.db);
+    store_unlock(db_lock);
 out_tok:
     tok_free(d.tok);
 out_model:

@@ -61,6 +61,7 @@ struct qd {
     const char *model_dir, *socket_path;
     size_t max_frame, max_out;
     int max_queued, max_running;
+    int max_crashes;     /* unclean ends of a job before it is failed (--max-job-crashes) */
     char *token;         /* TCP only */
     double started;
     int stopping, runner_done, finished;
