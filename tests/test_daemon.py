@@ -18,6 +18,7 @@ import time
 
 import msgpack
 
+from qlorad_wire import Conn as WireConn
 from tap import case, report
 
 QLORAD, SHARED = sys.argv[1], sys.argv[2]
@@ -31,64 +32,9 @@ SMALL = {'steps': 12, 'batch_size': 2, 'seq_len': 64, 'eval_every': 6, 'checkpoi
          'alpha': 8, 'warmup': 2}
 
 
-class Conn:
+class Conn(WireConn):
     def __init__(self, path=SOCK, tcp=None):
-        if tcp:
-            self.s = socket.create_connection(tcp, timeout=120)
-        else:
-            self.s = socket.socket(socket.AF_UNIX)
-            self.s.settimeout(120)
-            self.s.connect(path)
-        self.buf = b''
-        self.next_id = 0
-
-    def raw(self, payload):
-        self.s.sendall(payload)
-
-    def send(self, op, args=None, **kw):
-        self.next_id += 1
-        req = {'id': self.next_id, 'op': op}
-        if args is not None or kw:
-            req['args'] = dict(args or {}, **kw)
-        b = msgpack.packb(req, use_bin_type=True)
-        self.s.sendall(struct.pack('>I', len(b)) + b)
-        return self.next_id
-
-    def recv(self):
-        while len(self.buf) < 4 or len(self.buf) < 4 + struct.unpack('>I', self.buf[:4])[0]:
-            d = self.s.recv(1 << 20)
-            if not d:
-                raise EOFError('connection closed')
-            self.buf += d
-        n = struct.unpack('>I', self.buf[:4])[0]
-        m = msgpack.unpackb(self.buf[4:4 + n], raw=False)
-        self.buf = self.buf[4 + n:]
-        return m
-
-    def call(self, op, args=None, events=None, **kw):
-        rid = self.send(op, args, **kw)
-        while True:
-            m = self.recv()
-            assert m['id'] == rid, 'response for %r while waiting for %d' % (m, rid)
-            if 'event' in m:
-                if events is not None:
-                    events.append(m['event'])
-                continue
-            return m
-
-    def ok(self, op, args=None, events=None, **kw):
-        m = self.call(op, args, events, **kw)
-        assert m['ok'], '%s failed: %r' % (op, m)
-        return m['result']
-
-    def closed(self):
-        try:
-            return self.s.recv(1) == b''
-        except (ConnectionResetError, socket.timeout):
-            return True
-
-    def close(self):
-        self.s.close()
+        super().__init__(path, tcp)
 
 
 daemon = None
