@@ -1102,21 +1102,50 @@ void jobs_conn_closed(qd *d, uint64_t conn_id)
 
 /* ---- ops (loop thread) ---- */
 
-/* Bytes the machine can give without swapping: MemAvailable, else free pages. */
-static double mem_available(void)
+/* A number from the first line of path that starts with key (key "" : the first line). */
+static double read_number(const char *path, const char *key)
 {
-    FILE *f = fopen("/proc/meminfo", "r");
+    FILE *f = fopen(path, "r");
     char line[256];
-    double kib = -1;
+    double x = -1;
+    size_t n = strlen(key);
     while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kib) == 1)
+        if (!strncmp(line, key, n)) {
+            char *end;
+            x = strtod(line + n, &end);
+            if (end == line + n)
+                x = -1; /* "max": no limit */
             break;
+        }
     if (f)
         fclose(f);
-    if (kib >= 0)
-        return kib * 1024.0;
-    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
-    return pages > 0 && size > 0 ? (double)pages * (double)size : 1e18; /* unknown: no refusal */
+    return x;
+}
+
+/* Bytes the machine can give without swapping: MemAvailable (else free pages), and no
+ * more than the room left under this process's cgroup limit. */
+static double mem_available(void)
+{
+    double avail = read_number("/proc/meminfo", "MemAvailable:") * 1024.0;
+    if (avail < 0) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && size > 0 ? (double)pages * (double)size : 1e18; /* unknown: no refusal */
+    }
+    /* cgroup v2: "0::/PATH" in /proc/self/cgroup, the limit in /sys/fs/cgroup/PATH */
+    char line[1024] = "", path[1200];
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f && fgets(line, sizeof line, f))
+        line[strcspn(line, "\n")] = 0;
+    if (f)
+        fclose(f);
+    const char *dir = strncmp(line, "0::", 3) ? NULL : line + 3;
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", dir ? dir : "/-");
+    double max = read_number(path, "");
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", dir ? dir : "/-");
+    double used = read_number(path, "");
+    if (max >= 0 && used >= 0 && max - used < avail)
+        avail = max > used ? max - used : 0;
+    return avail;
 }
 
 static void reply_job(req *r, job *j)

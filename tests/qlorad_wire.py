@@ -2,6 +2,7 @@
 (length-prefixed msgpack frames, so that broken frames can be sent too) and a qlorad
 process on a socket and store of the caller's choosing, to stop, kill and restart."""
 
+import atexit
 import os
 import socket
 import struct
@@ -82,6 +83,7 @@ class Qlorad:
         with open(self.log, 'ab') as log:
             self.p = subprocess.Popen([qlorad, '--model', model, '--quant', quant, '--db', db, '--socket', self.sock,
                                        *extra], stdout=log, stderr=log)
+        atexit.register(self.reap)  # a failed test leaves no daemon behind
         for _ in range(3000):
             assert self.p.poll() is None, 'qlorad exited with %d at start:\n%s' % (self.p.returncode, self.tail())
             try:
@@ -101,6 +103,10 @@ class Qlorad:
     def kill(self):
         self.p.kill()
         self.p.wait()
+
+    def reap(self):
+        if self.p.poll() is None:
+            self.kill()
 
     def stop(self):
         """SIGTERM must end it with status 0 (a sanitizer report fails it)."""

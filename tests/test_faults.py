@@ -105,7 +105,7 @@ def fill(path):
       'both end with the uninterrupted run\'s adapter')
 def _():
     t0 = time.time()
-    want = reference_run(steps=60, checkpoint_every=5)
+    want = reference_run(steps=60, checkpoint_every=10)
     mnt = os.path.join(tmp, 'tmpfs')
     mount_tmpfs(mnt, 8)
     d = None
@@ -113,10 +113,12 @@ def _():
         db = os.path.join(mnt, 'db')
         d = Daemon(db, '--db-max-mb', '64', name='full')
         c = d.conn()
-        jid = submit(c, 'full', steps=60, checkpoint_every=5)
-        # after the first checkpoint, before the second: the disk is full from here on, and
-        # the store's file has no free pages inside for the checkpoints that follow
-        wait_state(c, jid, ('running',), step=6)
+        jid = submit(c, 'full', steps=60, checkpoint_every=10)
+        # started (its record stored), before its first checkpoint: the disk is full from
+        # here on, and the store's file has no free pages inside for a checkpoint (LMDB
+        # reuses the pages of an old one, so a full disk after two would not be felt)
+        r = wait_state(c, jid, ('running',))
+        assert r['step'] < 6, 'too late for the test: %r' % r
         filler = fill(mnt)
         w = d.conn()
         wid = w.send('job.watch', job_id=jid)
