@@ -235,6 +235,31 @@ oom:
     return -1;
 }
 
+size_t trainer_memory_bytes(const llama_model *m, const train_hyper *h)
+{
+    const llama_config *c = &m->cfg;
+    const size_t B = (size_t)h->batch, T = (size_t)h->seq_len, M = B * T, F = sizeof(float);
+    size_t adapter = 0;
+    for (int k = 0; k < LIN_COUNT; k++)
+        if (h->targets >> k & 1) {
+            int out, in;
+            llama_linear_shape(c, (llama_linear)k, &out, &in);
+            adapter += (size_t)c->n_layers * h->rank * (size_t)(in + out);
+        }
+    size_t widest = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
+    if ((size_t)c->vocab_size > widest)
+        widest = (size_t)c->vocab_size;
+    size_t cache = 2 * (size_t)c->n_layers * M * c->kv_dim * F;
+    size_t bytes = 7 * adapter * F                       /* params, grads, m, v + checkpoint copy */
+                   + M * c->vocab_size * F               /* dlogits */
+                   + 2 * B * (T + 1) * sizeof(int)       /* the batch */
+                   + cache + llama_acts_bytes(c, h->batch, h->seq_len, h->seq_len, h->rank, !h->recompute)
+                   + 2 * M * widest * F;                 /* packed operands and the caller's scratch */
+    if (h->method == TRAIN_RECOVERY)
+        bytes += llama_n_params(c, m->tied, NULL) * F + cache + llama_acts_bytes(c, h->batch, h->seq_len, h->seq_len, 0, 0);
+    return bytes;
+}
+
 void trainer_free(trainer *t)
 {
     llama_lora_free(&t->adapter);

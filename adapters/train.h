@@ -82,6 +82,12 @@ int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, c
                  size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
                  char *err, size_t errlen);
 void trainer_free(trainer *t);
+/* Bytes a trainer for h on base m needs at its peak, beyond the base itself:
+ * the adapter with its gradients and moments, a checkpoint's copy of them, the micro-batch's
+ * activations (one layer's slot with h->recompute), the KV cache, dlogits, the kernels'
+ * workspaces and, for recovery, the full-precision teacher with its own activations.
+ * An estimate to refuse hopeless jobs up front, not an exact account. */
+size_t trainer_memory_bytes(const llama_model *m, const train_hyper *h);
 /* The learning rate of step s (0-based): linear warmup, then cosine to 0 or constant. */
 float trainer_lr(const train_hyper *h, int s);
 /* One optimizer step. *loss: its mean training loss (nats/token; KL for recovery).

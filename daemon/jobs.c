@@ -9,7 +9,20 @@
  * is resumed from its last checkpoint, which holds the adapter, the AdamW moments, the
  * step and the data sampler, so it ends as an uninterrupted run would. On success the
  * adapter is published as a new version, the record updated and the checkpoint dropped in
- * one transaction. */
+ * one transaction.
+ *
+ * Every change of state goes through job_move under the jobs lock, which checks the state
+ * it moves from: a cancel and a runner's claim of the same queued job cannot both win.
+ *
+ * What a start trusts: the record counts the unclean ends of a running job (written
+ * before training begins, so a crash leaves the count behind); past --max-job-crashes the
+ * job is failed instead of resumed, so a job that kills the daemon cannot loop it. A
+ * checkpoint written since the last start resets the count (a job that progresses is
+ * not a crash loop). The base's fingerprint is in the record from submit on: a job never
+ * resumes on another base. A checkpoint or a publish the store cannot take (disk full, the
+ * --db-max-mb cap) loses nothing: the previous checkpoint stands and training goes on; a
+ * publish is retried with backoff while the job stays running, and at the next start if
+ * the daemon stops first. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -17,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "generate.h"
@@ -38,6 +52,12 @@ typedef struct job {
     int step, resumed;
     double loss, eval_loss, tokens_per_s, ppl_base, ppl_adapter;
     char *error;
+    int starts;              /* times a runner began it */
+    int crashes;             /* unclean ends since its last checkpoint */
+    int clean_stop;          /* its last run ended with a checkpoint at shutdown */
+    uint64_t base_fp;        /* the base it was submitted on: fingerprint, quantization, model */
+    char base_quant[48];
+    char *base_model;
     char *data, *eval_data;  /* the data specs as submitted, packed msgpack */
     size_t data_len, eval_len;
     volatile int cancel;
@@ -306,7 +326,7 @@ static void pack_raw(msgpack_packer *pk, const char *packed, size_t len)
 /* The job record of the protocol; stored adds the data specs. Under the jobs lock. */
 static void pack_job(msgpack_packer *pk, const job *j, int stored)
 {
-    msgpack_pack_map(pk, 17 + (stored ? 2 : 0));
+    msgpack_pack_map(pk, 20 + (stored ? 3 : 0));
     mp_kv_u64(pk, "job_id", j->id);
     mp_kv_str(pk, "adapter", j->adapter);
     if (j->adapter_version)
@@ -331,7 +351,15 @@ static void pack_job(msgpack_packer *pk, const job *j, int stored)
     msgpack_pack_map(pk, 2);
     mp_kv_f64(pk, "ppl_base", j->ppl_base);
     mp_kv_f64(pk, "ppl_adapter", j->ppl_adapter);
+    mp_kv_i64(pk, "starts", j->starts);
+    mp_kv_i64(pk, "crashes", j->crashes);
+    mp_str(pk, "base");
+    msgpack_pack_map(pk, 3);
+    mp_kv_u64(pk, "fingerprint", j->base_fp);
+    mp_kv_str(pk, "quant", j->base_quant);
+    mp_kv_str(pk, "model", j->base_model);
     if (stored) {
+        mp_kv_bool(pk, "clean_stop", j->clean_stop);
         mp_str(pk, "data");
         pack_raw(pk, j->data, j->data_len);
         mp_str(pk, "eval_data");
@@ -381,6 +409,17 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     j->ppl_adapter = get_f64(mp_get(o, "metrics"), "ppl_adapter");
     if ((v = mp_get(o, "error")) && v->type == MSGPACK_OBJECT_STR)
         j->error = mp_strdup(v);
+    x = get_f64(o, "starts"), j->starts = isnan(x) ? 0 : (int)x;
+    x = get_f64(o, "crashes"), j->crashes = isnan(x) ? 0 : (int)x;
+    j->clean_stop = (v = mp_get(o, "clean_stop")) && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+    const msgpack_object *base = mp_get(o, "base");
+    if ((v = mp_get(base, "fingerprint")) && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        j->base_fp = v->via.u64;
+    if ((v = mp_get(base, "quant")) && v->type == MSGPACK_OBJECT_STR)
+        snprintf(j->base_quant, sizeof j->base_quant, "%.*s", (int)(v->via.str.size < 40 ? v->via.str.size : 40),
+                 v->via.str.ptr);
+    if ((v = mp_get(base, "model")) && v->type == MSGPACK_OBJECT_STR)
+        j->base_model = mp_strdup(v);
     const msgpack_object *hyper = mp_get(o, "hyper");
     const char *code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
                                                                   : "bad_request";
@@ -393,7 +432,7 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     if (code || !j->data || j->id == 0) {
         if (!code)
             snprintf(err, errlen, "record lacks its id or data");
-        free(j->error), free(j->data), free(j->eval_data), free(j);
+        free(j->error), free(j->base_model), free(j->data), free(j->eval_data), free(j);
         return NULL;
     }
     return j;
@@ -402,6 +441,7 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
 static void job_free(job *j)
 {
     free(j->error);
+    free(j->base_model);
     free(j->data);
     free(j->eval_data);
     free(j);
@@ -532,18 +572,93 @@ typedef struct {
     double last_progress;
 } run_ctx;
 
-static void finish(qd *d, job *j, job_state state, const char *error)
+#define FROM(s) (1u << (s))
+
+/* The one place a job's state changes (under the jobs lock): to `to` if the job is in one
+ * of the states of `from` (FROM bits), with error as its message (NULL: none). 1 if it
+ * moved, 0 if another thread moved it first. */
+static int job_move(job *j, unsigned from, job_state to, const char *error)
+{
+    if (!(FROM(j->state) & from))
+        return 0;
+    char *e = error ? strdup(error) : NULL;
+    j->state = to;
+    if (to >= JOB_SUCCEEDED)
+        j->finished_at = now_s();
+    free(j->error);
+    j->error = e;
+    return 1;
+}
+
+/* Ends a job in state (from one of `from`), stores and tells it. 1 if it ended it. */
+static int finish(qd *d, job *j, unsigned from, job_state state, const char *error)
 {
     pthread_mutex_lock(&d->jobs->lock);
-    j->state = state;
-    j->finished_at = now_s();
-    free(j->error);
-    j->error = error ? strdup(error) : NULL;
+    int moved = job_move(j, from, state, error);
     pthread_mutex_unlock(&d->jobs->lock);
+    if (!moved)
+        return 0;
     persist(d, j);
     post_state(d, j);
     qd_log(state == JOB_FAILED ? LOG_WARN : LOG_INFO, "job %llu %s%s%s", (unsigned long long)j->id, state_names[state],
            error ? ": " : "", error ? error : "");
+    return 1;
+}
+
+/* The runner's failures: a job it runs is running. */
+static void fail(qd *d, job *j, const char *error)
+{
+    finish(d, j, FROM(JOB_RUNNING), JOB_FAILED, error);
+}
+
+/* A warning the job's watchers get as an event {type: "warning", job_id, step, message};
+ * the log gets it too. */
+static void post_warning(qd *d, job *j, int step, const char *msg)
+{
+    mp_out o;
+    mp_out_init(&o);
+    msgpack_pack_map(&o.pk, 4);
+    mp_kv_str(&o.pk, "type", "warning");
+    mp_kv_u64(&o.pk, "job_id", j->id);
+    mp_kv_i64(&o.pk, "step", step);
+    mp_kv_str(&o.pk, "message", msg);
+    qd_log(LOG_WARN, "job %llu: %s", (unsigned long long)j->id, msg);
+    post_event(d, j->id, 0, -1, &o);
+}
+
+/* The trainer's state and the job's record in one transaction. When the store cannot take
+ * them nothing of it is written: the previous checkpoint and record stand, the job's
+ * watchers and the log get a warning, and the next checkpoint tries again. */
+static int save_checkpoint(qd *d, job *j, const trainer *t)
+{
+    jobs *J = d->jobs;
+    /* progress since the last start: whatever killed the daemon before did not kill it at
+     * once, so the count of unclean ends starts again (in memory once stored) */
+    pthread_mutex_lock(&J->lock);
+    job snap = *j;
+    pthread_mutex_unlock(&J->lock);
+    snap.crashes = 0;
+    size_t len = trainer_state_bytes(t), rec_len;
+    char *state = malloc(len), err[512] = "out of memory";
+    char *rec = stored_record(J, &snap, &rec_len);
+    int rc = -1;
+    if (state && rec) {
+        trainer_state_save(t, state);
+        rc = store_checkpoint_put(d->db, j->id, state, len, rec, rec_len, err, sizeof err);
+    }
+    free(state);
+    free(rec);
+    if (rc < 0) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "checkpoint at step %d not saved (%s); the previous one stands, the next "
+                 "checkpoint tries again", t->step, err);
+        post_warning(d, j, t->step, msg);
+        return -1;
+    }
+    pthread_mutex_lock(&J->lock);
+    j->crashes = 0;
+    pthread_mutex_unlock(&J->lock);
+    return 0;
 }
 
 static int on_train_event(void *p, trainer *t, train_event ev, const train_progress *pr)
@@ -587,21 +702,9 @@ static int on_train_event(void *p, trainer *t, train_event ev, const train_progr
         mp_kv_f64(&o.pk, "eval_loss", pr->eval_loss);
         mp_kv_f64(&o.pk, "ppl", exp(pr->eval_loss));
     } else {
-        size_t len = trainer_state_bytes(t), rec_len;
-        char *state = malloc(len), err[512];
-        char *rec = stored_record(J, j, &rec_len);
-        int rc = -1;
-        if (state && rec) {
-            trainer_state_save(t, state);
-            rc = store_checkpoint_put(d->db, j->id, state, len, rec, rec_len, err, sizeof err);
-            if (rc < 0)
-                qd_log(LOG_ERROR, "job %llu: checkpoint at step %d: %s", (unsigned long long)j->id, t->step, err);
-        }
-        free(state);
-        free(rec);
-        if (rc < 0) {
+        if (save_checkpoint(d, j, t) < 0) {
             mp_out_free(&o);
-            return -1;
+            return 0; /* training goes on */
         }
         msgpack_pack_map(&o.pk, 3);
         mp_kv_str(&o.pk, "type", "checkpoint");
@@ -627,10 +730,71 @@ static void *succeeded_record(void *p, uint32_t version, size_t *len)
     pthread_mutex_lock(&c->J->lock);
     job done = *c->j;
     pthread_mutex_unlock(&c->J->lock);
-    done.state = JOB_SUCCEEDED, done.adapter_version = version, done.finished_at = now_s();
+    done.state = JOB_SUCCEEDED, done.adapter_version = version, done.finished_at = now_s(), done.error = NULL;
     c->version = version;
     c->finished_at = done.finished_at;
     return stored_record(c->J, &done, len);
+}
+
+/* Shutdown: the progress kept for the next start, which then knows the run ended cleanly.
+ * Without a checkpoint (none written, or the store refused it) the record still says so. */
+static void clean_stop(qd *d, job *j, trainer *t)
+{
+    jobs *J = d->jobs;
+    pthread_mutex_lock(&J->lock);
+    j->clean_stop = 1;
+    pthread_mutex_unlock(&J->lock);
+    if (t->step == 0 || save_checkpoint(d, j, t) < 0)
+        persist(d, j);
+    qd_log(LOG_INFO, "job %llu: stopped at step %d; it resumes at the next start", (unsigned long long)j->id, t->step);
+}
+
+/* Publishes the trained adapter, with the record as succeeded, in one transaction. When
+ * the store cannot take it (disk full, the cap) nothing of it is written: the job stays
+ * running with a message saying why and tries again with backoff (1 s doubling to a
+ * minute), until it succeeds, is cancelled, or the daemon stops (then the next start
+ * resumes from the last checkpoint and publishes). */
+static void publish(qd *d, job *j, trainer *t, store_adapter_info *info)
+{
+    jobs *J = d->jobs;
+    char err[1024];
+    for (int wait_s = 1;; wait_s = wait_s < 32 ? wait_s * 2 : 60) {
+        publish_ctx pc = {J, j, 0, NAN};
+        if (store_adapter_put(d->db, info, &t->adapter, succeeded_record, &pc, err, sizeof err) == 0) {
+            pthread_mutex_lock(&J->lock);
+            job_move(j, FROM(JOB_RUNNING), JOB_SUCCEEDED, NULL);
+            j->adapter_version = pc.version, j->finished_at = pc.finished_at;
+            pthread_mutex_unlock(&J->lock);
+            qd_log(LOG_INFO, "job %llu succeeded: adapter %s@%u, eval ppl %.4f (base %.4f)", (unsigned long long)j->id,
+                   j->adapter, pc.version, j->ppl_adapter, j->ppl_base);
+            post_state(d, j);
+            return;
+        }
+        char msg[1200];
+        snprintf(msg, sizeof msg, "trained, but the adapter could not be published (%s); the job stays running and "
+                 "tries again in %d s", err, wait_s);
+        pthread_mutex_lock(&J->lock);
+        job_move(j, FROM(JOB_RUNNING), JOB_RUNNING, msg);
+        pthread_mutex_unlock(&J->lock);
+        persist(d, j); /* the message, if the store takes that much; the state is running either way */
+        post_warning(d, j, t->step, msg);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += wait_s;
+        pthread_mutex_lock(&J->lock);
+        while (!j->cancel && pthread_cond_timedwait(&J->wake, &J->lock, &until) == 0)
+            ;
+        int cancel = j->cancel;
+        pthread_mutex_unlock(&J->lock);
+        if (cancel && J->stop) {
+            clean_stop(d, j, t);
+            return;
+        }
+        if (cancel) {
+            finish(d, j, FROM(JOB_RUNNING), JOB_CANCELLED, NULL);
+            return;
+        }
+    }
 }
 
 static void run_job(qd *d, job *j)
@@ -644,19 +808,19 @@ static void run_job(qd *d, job *j)
     memset(&t, 0, sizeof t);
     if (load_data(d, j->data, j->data_len, &ids, &n, err, sizeof err) < 0 ||
         (j->eval_data && load_data(d, j->eval_data, j->eval_len, &eval_ids, &n_eval, err, sizeof err) < 0)) {
-        finish(d, j, JOB_FAILED, err);
+        fail(d, j, err);
         goto done;
     }
     if (j->hyper.method == TRAIN_RECOVERY) {
         if (llama_load(&teacher, d->model_dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
-            finish(d, j, JOB_FAILED, err);
+            fail(d, j, err);
             goto done;
         }
         have_teacher = 1;
     }
     if (trainer_init(&t, &d->model, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &j->hyper, err,
                      sizeof err) < 0) {
-        finish(d, j, JOB_FAILED, err);
+        fail(d, j, err);
         goto done;
     }
     void *state = NULL;
@@ -666,7 +830,7 @@ static void run_job(qd *d, job *j)
         int rc = trainer_state_load(&t, state, state_len, err, sizeof err);
         free(state);
         if (rc < 0) {
-            finish(d, j, JOB_FAILED, err);
+            fail(d, j, err);
             goto done;
         }
         pthread_mutex_lock(&J->lock);
@@ -676,14 +840,14 @@ static void run_job(qd *d, job *j)
         qd_log(LOG_INFO, "job %llu: resumed from its checkpoint at step %d", (unsigned long long)j->id, t.step);
         persist(d, j);
     } else if (!nf) {
-        finish(d, j, JOB_FAILED, err);
+        fail(d, j, err);
         goto done;
     }
     if (eval_ids && isnan(j->ppl_base)) {
         double nll;
         size_t np;
         if (llama_eval_stream(&d->model, NULL, eval_ids, n_eval, j->hyper.seq_len, &nll, &np, err, sizeof err) < 0) {
-            finish(d, j, JOB_FAILED, err);
+            fail(d, j, err);
             goto done;
         }
         pthread_mutex_lock(&J->lock);
@@ -693,14 +857,11 @@ static void run_job(qd *d, job *j)
     run_ctx ctx = {d, j, 0};
     int rc = train_run(&t, on_train_event, &ctx, &j->cancel, err, sizeof err);
     if (rc < 0) {
-        finish(d, j, JOB_FAILED, err);
+        fail(d, j, err);
     } else if (rc == 1 && J->stop) {
-        /* shutdown: keep the progress for the next start */
-        if (t.step > 0)
-            on_train_event(&ctx, &t, TRAIN_EV_CHECKPOINT, &(train_progress){.step = t.step});
-        qd_log(LOG_INFO, "job %llu: stopped at step %d; it resumes at the next start", (unsigned long long)j->id, t.step);
+        clean_stop(d, j, &t);
     } else if (rc == 1) {
-        finish(d, j, JOB_CANCELLED, NULL);
+        finish(d, j, FROM(JOB_RUNNING), JOB_CANCELLED, NULL);
     } else {
         store_adapter_info info;
         memset(&info, 0, sizeof info);
@@ -716,17 +877,7 @@ static void run_job(qd *d, job *j)
         pthread_mutex_lock(&J->lock);
         j->ppl_adapter = info.ppl_adapter;
         pthread_mutex_unlock(&J->lock);
-        publish_ctx pc = {J, j, 0, NAN};
-        if (store_adapter_put(d->db, &info, &t.adapter, succeeded_record, &pc, err, sizeof err) < 0) {
-            finish(d, j, JOB_FAILED, err);
-        } else {
-            pthread_mutex_lock(&J->lock);
-            j->state = JOB_SUCCEEDED, j->adapter_version = pc.version, j->finished_at = pc.finished_at;
-            pthread_mutex_unlock(&J->lock);
-            qd_log(LOG_INFO, "job %llu succeeded: adapter %s@%u, eval ppl %.4f (base %.4f)", (unsigned long long)j->id,
-                   j->adapter, pc.version, j->ppl_adapter, j->ppl_base);
-            post_state(d, j);
-        }
+        publish(d, j, &t, &info);
     }
 done:
     trainer_free(&t);
@@ -741,6 +892,41 @@ static void runner_stopped(qd *d, void *arg)
     (void)arg;
     if (d->jobs->stopped)
         d->jobs->stopped(d);
+}
+
+/* The base as a phrase for messages: "fingerprint F (nf4 block 64, model DIR)". */
+static void base_phrase(uint64_t fp, const char *quant, const char *model, char *out, size_t len)
+{
+    snprintf(out, len, "%016llx (%s, model %s)", (unsigned long long)fp, quant && *quant ? quant : "?",
+             model && *model ? model : "?");
+}
+
+static void base_quant(const llama_model *m, char *out, size_t len)
+{
+    snprintf(out, len, "%s block %d%s", qt_format_name(m->spec.format), m->spec.block,
+             m->spec.double_quant ? " double-quant" : "");
+}
+
+/* Whether the job about to be claimed must fail instead (under the lock), and why: it
+ * was submitted on another base, or it was running each of the last --max-job-crashes
+ * times the daemon died. Counts this start's predecessor as an unclean end when it was. */
+static int refuse_start(qd *d, job *j, int resuming, char *why, size_t len)
+{
+    if (j->base_fp && j->base_fp != d->model.fingerprint) {
+        char was[600], now[600], q[48];
+        base_quant(&d->model, q, sizeof q);
+        base_phrase(j->base_fp, j->base_quant, j->base_model, was, sizeof was);
+        base_phrase(d->model.fingerprint, q, d->model_dir, now, sizeof now);
+        snprintf(why, len, "the base changed since the job was submitted: it was %s, it is now %s; the job "
+                 "does not resume on another base", was, now);
+        return 1;
+    }
+    if (resuming && !j->clean_stop && ++j->crashes >= d->max_crashes) {
+        snprintf(why, len, "the daemon died %d times while running this job (at step %d); not resumed again",
+                 j->crashes, j->step);
+        return 1;
+    }
+    return 0;
 }
 
 static void *runner(void *p)
@@ -764,17 +950,29 @@ static void *runner(void *p)
         if (J->stop)
             break;
         int resuming = next->state == JOB_RUNNING;
-        next->state = JOB_RUNNING;
+        char why[1400];
+        if (refuse_start(d, next, resuming, why, sizeof why)) {
+            job_move(next, FROM(JOB_QUEUED) | FROM(JOB_RUNNING), JOB_FAILED, why);
+            pthread_mutex_unlock(&J->lock);
+            persist(d, next);
+            post_state(d, next);
+            qd_log(LOG_WARN, "job %llu failed: %s", (unsigned long long)next->id, why);
+            pthread_mutex_lock(&J->lock);
+            continue;
+        }
+        job_move(next, FROM(JOB_QUEUED) | FROM(JOB_RUNNING), JOB_RUNNING, NULL); /* an old message is stale */
         if (isnan(next->started_at))
             next->started_at = now_s();
         next->claimed = 1;
+        next->starts++;
+        next->clean_stop = 0; /* until this run ends cleanly */
         pthread_mutex_unlock(&J->lock);
         qd_log(LOG_INFO, "job %llu %s: %s -> %s", (unsigned long long)next->id, resuming ? "resuming" : "started",
                next->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", next->adapter);
-        if (!resuming) {
-            persist(d, next);
+        /* stored before any work: if this run kills the daemon, the next start counts it */
+        persist(d, next);
+        if (!resuming)
             post_state(d, next);
-        }
         run_job(d, next);
         qt_workspace_release(); /* a step's scratch (hundreds of MB on large models) */
         pthread_mutex_lock(&J->lock);
@@ -912,6 +1110,52 @@ int jobs_conn_watches(qd *d, uint64_t conn_id)
 
 /* ---- ops (loop thread) ---- */
 
+/* A number from the first line of path that starts with key (key "" : the first line). */
+static double read_number(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    char line[256];
+    double x = -1;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n)) {
+            char *end;
+            x = strtod(line + n, &end);
+            if (end == line + n)
+                x = -1; /* "max": no limit */
+            break;
+        }
+    if (f)
+        fclose(f);
+    return x;
+}
+
+/* Bytes the machine can give without swapping: MemAvailable (else free pages), and no
+ * more than the room left under this process's cgroup limit. */
+static double mem_available(void)
+{
+    double avail = read_number("/proc/meminfo", "MemAvailable:") * 1024.0;
+    if (avail < 0) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && size > 0 ? (double)pages * (double)size : 1e18; /* unknown: no refusal */
+    }
+    /* cgroup v2: "0::/PATH" in /proc/self/cgroup, the limit in /sys/fs/cgroup/PATH */
+    char line[1024] = "", path[1200];
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f && fgets(line, sizeof line, f))
+        line[strcspn(line, "\n")] = 0;
+    if (f)
+        fclose(f);
+    const char *dir = strncmp(line, "0::", 3) ? NULL : line + 3;
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", dir ? dir : "/-");
+    double max = read_number(path, "");
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", dir ? dir : "/-");
+    double used = read_number(path, "");
+    if (max >= 0 && used >= 0 && max - used < avail)
+        avail = max > used ? max - used : 0;
+    return avail;
+}
+
 static void reply_job(req *r, job *j)
 {
     mp_out o;
@@ -951,6 +1195,14 @@ void op_job_submit(req *r)
         goto fail;
     }
     j->hyper.method = method && mp_is_str(method, "recovery") ? TRAIN_RECOVERY : TRAIN_LORA;
+    double need = (double)trainer_memory_bytes(&d->model, &j->hyper), avail = mem_available();
+    if (need > avail) {
+        reply_error(r, "busy", "hyper: batch_size %d x seq_len %d%s%s needs ~%.2f GiB, %.2f GiB available",
+                    j->hyper.batch, j->hyper.seq_len, j->hyper.recompute ? " (recompute)" : "",
+                    j->hyper.method == TRAIN_RECOVERY ? " with the recovery teacher" : "", need / 1073741824.0,
+                    avail / 1073741824.0);
+        goto fail;
+    }
     const msgpack_object *eval = r->arg[2] && r->arg[2]->type == MSGPACK_OBJECT_MAP ? r->arg[2] : NULL;
     if ((code = check_data(r->arg[1], "data", d->model.cfg.vocab_size, err, sizeof err)) ||
         (eval && (code = check_data(eval, "eval_data", d->model.cfg.vocab_size, err, sizeof err)))) {
@@ -973,6 +1225,12 @@ void op_job_submit(req *r)
         goto fail;
     }
     j->state = JOB_QUEUED;
+    j->base_fp = d->model.fingerprint;
+    base_quant(&d->model, j->base_quant, sizeof j->base_quant);
+    if (!(j->base_model = strdup(d->model_dir))) {
+        reply_error(r, "busy", "out of memory");
+        goto fail;
+    }
     j->created_at = now_s();
     j->started_at = j->finished_at = NAN;
     j->loss = j->eval_loss = j->tokens_per_s = j->ppl_base = j->ppl_adapter = NAN;
@@ -986,7 +1244,7 @@ void op_job_submit(req *r)
     else
         J->head = j;
     J->tail = j;
-    pthread_cond_signal(&J->wake);
+    pthread_cond_broadcast(&J->wake); /* a runner waiting to retry a publish waits on it too */
     pthread_mutex_unlock(&J->lock);
     qd_log(LOG_INFO, "job %llu queued: %s -> %s, %d steps", (unsigned long long)j->id,
            j->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", j->adapter, j->hyper.steps);
@@ -1051,19 +1309,24 @@ void op_job_cancel(req *r)
     job *j = job_arg(r);
     if (!j)
         return;
+    /* a queued job is cancelled here, or a runner has claimed it first and it is running:
+     * job_move decides under the lock, so the two cannot both happen */
+    if (finish(d, j, FROM(JOB_QUEUED), JOB_CANCELLED, NULL)) {
+        reply_job(r, j);
+        return;
+    }
     pthread_mutex_lock(&d->jobs->lock);
     job_state s = j->state;
-    if (s == JOB_RUNNING)
+    if (s == JOB_RUNNING) {
         j->cancel = 1;
+        pthread_cond_broadcast(&d->jobs->wake); /* a runner waiting to retry a publish */
+    }
     pthread_mutex_unlock(&d->jobs->lock);
     if (s >= JOB_SUCCEEDED) {
         reply_error(r, "conflict", "job %llu already %s", (unsigned long long)j->id, state_names[s]);
         return;
     }
-    if (s == JOB_QUEUED)
-        finish(d, j, JOB_CANCELLED, NULL);
-    else
-        qd_log(LOG_INFO, "job %llu: cancel requested; it stops at the next step", (unsigned long long)j->id);
+    qd_log(LOG_INFO, "job %llu: cancel requested; it stops at the next step", (unsigned long long)j->id);
     reply_job(r, j);
 }
 

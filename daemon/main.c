@@ -16,7 +16,8 @@ static const char usage[] =
     "              [--listen HOST:PORT --token-file FILE] [--max-frame BYTES] [--threads N]\n"
     "              [--adapter-cache-mb N] [--max-queued N] [--max-running N] [--max-output BYTES]\n"
     "              [--db-max-mb N] [--max-connections N] [--max-requests N] [--max-inflight N]\n"
-    "              [--max-watches N] [--auth-timeout S] [--idle-timeout S] [--verbose]\n";
+    "              [--max-watches N] [--auth-timeout S] [--idle-timeout S] [--max-job-crashes N]\n"
+    "              [--verbose]\n";
 
 /* ---- shutdown ---- */
 
@@ -102,7 +103,7 @@ int main(int argc, char **argv)
     qt_spec spec = qt_spec_default(QT_NF4);
     double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
            db_max_mb = 65536, max_conns = 256, max_requests = 16, max_inflight = 64, max_watches = 64,
-           auth_timeout = 10, idle_timeout = 600;
+           auth_timeout = 10, idle_timeout = 600, max_crashes = 3;
     int verbose = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -155,6 +156,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--max-watches")) bad = parse_size(a, v, 1, 1 << 20, &max_watches);
         else if (!strcmp(a, "--auth-timeout")) bad = parse_size(a, v, 1, 86400, &auth_timeout);
         else if (!strcmp(a, "--idle-timeout")) bad = parse_size(a, v, 0, 1 << 30, &idle_timeout);
+        else if (!strcmp(a, "--max-job-crashes")) bad = parse_size(a, v, 1, 1 << 20, &max_crashes);
         else {
             fprintf(stderr, "qlorad: unknown option '%s'\n%s", a, usage);
             return 2;
@@ -193,6 +195,7 @@ int main(int argc, char **argv)
     d.max_watches = (int)max_watches;
     d.auth_timeout_ms = (uint64_t)auth_timeout * 1000;
     d.idle_timeout_ms = (uint64_t)idle_timeout * 1000;
+    d.max_crashes = (int)max_crashes;
     d.started = now_s();
     pthread_mutex_init(&d.mail_lock, NULL);
     pthread_mutex_init(&d.active_lock, NULL);
@@ -208,8 +211,15 @@ int main(int argc, char **argv)
         qd_log(LOG_ERROR, "%s", err);
         goto out_model;
     }
+    /* before the store is touched: a second daemon on it would run the same jobs */
+    int db_lock = store_lock(db_dir, "qlorad", err, sizeof err);
+    if (db_lock < 0) {
+        qd_log(LOG_ERROR, "--db %s: %s", db_dir, err);
+        goto out_tok;
+    }
     if (store_open(&d.db, db_dir, (size_t)db_max_mb << 20, err, sizeof err) < 0) {
         qd_log(LOG_ERROR, "--db %s: %s", db_dir, err);
+        store_unlock(db_lock);
         goto out_tok;
     }
     d.cache = cache_new((size_t)cache_mb << 20);
@@ -243,6 +253,7 @@ out_jobs:
         uv_loop_close(d.loop);
     cache_free(d.cache);
     store_close(d.db);
+    store_unlock(db_lock);
 out_tok:
     tok_free(d.tok);
 out_model:

@@ -88,6 +88,7 @@ struct qd {
     int max_inflight;         /* pooled requests in flight in all */
     int max_watches;          /* job.watch open per connection */
     uint64_t auth_timeout_ms, idle_timeout_ms; /* idle 0: never */
+    int max_crashes;     /* unclean ends of a job before it is failed (--max-job-crashes) */
     char *token;         /* TCP only */
     double started;
     int stopping, runner_done, finished;

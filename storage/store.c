@@ -8,14 +8,17 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "record.h"
 
@@ -223,13 +226,81 @@ static int open_dbs(store *s, MDB_txn *txn, void *ctx, char *err, size_t errlen)
     return 0;
 }
 
-int store_open(store **out, const char *dir, size_t map_cap, char *err, size_t errlen)
+/* The store holds training text and adapters: the owner's alone. A mode passed to
+ * mkdir/open is only ever narrowed by the umask; a directory made by an older qlorad
+ * (0755) is narrowed here. */
+static int private_dir(const char *dir, char *err, size_t errlen)
 {
-    *out = NULL;
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+    struct stat st;
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         snprintf(err, errlen, "store %s: cannot create: %s", dir, strerror(errno));
         return -1;
     }
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "store %s: %s", dir, S_ISDIR(st.st_mode) ? strerror(errno) : "not a directory");
+        return -1;
+    }
+    if ((st.st_mode & 077) && st.st_uid == geteuid() && chmod(dir, st.st_mode & 0700) < 0) {
+        snprintf(err, errlen, "store %s: cannot make it private: %s", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void private_file(const char *dir, const char *name)
+{
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (stat(path, &st) == 0 && (st.st_mode & 077) && st.st_uid == geteuid())
+        chmod(path, st.st_mode & 0600);
+}
+
+int store_lock(const char *dir, const char *who, char *err, size_t errlen)
+{
+    char path[4200], held[128] = "";
+    if (private_dir(dir, err, errlen) < 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/" STORE_LOCK_FILE, dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "store %s: cannot open its lock file: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        ssize_t n = pread(fd, held, sizeof held - 1, 0);
+        held[n > 0 ? n : 0] = 0;
+        held[strcspn(held, "\n")] = 0;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            snprintf(err, errlen, "store %s is in use by %s (the holder of %s)", dir, *held ? held : "another process",
+                     STORE_LOCK_FILE);
+        else
+            snprintf(err, errlen, "store %s: cannot lock: %s", dir, strerror(e));
+        return -1;
+    }
+    /* who holds it, for the message of the next one that tries */
+    int n = snprintf(held, sizeof held, "%s (pid %ld)\n", who, (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, held, (size_t)n, 0) != n) {
+        snprintf(err, errlen, "store %s: cannot write its lock file: %s", dir, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+void store_unlock(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* the lock goes with the last descriptor; the file stays, empty of meaning */
+}
+
+int store_open(store **out, const char *dir, size_t map_cap, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (private_dir(dir, err, errlen) < 0)
+        return -1;
     store *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -256,11 +327,13 @@ int store_open(store **out, const char *dir, size_t map_cap, char *err, size_t e
     /* an existing environment keeps its own (larger) map size */
     if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, 4)) ||
         (rc = mdb_env_set_mapsize(s->env, s->cap < INITIAL_MAP ? s->cap : INITIAL_MAP)) ||
-        (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644)) || (rc = mdb_reader_check(s->env, &dead))) {
+        (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600)) || (rc = mdb_reader_check(s->env, &dead))) {
         mdb_fail(s, rc, err, errlen);
         store_close(s);
         return -1;
     }
+    private_file(dir, "data.mdb"); /* made before 0600 was the rule */
+    private_file(dir, "lock.mdb");
     if (write_txn(s, open_dbs, NULL, err, errlen) < 0) {
         store_close(s);
         return -1;

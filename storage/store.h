@@ -19,10 +19,18 @@
 
 typedef struct store store;
 
-/* Creates dir if missing. map_cap: largest map size in bytes (0: 64 GiB). Clears stale
+/* Creates dir (0700, files 0600) if missing. map_cap: largest map size in bytes (0: 64 GiB). Clears stale
  * reader slots left by dead processes. A second process may open the same dir. */
 int store_open(store **s, const char *dir, size_t map_cap, char *err, size_t errlen);
 void store_close(store *s);
+
+/* One writer process per store: qlorad holds this for its life, qlora-tool for a command
+ * that writes. An exclusive flock on dir/qlorad.lock, which then names the holder ("who
+ * (pid N)"). Returns the descriptor that holds the lock, or -1 with err naming the
+ * holder. Creates dir (0700) if missing. */
+#define STORE_LOCK_FILE "qlorad.lock"
+int store_lock(const char *dir, const char *who, char *err, size_t errlen);
+void store_unlock(int fd);
 
 /* [A-Za-z0-9._-]{1,64}, and not "." or "..". */
 int store_name_valid(const char *name);

@@ -174,3 +174,46 @@ class Daemon:
 
     def __exit__(self, *exc):
         self.cleanup()
+
+
+class Qlorad:
+    """qlorad --model MODEL --quant QUANT --db DB --socket DIR/NAME.sock [extra], its log in
+    DIR/NAME.log; ready once it answers ping."""
+
+    def __init__(self, qlorad, model, db, sock_dir, name, *extra, quant='nf4'):
+        self.db = db
+        self.sock = os.path.join(sock_dir, name + '.sock')
+        self.log = os.path.join(sock_dir, name + '.log')
+        with open(self.log, 'ab') as log:
+            self.p = subprocess.Popen([qlorad, '--model', model, '--quant', quant, '--db', db, '--socket', self.sock,
+                                       *extra], stdout=log, stderr=log)
+        atexit.register(self.reap)  # a failed test leaves no daemon behind
+        for _ in range(3000):
+            assert self.p.poll() is None, 'qlorad exited with %d at start:\n%s' % (self.p.returncode, self.tail())
+            try:
+                Conn(self.sock).ok('ping')
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.02)
+        raise AssertionError('qlorad does not answer on %s' % self.sock)
+
+    def tail(self):
+        with open(self.log, errors='replace') as f:
+            return f.read()[-3000:]
+
+    def conn(self):
+        return Conn(self.sock)
+
+    def kill(self):
+        self.p.kill()
+        self.p.wait()
+
+    def reap(self):
+        if self.p.poll() is None:
+            self.kill()
+
+    def stop(self):
+        """SIGTERM must end it with status 0 (a sanitizer report fails it)."""
+        self.p.terminate()
+        rc = self.p.wait(timeout=120)
+        assert rc == 0, 'qlorad exited with %d:\n%s' % (rc, self.tail())

@@ -82,8 +82,8 @@ static void tmp_dir(char *out, size_t len, const char *what)
 static void remove_dir(const char *dir)
 {
     char path[512];
-    const char *files[] = {"data.mdb", "lock.mdb"};
-    for (size_t i = 0; i < 2; i++) {
+    const char *files[] = {"data.mdb", "lock.mdb", STORE_LOCK_FILE};
+    for (size_t i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
         unlink(path);
     }
@@ -591,6 +591,87 @@ static void test_two_processes(void)
               "growth) are seen by the first");
 }
 
+/* ---- privacy and the one-writer lock ---- */
+
+static unsigned mode_of(const char *dir, const char *file)
+{
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof path, "%s%s%s", dir, file ? "/" : "", file ? file : "");
+    return stat(path, &st) == 0 ? (unsigned)(st.st_mode & 07777) : 07777;
+}
+
+static void test_private(void)
+{
+    char dir[128], err[512];
+    /* a new store under umask 0, so nothing narrows a mode asked for */
+    mode_t old = umask(0);
+    tmp_dir(dir, sizeof dir, "private");
+    rmdir(dir);
+    store *s = open_or_bail(dir, 0);
+    CHECK(publish(s, "p", 2, 1, err, sizeof err) == 1, "%s", err);
+    int fd = store_lock(dir, "test", err, sizeof err);
+    CHECK(fd >= 0, "%s", err);
+    CHECK(mode_of(dir, NULL) == 0700, "directory mode %o", mode_of(dir, NULL));
+    CHECK(mode_of(dir, "data.mdb") == 0600, "data.mdb mode %o", mode_of(dir, "data.mdb"));
+    CHECK(mode_of(dir, "lock.mdb") == 0600, "lock.mdb mode %o", mode_of(dir, "lock.mdb"));
+    CHECK(mode_of(dir, STORE_LOCK_FILE) == 0600, "lock file mode %o", mode_of(dir, STORE_LOCK_FILE));
+    store_unlock(fd);
+    store_close(s);
+    /* a store an older version left world-readable is narrowed when opened */
+    char path[256];
+    chmod(dir, 0755);
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    chmod(path, 0644);
+    s = open_or_bail(dir, 0);
+    CHECK(mode_of(dir, NULL) == 0700 && mode_of(dir, "data.mdb") == 0600, "reopened: %o %o", mode_of(dir, NULL),
+          mode_of(dir, "data.mdb"));
+    store_close(s);
+    umask(old);
+    remove_dir(dir);
+    test_case("the store is the owner's alone (0700 directory, 0600 files) under umask 0, and an old 0755/0644 "
+              "store is narrowed at open");
+}
+
+static void test_lock(void)
+{
+    char dir[128], err[512];
+    tmp_dir(dir, sizeof dir, "lock");
+    int fd = store_lock(dir, "first", err, sizeof err);
+    CHECK(fd >= 0, "%s", err);
+    char want[64];
+    snprintf(want, sizeof want, "first (pid %ld)", (long)getpid());
+    fflush(stdout);
+    int pipefd[2];
+    CHECK(pipe(pipefd) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* another process: refused while the first holds it, with the holder's pid */
+        char e[512] = "";
+        int got = store_lock(dir, "second", e, sizeof e);
+        if (write(pipefd[1], e, strlen(e)) < 0)
+            _exit(3);
+        _exit(got < 0 ? 0 : 1);
+    }
+    close(pipefd[1]);
+    char msg[512] = "";
+    ssize_t n = read(pipefd[0], msg, sizeof msg - 1);
+    msg[n > 0 ? n : 0] = 0;
+    close(pipefd[0]);
+    int status = -1;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a second process took the lock too");
+    CHECK(strstr(msg, want) != NULL, "message '%s' lacks '%s'", msg, want);
+    store_unlock(fd);
+    /* released: the next one gets it */
+    fd = store_lock(dir, "third", err, sizeof err);
+    CHECK(fd >= 0, "after release: %s", err);
+    store_unlock(fd);
+    remove_dir(dir);
+    test_case("one process holds a store's lock; another is refused with the holder's name and pid, and gets it "
+              "once released");
+}
+
 /* ---- PEFT import: malformed inputs ---- */
 
 /* img with the first `from` in its JSON header replaced by `to` (header length redone). */
@@ -746,6 +827,8 @@ int main(void)
     test_crash();
     test_threads();
     test_two_processes();
+    test_private();
+    test_lock();
     test_peft_import();
     return tap_done();
 }

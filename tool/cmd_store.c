@@ -31,16 +31,27 @@ static int parse_ref(const char *cmd, const char *ref, char *name, uint32_t *ver
     return 0;
 }
 
-/* --db DIR must hold a store already: export and import never create one by a typo. */
-static int open_store(const char *cmd, const char *db, store **s)
+/* --db DIR must hold a store already: export never creates one by a typo. A command that
+ * writes (lock != NULL) holds the store's lock, as qlorad does for its whole life: the
+ * daemon's job table and adapter cache are its own picture of the store, and a write
+ * behind its back would not be in it (write through the daemon instead: adapter.import).
+ * Reads need no lock; LMDB gives them a consistent snapshot beside a running daemon. */
+static int open_store(const char *cmd, const char *db, store **s, int *lock)
 {
-    char path[4200], err[1024];
+    char path[4200], err[1024], who[64];
     struct stat st;
     snprintf(path, sizeof path, "%s/data.mdb", db);
     if (stat(path, &st) < 0 && errno == ENOENT && !strcmp(cmd, "export"))
         return tool_fail(cmd, "--db %s: no store there", db);
+    snprintf(who, sizeof who, "qlora-tool %s", cmd);
+    if (lock && (*lock = store_lock(db, who, err, sizeof err)) < 0) {
+        fprintf(stderr, "qlora-tool %s: %s; stop it first, or write through it (qlora import)\n", cmd, err);
+        return 1;
+    }
     if (store_open(s, db, 0, err, sizeof err) < 0) {
         fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
+        if (lock)
+            store_unlock(*lock);
         return 1;
     }
     return 0;
@@ -99,7 +110,7 @@ int cmd_export(int argc, char **argv)
     uint32_t version = 0;
     int rc = parse_ref(cmd, pos[0], name, &version), not_found;
     store *s;
-    if (rc || (rc = open_store(cmd, db, &s)))
+    if (rc || (rc = open_store(cmd, db, &s, NULL)))
         return rc;
     store_adapter_info info;
     llama_lora ad;
@@ -168,6 +179,7 @@ int cmd_import(int argc, char **argv)
     llama_lora ad;
     uint64_t fp;
     store *s = NULL;
+    int lock = -1;
     rc = 1;
     if (peft_import((const char *)config, config_len, st, st_len, &m.cfg, &ad, &fp, err, sizeof err) < 0) {
         fprintf(stderr, "qlora-tool %s: %s: %s\n", cmd, pos[1], err);
@@ -176,7 +188,7 @@ int cmd_import(int argc, char **argv)
     if (fp && fp != m.fingerprint) {
         fprintf(stderr, "qlora-tool %s: %s: trained on base %016" PRIx64 ", but this base (model and "
                         "quantization) is %016" PRIx64 "\n", cmd, pos[1], fp, m.fingerprint);
-    } else if (!(rc = open_store(cmd, db, &s))) {
+    } else if (!(rc = open_store(cmd, db, &s, &lock))) {
         store_adapter_info info = {.base_fingerprint = m.fingerprint, .base = m.cfg, .eval_loss = NAN,
                                    .ppl_base = NAN, .ppl_adapter = NAN};
         snprintf(info.name, sizeof info.name, "%s", pos[0]);
@@ -186,6 +198,7 @@ int cmd_import(int argc, char **argv)
         else
             printf("%s@%u\n", info.name, info.version);
         store_close(s);
+        store_unlock(lock);
     }
     llama_lora_free(&ad);
 done:
