@@ -119,8 +119,13 @@ static void on_written(uv_write_t *w, int status)
     c->out_pending -= wr->cost;
     free(wr->data);
     free(wr);
-    if (status < 0) /* a failed write shows up as a read error and closes the connection */
+    if (status < 0) {
+        /* the peer has gone (EPIPE, ECONNRESET). A connection paused at a limit reads
+         * nothing, so no read error would ever tell: close it here */
+        if (status != UV_ECANCELED)
+            conn_abort(c);
         return;
+    }
     c->last_active = uv_now(c->d->loop);
     if (c->paused && !c->closing)
         conn_take_frames(c);

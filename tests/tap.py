@@ -25,9 +25,9 @@ def case(name):
         except AssertionError as e:
             _results.append((False, name, str(e)))
         except Exception as e:  # noqa: BLE001 (a crash fails the case, not the run)
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            _results.append((False, name, '%s: %s (%s:%d)' % (type(e).__name__, e, os.path.basename(where.filename),
-                                                              where.lineno)))
+            frames = traceback.extract_tb(e.__traceback__)
+            where = ', '.join('%s:%d' % (os.path.basename(f.filename), f.lineno) for f in frames[1:])
+            _results.append((False, name, '%s: %s (at %s)' % (type(e).__name__, e, where)))
         return fn
     return wrap
 

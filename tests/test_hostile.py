@@ -178,6 +178,20 @@ def _():
         clean_stop(d)
 
 
+@case('a client that hangs up while the daemon waits for it to read is let go')
+def _():
+    with Daemon(QLORAD, SHARED, extra=('--max-output', '65536')) as d:
+        probe = Conn(d.socket)
+        for k in range(5):
+            c = Conn(d.socket)
+            c.raw(b''.join(frame({'id': i + 1, 'op': 'status'}) for i in range(3000)))
+            time.sleep(0.3)  # the daemon stops reading it: its answers wait, unread
+            c.close()
+        wait_for(lambda: probe.ok('status')['server'] == {'connections': 1, 'requests_in_flight': 0}, 20,
+                 'the hung-up connections closed and their requests ended')
+        clean_stop(d)
+
+
 @case('--max-watches bounds the watches of one connection')
 def _():
     with Daemon(QLORAD, SHARED, extra=('--max-watches', '2')) as d:
