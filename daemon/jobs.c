@@ -906,7 +906,10 @@ fail:
 
 static job *job_arg(req *r)
 {
+    /* under the lock: job.submit appends from the thread pool */
+    pthread_mutex_lock(&r->d->jobs->lock);
     job *j = find_job(r->d->jobs, r->arg[0]->via.u64);
+    pthread_mutex_unlock(&r->d->jobs->lock);
     if (!j)
         reply_error(r, "not_found", "job_id: no job %llu", (unsigned long long)r->arg[0]->via.u64);
     return j;
