@@ -281,8 +281,8 @@ static const char *tokens_bytes(const msgpack_object *v, const char *field, int 
     size_t total = 0;
     for (uint32_t i = 0; i < v->via.array.size; i++) {
         const msgpack_object *a = &v->via.array.ptr[i];
-        if (a->type != MSGPACK_OBJECT_ARRAY || a->via.array.size == 0) {
-            snprintf(err, errlen, "%s.tokens[%u]: must be a non-empty array of token ids", field, i);
+        if (a->type != MSGPACK_OBJECT_ARRAY) {
+            snprintf(err, errlen, "%s.tokens[%u]: must be an array of token ids", field, i);
             return "bad_request";
         }
         for (uint32_t j = 0; j < a->via.array.size; j++)
@@ -291,6 +291,10 @@ static const char *tokens_bytes(const msgpack_object *v, const char *field, int 
                 return "invalid_argument";
             }
         total += a->via.array.size;
+    }
+    if (total == 0) {
+        snprintf(err, errlen, "%s.tokens: holds no token", field);
+        return "invalid_argument";
     }
     unsigned char *out = malloc(total * 4);
     if (!out) {

@@ -254,6 +254,11 @@ def _():
             train(c, 'inline', {'text': TRAIN}, seed=3)
             ref = adapter_bytes(c, 'by-id')
             assert adapter_bytes(c, 'inline') == ref, 'inline text and its file id trained differently'
+            # inline tokens are stored as a token file and give the same stream as the text
+            rec = train(c, 'tokens', {'tokens': [c.tokenize(TRAIN)]}, seed=3)
+            assert rec['data']['format'] == 'tokens' and c.file(rec['data']['file_id'])['purpose'] == 'tokens', rec
+            assert adapter_bytes(c, 'tokens') == ref, 'inline tokens trained differently from their text'
+            expect(lambda: c.submit('x', {'tokens': [[]]}), 'invalid_argument', 'data.tokens')
             # the path is read at submit: changing the file afterwards changes nothing
             blocker = c.submit('blocker', {'text': VALID}, **LONG)['job_id']
             wait_step(c, blocker, 'progress')
