@@ -58,8 +58,7 @@ typedef struct job {
     uint64_t base_fp;        /* the base it was submitted on: fingerprint, quantization, model */
     char base_quant[48];
     char *base_model;
-    char *data, *eval_data;  /* the data specs as submitted, packed msgpack */
-    size_t data_len, eval_len;
+    job_data data, eval;     /* stored files (eval.file_id "": none); the bytes stay in the store */
     volatile int cancel;
     int claimed;             /* a runner has it (under the lock) */
     struct job *next;
@@ -75,6 +74,7 @@ struct jobs {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     job *head, *tail;        /* in id order */
+    job *deleted;            /* deleted while a runner still held them (job.delete) */
     int stop, n_threads, n_exited;
     pthread_t *threads;
     void (*stopped)(qd *d);
@@ -198,135 +198,39 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
     return NULL;
 }
 
-/* ---- data specs: {text}, {path} or {tokens: [[int]]} ---- */
-
-static const char *check_data(const msgpack_object *m, const char *field, int vocab, char *err, size_t errlen)
-{
-    if (m->type != MSGPACK_OBJECT_MAP || m->via.map.size != 1) {
-        snprintf(err, errlen, "%s: must be a map with one of text, path, tokens", field);
-        return "bad_request";
-    }
-    const msgpack_object *k = &m->via.map.ptr[0].key, *v = &m->via.map.ptr[0].val;
-    if (mp_is_str(k, "text") || mp_is_str(k, "path")) {
-        if (v->type != MSGPACK_OBJECT_STR) {
-            snprintf(err, errlen, "%s.%s: must be a string", field, mp_is_str(k, "text") ? "text" : "path");
-            return "bad_request";
-        }
-        if (v->via.str.size == 0) {
-            snprintf(err, errlen, "%s.%s: empty", field, mp_is_str(k, "text") ? "text" : "path");
-            return "invalid_argument";
-        }
-        if (mp_is_str(k, "path")) {
-            char *path = mp_strdup(v);
-            int fd = path ? open(path, O_RDONLY) : -1;
-            if (fd < 0)
-                snprintf(err, errlen, "%s.path: cannot read %s: %s", field, path ? path : "?", strerror(errno));
-            else
-                close(fd);
-            free(path);
-            if (fd < 0)
-                return "invalid_argument";
-        }
-        return NULL;
-    }
-    if (!mp_is_str(k, "tokens")) {
-        snprintf(err, errlen, "%s: must be a map with one of text, path, tokens", field);
-        return "bad_request";
-    }
-    if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0) {
-        snprintf(err, errlen, "%s.tokens: must be a non-empty array of token arrays", field);
-        return "bad_request";
-    }
-    for (uint32_t i = 0; i < v->via.array.size; i++) {
-        const msgpack_object *a = &v->via.array.ptr[i];
-        if (a->type != MSGPACK_OBJECT_ARRAY) {
-            snprintf(err, errlen, "%s.tokens[%u]: must be an array of token ids", field, i);
-            return "bad_request";
-        }
-        for (uint32_t j = 0; j < a->via.array.size; j++)
-            if (a->via.array.ptr[j].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a->via.array.ptr[j].via.u64 >= (uint64_t)vocab) {
-                snprintf(err, errlen, "%s.tokens[%u][%u]: must be a token id in 0..%d", field, i, j, vocab - 1);
-                return "invalid_argument";
-            }
-    }
-    return NULL;
-}
-
-/* The token stream of a checked spec (runner thread). */
-static int load_data(qd *d, const char *packed, size_t len, int **ids, size_t *n, char *err, size_t errlen)
-{
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    size_t off = 0;
-    int rc = -1;
-    *ids = NULL, *n = 0;
-    if (msgpack_unpack_next(&u, packed, len, &off) != MSGPACK_UNPACK_SUCCESS) {
-        snprintf(err, errlen, "data: cannot decode the stored spec");
-        goto done;
-    }
-    const msgpack_object *k = &u.data.via.map.ptr[0].key, *v = &u.data.via.map.ptr[0].val;
-    if (mp_is_str(k, "tokens")) {
-        size_t total = 0;
-        for (uint32_t i = 0; i < v->via.array.size; i++)
-            total += v->via.array.ptr[i].via.array.size;
-        *ids = malloc((total + 1) * sizeof **ids);
-        if (!*ids) {
-            snprintf(err, errlen, "out of memory for %zu tokens", total);
-            goto done;
-        }
-        for (uint32_t i = 0; i < v->via.array.size; i++)
-            for (uint32_t j = 0; j < v->via.array.ptr[i].via.array.size; j++)
-                (*ids)[(*n)++] = (int)v->via.array.ptr[i].via.array.ptr[j].via.u64;
-        rc = 0;
-        goto done;
-    }
-    const void *mapped = NULL;
-    size_t mapped_len = 0;
-    if (mp_is_str(k, "path")) {
-        char *path = mp_strdup(v), why[600] = "out of memory";
-        rc = path ? map_file(path, &mapped, &mapped_len, why, sizeof why) : -1;
-        free(path);
-        if (rc < 0) {
-            snprintf(err, errlen, "data.path: %s", why);
-            goto done;
-        }
-        rc = tok_encode(d->tok, mapped ? mapped : "", mapped_len, 1, 0, ids, n);
-    } else {
-        rc = tok_encode(d->tok, v->via.str.ptr, v->via.str.size, 1, 0, ids, n);
-    }
-    if (rc < 0)
-        snprintf(err, errlen, "out of memory tokenizing the data");
-    unmap_file(mapped, mapped_len);
-done:
-    msgpack_unpacked_destroy(&u);
-    return rc;
-}
-
 /* ---- records ---- */
 
-static char *pack_object(const msgpack_object *o, size_t *len)
+/* {file_id, bytes, format} of a job's data; nil when there is none. */
+static void pack_data(msgpack_packer *pk, const char *key, const job_data *f)
 {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_object(&pk, *o);
-    *len = sb.size;
-    return msgpack_sbuffer_release(&sb);
-}
-
-static void pack_raw(msgpack_packer *pk, const char *packed, size_t len)
-{
-    if (packed)
-        pk->callback(pk->data, packed, len);
-    else
+    mp_str(pk, key);
+    if (!f->file_id[0]) {
         msgpack_pack_nil(pk);
+        return;
+    }
+    msgpack_pack_map(pk, 3);
+    mp_kv_str(pk, "file_id", f->file_id);
+    mp_kv_u64(pk, "bytes", f->bytes);
+    mp_kv_str(pk, "format", f->tokens ? "tokens" : "text");
 }
 
-/* The job record of the protocol; stored adds the data specs. Under the jobs lock. */
+static int unpack_data(const msgpack_object *v, job_data *f)
+{
+    const msgpack_object *id = mp_get(v, "file_id"), *bytes = mp_get(v, "bytes"), *format = mp_get(v, "format");
+    memset(f, 0, sizeof *f);
+    if (!id || id->type != MSGPACK_OBJECT_STR || id->via.str.size != STORE_FILE_ID_LEN || !bytes ||
+        bytes->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return -1;
+    memcpy(f->file_id, id->via.str.ptr, STORE_FILE_ID_LEN);
+    f->bytes = bytes->via.u64;
+    f->tokens = format && mp_is_str(format, "tokens");
+    return store_file_id_valid(f->file_id) ? 0 : -1;
+}
+
+/* The job record of the protocol, also as stored. Under the jobs lock. */
 static void pack_job(msgpack_packer *pk, const job *j, int stored)
 {
-    msgpack_pack_map(pk, 20 + (stored ? 3 : 0));
+    msgpack_pack_map(pk, 22 + (stored ? 1 : 0));
     mp_kv_u64(pk, "job_id", j->id);
     mp_kv_str(pk, "adapter", j->adapter);
     if (j->adapter_version)
@@ -358,13 +262,10 @@ static void pack_job(msgpack_packer *pk, const job *j, int stored)
     mp_kv_u64(pk, "fingerprint", j->base_fp);
     mp_kv_str(pk, "quant", j->base_quant);
     mp_kv_str(pk, "model", j->base_model);
-    if (stored) {
+    pack_data(pk, "data", &j->data);
+    pack_data(pk, "eval_data", &j->eval);
+    if (stored)
         mp_kv_bool(pk, "clean_stop", j->clean_stop);
-        mp_str(pk, "data");
-        pack_raw(pk, j->data, j->data_len);
-        mp_str(pk, "eval_data");
-        pack_raw(pk, j->eval_data, j->eval_len);
-    }
 }
 
 static double get_f64(const msgpack_object *rec, const char *key)
@@ -424,15 +325,13 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     const char *code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
                                                                   : "bad_request";
     j->hyper.method = (v = mp_get(o, "method")) && mp_is_str(v, "recovery") ? TRAIN_RECOVERY : TRAIN_LORA;
-    if ((v = mp_get(o, "data")) && v->type == MSGPACK_OBJECT_MAP)
-        j->data = pack_object(v, &j->data_len);
-    if ((v = mp_get(o, "eval_data")) && v->type == MSGPACK_OBJECT_MAP)
-        j->eval_data = pack_object(v, &j->eval_len);
+    int bad_data = !(v = mp_get(o, "data")) || unpack_data(v, &j->data) < 0 ||
+                   ((v = mp_get(o, "eval_data")) && v->type != MSGPACK_OBJECT_NIL && unpack_data(v, &j->eval) < 0);
     msgpack_unpacked_destroy(&u);
-    if (code || !j->data || j->id == 0) {
-        if (!code)
-            snprintf(err, errlen, "record lacks its id or data");
-        free(j->error), free(j->base_model), free(j->data), free(j->eval_data), free(j);
+    if (code || bad_data || j->id == 0) {
+        if (!code) /* records before stored files held the data inline */
+            snprintf(err, errlen, "record lacks its id or a data file id");
+        free(j->error), free(j->base_model), free(j);
         return NULL;
     }
     return j;
@@ -442,8 +341,6 @@ static void job_free(job *j)
 {
     free(j->error);
     free(j->base_model);
-    free(j->data);
-    free(j->eval_data);
     free(j);
 }
 
@@ -806,8 +703,9 @@ static void run_job(qd *d, job *j)
     llama_model teacher;
     trainer t;
     memset(&t, 0, sizeof t);
-    if (load_data(d, j->data, j->data_len, &ids, &n, err, sizeof err) < 0 ||
-        (j->eval_data && load_data(d, j->eval_data, j->eval_len, &eval_ids, &n_eval, err, sizeof err) < 0)) {
+    /* the bytes come from the store at every (re)start, checked against their id */
+    if (files_load_tokens(d, &j->data, "data", &ids, &n, err, sizeof err) < 0 ||
+        (j->eval.file_id[0] && files_load_tokens(d, &j->eval, "eval_data", &eval_ids, &n_eval, err, sizeof err) < 0)) {
         fail(d, j, err);
         goto done;
     }
@@ -1065,6 +963,11 @@ void jobs_free(qd *d)
         J->head = j->next;
         job_free(j);
     }
+    while (J->deleted) {
+        job *j = J->deleted;
+        J->deleted = j->next;
+        job_free(j);
+    }
     while (J->watchers) {
         watcher *w = J->watchers;
         J->watchers = w->next;
@@ -1204,8 +1107,8 @@ void op_job_submit(req *r)
         goto fail;
     }
     const msgpack_object *eval = r->arg[2] && r->arg[2]->type == MSGPACK_OBJECT_MAP ? r->arg[2] : NULL;
-    if ((code = check_data(r->arg[1], "data", d->model.cfg.vocab_size, err, sizeof err)) ||
-        (eval && (code = check_data(eval, "eval_data", d->model.cfg.vocab_size, err, sizeof err)))) {
+    if ((code = files_resolve(d, r->arg[1], "data", &j->data, err, sizeof err)) ||
+        (eval && (code = files_resolve(d, eval, "eval_data", &j->eval, err, sizeof err)))) {
         reply_error(r, code, "%s", err);
         goto fail;
     }
@@ -1218,10 +1121,8 @@ void op_job_submit(req *r)
         reply_error(r, "busy", "the queue holds %d jobs already (--max-queued)", queued);
         goto fail;
     }
-    j->data = pack_object(r->arg[1], &j->data_len);
-    j->eval_data = eval ? pack_object(eval, &j->eval_len) : NULL;
-    if (!j->data || (eval && !j->eval_data) || store_job_next_id(d->db, &j->id, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", j->data ? err : "out of memory");
+    if (store_job_next_id(d->db, &j->id, err, sizeof err) < 0) {
+        reply_error(r, "internal", "%s", err);
         goto fail;
     }
     j->state = JOB_QUEUED;
@@ -1234,7 +1135,16 @@ void op_job_submit(req *r)
     j->created_at = now_s();
     j->started_at = j->finished_at = NAN;
     j->loss = j->eval_loss = j->tokens_per_s = j->ppl_base = j->ppl_adapter = NAN;
+    /* a file.delete cannot come between the check that the files are there and the job
+     * that holds them being queued */
+    files_hold();
+    if (files_exist(d, &j->data, &j->eval, err, sizeof err) < 0) {
+        files_release();
+        reply_error(r, "not_found", "data: %s (deleted meanwhile)", err);
+        goto fail;
+    }
     if (persist(d, j) < 0) {
+        files_release();
         reply_error(r, "busy", "cannot store the job (see the daemon's log)");
         goto fail;
     }
@@ -1246,6 +1156,7 @@ void op_job_submit(req *r)
     J->tail = j;
     pthread_cond_broadcast(&J->wake); /* a runner waiting to retry a publish waits on it too */
     pthread_mutex_unlock(&J->lock);
+    files_release();
     qd_log(LOG_INFO, "job %llu queued: %s -> %s, %d steps", (unsigned long long)j->id,
            j->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", j->adapter, j->hyper.steps);
     mp_out o;
@@ -1261,7 +1172,10 @@ fail:
 
 static job *job_arg(req *r)
 {
+    /* under the lock: job.submit appends from the thread pool */
+    pthread_mutex_lock(&r->d->jobs->lock);
     job *j = find_job(r->d->jobs, r->arg[0]->via.u64);
+    pthread_mutex_unlock(&r->d->jobs->lock);
     if (!j)
         reply_error(r, "not_found", "job_id: no job %llu", (unsigned long long)r->arg[0]->via.u64);
     return j;
@@ -1328,6 +1242,62 @@ void op_job_cancel(req *r)
     }
     qd_log(LOG_INFO, "job %llu: cancel requested; it stops at the next step", (unsigned long long)j->id);
     reply_job(r, j);
+}
+
+uint64_t jobs_file_user(qd *d, const char *file_id)
+{
+    uint64_t user = 0;
+    pthread_mutex_lock(&d->jobs->lock);
+    for (job *j = d->jobs->head; j && !user; j = j->next)
+        if (j->state <= JOB_RUNNING && (!strcmp(j->data.file_id, file_id) || !strcmp(j->eval.file_id, file_id)))
+            user = j->id;
+    pthread_mutex_unlock(&d->jobs->lock);
+    return user;
+}
+
+void op_job_delete(req *r)
+{
+    qd *d = r->d;
+    jobs *J = d->jobs;
+    job *j = job_arg(r);
+    char err[600];
+    int nf;
+    if (!j)
+        return;
+    pthread_mutex_lock(&J->lock);
+    job_state s = j->state;
+    pthread_mutex_unlock(&J->lock);
+    if (s <= JOB_RUNNING) {
+        reply_error(r, "conflict", "job %llu is %s: cancel it first", (unsigned long long)j->id, state_names[s]);
+        return;
+    }
+    /* only the loop changes a finished job, so nothing rewrites the record after this */
+    if (store_job_delete(d->db, j->id, &nf, err, sizeof err) < 0 && !nf) {
+        reply_error(r, strstr(err, "store full") ? "busy" : "internal", "%s", err);
+        return;
+    }
+    pthread_mutex_lock(&J->lock);
+    job **p = &J->head, *prev = NULL;
+    while (*p != j)
+        prev = *p, p = &(*p)->next;
+    *p = j->next;
+    if (J->tail == j)
+        J->tail = prev;
+    /* a runner that has just finished it may still hold it: freed at jobs_free then */
+    int held = j->claimed;
+    if (held) {
+        j->next = J->deleted;
+        J->deleted = j;
+    }
+    pthread_mutex_unlock(&J->lock);
+    qd_log(LOG_INFO, "job %llu deleted", (unsigned long long)j->id);
+    if (!held)
+        job_free(j);
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 1);
+    mp_kv_i64(&o.pk, "deleted", 1);
+    reply_end(r, &o);
 }
 
 void op_job_watch(req *r)

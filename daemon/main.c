@@ -2,6 +2,7 @@
  * serves the wire protocol until SIGTERM or SIGINT, then stops cleanly: no new
  * connections, the running job checkpoints at its next step, the store is closed. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ static const char usage[] =
     "              [--adapter-cache-mb N] [--max-queued N] [--max-running N] [--max-output BYTES]\n"
     "              [--db-max-mb N] [--max-connections N] [--max-requests N] [--max-inflight N]\n"
     "              [--max-watches N] [--auth-timeout S] [--idle-timeout S] [--max-job-crashes N]\n"
-    "              [--verbose]\n";
+    "              [--data-dir DIR] [--verbose]\n";
 
 /* ---- shutdown ---- */
 
@@ -99,7 +100,7 @@ int main(int argc, char **argv)
 {
     qd d;
     memset(&d, 0, sizeof d);
-    const char *db_dir = NULL, *listen_addr = NULL, *token_file = NULL;
+    const char *db_dir = NULL, *listen_addr = NULL, *token_file = NULL, *data_dir = NULL;
     qt_spec spec = qt_spec_default(QT_NF4);
     double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
            db_max_mb = 65536, max_conns = 256, max_requests = 16, max_inflight = 64, max_watches = 64,
@@ -131,6 +132,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--socket")) d.socket_path = v;
         else if (!strcmp(a, "--listen")) listen_addr = v;
         else if (!strcmp(a, "--token-file")) token_file = v;
+        else if (!strcmp(a, "--data-dir")) data_dir = v;
         else if (!strcmp(a, "--quant")) {
             qt_format f;
             if (qt_format_parse(v, &f) < 0) {
@@ -179,6 +181,13 @@ int main(int argc, char **argv)
     }
     if (token_file && read_token(token_file, &d.token) < 0)
         return 2;
+    /* job.submit's {path} resolves below this descriptor only (daemon/files.c) */
+    d.data_dir_fd = data_dir ? open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (data_dir && d.data_dir_fd < 0) {
+        fprintf(stderr, "qlorad: --data-dir %s: %s\n", data_dir, strerror(errno));
+        free(d.token);
+        return 2;
+    }
     qd_log_verbose(verbose);
     if (threads > 0)
         qt_set_threads((int)threads);
@@ -259,5 +268,7 @@ out_tok:
 out_model:
     llama_free(&d.model);
     free(d.token);
+    if (d.data_dir_fd >= 0)
+        close(d.data_dir_fd);
     return rc;
 }

@@ -89,6 +89,7 @@ struct qd {
     int max_watches;          /* job.watch open per connection */
     uint64_t auth_timeout_ms, idle_timeout_ms; /* idle 0: never */
     int max_crashes;     /* unclean ends of a job before it is failed (--max-job-crashes) */
+    int data_dir_fd;     /* --data-dir, or -1: job.submit refuses {path} */
     char *token;         /* TCP only */
     double started;
     int stopping, runner_done, finished;
@@ -227,6 +228,39 @@ void op_job_watch(req *r);
 void jobs_conn_closed(qd *d, uint64_t conn_id);
 /* How many job.watch a connection has open. */
 int jobs_conn_watches(qd *d, uint64_t conn_id);
+
+/* Deletes a finished job's record and checkpoint (job.delete). */
+void op_job_delete(req *r);
+/* With files_hold(): the id of a queued or running job whose data or eval_data is the file,
+ * else 0. */
+uint64_t jobs_file_user(qd *d, const char *file_id);
+
+/* ---- files.c: stored data files ---- */
+/* What a job trains on: a stored file, read as text, or (inline tokens) as little-endian
+ * u32 token ids. file_id "" : none. */
+typedef struct {
+    char file_id[STORE_FILE_ID_LEN + 1];
+    uint64_t bytes;
+    int tokens;
+} job_data;
+
+void op_file_upload(req *r);
+void op_file_list(req *r);
+void op_file_get(req *r);
+void op_file_delete(req *r);
+/* Held around "the job's files exist, queue it" and "no job uses the file, delete it". */
+void files_hold(void);
+void files_release(void);
+/* A data spec of job.submit ({file_id}, {text}, {tokens} or, with --data-dir, {path}) as a
+ * stored file; field names it in messages. NULL, or the error code with err. Off the loop:
+ * it hashes and stores up to max_frame bytes. */
+const char *files_resolve(qd *d, const msgpack_object *spec, const char *field, job_data *out, char *err,
+                          size_t errlen);
+/* 0 when the files of a and b (each may be NULL or "") are stored, else -1 with err. */
+int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t errlen);
+/* The token stream of a job's data, its bytes verified against the file id (runner). */
+int files_load_tokens(qd *d, const job_data *data, const char *field, int **ids, size_t *n, char *err,
+                      size_t errlen);
 
 double now_s(void);
 

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   gcc pkg-config meson ninja-build          # build
-  libopenblas-dev libuv1-dev libmsgpack-dev liblmdb-dev   # libraries
+  libopenblas-dev libuv1-dev libmsgpack-dev liblmdb-dev nettle-dev   # libraries
   python3 python3-numpy python3-msgpack python3-torch     # references, peers, Python client
   valgrind
   clang libclang-rt-14-dev                  # the wire fuzzer (libFuzzer, ASan, UBSan)

@@ -11,6 +11,8 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <math.h>
+#include <msgpack.h>
+#include <nettle/sha2.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,7 @@
 
 struct store {
     MDB_env *env;
-    MDB_dbi adapters, jobs, checkpoints, meta;
+    MDB_dbi adapters, jobs, checkpoints, files, meta;
     size_t cap;
     pthread_mutex_t write_lock;  /* one writer of this process at a time */
     pthread_rwlock_t map_lock;   /* shared: a transaction is open; exclusive: remapping */
@@ -202,7 +204,8 @@ static int open_dbs(store *s, MDB_txn *txn, void *ctx, char *err, size_t errlen)
 {
     (void)ctx;
     struct { const char *name; MDB_dbi *dbi; } dbs[] = {
-        {"adapters", &s->adapters}, {"jobs", &s->jobs}, {"checkpoints", &s->checkpoints}, {"meta", &s->meta},
+        {"adapters", &s->adapters}, {"jobs", &s->jobs}, {"checkpoints", &s->checkpoints},
+        {"files", &s->files}, {"meta", &s->meta},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         int rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -325,7 +328,7 @@ int store_open(store **out, const char *dir, size_t map_cap, char *err, size_t e
     }
     int dead;
     /* an existing environment keeps its own (larger) map size */
-    if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, 4)) ||
+    if ((rc = mdb_env_create(&s->env)) || (rc = mdb_env_set_maxdbs(s->env, 5)) ||
         (rc = mdb_env_set_mapsize(s->env, s->cap < INITIAL_MAP ? s->cap : INITIAL_MAP)) ||
         (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600)) || (rc = mdb_reader_check(s->env, &dead))) {
         mdb_fail(s, rc, err, errlen);
@@ -731,6 +734,333 @@ int store_checkpoint_get(store *s, uint64_t job_id, void **state, size_t *len, i
                          size_t errlen)
 {
     return get_bytes(s, s->checkpoints, job_id, state, len, not_found, err, errlen);
+}
+
+typedef struct {
+    uint64_t id;
+    int not_found;
+} job_delete_ctx;
+
+static int delete_job(store *s, MDB_txn *txn, void *p, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    job_delete_ctx *c = p;
+    unsigned char id[8];
+    be64(id, c->id);
+    MDB_val k = {8, id};
+    int rc = mdb_del(txn, s->jobs, &k, NULL);
+    c->not_found = rc == MDB_NOTFOUND;
+    if (rc == 0 && (rc = mdb_del(txn, s->checkpoints, &k, NULL)) == MDB_NOTFOUND)
+        rc = 0;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int store_job_delete(store *s, uint64_t id, int *not_found, char *err, size_t errlen)
+{
+    job_delete_ctx c = {id, 0};
+    *not_found = 0;
+    if (write_txn(s, delete_job, &c, err, errlen) < 0)
+        return -1;
+    if (c.not_found) {
+        *not_found = 1;
+        snprintf(err, errlen, "job %llu not found", (unsigned long long)id);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- files ----
+ * Key: the 32 bytes of the SHA-256. Value: u32 LE n, n bytes of msgpack record {bytes,
+ * filename, purpose, created_at}, then the bytes. */
+
+static const char hexdigits[] = "0123456789abcdef";
+
+void store_file_id(const void *data, size_t len, char id[STORE_FILE_ID_LEN + 1])
+{
+    struct sha256_ctx ctx;
+    uint8_t h[SHA256_DIGEST_SIZE];
+    sha256_init(&ctx);
+    sha256_update(&ctx, len, data);
+    sha256_digest(&ctx, sizeof h, h);
+    memcpy(id, "file-", 5);
+    for (int i = 0; i < SHA256_DIGEST_SIZE; i++) {
+        id[5 + 2 * i] = hexdigits[h[i] >> 4];
+        id[6 + 2 * i] = hexdigits[h[i] & 15];
+    }
+    id[STORE_FILE_ID_LEN] = 0;
+}
+
+int store_file_id_valid(const char *id)
+{
+    if (strlen(id) != STORE_FILE_ID_LEN || memcmp(id, "file-", 5))
+        return 0;
+    for (const char *p = id + 5; *p; p++)
+        if (!strchr(hexdigits, *p))
+            return 0;
+    return 1;
+}
+
+static void file_key(const char *id, unsigned char key[32])
+{
+    for (int i = 0; i < 32; i++)
+        key[i] = (unsigned char)((strchr(hexdigits, id[5 + 2 * i]) - hexdigits) << 4 |
+                                 (strchr(hexdigits, id[6 + 2 * i]) - hexdigits));
+}
+
+static void key_to_id(const MDB_val *k, char *id)
+{
+    const unsigned char *b = k->mv_data;
+    memcpy(id, "file-", 5);
+    for (int i = 0; i < 32; i++) {
+        id[5 + 2 * i] = hexdigits[b[i] >> 4];
+        id[6 + 2 * i] = hexdigits[b[i] & 15];
+    }
+    id[STORE_FILE_ID_LEN] = 0;
+}
+
+static void copy_str(const msgpack_object *o, char *out, size_t cap)
+{
+    size_t n = o && o->type == MSGPACK_OBJECT_STR ? o->via.str.size : 0;
+    if (n >= cap)
+        n = cap - 1;
+    if (n)
+        memcpy(out, o->via.str.ptr, n);
+    out[n] = 0;
+}
+
+/* The record of a value into info (its id from the key); -1 when it is malformed. The
+ * bytes start at *body. */
+static int read_file_value(const MDB_val *k, const MDB_val *v, store_file_info *info, const void **body)
+{
+    memset(info, 0, sizeof *info);
+    if (k->mv_size != 32 || v->mv_size < 4)
+        return -1;
+    key_to_id(k, info->id);
+    const unsigned char *p = v->mv_data;
+    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    if (n > v->mv_size - 4)
+        return -1;
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    int rc = -1;
+    if (msgpack_unpack_next(&u, (const char *)p + 4, n, &off) == MSGPACK_UNPACK_SUCCESS &&
+        u.data.type == MSGPACK_OBJECT_MAP) {
+        const msgpack_object *m = &u.data;
+        for (uint32_t i = 0; i < m->via.map.size; i++) {
+            const msgpack_object *key = &m->via.map.ptr[i].key, *val = &m->via.map.ptr[i].val;
+            if (key->type != MSGPACK_OBJECT_STR)
+                continue;
+            const char *ks = key->via.str.ptr;
+            size_t kn = key->via.str.size;
+            if (kn == 5 && !memcmp(ks, "bytes", 5) && val->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                info->bytes = val->via.u64;
+            else if (kn == 8 && !memcmp(ks, "filename", 8))
+                copy_str(val, info->filename, sizeof info->filename);
+            else if (kn == 7 && !memcmp(ks, "purpose", 7))
+                copy_str(val, info->purpose, sizeof info->purpose);
+            else if (kn == 10 && !memcmp(ks, "created_at", 10) &&
+                     (val->type == MSGPACK_OBJECT_FLOAT64 || val->type == MSGPACK_OBJECT_FLOAT32))
+                info->created_at = val->via.f64;
+        }
+        rc = info->bytes == v->mv_size - 4 - n ? 0 : -1;
+    }
+    msgpack_unpacked_destroy(&u);
+    *body = p + 4 + n;
+    return rc;
+}
+
+typedef struct {
+    const void *data;
+    size_t len;
+    store_file_info *info;
+    int existed;
+} file_put_ctx;
+
+static void pack_cstr(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+static int put_file(store *s, MDB_txn *txn, void *p, char *err, size_t errlen)
+{
+    file_put_ctx *c = p;
+    unsigned char key[32];
+    file_key(c->info->id, key);
+    MDB_val k = {32, key}, v;
+    int rc = mdb_get(txn, s->files, &k, &v);
+    c->existed = 0;
+    if (rc == 0) {
+        const void *body;
+        char id[STORE_FILE_ID_LEN + 1];
+        memcpy(id, c->info->id, sizeof id);
+        if (read_file_value(&k, &v, c->info, &body) < 0) {
+            snprintf(err, errlen, "store %s: the record of %s is corrupt", s->dir, id);
+            return -1;
+        }
+        c->existed = 1;
+        return 0;
+    }
+    if (rc != MDB_NOTFOUND)
+        return rc;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    pack_cstr(&pk, "bytes");
+    msgpack_pack_uint64(&pk, c->len);
+    pack_cstr(&pk, "filename");
+    pack_cstr(&pk, c->info->filename);
+    pack_cstr(&pk, "purpose");
+    pack_cstr(&pk, c->info->purpose);
+    pack_cstr(&pk, "created_at");
+    msgpack_pack_double(&pk, c->info->created_at);
+    if (!sb.data) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    v = (MDB_val){4 + sb.size + c->len, NULL};
+    /* MDB_RESERVE: the bytes go straight into the map */
+    rc = mdb_put(txn, s->files, &k, &v, MDB_RESERVE | MDB_NOOVERWRITE);
+    if (rc == 0) {
+        unsigned char *out = v.mv_data;
+        for (int i = 0; i < 4; i++)
+            out[i] = (unsigned char)(sb.size >> (8 * i));
+        memcpy(out + 4, sb.data, sb.size);
+        if (c->len)
+            memcpy(out + 4 + sb.size, c->data, c->len);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+int store_file_put(store *s, const void *data, size_t len, const char *filename, const char *purpose,
+                   store_file_info *info, int *existed, char *err, size_t errlen)
+{
+    memset(info, 0, sizeof *info);
+    store_file_id(data, len, info->id);
+    snprintf(info->filename, sizeof info->filename, "%s", filename ? filename : "");
+    snprintf(info->purpose, sizeof info->purpose, "%s", purpose ? purpose : "");
+    info->bytes = len;
+    info->created_at = now();
+    file_put_ctx c = {data, len, info, 0};
+    int rc = write_txn(s, put_file, &c, err, errlen);
+    *existed = c.existed;
+    return rc;
+}
+
+int store_file_get(store *s, const char *id, store_file_info *info, void **data, size_t *len, int *not_found,
+                   char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    unsigned char key[32];
+    *not_found = 0;
+    if (data)
+        *data = NULL, *len = 0;
+    if (!store_file_id_valid(id)) {
+        snprintf(err, errlen, "'%.80s' is not a file id (file- and 64 hex digits)", id);
+        return -1;
+    }
+    if (read_begin(s, &txn, err, errlen) < 0)
+        return -1;
+    file_key(id, key);
+    MDB_val k = {32, key}, v;
+    const void *body = NULL;
+    int rc = mdb_get(txn, s->files, &k, &v), bad = 0;
+    if (rc == 0 && read_file_value(&k, &v, info, &body) < 0)
+        bad = 1;
+    if (rc == 0 && !bad && data) {
+        char got[STORE_FILE_ID_LEN + 1];
+        store_file_id(body, info->bytes, got);
+        if (strcmp(got, id))
+            bad = 1;
+        else if (!(*data = malloc(info->bytes ? info->bytes : 1)))
+            rc = ENOMEM;
+        else
+            memcpy(*data, body, info->bytes), *len = info->bytes;
+    }
+    read_end(s, txn);
+    if (rc == MDB_NOTFOUND) {
+        *not_found = 1;
+        snprintf(err, errlen, "file %s not found", id);
+        return -1;
+    }
+    if (bad) {
+        snprintf(err, errlen, "file %s is corrupt: its stored bytes do not hash to its id", id);
+        return -1;
+    }
+    return rc ? mdb_fail(s, rc, err, errlen) : 0;
+}
+
+int store_file_list(store *s, store_file_info **out, size_t *n, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    MDB_stat st;
+    *out = NULL;
+    *n = 0;
+    if (read_begin(s, &txn, err, errlen) < 0)
+        return -1;
+    int rc = mdb_stat(txn, s->files, &st);
+    if (rc == 0 && !(*out = malloc((st.ms_entries ? st.ms_entries : 1) * sizeof **out)))
+        rc = ENOMEM;
+    if (rc == 0)
+        rc = mdb_cursor_open(txn, s->files, &cur);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+        read_end(s, txn);
+        return mdb_fail(s, rc, err, errlen);
+    }
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && *n < st.ms_entries;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        const void *body;
+        if (read_file_value(&k, &v, &(*out)[*n], &body) == 0) /* a corrupt one is left out */
+            (*n)++;
+    }
+    mdb_cursor_close(cur);
+    read_end(s, txn);
+    if (rc && rc != MDB_NOTFOUND) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+        return mdb_fail(s, rc, err, errlen);
+    }
+    return 0;
+}
+
+typedef struct {
+    unsigned char key[32];
+    int deleted;
+} file_delete_ctx;
+
+static int delete_file(store *s, MDB_txn *txn, void *p, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    file_delete_ctx *c = p;
+    MDB_val k = {32, c->key};
+    int rc = mdb_del(txn, s->files, &k, NULL);
+    c->deleted = rc == 0;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int store_file_delete(store *s, const char *id, int *deleted, char *err, size_t errlen)
+{
+    file_delete_ctx c = {{0}, 0};
+    *deleted = 0;
+    if (!store_file_id_valid(id)) {
+        snprintf(err, errlen, "'%.80s' is not a file id (file- and 64 hex digits)", id);
+        return -1;
+    }
+    file_key(id, c.key);
+    if (write_txn(s, delete_file, &c, err, errlen) < 0)
+        return -1;
+    *deleted = c.deleted;
+    return 0;
 }
 
 int store_stat(store *s, size_t *used_bytes, size_t *n_adapters, char *err, size_t errlen)

@@ -3,7 +3,8 @@
  * Named databases: adapters (name, NUL, big-endian u32 version -> msgpack record, then the
  * tensors as raw little-endian f32 at a 64-byte aligned offset; see docs/storage.md), jobs (big-endian u64 id ->
  * msgpack record, owned by the caller), checkpoints (job id -> trainer state bytes),
- * meta (schema version, next job id, next version per name). Every write is one
+ * files (SHA-256 of the bytes -> a small msgpack record, then the bytes), meta (schema
+ * version, next job id, next version per name). Every write is one
  * transaction: a version, a checkpoint or a job record is whole or absent after a crash.
  * The map grows by itself on MDB_MAP_FULL up to the cap given at open; past it a write
  * fails with "store full" and leaves nothing behind. Safe to call from several threads
@@ -94,6 +95,42 @@ int store_checkpoint_put(store *s, uint64_t job_id, const void *state, size_t le
                          size_t job_len, char *err, size_t errlen);
 int store_checkpoint_get(store *s, uint64_t job_id, void **state, size_t *len, int *not_found, char *err,
                          size_t errlen);
+
+/* Deletes a job's record and its checkpoint in one transaction; *not_found when the
+ * record is absent. */
+int store_job_delete(store *s, uint64_t id, int *not_found, char *err, size_t errlen);
+
+/* Files: bytes stored once under their content address, "file-" + the lowercase hex of
+ * their SHA-256 (STORE_FILE_ID_LEN characters). */
+#define STORE_FILE_ID_LEN (5 + 64)
+#define STORE_FILE_NAME_MAX 128
+#define STORE_FILE_PURPOSE_MAX 32
+
+typedef struct {
+    char id[STORE_FILE_ID_LEN + 1];
+    uint64_t bytes;
+    char filename[STORE_FILE_NAME_MAX + 1]; /* as given to put, "" when none */
+    char purpose[STORE_FILE_PURPOSE_MAX + 1];
+    double created_at;                      /* Unix seconds of the first put */
+} store_file_info;
+
+/* The id of len bytes at data. */
+void store_file_id(const void *data, size_t len, char id[STORE_FILE_ID_LEN + 1]);
+/* "file-" and 64 lowercase hex digits. */
+int store_file_id_valid(const char *id);
+/* Stores the bytes unless bytes of the same id are stored already (then the first put's
+ * record stays: *existed = 1). filename and purpose are cut to their maxima and must not
+ * hold NUL; info filled either way. */
+int store_file_put(store *s, const void *data, size_t len, const char *filename, const char *purpose,
+                   store_file_info *info, int *existed, char *err, size_t errlen);
+/* The record and, when data is not NULL, a malloc'd copy of the bytes, verified against the
+ * id (a mismatch is an error saying the file is corrupt). *not_found when absent. */
+int store_file_get(store *s, const char *id, store_file_info *info, void **data, size_t *len, int *not_found,
+                   char *err, size_t errlen);
+/* Every file's record, in id order; *out malloc'd. */
+int store_file_list(store *s, store_file_info **out, size_t *n, char *err, size_t errlen);
+/* *deleted: 1, or 0 when there was no such file. */
+int store_file_delete(store *s, const char *id, int *deleted, char *err, size_t errlen);
 
 /* Sizes for status: bytes of the environment's data file in use. */
 int store_stat(store *s, size_t *used_bytes, size_t *n_adapters, char *err, size_t errlen);

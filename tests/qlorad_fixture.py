@@ -115,13 +115,14 @@ def free_port():
 
 
 class Daemon:
-    def __init__(self, qlorad, shared, model='stories260K', tcp=False, extra=()):
+    def __init__(self, qlorad, shared, model='stories260K', tcp=False, extra=(), db=None):
+        """db: a store directory to run on (kept by cleanup), else one in the temporary dir."""
         self.dir = tempfile.mkdtemp(prefix='qlora-client-test-')
         self.socket = os.path.join(self.dir, 'qlorad.sock')
         self.log = os.path.join(self.dir, 'qlorad.log')
         self.host = self.token_file = self.token = None
         argv = [qlorad, '--model', os.path.join(shared, 'models', model), '--quant', 'nf4',
-                '--db', os.path.join(self.dir, 'db'), '--socket', self.socket, *extra]
+                '--db', db or os.path.join(self.dir, 'db'), '--socket', self.socket, *extra]
         if tcp:
             self.token = 'qlora-client-test-token-%d' % os.getpid()
             self.token_file = os.path.join(self.dir, 'token')

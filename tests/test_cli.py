@@ -6,6 +6,7 @@
 usage: test_cli.py QLORA QLORAD QLORA_TOOL SHARED_DIR"""
 
 import atexit
+import hashlib
 import json
 import math
 import os
@@ -272,6 +273,25 @@ def _():
     assert rc == 1 and 'cancelled' in err, (rc, out, err)
 
 
+@case('submit --data uploads the files; upload, files, file-rm, job-rm')
+def _():
+    ids = {}
+    for path in (train, valid):
+        with open(path, 'rb') as f:
+            ids[path] = 'file-' + hashlib.sha256(f.read()).hexdigest()
+    rec = qjson('job', '1')
+    assert rec['data']['file_id'] == ids[train] and rec['eval_data']['file_id'] == ids[valid], rec
+    assert qjson('upload', train)['file_id'] == ids[train]
+    assert re.fullmatch(r'%s \d+ bytes train.txt\n' % ids[train], qlora('upload', train))
+    table = qlora('files')
+    assert ids[train] in table and ids[valid] in table and 'train.txt' in table, table
+    assert qlora('file-rm', ids[valid]) == 'deleted 1 file(s)\n'
+    assert ids[valid] not in qlora('files')
+    assert qlora('job-rm', '1') == 'deleted\n'
+    assert 'not_found' in qlora('job', '1', status=1)
+    assert 'not_found' in qlora('job-rm', '99999', status=1)
+
+
 @case('exit 1 on server errors, with the code and message on stderr')
 def _():
     assert 'not_found' in qlora('job', '99999', status=1)
@@ -315,7 +335,7 @@ def _():
     rc, out, err = tap.run(QLORA, '--help')
     assert rc == 0
     names = [l.split()[0] for l in out.splitlines() if l.startswith('  ')]
-    assert len(names) == 16, names
+    assert len(names) == 20, names
     for name in names:
         for argv in ([name, '--help'], ['help', name]):
             rc, out, err = tap.run(QLORA, *argv)

@@ -337,8 +337,9 @@ def _():
                  'invalid_argument', 'seq_len')
     expect_error(c.call('job.submit', adapter='x', data={'text': TRAIN}, hyper={'targets': ['q', 'lm_head']}),
                  'invalid_argument', 'lm_head')
+    # without --data-dir a path is refused whatever it names (tests/test_files.py for the rest)
     expect_error(c.call('job.submit', adapter='x', data={'path': '/nonexistent/file'}),
-                 'invalid_argument', '/nonexistent/file')
+                 'invalid_argument', 'data.path', '--data-dir')
     expect_error(c.call('job.submit', adapter='x', data={'text': TRAIN}, method='dpo'), 'invalid_argument', 'method')
     expect_error(c.call('job.submit', adapter='x'), 'bad_request', 'data')
     expect_error(c.call('job.list', state='sleeping'), 'invalid_argument', 'state')

@@ -817,6 +817,77 @@ static void test_peft_import(void)
     remove_dir(dir);
 }
 
+/* ---- files ---- */
+
+static void test_files(void)
+{
+    char dir[128], err[512], id[STORE_FILE_ID_LEN + 1];
+    tmp_dir(dir, sizeof dir, "files");
+    store *s = open_or_bail(dir, 0);
+    /* SHA-256("abc"), FIPS 180-2 appendix B.1 */
+    store_file_id("abc", 3, id);
+    CHECK(!strcmp(id, "file-ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"), "%s", id);
+    CHECK(store_file_id_valid(id) && !store_file_id_valid("file-BA78") && !store_file_id_valid("../x") &&
+              !store_file_id_valid("file-ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015aZ"),
+          "id syntax");
+    size_t big_len = (size_t)3 << 20; /* overflow pages, and the map grows for it */
+    char *big = malloc(big_len);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = (char)(value_of(9, i) * 1000);
+    store_file_info a, b, got;
+    int existed, nf, deleted;
+    CHECK(store_file_put(s, big, big_len, "train.txt", "fine-tune", &a, &existed, err, sizeof err) == 0 && !existed,
+          "%s", err);
+    CHECK(store_file_put(s, big, big_len, "again.txt", "other", &b, &existed, err, sizeof err) == 0 && existed,
+          "a second put of the same bytes stored them again");
+    CHECK(!strcmp(a.id, b.id) && !strcmp(b.filename, "train.txt") && b.created_at == a.created_at,
+          "the first put's record stays");
+    CHECK(store_file_put(s, "abc", 3, "", "tokens", &b, &existed, err, sizeof err) == 0 && !strcmp(b.id, id), "%s", err);
+    store_close(s);
+    s = open_or_bail(dir, 0);
+    void *data;
+    size_t len;
+    CHECK(store_file_get(s, a.id, &got, &data, &len, &nf, err, sizeof err) == 0, "%s", err);
+    CHECK(len == big_len && !memcmp(data, big, len) && got.bytes == big_len && !strcmp(got.purpose, "fine-tune") &&
+              !strcmp(got.filename, "train.txt"), "bytes or record differ");
+    free(data);
+    store_file_info *list;
+    size_t n;
+    CHECK(store_file_list(s, &list, &n, err, sizeof err) == 0 && n == 2, "list: %zu", n);
+    CHECK(n == 2 && strcmp(list[0].id, list[1].id) < 0, "list in id order");
+    free(list);
+    CHECK(store_file_delete(s, id, &deleted, err, sizeof err) == 0 && deleted == 1, "%s", err);
+    CHECK(store_file_delete(s, id, &deleted, err, sizeof err) == 0 && deleted == 0, "deleted twice");
+    CHECK(store_file_get(s, id, &got, NULL, NULL, &nf, err, sizeof err) < 0 && nf, "get after delete");
+    CHECK(store_file_get(s, "../etc", &got, NULL, NULL, &nf, err, sizeof err) < 0 && !nf, "bad id accepted");
+    store_close(s);
+    free(big);
+    remove_dir(dir);
+    test_case("files: content-addressed by SHA-256, stored once, 3 MiB round trip, list in id order, delete");
+}
+
+static void test_job_delete(void)
+{
+    char dir[128], err[512];
+    tmp_dir(dir, sizeof dir, "jobdel");
+    store *s = open_or_bail(dir, 0);
+    int nf;
+    void *p;
+    size_t len;
+    CHECK(store_job_put(s, 5, "rec", 3, err, sizeof err) == 0, "%s", err);
+    CHECK(store_checkpoint_put(s, 5, "state", 5, NULL, 0, err, sizeof err) == 0, "%s", err);
+    CHECK(store_job_put(s, 6, "other", 5, err, sizeof err) == 0, "%s", err);
+    CHECK(store_job_delete(s, 5, &nf, err, sizeof err) == 0, "%s", err);
+    CHECK(store_job_get(s, 5, &p, &len, &nf, err, sizeof err) < 0 && nf, "record left");
+    CHECK(store_checkpoint_get(s, 5, &p, &len, &nf, err, sizeof err) < 0 && nf, "checkpoint left");
+    CHECK(store_job_get(s, 6, &p, &len, &nf, err, sizeof err) == 0 && len == 5, "another job went too");
+    free(p);
+    CHECK(store_job_delete(s, 5, &nf, err, sizeof err) < 0 && nf, "deleted twice");
+    store_close(s);
+    remove_dir(dir);
+    test_case("job delete: the record and its checkpoint in one transaction, other jobs untouched");
+}
+
 int main(void)
 {
     test_names();
@@ -830,5 +901,7 @@ int main(void)
     test_private();
     test_lock();
     test_peft_import();
+    test_files();
+    test_job_delete();
     return tap_done();
 }

@@ -84,6 +84,8 @@ char *cli_read_file(cli *x, const char *path, size_t *len);
 
 /* A job id argument; EXIT_USAGE (message printed) if s is not one. */
 int cli_job_id(cli *x, const char *s, unsigned long long *id);
+/* Uploads a local file (file.upload); its id into file_id. Returns the exit status. */
+int cli_upload(cli *x, const char *path, char *file_id, size_t cap);
 /* Packs {job_id: id} into empty args. */
 void cli_args_job(qlora_args *a, unsigned long long id);
 
@@ -123,6 +125,10 @@ int cmd_jobs(cli *x, int argc, char **argv);
 int cmd_job(cli *x, int argc, char **argv);
 int cmd_watch(cli *x, int argc, char **argv);
 int cmd_cancel(cli *x, int argc, char **argv);
+int cmd_job_rm(cli *x, int argc, char **argv);
+int cmd_upload(cli *x, int argc, char **argv);
+int cmd_files(cli *x, int argc, char **argv);
+int cmd_file_rm(cli *x, int argc, char **argv);
 int cmd_plot(cli *x, int argc, char **argv);
 int cmd_adapters(cli *x, int argc, char **argv);
 int cmd_adapter(cli *x, int argc, char **argv);

@@ -47,19 +47,18 @@ void cli_args_job(qlora_args *a, unsigned long long id)
     msgpack_pack_uint64(&a->pk, id);
 }
 
-/* {text: the file's contents}; EXIT_USAGE if it cannot be read. */
+/* {file_id} of the local file, uploaded first (file.upload), so that the daemon need not
+ * be able to read it and the job holds only the id. */
 static int pack_data(cli *x, msgpack_packer *pk, const char *key, const char *path)
 {
-    size_t len;
-    char *text = cli_read_file(x, path, &len);
-    if (!text)
-        return EXIT_USAGE;
+    char id[128] = "";
+    int rc = cli_upload(x, path, id, sizeof id);
+    if (rc != EXIT_OK)
+        return rc;
     qlora_pack_str(pk, key);
     msgpack_pack_map(pk, 1);
-    qlora_pack_str(pk, "text");
-    msgpack_pack_str(pk, len);
-    msgpack_pack_str_body(pk, text, len);
-    free(text);
+    qlora_pack_str(pk, "file_id");
+    qlora_pack_str(pk, id);
     return EXIT_OK;
 }
 
@@ -226,4 +225,15 @@ static void print_cancelled(cli *x, const msgpack_object *r)
 int cmd_cancel(cli *x, int argc, char **argv)
 {
     return job_command(x, argc, argv, "job.cancel", print_cancelled);
+}
+
+static void print_job_deleted(cli *x, const msgpack_object *r)
+{
+    (void)x, (void)r;
+    printf("deleted\n");
+}
+
+int cmd_job_rm(cli *x, int argc, char **argv)
+{
+    return job_command(x, argc, argv, "job.delete", print_job_deleted);
 }

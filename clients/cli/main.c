@@ -21,7 +21,8 @@ static const cli_cmd commands[] = {
      "[--grad-accum N] [--weight-decay WD] [--max-grad-norm N] [--seed S] [--eval-every N] "
      "[--checkpoint-every N] [--rslora] [--recompute] [--watch]",
      "Queues a training job that produces a new version of adapter NAME. The files are read "
-     "here and sent as text. With --watch, follows the job like `watch` until it ends."},
+     "here and uploaded (as `upload` does); the job names them by file id. With --watch, follows "
+     "the job like `watch` until it ends."},
     {"jobs", cmd_jobs, "[--state queued|running|succeeded|failed|cancelled]",
      "A table of the jobs, optionally only those in one state."},
     {"job", cmd_job, "ID", "One job's full record."},
@@ -31,6 +32,13 @@ static const cli_cmd commands[] = {
     {"cancel", cmd_cancel, "ID",
      "Cancels a job: a queued one at once, a running one at its next step (its last "
      "checkpoint is kept)."},
+    {"job-rm", cmd_job_rm, "ID",
+     "Deletes a finished job's record and checkpoint. Its data files stay (see file-rm)."},
+    {"upload", cmd_upload, "FILE",
+     "Stores a local file in the daemon and prints its file id. The same bytes always get the same id."},
+    {"files", cmd_files, "", "A table of the stored data files."},
+    {"file-rm", cmd_file_rm, "FILE_ID",
+     "Deletes a stored file. Refused while a queued or running job uses it."},
     {"plot", cmd_plot, "ID -o FILE.svg",
      "Draws the job's training and eval loss against step as an SVG line chart. An unfinished "
      "job is watched to its end first; a finished one needs its history from an earlier "

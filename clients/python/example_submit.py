@@ -22,12 +22,11 @@ def main():
     ap.add_argument('--batch', type=int, default=4)
     ap.add_argument('--seq-len', type=int, default=128)
     a = ap.parse_args()
-    with open(a.data, encoding='utf-8') as f:
-        text = f.read()
     try:
         with Client(socket=a.socket) as c:
             # warm up over the first tenth of the steps (the daemon's default is 10 steps)
-            job = c.submit(a.adapter, {'text': text}, method=a.method, steps=a.steps,
+            # a local path is uploaded (file.upload) and the job names it by its file id
+            job = c.submit(a.adapter, a.data, method=a.method, steps=a.steps,
                            batch_size=a.batch, seq_len=a.seq_len, warmup=max(1, a.steps // 10))
             print('job %d %s' % (job['job_id'], job['state']))
             watch = c.watch(job['job_id'])

@@ -3,7 +3,7 @@
     from qlora_client import Client, QloraError
     with Client(socket='/tmp/qlorad.sock') as c:          # or Client(host='h:7070', token='...')
         print(c.status()['quant'])
-        job = c.submit('shakespeare', {'text': open('train.txt').read()}, steps=100)
+        job = c.submit('shakespeare', 'train.txt', steps=100)        # uploads the file
         w = c.watch(job['job_id'])
         for event in w:                                   # streaming ops are iterators
             print(event)
@@ -19,6 +19,8 @@ and frames for other ids are kept for their own waits. A Client is not thread-sa
 """
 
 import collections
+import os
+import re
 import socket as socketlib
 import struct
 
@@ -205,10 +207,44 @@ class Client:
         return self.call('generate', **args)
 
     def submit(self, adapter, data, eval_data=None, method=None, **hyper):
-        """Queues a job; data and eval_data are {'text': ...}, {'path': ...} or
-        {'tokens': [[...]]}; hyper holds rank, alpha, lr, steps, batch_size, seq_len, ..."""
-        return self.call('job.submit', adapter=adapter, data=data, eval_data=eval_data, method=method,
-                         hyper=hyper or None)
+        """Queues a job; data and eval_data are a local file's path (uploaded first), a file
+        id ('file-...'), or a spec: {'file_id': ...}, {'text': ...}, {'tokens': [[...]]} or,
+        when qlorad runs with --data-dir, {'path': ...} inside it; hyper holds rank, alpha,
+        lr, steps, batch_size, seq_len, ..."""
+        return self.call('job.submit', adapter=adapter, data=self._data_spec(data),
+                         eval_data=self._data_spec(eval_data), method=method, hyper=hyper or None)
+
+    def _data_spec(self, data):
+        if isinstance(data, str) and re.fullmatch('file-[0-9a-f]{64}', data):
+            return {'file_id': data}
+        if isinstance(data, (str, os.PathLike)):
+            return {'file_id': self.upload_file(data)['file_id']}
+        return data
+
+    def upload_file(self, path_or_bytes, filename=None, purpose=None):
+        """Stores a file (a local path, or bytes) in qlorad: {file_id, bytes, filename,
+        created_at, purpose}. The same bytes always get the same id."""
+        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+            data = bytes(path_or_bytes)
+        else:
+            with open(path_or_bytes, 'rb') as f:
+                data = f.read()
+            filename = filename or os.path.basename(os.fspath(path_or_bytes))
+        return self.call('file.upload', data=data, filename=filename, purpose=purpose)
+
+    def list_files(self):
+        return self.call('file.list')['files']
+
+    def file(self, file_id):
+        return self.call('file.get', file_id=file_id)
+
+    def delete_file(self, file_id):
+        """Refused (QloraError 'conflict') while a queued or running job uses the file."""
+        return self.call('file.delete', file_id=file_id)['deleted']
+
+    def delete_job(self, job_id):
+        """Deletes a finished job's record and checkpoint; its files stay."""
+        return self.call('job.delete', job_id=job_id)['deleted']
 
     def job(self, job_id):
         return self.call('job.get', job_id=job_id)

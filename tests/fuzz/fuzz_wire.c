@@ -63,6 +63,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     d.max_watches = 8;
     d.auth_timeout_ms = 10000;
     d.idle_timeout_ms = 0;
+    d.data_dir_fd = -1; /* no --data-dir: {path} is refused */
     d.token = strdup("fuzz-token-0123456789");
     d.started = now_s();
     qt_set_threads(1);

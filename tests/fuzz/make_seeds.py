@@ -57,6 +57,11 @@ seeds = {
               + f('eval', 2, tokens=[[1, 2, 3]], adapter='imp'),
     'bad_shapes': f('no.such.op') + f('eval', tokens='x') + f('job.get', job_id=2**63) + f('ping', 9, x=1),
     'bad_frame': struct.pack('>I', 3) + b'\x92\x01',
+    'files': f('file.upload', data=b'Once upon a time there was a cat. ' * 8, filename='a.txt')
+             + f('file.list', 2) + f('file.get', 3, file_id='file-' + '0' * 64)
+             + f('job.submit', 4, adapter='f', data={'file_id': 'file-' + '0' * 64}, hyper=hyper)
+             + f('job.submit', 5, adapter='p', data={'path': '../etc/passwd'})
+             + f('file.delete', 6, file_id='file-' + '0' * 64) + f('job.delete', 7, job_id=1),
 }
 tcp = {
     'tcp_auth': f('auth', token='fuzz-token-0123456789') + f('ping', 2),
