@@ -331,19 +331,8 @@ static void conn_take_frames(conn *c)
         else
             uv_read_start(&c->h.stream, on_alloc, on_read);
     }
-    /* a big frame needs its whole length buffered: grow now rather than in small steps */
-    if (c->in_len >= 4) {
-        size_t need = 4 + frame_length(c->in) + 65536;
-        if (need > c->in_cap) {
-            char *q = realloc(c->in, need);
-            if (!q) {
-                send_error(d, c->id, 0, "busy", "out of memory for a frame of %zu bytes", need);
-                conn_close(c);
-                return;
-            }
-            c->in = q, c->in_cap = need;
-        }
-    }
+    /* The buffer grows by doubling as bytes arrive (on_alloc), never to the length a frame
+     * declares: four bytes claiming 64 MiB must not cost 64 MiB. */
 }
 
 void conn_life_put(conn_life *l)

@@ -23,7 +23,8 @@ def case(name):
             fn()
             _results.append((True, name, ''))
         except AssertionError as e:
-            _results.append((False, name, str(e)))
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            _results.append((False, name, '%s (at %s:%d)' % (e, os.path.basename(where.filename), where.lineno)))
         except Exception as e:  # noqa: BLE001 (a crash fails the case, not the run)
             frames = traceback.extract_tb(e.__traceback__)
             where = ', '.join('%s:%d' % (os.path.basename(f.filename), f.lineno) for f in frames[1:])

@@ -194,7 +194,7 @@ def _():
         for t in threads:
             t.join(60)
         assert not any(t.is_alive() for t in threads), 'a client hangs'
-        assert d.proc.poll() is None
+        assert d.proc.poll() is None, 'qlorad died:\n' + d.log_text()[-3000:]
         assert not st.failures, '%d failures, e.g. %s' % (len(st.failures), st.failures[:5])
         assert done['state'] == 'succeeded', done
         assert peak[0] < RSS_BOUND, 'peak RSS %d' % peak[0]
