@@ -444,7 +444,7 @@ int files_load_tokens(qd *d, const job_data *data, const char *field, int **ids,
     } else {
         rc = tok_encode(d->tok, bytes, len, 1, 0, ids, n);
         if (rc < 0)
-            snprintf(err, errlen, "out of memory tokenizing %s (%s)", field, data->file_id);
+            snprintf(err, errlen, "%s.file_id: %s: %s", field, data->file_id, tok_strerror(rc));
     }
     free(bytes);
     return rc;

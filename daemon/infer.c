@@ -107,14 +107,22 @@ static int *read_token_list(req *r, const msgpack_object *a, const char *what, s
     return ids;
 }
 
+/* Encodes the text of argument field (BOS first) or answers why not: busy if out of
+ * memory, invalid_argument for a text the tokenizer refuses. Returns 0 or -1 (answered). */
+static int encode_arg(req *r, const char *field, const char *text, size_t n, int **ids, size_t *n_ids)
+{
+    int rc = tok_encode(r->d->tok, text, n, 1, 0, ids, n_ids);
+    if (rc < 0)
+        reply_error(r, rc == TOK_NOMEM ? "busy" : "invalid_argument", "%s: %s", field, tok_strerror(rc));
+    return rc < 0 ? -1 : 0;
+}
+
 void op_tokenize(req *r)
 {
     int *ids;
     size_t n;
-    if (tok_encode(r->d->tok, r->arg[0]->via.str.ptr, r->arg[0]->via.str.size, 1, 0, &ids, &n) < 0) {
-        reply_error(r, "busy", "out of memory tokenizing");
+    if (encode_arg(r, "text", r->arg[0]->via.str.ptr, r->arg[0]->via.str.size, &ids, &n) < 0)
         return;
-    }
     mp_out o;
     reply_begin(r, &o);
     msgpack_pack_map(&o.pk, 1);
@@ -139,10 +147,8 @@ void op_eval(req *r)
     size_t *lens = NULL;
     int *ids = NULL, **lists = NULL, ok = 1;
     if (text) {
-        if (tok_encode(r->d->tok, text->via.str.ptr, text->via.str.size, 1, 0, &ids, &n_ids) < 0) {
-            reply_error(r, "busy", "out of memory tokenizing");
+        if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n_ids) < 0)
             return;
-        }
         if (n_ids < 2)
             ok = 0, reply_error(r, "invalid_argument", "text: fewer than 2 tokens");
     } else {
@@ -276,10 +282,8 @@ void op_generate(req *r)
                         "which leave no room in the context of %d", bytes, bytes / per + 1, per, S);
             return;
         }
-        if (tok_encode(d->tok, text, prompt ? prompt->via.str.size : 0, 1, 0, &ids, &n) < 0) {
-            reply_error(r, "busy", "out of memory tokenizing");
+        if (encode_arg(r, "prompt", text, bytes, &ids, &n) < 0)
             return;
-        }
         if (n >= (size_t)S) {
             reply_error(r, "invalid_argument", "prompt: %zu tokens leave no room in the context of %d", n, S);
             free(ids);

@@ -467,9 +467,10 @@ static int never_joined(const tok_tokenizer *t, int32_t a, int32_t b)
  * tokenizer.json, "▁" is a space, as its normalizer makes every space. The dummy prefix
  * first if prefix. Stops before a group, once CHUNK_BYTES are taken, where no merge can
  * cross (never_joined); *used says how many bytes were taken. The symbols go into *s
- * (grown as needed, *cap of them); returns their number, or 0 if out of memory. */
-static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n, int prefix, symbol **s,
-                              size_t *cap, size_t *used)
+ * (grown as needed, *cap of them), their number into *m. Returns TOK_OK, TOK_NOMEM, or
+ * TOK_LONG_RUN once TOK_MAX_RUN bytes are taken without such a point. */
+static int initial_symbols(const tok_tokenizer *t, const char *text, size_t n, int prefix, symbol **s,
+                           size_t *cap, size_t *m_out, size_t *used)
 {
     size_t m = 0;
     for (size_t i = 0;;) {
@@ -477,7 +478,7 @@ static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n
             size_t c = *cap ? 2 * *cap : 2 * CHUNK_BYTES;
             symbol *g = realloc(*s, c * sizeof *g);
             if (!g)
-                return 0;
+                return TOK_NOMEM;
             *s = g, *cap = c;
         }
         if (prefix && m == 0) {
@@ -487,9 +488,11 @@ static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n
             continue;
         }
         if (i == n) {
-            *used = n;
-            return m;
+            *used = n, *m_out = m;
+            return TOK_OK;
         }
+        if (i >= TOK_MAX_RUN)
+            return TOK_LONG_RUN;
         size_t j = i + 1;
         while (j < n && j - i < 4 && is_continuation(text[j]))
             j++;
@@ -498,8 +501,8 @@ static size_t initial_symbols(const tok_tokenizer *t, const char *text, size_t n
                         : lookup_str(t, text + i, j - i);
         int first = found >= 0 ? found : t->byte_id[(unsigned char)text[i]];
         if (i >= CHUNK_BYTES && m > 0 && never_joined(t, (*s)[m - 1].id, first)) {
-            *used = i;
-            return m;
+            *used = i, *m_out = m;
+            return TOK_OK;
         }
         if (found >= 0)
             (*s)[m++].id = found;
@@ -558,20 +561,22 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int 
     *n_ids = 0;
     /* Symbol indices are 32-bit (the heap holds several entries per byte of text). */
     if (n >= (size_t)UINT32_MAX - 8)
-        return -1;
+        return TOK_NOMEM;
     /* the ids grow with the output (about a quarter of the bytes in natural text) */
     size_t cap = 64, k = 0, m_cap = 0;
     int *out = malloc(cap * sizeof *out);
     symbol *s = NULL;
     heap h = {0};
-    int status = -1;
+    int status = TOK_NOMEM;
     if (!out)
         goto done;
     if (bos)
         out[k++] = TOK_BOS;
-    for (size_t start = 0, used; start < n; start += used) {
-        size_t m = initial_symbols(t, text + start, n - start, start == 0, &s, &m_cap, &used);
-        if (m == 0 || merge_symbols(t, s, m, &h, &out, &k, &cap) < 0)
+    for (size_t start = 0, used, m; start < n; start += used) {
+        status = initial_symbols(t, text + start, n - start, start == 0, &s, &m_cap, &m, &used);
+        if (status == TOK_OK && merge_symbols(t, s, m, &h, &out, &k, &cap) < 0)
+            status = TOK_NOMEM;
+        if (status != TOK_OK)
             goto done;
     }
     if (eos)
@@ -579,12 +584,25 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int 
     *ids = out;
     *n_ids = k;
     out = NULL;
-    status = 0;
+    status = TOK_OK;
 done:
     free(out);
     free(s);
     free(h.k);
     return status;
+}
+
+const char *tok_strerror(int status)
+{
+    switch (status) {
+    case TOK_OK:
+        return "no error";
+    case TOK_LONG_RUN:
+        return "it has a stretch of more than 1048576 bytes (TOK_MAX_RUN) where the tokenizer can cut "
+               "nowhere (one letter repeated?), refused rather than encoded in 30 bytes of memory per byte";
+    default:
+        return "out of memory tokenizing it";
+    }
 }
 
 /* ---- decode ---- */

@@ -50,12 +50,18 @@ int tok_vocab_size(const tok_tokenizer *t);
  * its normalizer's spaces: a " " or "▁" of the text is the "▁" piece); then EOS if eos.
  * Unlike run.c, a NUL byte does not end the text: it is one more byte. The text is encoded
  * in chunks of a few KiB cut where no merge can cross, with the same ids as whole: memory
- * goes with the ids, and up to about 30 bytes per byte for a text with no such cut (one
- * letter repeated whose pair is a piece). *ids is malloc'd
- * (the caller frees it), *n_ids its length. Returns 0, or -1 if out of memory (or
- * n >= 4 GiB). */
+ * goes with the ids and the chunk (about 30 bytes per byte of it). A stretch of more than
+ * TOK_MAX_RUN bytes without such a cut (one letter repeated whose pair is a piece; never
+ * natural text, which has one at every space or newline) is refused rather than encoded in
+ * 30 MiB per MiB. *ids is malloc'd (the caller frees it), *n_ids its length. Returns
+ * TOK_OK, TOK_LONG_RUN, or TOK_NOMEM if out of memory (or n >= 4 GiB). */
+enum { TOK_OK = 0, TOK_NOMEM = -1, TOK_LONG_RUN = -2 };
+#define TOK_MAX_RUN ((size_t)1 << 20)
 int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
                size_t *n_ids);
+
+/* What a status of tok_encode means, as a phrase for an error message. */
+const char *tok_strerror(int status);
 
 /* The most bytes of text that one id of tok_encode can stand for (the longest piece, with
  * each of its spaces counted as the 3 bytes of a "\xe2\x96\x81" where the text may spell

@@ -280,6 +280,17 @@ def _():
         clean_stop(d)
 
 
+@case('a text the tokenizer cannot cut is refused past TOK_MAX_RUN, naming the field')
+def _():
+    with Daemon(QLORAD, SHARED) as d:
+        c = Conn(d.socket)
+        # "ll" is a piece: 2 MiB of l is one stretch without a cut, 60 MiB of symbols if encoded
+        expect_error(c.call('tokenize', text='l' * (2 << 20)), 'invalid_argument', 'text: ', 'TOK_MAX_RUN')
+        expect_error(c.call('eval', text='l' * (2 << 20)), 'invalid_argument', 'text: ', 'TOK_MAX_RUN')
+        assert len(c.ok('tokenize', text=('l' * 1000 + ' ') * 2100)['tokens']) > 2100
+        clean_stop(d)
+
+
 @case('SIGHUP stops cleanly with status 0; a second SIGTERM exits at once')
 def _():
     with Daemon(QLORAD, SHARED) as d:

@@ -496,6 +496,47 @@ static void test_against_runc(void)
     tok_free(t);
 }
 
+/* ---- 2b: the bound on a stretch that cannot be cut ---- */
+
+/* "ll" is a piece of stories260K, so a run of l has no point where the encoder may cut:
+ * up to TOK_MAX_RUN bytes it is encoded (and decodes back), one byte more is refused with
+ * TOK_LONG_RUN as soon as it passes the bound; a longer text with a space at least every
+ * TOK_MAX_RUN bytes is cut there and encoded. */
+static void test_long_run(void)
+{
+    tok_tokenizer *t = load_or_bail();
+    size_t n = 3 * TOK_MAX_RUN;
+    char *text = malloc(n + 1);
+    CHECK(text != NULL, "out of memory");
+    if (text) {
+        memset(text, 'l', n);
+        int *ids = NULL;
+        size_t n_ids = 0;
+        int rc = tok_encode(t, text, TOK_MAX_RUN, 1, 0, &ids, &n_ids);
+        char *back = rc == TOK_OK ? tok_decode_all(t, TOK_BOS, ids + 1, n_ids - 1) : NULL;
+        CHECK(back && strlen(back) == TOK_MAX_RUN && strspn(back, "l") == TOK_MAX_RUN,
+              "a run of %zu l: status %d, %zu ids that do not decode back", TOK_MAX_RUN, rc, n_ids);
+        free(back);
+        free(ids);
+        ids = NULL;
+        rc = tok_encode(t, text, TOK_MAX_RUN + 1, 1, 0, &ids, &n_ids);
+        CHECK(rc == TOK_LONG_RUN && ids == NULL, "a run of %zu l: status %d, want TOK_LONG_RUN",
+              TOK_MAX_RUN + 1, rc);
+        CHECK(strstr(tok_strerror(rc), "TOK_MAX_RUN") != NULL, "message: %s", tok_strerror(rc));
+        for (size_t i = TOK_MAX_RUN - 7; i < n; i += TOK_MAX_RUN - 7)
+            text[i] = ' ';
+        rc = tok_encode(t, text, n, 1, 0, &ids, &n_ids);
+        back = rc == TOK_OK ? tok_decode_all(t, TOK_BOS, ids + 1, n_ids - 1) : NULL;
+        CHECK(back && strlen(back) == n && memcmp(back, text, n) == 0,
+              "%zu bytes of l with a space every %zu: status %d", n, TOK_MAX_RUN - 7, rc);
+        free(back);
+        free(ids);
+        free(text);
+    }
+    test_case("a stretch without a cut is encoded up to TOK_MAX_RUN bytes, refused past it");
+    tok_free(t);
+}
+
 /* ---- 3: decode ---- */
 
 static void round_trip(const tok_tokenizer *t, const char *text, size_t n, tally *c)
@@ -690,6 +731,7 @@ int main(int argc, char **argv)
              shared);
     test_known();
     test_against_runc();
+    test_long_run();
     test_decode();
     test_speed();
     test_bad_files();
