@@ -195,7 +195,9 @@ def _():
             t.join(60)
         assert not any(t.is_alive() for t in threads), 'a client hangs'
         assert d.proc.poll() is None, 'qlorad died:\n' + d.log_text()[-3000:]
-        assert not st.failures, '%d failures, e.g. %s' % (len(st.failures), st.failures[:5])
+        assert not st.failures, '%d failures, e.g. %s; the daemon said:\n%s' % (
+            len(st.failures), st.failures[:5], '\n'.join(
+                line for line in d.log_text().splitlines() if 'closing' in line or ' warn' in line or ' error' in line)[-4000:])
         assert done['state'] == 'succeeded', done
         assert peak[0] < RSS_BOUND, 'peak RSS %d' % peak[0]
         # the same job on the quiet daemon
