@@ -11,11 +11,6 @@
 #include "safetensors.h"
 #include "train.h"
 
-static const char *const module_path[LIN_COUNT] = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-};
-
 /* One PEFT tensor of an adapter: lora_A or lora_B of (layer, k). */
 typedef struct {
     int layer;
@@ -42,7 +37,7 @@ static int each_tensor(const llama_lora *ad, const llama_config *c, peft_tensor_
                 peft_tensor t = {l, (llama_linear)k, b, b ? (size_t)o : (size_t)ad->rank,
                                  b ? (size_t)ad->rank : (size_t)in, {0}};
                 snprintf(t.name, sizeof t.name, "base_model.model.model.layers.%d.%s.lora_%c.weight", l,
-                         module_path[k], b ? 'B' : 'A');
+                         llama_linear_module(k), b ? 'B' : 'A');
                 int rc = fn(ctx, &t);
                 if (rc)
                     return rc;

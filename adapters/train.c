@@ -12,8 +12,38 @@
 #include "loftq.h"
 #include "parallel.h"
 
-static const char *const peft_names[LIN_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"};
+#define TRAIN_NAME(e, name) name,
+static const char *const method_names[] = {TRAIN_METHODS(TRAIN_NAME)};
+static const char *const schedule_names[] = {TRAIN_SCHEDULES(TRAIN_NAME)};
+static const char *const init_names[] = {TRAIN_INITS(TRAIN_NAME)};
+#undef TRAIN_NAME
+#define VOCAB(field, names) {field, names, (int)(sizeof names / sizeof names[0])}
+const train_vocab train_methods = VOCAB("method", method_names);
+const train_vocab train_schedules = VOCAB("schedule", schedule_names);
+const train_vocab train_inits = VOCAB("init", init_names);
+#undef VOCAB
+
+int train_vocab_parse(const train_vocab *v, const char *s, size_t n)
+{
+    for (int i = 0; i < v->count; i++)
+        if (strlen(v->names[i]) == n && !memcmp(s, v->names[i], n))
+            return i;
+    return -1;
+}
+
+const char *train_vocab_name(const train_vocab *v, int value)
+{
+    return value >= 0 && value < v->count ? v->names[value] : "?";
+}
+
+void train_vocab_choices(const train_vocab *v, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = 0;
+    for (int i = 0; i < v->count; i++)
+        used += (size_t)snprintf(out + used, used < len ? len - used : 0, "%s\"%s\"",
+                                 i == 0 ? "" : i + 1 == v->count ? " or " : ", ", v->names[i]);
+}
 
 #define FIELD(name, flag, kind, member) {name, flag, kind, offsetof(train_hyper, member)}
 const train_hyper_field train_hyper_fields[] = {
@@ -92,9 +122,14 @@ int train_hyper_check(const train_hyper *h, const llama_config *c, char *err, si
     return -1;
 }
 
+/* Whether the n bytes at p spell s. */
+static int spells(const char *p, size_t n, const char *s)
+{
+    return strlen(s) == n && !strncmp(p, s, n);
+}
+
 int train_parse_targets(const char *list, unsigned *targets, char *err, size_t errlen)
 {
-    static const char *const short_names[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
     if (!strcmp(list, "all-linear")) {
         *targets = (1u << LIN_COUNT) - 1;
         return 0;
@@ -105,8 +140,7 @@ int train_parse_targets(const char *list, unsigned *targets, char *err, size_t e
         size_t n = strcspn(p, ",");
         int found = -1;
         for (int k = 0; k < LIN_COUNT; k++)
-            if ((strlen(short_names[k]) == n && !strncmp(p, short_names[k], n)) ||
-                (strlen(peft_names[k]) == n && !strncmp(p, peft_names[k], n)))
+            if (spells(p, n, llama_linear_name((llama_linear)k)) || spells(p, n, llama_linear_peft_name((llama_linear)k)))
                 found = k;
         if (found < 0) {
             snprintf(err, errlen, "targets: unknown target '%.*s' (q, k, v, o, gate, up, down or "
@@ -131,7 +165,7 @@ void train_format_targets(unsigned targets, char *out, size_t len)
     for (int k = 0; k < LIN_COUNT; k++)
         if (targets >> k & 1)
             used += (size_t)snprintf(out + used, used < len ? len - used : 0, "%s%s",
-                                     used ? "," : "", peft_names[k]);
+                                     used ? "," : "", llama_linear_peft_name((llama_linear)k));
 }
 
 /* ---- setup ---- */
@@ -350,7 +384,7 @@ static int micro_loss(trainer *t, const int *targets, double norm, double *total
     loss_ctx c = {t, targets, norm, malloc(M * sizeof(double)), 0};
     if (!c.row_loss)
         return -1;
-    qt_parallel_for(M, 30 * (size_t)t->model->cfg.vocab_size, loss_rows, &c);
+    rt_parallel_for(M, 30 * (size_t)t->model->cfg.vocab_size, loss_rows, &c);
     for (size_t r = 0; r < M && !c.out_of_memory; r++)
         *total += c.row_loss[r];
     free(c.row_loss);
@@ -392,7 +426,6 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     int *inputs = t->batch, *targets = t->batch + (size_t)B * (T + 1);
     double total = 0;
     memset(t->grads, 0, t->adapter.n_params * sizeof(float));
-    t->adapter.training = 1;
     for (int a = 0; a < h->grad_accum; a++) {
         for (int b = 0; b < B; b++) {
             size_t start = (size_t)(next_u64(&t->rng) % (t->n_tokens - (size_t)T));
@@ -400,24 +433,22 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
             memcpy(targets + (size_t)b * T, t->tokens + start + 1, (size_t)T * sizeof(int));
         }
         t->adapter.dropout_seed = h->seed ^ ((uint64_t)t->step << 20 ^ (uint64_t)a);
-        if (llama_forward(m, &t->adapter, &t->acts, &t->cache, inputs, B, T, 0) < 0 ||
-            (t->teacher && llama_forward(t->teacher, NULL, &t->teacher_acts, &t->teacher_cache, inputs, B, T, 0) < 0)) {
+        /* the teacher's logits in inference's order, as before modes were explicit */
+        if (llama_forward(m, &t->adapter, &t->acts, &t->cache, inputs, B, T, 0, LLAMA_TRAIN) < 0 ||
+            (t->teacher && llama_forward(t->teacher, NULL, &t->teacher_acts, &t->teacher_cache, inputs, B, T, 0,
+                                         LLAMA_INFER) < 0)) {
             snprintf(err, errlen, "out of memory in the forward pass");
-            t->adapter.training = 0;
             return -1;
         }
         if (micro_loss(t, targets, norm, &total) < 0) {
             snprintf(err, errlen, "out of memory in the loss");
-            t->adapter.training = 0;
             return -1;
         }
         if (llama_backward(m, &t->adapter, &t->acts, &t->cache, B, T, t->dlogits, t->grads) < 0) {
             snprintf(err, errlen, "out of memory in the backward pass");
-            t->adapter.training = 0;
             return -1;
         }
     }
-    t->adapter.training = 0;
     *loss = total / norm;
     double sq = 0;
     for (size_t i = 0; i < t->adapter.n_params; i++)
@@ -434,7 +465,7 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     const float lr = trainer_lr(h, t->step);
     const int step = t->step + 1;
     adamw_ctx c = {t, clip, lr, 1.0f - powf(ADAM_B1, (float)step), 1.0f - powf(ADAM_B2, (float)step)};
-    qt_parallel_for(t->adapter.n_params, 16, adamw_range, &c);
+    rt_parallel_for(t->adapter.n_params, 16, adamw_range, &c);
     t->step = step;
     return 0;
 }

@@ -27,7 +27,7 @@ static struct {
         int end;
     } share[MAX_THREADS];
     atomic_int done_workers;
-    qt_task_fn fn;
+    rt_task_fn fn;
     void *ctx;
 } pool = {.once = PTHREAD_ONCE_INIT,
           .busy = PTHREAD_MUTEX_INITIALIZER,
@@ -101,13 +101,13 @@ static void init_pool(void)
     start_workers(env_threads());
 }
 
-int qt_threads(void)
+int rt_threads(void)
 {
     pthread_once(&pool.once, init_pool);
     return pool.nthreads;
 }
 
-void qt_set_threads(int n)
+void rt_set_threads(int n)
 {
     pthread_once(&pool.once, init_pool);
     pthread_mutex_lock(&pool.busy);
@@ -115,7 +115,7 @@ void qt_set_threads(int n)
     pthread_mutex_unlock(&pool.busy);
 }
 
-void qt_parallel(int ntasks, qt_task_fn fn, void *ctx)
+void rt_parallel(int ntasks, rt_task_fn fn, void *ctx)
 {
     pthread_once(&pool.once, init_pool);
     if (ntasks <= 1 || pool.nthreads == 1 || pthread_mutex_trylock(&pool.busy) != 0) {
@@ -143,7 +143,7 @@ void qt_parallel(int ntasks, qt_task_fn fn, void *ctx)
 }
 
 typedef struct {
-    qt_range_fn fn;
+    rt_range_fn fn;
     void *ctx;
     size_t n, chunk;
 } range_ctx;
@@ -156,12 +156,12 @@ static void range_task(void *p, int t, int thread)
     c->fn(c->ctx, i0, c->n - i0 < c->chunk ? c->n : i0 + c->chunk);
 }
 
-void qt_parallel_for(size_t n, size_t item_work, qt_range_fn fn, void *ctx)
+void rt_parallel_for(size_t n, size_t item_work, rt_range_fn fn, void *ctx)
 {
     /* up to 4 ranges per thread, so that a thread the machine takes away leaves little */
-    size_t most = 4 * (size_t)qt_threads(), tasks = n / ((1u << 14) / (item_work ? item_work : 1) + 1);
+    size_t most = 4 * (size_t)rt_threads(), tasks = n / ((1u << 14) / (item_work ? item_work : 1) + 1);
     tasks = tasks < 1 ? 1 : tasks < most ? tasks : most;
     range_ctx c = {fn, ctx, n, (n + tasks - 1) / tasks};
     if (n)
-        qt_parallel((int)((n + c.chunk - 1) / c.chunk), range_task, &c);
+        rt_parallel((int)((n + c.chunk - 1) / c.chunk), range_task, &c);
 }

@@ -62,10 +62,10 @@ void pool_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, flo
         return;
     sgemm_ctx c = {ta, tb, M, N, K, lda, ldb, ldc, M >= N, 0, alpha, beta, A, B, C};
     int len = c.split_rows ? M : N;
-    long flops = 2L * M * N * K, most = 4L * qt_threads();
+    long flops = 2L * M * N * K, most = 4L * rt_threads();
     long tasks = flops / MIN_FLOPS < most ? flops / MIN_FLOPS : most;
     long slices = (len + SLICE_ALIGN - 1) / SLICE_ALIGN;
     tasks = tasks < 1 ? 1 : tasks < slices ? tasks : slices;
     c.slice = (int)((slices + tasks - 1) / tasks) * SLICE_ALIGN;
-    qt_parallel((len + c.slice - 1) / c.slice, sgemm_task, &c);
+    rt_parallel((len + c.slice - 1) / c.slice, sgemm_task, &c);
 }

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 
 static _Thread_local struct {
-    void *p[QT_WS_SLOTS];
-    size_t cap[QT_WS_SLOTS];
+    void *p[RT_WS_SLOTS];
+    size_t cap[RT_WS_SLOTS];
     int registered; /* this thread's exit frees its buffers */
 } ws;
 
@@ -17,7 +17,7 @@ static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 static void at_thread_exit(void *unused)
 {
     (void)unused;
-    qt_workspace_release();
+    rt_workspace_release();
     ws.registered = 0;
 }
 
@@ -26,7 +26,7 @@ static void make_exit_key(void)
     exit_key_made = pthread_key_create(&exit_key, at_thread_exit) == 0;
 }
 
-void *qt_workspace(qt_ws_slot slot, size_t bytes)
+void *rt_workspace(rt_ws_slot slot, size_t bytes)
 {
     bytes = (bytes + 63) / 64 * 64;
     if (bytes <= ws.cap[slot] && ws.p[slot])
@@ -44,9 +44,9 @@ void *qt_workspace(qt_ws_slot slot, size_t bytes)
     return ws.p[slot];
 }
 
-void qt_workspace_release(void)
+void rt_workspace_release(void)
 {
-    for (int s = 0; s < QT_WS_SLOTS; s++) {
+    for (int s = 0; s < RT_WS_SLOTS; s++) {
         free(ws.p[s]);
         ws.p[s] = NULL;
         ws.cap[s] = 0;

@@ -63,13 +63,13 @@ static int setup(const char *dir, qt_format f, bench *r)
 static void round_once(bench *r)
 {
     double t0 = now();
-    llama_forward(&r->m, NULL, &r->pre, &r->cache, r->tokens, 1, r->T, 0);
+    llama_forward(&r->m, NULL, &r->pre, &r->cache, r->tokens, 1, r->T, 0, LLAMA_INFER);
     double t = now() - t0;
     r->prefill = r->T / t > r->prefill ? r->T / t : r->prefill;
     t0 = now();
     for (int i = 0; i < r->steps; i++) {
         int tok = r->tokens[i % r->T];
-        llama_forward(&r->m, NULL, &r->step, &r->cache, &tok, 1, 1, r->T + i);
+        llama_forward(&r->m, NULL, &r->step, &r->cache, &tok, 1, 1, r->T + i, LLAMA_INFER);
     }
     t = now() - t0;
     r->decode = r->steps / t > r->decode ? r->steps / t : r->decode;
@@ -112,7 +112,7 @@ int main(int argc, char **argv)
             for (int f = 0; f < QT_NFORMATS; f++)
                 if (only < 0 || f == 0 || f == only)
                     round_once(&r[f]);
-        printf("\n### %s (%d threads, kernels %s)\n\n", argv[d], qt_threads(), qt_isa_name(qt_isa_active()));
+        printf("\n### %s (%d threads, kernels %s)\n\n", argv[d], rt_threads(), qt_isa_name(qt_isa_active()));
         printf("| format | bits/param | weights MiB | prefill tok/s | vs f32 | decode tok/s | vs f32 |\n");
         printf("|---|---|---|---|---|---|---|\n");
         for (int f = 0; f < QT_NFORMATS; f++)

@@ -177,7 +177,7 @@ static void bench_set(const matrix_set *set, double budget)
     }
     printf("\nOpenBLAS on fp32, best of the runs paired with the rows: sgemv %.1f GFLOP/s, sgemm "
            "(M=256) %.1f GFLOP/s; %d threads, kernels %s\n", flops_per_row / best_gemv / 1e9,
-           M * flops_per_row / best_gemm / 1e9, qt_threads(), qt_isa_name(qt_isa_active()));
+           M * flops_per_row / best_gemm / 1e9, rt_threads(), qt_isa_name(qt_isa_active()));
     free(x), free(y), free(deq);
 }
 

@@ -151,11 +151,11 @@ static int bench_model(const char *dir, int B, int T, int steps, const char *tor
         llama_free(&m);
         return -1;
     }
-    const int all = qt_threads();
+    const int all = rt_threads();
     double peak[3] = {0}, tps[3] = {0}, flops = step_flops(c, B, T, h.rank, h.targets);
     for (int th = 1; th <= 2; th++) {
         int n_th = th == 1 ? 1 : all;
-        qt_set_threads(n_th);
+        rt_set_threads(n_th);
         openblas_set_num_threads(n_th);
         /* on a shared machine noise only lowers a speed: take the best of before and after */
         peak[th] = sgemm_peak(1.0);

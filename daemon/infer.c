@@ -16,7 +16,7 @@ int parse_adapter_ref(const char *s, char *name, uint32_t *version)
 {
     const char *at = strchr(s, '@');
     size_t n = at ? (size_t)(at - s) : strlen(s);
-    if (n > 64)
+    if (n > STORE_NAME_MAX)
         return -1;
     memcpy(name, s, n);
     name[n] = 0;
@@ -35,7 +35,7 @@ int parse_adapter_ref(const char *s, char *name, uint32_t *version)
  * absent for the active adapter. *out NULL: the base alone. 0, or -1 after replying. */
 static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **out)
 {
-    char name[65], err[512];
+    char name[STORE_NAME_MAX + 1], err[512];
     uint32_t version;
     *out = NULL;
     if (arg && arg->type == MSGPACK_OBJECT_NIL)
@@ -52,7 +52,7 @@ static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **o
         int bad = !s || parse_adapter_ref(s, name, &version) < 0;
         free(s);
         if (bad) {
-            reply_error(r, "invalid_argument", "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: [A-Za-z0-9._-]{1,64})",
+            reply_error(r, "invalid_argument", "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: " STORE_NAME_RULE ")",
                         (int)(arg->via.str.size > 100 ? 100 : arg->via.str.size), arg->via.str.ptr);
             return -1;
         }
@@ -378,16 +378,16 @@ void pack_adapter(msgpack_packer *pk, const store_adapter_info *a)
 
 /* args name (position 0) and version (position 1) of the adapter ops. 0, or -1 after
  * replying. */
-static int name_version(req *r, char name[65], uint32_t *version)
+static int name_version(req *r, char name[STORE_NAME_MAX + 1], uint32_t *version)
 {
     const msgpack_object *n = r->arg[0], *v = r->arg[1];
     size_t len = n->via.str.size;
-    if (len <= 64) {
+    if (len <= STORE_NAME_MAX) {
         memcpy(name, n->via.str.ptr, len);
         name[len] = 0;
     }
-    if (len > 64 || memchr(n->via.str.ptr, 0, len) || !store_name_valid(name)) {
-        reply_error(r, "invalid_argument", "name: '%.*s' is not [A-Za-z0-9._-]{1,64}",
+    if (len > STORE_NAME_MAX || memchr(n->via.str.ptr, 0, len) || !store_name_valid(name)) {
+        reply_error(r, "invalid_argument", "name: '%.*s' is not " STORE_NAME_RULE,
                     (int)(n->via.str.size > 80 ? 80 : n->via.str.size), n->via.str.ptr);
         return -1;
     }
@@ -440,7 +440,7 @@ void op_adapter_list(req *r)
 
 void op_adapter_get(req *r)
 {
-    char name[65];
+    char name[STORE_NAME_MAX + 1];
     uint32_t version;
     store_adapter_info info;
     if (name_version(r, name, &version) < 0 || get_record(r, name, version, &info) < 0)
@@ -453,7 +453,7 @@ void op_adapter_get(req *r)
 
 void op_adapter_delete(req *r)
 {
-    char name[65], err[512];
+    char name[STORE_NAME_MAX + 1], err[512];
     uint32_t version;
     int deleted = 0;
     if (name_version(r, name, &version) < 0)
@@ -483,7 +483,7 @@ void op_adapter_delete(req *r)
 void op_adapter_activate(req *r)
 {
     qd *d = r->d;
-    char name[65] = "";
+    char name[STORE_NAME_MAX + 1] = "";
     uint32_t version = 0;
     store_adapter_info info;
     if (r->arg[0]->type != MSGPACK_OBJECT_NIL) {
@@ -515,7 +515,7 @@ void op_adapter_activate(req *r)
 void op_adapter_export(req *r)
 {
     qd *d = r->d;
-    char name[65], err[512];
+    char name[STORE_NAME_MAX + 1], err[512];
     uint32_t version;
     if (name_version(r, name, &version) < 0)
         return;
@@ -558,7 +558,7 @@ void op_adapter_export(req *r)
 void op_adapter_import(req *r)
 {
     qd *d = r->d;
-    char name[65], err[1024];
+    char name[STORE_NAME_MAX + 1], err[1024];
     uint32_t version;
     if (name_version(r, name, &version) < 0)
         return;

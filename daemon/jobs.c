@@ -44,7 +44,7 @@ static const char *const state_names[] = {"queued", "running", "succeeded", "fai
 
 typedef struct job {
     uint64_t id;
-    char adapter[65];
+    char adapter[STORE_NAME_MAX + 1];
     uint32_t adapter_version;
     train_hyper hyper;
     job_state state;
@@ -100,8 +100,8 @@ static void pack_hyper(msgpack_packer *pk, const train_hyper *h)
     }
     mp_str(pk, "targets");
     pack_targets(pk, h->targets);
-    mp_kv_str(pk, "schedule", h->schedule == SCHED_COSINE ? "cosine" : "constant");
-    mp_kv_str(pk, "init", h->init == INIT_LOFTQ ? "loftq" : "default");
+    mp_kv_str(pk, "schedule", train_vocab_name(&train_schedules, h->schedule));
+    mp_kv_str(pk, "init", train_vocab_name(&train_inits, h->init));
 }
 
 /* The hyper map of job.submit over the defaults. NULL, or the error code with a message
@@ -175,14 +175,18 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
                 snprintf(err, errlen, "hyper.%s: must be a string", key);
                 return "bad_request";
             }
-            if (sched && (mp_is_str(v, "cosine") || mp_is_str(v, "constant")))
-                h->schedule = mp_is_str(v, "cosine") ? SCHED_COSINE : SCHED_CONSTANT;
-            else if (!sched && (mp_is_str(v, "default") || mp_is_str(v, "loftq")))
-                h->init = mp_is_str(v, "loftq") ? INIT_LOFTQ : INIT_DEFAULT;
-            else {
-                snprintf(err, errlen, "hyper.%s: must be %s", key, sched ? "\"cosine\" or \"constant\"" : "\"default\" or \"loftq\"");
+            const train_vocab *vocab = sched ? &train_schedules : &train_inits;
+            int value = train_vocab_parse(vocab, v->via.str.ptr, v->via.str.size);
+            if (value < 0) {
+                char choices[128];
+                train_vocab_choices(vocab, choices, sizeof choices);
+                snprintf(err, errlen, "hyper.%s: must be %s", key, choices);
                 return "invalid_argument";
             }
+            if (sched)
+                h->schedule = (train_schedule)value;
+            else
+                h->init = (train_init)value;
         } else {
             snprintf(err, errlen, "hyper.%s: no such hyper-parameter", key);
             return "bad_request";
@@ -237,7 +241,7 @@ static void pack_job(msgpack_packer *pk, const job *j, int stored)
         mp_kv_u64(pk, "adapter_version", j->adapter_version);
     else
         mp_kv_nil(pk, "adapter_version");
-    mp_kv_str(pk, "method", j->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora");
+    mp_kv_str(pk, "method", train_vocab_name(&train_methods, j->hyper.method));
     mp_kv_str(pk, "state", state_names[j->state]);
     mp_kv_f64(pk, "created_at", j->created_at);
     mp_kv_f64(pk, "started_at", j->started_at);
@@ -291,7 +295,7 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     const msgpack_object *o = &u.data, *v;
     j->id = (uint64_t)get_f64(o, "job_id");
     if ((v = mp_get(o, "adapter")) && v->type == MSGPACK_OBJECT_STR)
-        snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)(v->via.str.size < 64 ? v->via.str.size : 64), v->via.str.ptr);
+        snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)(v->via.str.size < STORE_NAME_MAX ? v->via.str.size : STORE_NAME_MAX), v->via.str.ptr);
     double x = get_f64(o, "adapter_version");
     j->adapter_version = isnan(x) ? 0 : (uint32_t)x;
     j->state = JOB_FAILED;
@@ -324,7 +328,11 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     const msgpack_object *hyper = mp_get(o, "hyper");
     const char *code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
                                                                   : "bad_request";
-    j->hyper.method = (v = mp_get(o, "method")) && mp_is_str(v, "recovery") ? TRAIN_RECOVERY : TRAIN_LORA;
+    int method = (v = mp_get(o, "method")) && v->type == MSGPACK_OBJECT_STR
+                     ? train_vocab_parse(&train_methods, v->via.str.ptr, v->via.str.size) : -1;
+    j->hyper.method = method < 0 ? TRAIN_LORA : (train_method)method;
+    if (!code && method < 0)
+        snprintf(err, errlen, "record has no known method"), code = "bad_request";
     int bad_data = !(v = mp_get(o, "data")) || unpack_data(v, &j->data) < 0 ||
                    ((v = mp_get(o, "eval_data")) && v->type != MSGPACK_OBJECT_NIL && unpack_data(v, &j->eval) < 0);
     msgpack_unpacked_destroy(&u);
@@ -866,13 +874,13 @@ static void *runner(void *p)
         next->clean_stop = 0; /* until this run ends cleanly */
         pthread_mutex_unlock(&J->lock);
         qd_log(LOG_INFO, "job %llu %s: %s -> %s", (unsigned long long)next->id, resuming ? "resuming" : "started",
-               next->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", next->adapter);
+               train_vocab_name(&train_methods, next->hyper.method), next->adapter);
         /* stored before any work: if this run kills the daemon, the next start counts it */
         persist(d, next);
         if (!resuming)
             post_state(d, next);
         run_job(d, next);
-        qt_workspace_release(); /* a step's scratch (hundreds of MB on large models) */
+        rt_workspace_release(); /* a step's scratch (hundreds of MB on large models) */
         pthread_mutex_lock(&J->lock);
         next->claimed = 0;
     }
@@ -1081,15 +1089,17 @@ void op_job_submit(req *r)
         return;
     }
     const msgpack_object *name = r->arg[0], *method = r->arg[3];
-    if (name->via.str.size <= 64)
+    if (name->via.str.size <= STORE_NAME_MAX)
         snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)name->via.str.size, name->via.str.ptr);
-    if (name->via.str.size > 64 || memchr(name->via.str.ptr, 0, name->via.str.size) || !store_name_valid(j->adapter)) {
-        reply_error(r, "invalid_argument", "adapter: '%.*s' is not [A-Za-z0-9._-]{1,64}",
+    if (name->via.str.size > STORE_NAME_MAX || memchr(name->via.str.ptr, 0, name->via.str.size) || !store_name_valid(j->adapter)) {
+        reply_error(r, "invalid_argument", "adapter: '%.*s' is not " STORE_NAME_RULE,
                     (int)(name->via.str.size > 80 ? 80 : name->via.str.size), name->via.str.ptr);
         goto fail;
     }
-    if (method && !mp_is_str(method, "lora") && !mp_is_str(method, "recovery")) {
-        reply_error(r, "invalid_argument", "method: must be \"lora\" or \"recovery\"");
+    int m = method ? train_vocab_parse(&train_methods, method->via.str.ptr, method->via.str.size) : TRAIN_LORA;
+    if (m < 0) {
+        train_vocab_choices(&train_methods, err, sizeof err);
+        reply_error(r, "invalid_argument", "method: must be %s", err);
         goto fail;
     }
     if ((code = parse_hyper(r->arg[4] && r->arg[4]->type == MSGPACK_OBJECT_MAP ? r->arg[4] : NULL, &d->model.cfg,
@@ -1097,7 +1107,7 @@ void op_job_submit(req *r)
         reply_error(r, code, "%s", err);
         goto fail;
     }
-    j->hyper.method = method && mp_is_str(method, "recovery") ? TRAIN_RECOVERY : TRAIN_LORA;
+    j->hyper.method = (train_method)m;
     double need = (double)trainer_memory_bytes(&d->model, &j->hyper), avail = mem_available();
     if (need > avail) {
         reply_error(r, "busy", "hyper: batch_size %d x seq_len %d%s%s needs ~%.2f GiB, %.2f GiB available",
@@ -1158,7 +1168,7 @@ void op_job_submit(req *r)
     pthread_mutex_unlock(&J->lock);
     files_release();
     qd_log(LOG_INFO, "job %llu queued: %s -> %s, %d steps", (unsigned long long)j->id,
-           j->hyper.method == TRAIN_RECOVERY ? "recovery" : "lora", j->adapter, j->hyper.steps);
+           train_vocab_name(&train_methods, j->hyper.method), j->adapter, j->hyper.steps);
     mp_out o;
     reply_begin(r, &o);
     msgpack_pack_map(&o.pk, 2);

@@ -190,7 +190,7 @@ int main(int argc, char **argv)
     }
     qd_log_verbose(verbose);
     if (threads > 0)
-        qt_set_threads((int)threads);
+        rt_set_threads((int)threads);
     if (!getenv("UV_THREADPOOL_SIZE")) /* inference requests run side by side on the pool */
         setenv("UV_THREADPOOL_SIZE", "4", 0);
     d.max_frame = (size_t)max_frame;

@@ -178,7 +178,7 @@ static void work(uv_work_t *w)
     r->op->fn(r);
     /* libuv's threads live as long as the daemon: a prompt's packed rows (up to seq_len x
      * hidden floats) are not kept between requests */
-    qt_workspace_release();
+    rt_workspace_release();
 }
 
 static void work_done(uv_work_t *w, int status)

@@ -109,7 +109,7 @@ struct qd {
     jobs *jobs;
     adapter_cache *cache;
     pthread_mutex_t active_lock;
-    char active_name[65];/* "" = none */
+    char active_name[STORE_NAME_MAX + 1];/* "" = none */
     uint32_t active_version;
 };
 
@@ -191,7 +191,7 @@ void pack_targets(msgpack_packer *pk, unsigned targets);
 
 /* ---- cache.c: adapters loaded from the store, LRU within a byte budget ---- */
 typedef struct cached_adapter {
-    char name[65];
+    char name[STORE_NAME_MAX + 1];
     uint32_t version;
     store_adapter_info info;
     llama_lora lora;

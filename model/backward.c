@@ -38,7 +38,7 @@ static void rmsnorm_backward(float *dx, const float *dy, const float *x, const f
                              const float *rstd, int M, int D)
 {
     norm_bwd_ctx c = {dx, dy, x, w, rstd, D};
-    qt_parallel_for((size_t)M, 2 * (size_t)D, rmsnorm_backward_rows, &c);
+    rt_parallel_for((size_t)M, 2 * (size_t)D, rmsnorm_backward_rows, &c);
 }
 
 typedef struct {
@@ -138,7 +138,7 @@ static int linear_backward(const llama_model *m, const llama_lora *ad, const lla
     /* dB += scale dy^T u;  du = scale dy B;  dA += du^T d(x);  dx += d'(du A) */
     pool_sgemm(CblasTrans, CblasNoTrans, out, r, M, ad->scale, dy, out, u, r, 1.0f, dB, r);
     pool_sgemm(CblasNoTrans, CblasNoTrans, M, r, out, ad->scale, dy, out, Bm, r, 0.0f, du, r);
-    int dropout = ad->training && ad->dropout > 0;
+    int dropout = a->mode == LLAMA_TRAIN && ad->dropout > 0;
     const float *xin = x;
     if (dropout) {
         for (size_t i = 0; i < (size_t)M; i++)
@@ -173,8 +173,8 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
     /* dx: gradient of the residual stream; then per-layer scratch (kept by the thread
      * between steps: workspace.h) */
     size_t floats = 3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
-                    (size_t)qt_threads() * T * T;
-    float *buf = qt_workspace(QT_WS_CALLER, floats * sizeof(float));
+                    (size_t)rt_threads() * T * T;
+    float *buf = rt_workspace(RT_WS_CALLER, floats * sizeof(float));
     if (!buf)
         return -1;
     float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;
@@ -201,7 +201,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         float *dg = d1, *dh1 = d2, *dh3 = d3;
         rc |= linear_backward(m, ad, a, pa, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
         swiglu_bwd_ctx sc = {dh1, dh3, dg, h1, h3};
-        qt_parallel_for(sMH, 20, swiglu_backward_range, &sc);
+        rt_parallel_for(sMH, 20, swiglu_backward_range, &sc);
         float *dxn2 = d1; /* dg is consumed */
         rc |= linear_backward(m, ad, a, pa, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);
@@ -212,7 +212,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         float *dao = d1;
         rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
         attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, attn_scratch, B, T};
-        qt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
+        rt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
         llama_rope_rows(m, dq, D, M, T, 0, 1);
         llama_rope_rows(m, dk, KV, M, T, 0, 1);
         float *dxn1 = l > 0 ? d2 : NULL; /* below layer 0 only the frozen embedding */

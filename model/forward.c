@@ -165,7 +165,7 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
                             float eps)
 {
     norm_ctx c = {out, rstd, x, w, D, eps};
-    qt_parallel_for((size_t)M, (size_t)D, rmsnorm_rows, &c);
+    rt_parallel_for((size_t)M, (size_t)D, rmsnorm_rows, &c);
 }
 
 typedef struct {
@@ -197,7 +197,7 @@ static void rope_rows(void *p, size_t r0, size_t r1)
 void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse)
 {
     rope_ctx c = {m, x, width, T, pos0, inverse};
-    qt_parallel_for(rows, (size_t)width * 2, rope_rows, &c);
+    rt_parallel_for(rows, (size_t)width * 2, rope_rows, &c);
 }
 
 typedef struct {
@@ -208,7 +208,7 @@ typedef struct {
     float *att;         /* [B x H x T x S] */
     float *out;         /* [B*T x dim] */
     int B, T, S, pos0;
-    int by_sgemm;       /* training: see attention_task */
+    int by_sgemm;       /* LLAMA_TRAIN: see attention_task */
 } attn_ctx;
 
 /* Columns s0 .. s0+W-1 of dot_columns, their sums held in registers while i runs. */
@@ -317,7 +317,7 @@ static void copy_range(void *p, size_t i0, size_t i1)
 void llama_copy(float *dst, const float *src, size_t n)
 {
     copy_ctx c = {dst, src};
-    qt_parallel_for(n, 1, copy_range, &c);
+    rt_parallel_for(n, 1, copy_range, &c);
 }
 
 typedef struct {
@@ -338,7 +338,7 @@ static void swiglu_range(void *p, size_t i0, size_t i1)
 static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
 {
     swiglu_ctx c = {g, h1, h3};
-    qt_parallel_for(n, 16, swiglu_range, &c);
+    rt_parallel_for(n, 16, swiglu_range, &c);
 }
 
 /* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
@@ -351,7 +351,7 @@ static int linear_forward(const llama_model *m, const llama_lora *ad, const llam
     int out, in, r = ad->rank;
     llama_linear_shape(&m->cfg, k, &out, &in);
     const float *xin = x;
-    if (ad->training && ad->dropout > 0) {
+    if (a->mode == LLAMA_TRAIN && ad->dropout > 0) {
         for (size_t i = 0; i < (size_t)M; i++)
             for (int j = 0; j < in; j++)
                 a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
@@ -402,14 +402,14 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
     llama_rope_rows(m, kv_new, KV, M, T, pos0, 0);
     kt_ctx kc_ctx = {kc, kv_new, B, T, S, KV, pos0};
-    qt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &kc_ctx);
+    rt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &kc_ctx);
     rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
     for (int b = 0; b < B; b++)
         memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
     llama_rope_rows(m, la.q, D, M, T, pos0, 0);
 
-    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0, ad && ad->training};
-    qt_parallel(B * c->n_heads, attention_task, &ac);
+    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0, a->mode == LLAMA_TRAIN};
+    rt_parallel(B * c->n_heads, attention_task, &ac);
 
     llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
@@ -425,12 +425,13 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
 }
 
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
-                  const int *tokens, int B, int T, int pos0)
+                  const int *tokens, int B, int T, int pos0, llama_mode mode)
 {
     const llama_config *c = &m->cfg;
     const int D = c->dim, L = c->n_layers;
     const size_t M = (size_t)B * T;
     int rc = 0;
+    a->mode = mode;
 
     for (size_t r = 0; r < M; r++)
         memcpy(a->x + r * D, m->embed.data + (size_t)tokens[r] * D * sizeof(float),

@@ -115,7 +115,7 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
         snprintf(err, errlen, "out of memory for activations");
         goto done;
     }
-    if (llama_forward(m, ad, &prefill, &cache, prompt, 1, n_prompt, 0) < 0) {
+    if (llama_forward(m, ad, &prefill, &cache, prompt, 1, n_prompt, 0, LLAMA_INFER) < 0) {
         snprintf(err, errlen, "out of memory in the forward pass");
         goto done;
     }
@@ -128,7 +128,7 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
         out[(*n_out)++] = next;
         if ((fn && fn(ctx, next)) || pos >= S)
             break;
-        if (llama_forward(m, ad, &step, &cache, &next, 1, 1, pos++) < 0) {
+        if (llama_forward(m, ad, &step, &cache, &next, 1, 1, pos++, LLAMA_INFER) < 0) {
             snprintf(err, errlen, "out of memory in the forward pass");
             goto done;
         }
@@ -174,7 +174,7 @@ int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seq
         int T = (int)lens[i];
         /* a shorter sequence still attends over a cache of `longest` positions; the
          * positions past its own length are never read */
-        if (llama_forward(m, ad, &a, &cache, seqs[i], 1, T, 0) < 0) {
+        if (llama_forward(m, ad, &a, &cache, seqs[i], 1, T, 0, LLAMA_INFER) < 0) {
             snprintf(err, errlen, "out of memory in the forward pass");
             rc = -1;
             break;

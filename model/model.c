@@ -11,19 +11,35 @@
 #include "llama2c.h"
 #include "safetensors.h"
 
-static const char *const linear_names[LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+#define LIN_NAMES(e, name, peft, module, rows, cols) {name, peft, module},
+static const struct {
+    const char *name, *peft, *module;
+} linear_names[LIN_COUNT] = {LLAMA_LINEARS(LIN_NAMES)};
+#undef LIN_NAMES
 
 const char *llama_linear_name(llama_linear l)
 {
-    return (unsigned)l < LIN_COUNT ? linear_names[l] : "?";
+    return (unsigned)l < LIN_COUNT ? linear_names[l].name : "?";
+}
+
+const char *llama_linear_peft_name(llama_linear l)
+{
+    return (unsigned)l < LIN_COUNT ? linear_names[l].peft : "?";
+}
+
+const char *llama_linear_module(llama_linear l)
+{
+    return (unsigned)l < LIN_COUNT ? linear_names[l].module : "?";
 }
 
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols)
 {
-    static const int out_dim[LIN_COUNT] = {0, 1, 1, 0, 2, 2, 0}; /* 0 dim, 1 kv_dim, 2 hidden */
-    int dims[3] = {c->dim, c->kv_dim, c->hidden_dim};
-    *rows = dims[out_dim[l]];
-    *cols = l == LIN_DOWN ? c->hidden_dim : c->dim;
+    switch (l) {
+#define LIN_SHAPE(e, name, peft, module, r, k) case LIN_##e: *rows = c->r, *cols = c->k; break;
+        LLAMA_LINEARS(LIN_SHAPE)
+#undef LIN_SHAPE
+    default: *rows = *cols = 0;
+    }
 }
 
 /* ---- sources: where fp32 weights come from ---- */
@@ -196,11 +212,6 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-static const char *hf_linear[LIN_COUNT] = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-};
-
 /* fp32 values of one tensor, in llama2.c order, into out[n]. */
 static int source_read(const source *s, role r, int layer, llama_linear lin, float *out,
                        size_t rows, size_t cols, char *err, size_t errlen)
@@ -234,7 +245,7 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
         break;
     case R_RMS_FINAL: snprintf(name, sizeof name, "model.norm.weight"); break;
     case R_HEAD: snprintf(name, sizeof name, "lm_head.weight"); break;
-    case R_LINEAR: snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, hf_linear[lin]); break;
+    case R_LINEAR: snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, llama_linear_module(lin)); break;
     }
     const st_tensor *t = NULL;
     const st_file *file = NULL;

@@ -88,5 +88,5 @@ void qt_dequantize_rows(const qt_matrix *m, int r0, int r1, float *out)
 
 float *qt_scratch(size_t per_thread)
 {
-    return qt_workspace(QT_WS_DECODE, (size_t)qt_threads() * per_thread * sizeof(float));
+    return rt_workspace(RT_WS_DECODE, (size_t)rt_threads() * per_thread * sizeof(float));
 }

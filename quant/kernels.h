@@ -57,7 +57,7 @@ typedef struct {
 
 extern const qt_kernel_set qt_kernels_scalar, qt_kernels_avx2, qt_kernels_avx512;
 
-/* The calling thread's scratch for one parallel call (workspace.h, QT_WS_DECODE):
+/* The calling thread's scratch for one parallel call (workspace.h, RT_WS_DECODE):
  * `per_thread` floats for each pool thread. Not freed by the caller. */
 float *qt_scratch(size_t per_thread);
 

@@ -254,7 +254,7 @@ typedef struct {
 /* x in split order chunk by chunk (the ragged tail stays in natural order). */
 static float *split_x(const float *x, int M, int K)
 {
-    float *xs = qt_workspace(QT_WS_PACK, (size_t)M * K * sizeof(float));
+    float *xs = rt_workspace(RT_WS_PACK, (size_t)M * K * sizeof(float));
     if (!xs)
         return NULL;
     for (int m = 0; m < M; m++) {
@@ -629,8 +629,8 @@ static void panel_task(void *ctx, int t, int thread)
 
 /* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
 
-/* Rows of the large-M products are split in qt_threads() chunks of panels, chunk c being
- * [c * panels / chunks, (c + 1) * panels / chunks): the same split as qt_parallel's shares
+/* Rows of the large-M products are split in rt_threads() chunks of panels, chunk c being
+ * [c * panels / chunks, (c + 1) * panels / chunks): the same split as rt_parallel's shares
  * of the pack tasks (one per panel), and tasks numbered chunk-major, so that each thread
  * gets its own chunk first and multiplies the rows it packed and produced in the step
  * before, still in its cache (docs/quantization.md, Kernels). A chunk may be empty (fewer
@@ -638,7 +638,7 @@ static void panel_task(void *ctx, int t, int thread)
  * decodes each weight tile once per chunk, against a chunk's rows of FMAs per decode. */
 static inline int chunk_panel(int c, int panels)
 {
-    return (int)((long)c * panels / qt_threads());
+    return (int)((long)c * panels / rt_threads());
 }
 
 typedef struct {
@@ -739,7 +739,7 @@ static void gemm_task(void *ctx, int t, int thread)
  * behind. */
 static int small_m_tasks(long work)
 {
-    long most = 8L * qt_threads();
+    long most = 8L * rt_threads();
     return (int)((work >> 18) < 1 ? 1 : (work >> 18) < most ? work >> 18 : most);
 }
 
@@ -750,14 +750,14 @@ static void panel_matmul(const qt_matrix *w, const float *x, int M, float *y, in
 {
     int panels = (w->rows + QT_PANEL - 1) / QT_PANEL, tasks = small_m_tasks(work);
     panel_ctx c = {w, x, y, M, accumulate, (panels + tasks - 1) / tasks};
-    qt_parallel((panels + c.panels_per_task - 1) / c.panels_per_task, panel_task, &c);
+    rt_parallel((panels + c.panels_per_task - 1) / c.panels_per_task, panel_task, &c);
 }
 
 static int lut_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
 {
     const int K = w->cols, words = qt_panel_words(w);
     const size_t tstride = (size_t)words * LUT_GROUPS * 16;
-    float *tables = qt_workspace(QT_WS_PACK, (size_t)M * tstride * sizeof(float));
+    float *tables = rt_workspace(RT_WS_PACK, (size_t)M * tstride * sizeof(float));
     if (!tables)
         return -1;
     for (int m = 0; m < M; m++)
@@ -770,7 +770,7 @@ static int nib_matmul(const qt_matrix *w, const float *x, int M, float *y, int a
 {
     const int K = w->cols;
     const size_t xstride = (size_t)qt_panel_words(w) * 8;
-    float *xp = qt_workspace(QT_WS_PACK, (size_t)M * xstride * sizeof(float));
+    float *xp = rt_workspace(RT_WS_PACK, (size_t)M * xstride * sizeof(float));
     if (!xp)
         return -1;
     for (int m = 0; m < M; m++) { /* rows padded with zeros to whole panel words */
@@ -793,17 +793,17 @@ static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accum
         if (w->spec.format == QT_INT4 && !(xs = split_x(x, M, w->cols)))
             return -1;
         gemv_ctx c = {w, xs ? xs : x, y, M, accumulate, (w->rows + tasks - 1) / tasks};
-        qt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
+        rt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
         return 0;
     }
     int panels = (M + MR_FWD - 1) / MR_FWD;
     gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate, panels, (w->rows + NT_FWD - 1) / NT_FWD};
-    c.xt = qt_workspace(QT_WS_PACK, (size_t)panels * w->cols * MR_FWD * sizeof(float));
+    c.xt = rt_workspace(RT_WS_PACK, (size_t)panels * w->cols * MR_FWD * sizeof(float));
     c.scratch = qt_scratch((size_t)NT_FWD * KC_FWD);
     if (!c.xt || !c.scratch)
         return -1;
-    qt_parallel(panels, pack_x_task, &c);
-    qt_parallel(qt_threads() * c.blocks, gemm_task, &c);
+    rt_parallel(panels, pack_x_task, &c);
+    rt_parallel(rt_threads() * c.blocks, gemm_task, &c);
     return 0;
 }
 
@@ -886,12 +886,12 @@ static int matmul_t(const qt_matrix *w, const float *dy, int M, float *dx, int a
         return 0;
     int panels = (M + MR_BWD - 1) / MR_BWD;
     gemm_t_ctx c = {w, dy, NULL, dx, NULL, M, accumulate, panels, (w->cols + KT_BWD - 1) / KT_BWD};
-    c.dyt = qt_workspace(QT_WS_PACK, (size_t)panels * w->rows * MR_BWD * sizeof(float));
+    c.dyt = rt_workspace(RT_WS_PACK, (size_t)panels * w->rows * MR_BWD * sizeof(float));
     c.scratch = qt_scratch((size_t)NC_BWD * KT_BWD);
     if (!c.dyt || !c.scratch)
         return -1;
-    qt_parallel(panels, pack_dy_task, &c);
-    qt_parallel(qt_threads() * c.blocks, gemm_t_task, &c);
+    rt_parallel(panels, pack_dy_task, &c);
+    rt_parallel(rt_threads() * c.blocks, gemm_t_task, &c);
     return 0;
 }
 

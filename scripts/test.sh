@@ -6,9 +6,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-configure() { # dir, extra meson args...
+configure() { # dir, extra meson args... (warnings are errors here, not in a user's build)
   local dir=$1; shift
-  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" >/dev/null || exit 1
+  [ -f "$dir/build.ninja" ] || meson setup "$dir" -Dwerror=true "$@" >/dev/null || exit 1
 }
 configure build
 configure build-sanitize -Dbuildtype=debugoptimized -Db_sanitize=address,undefined \

@@ -147,7 +147,7 @@ static int unpack(const msgpack_object *map, stored *st, const char **bad)
             continue;
         if (k->via.str.size == 4 && !memcmp(k->via.str.ptr, "name", 4)) {
             *bad = "name";
-            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > 64)
+            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > STORE_NAME_MAX)
                 return -1;
             memcpy(st->info.name, v->via.str.ptr, v->via.str.size);
             st->info.name[v->via.str.size] = 0;

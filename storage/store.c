@@ -189,7 +189,7 @@ static MDB_val str_val(const char *s)
 int store_name_valid(const char *name)
 {
     size_t n = strlen(name);
-    if (n < 1 || n > 64 || !strcmp(name, ".") || !strcmp(name, ".."))
+    if (n < 1 || n > STORE_NAME_MAX || !strcmp(name, ".") || !strcmp(name, ".."))
         return 0;
     for (size_t i = 0; i < n; i++) {
         char ch = name[i];
@@ -428,10 +428,8 @@ static int put_adapter(store *s, MDB_txn *txn, void *p, char *err, size_t errlen
 int store_adapter_put(store *s, store_adapter_info *info, const llama_lora *ad, store_job_update_fn job_fn,
                       void *job_ctx, char *err, size_t errlen)
 {
-    if (!store_name_valid(info->name)) {
-        snprintf(err, errlen, "name '%.80s' is invalid: 1 to 64 of A-Z a-z 0-9 . _ - (not . or ..)", info->name);
+    if (store_name_check(info->name, err, errlen) < 0)
         return -1;
-    }
     /* the layout ad has is the one base gives: same layers, same parameter count */
     llama_lora probe;
     const llama_config *b = &info->base;
@@ -486,11 +484,11 @@ static int find_adapter(store *s, MDB_txn *txn, const char *name, uint32_t versi
     return rc;
 }
 
-static int check_name(const char *name, char *err, size_t errlen)
+int store_name_check(const char *name, char *err, size_t errlen)
 {
     if (store_name_valid(name))
         return 0;
-    snprintf(err, errlen, "name '%.80s' is invalid: 1 to 64 of A-Z a-z 0-9 . _ - (not . or ..)", name);
+    snprintf(err, errlen, "name '%.80s' is invalid: " STORE_NAME_RULE, name);
     return -1;
 }
 
@@ -505,7 +503,7 @@ int store_adapter_load(store *s, const char *name, uint32_t version, const llama
     if (ad)
         memset(ad, 0, sizeof *ad);
     *not_found = 0;
-    if (check_name(name, err, errlen) < 0 || read_begin(s, &txn, err, errlen) < 0)
+    if (store_name_check(name, err, errlen) < 0 || read_begin(s, &txn, err, errlen) < 0)
         return -1;
     int rc = find_adapter(s, txn, name, version, &val);
     if (rc) {
@@ -606,7 +604,7 @@ int store_adapter_delete(store *s, const char *name, uint32_t version, int *dele
 {
     delete_ctx d = {name, version, 0};
     *deleted = 0;
-    if (check_name(name, err, errlen) < 0 || write_txn(s, delete_adapter, &d, err, errlen) < 0)
+    if (store_name_check(name, err, errlen) < 0 || write_txn(s, delete_adapter, &d, err, errlen) < 0)
         return -1;
     *deleted = d.deleted;
     return 0;

@@ -34,7 +34,7 @@ typedef struct {
 static double loss(rig *r)
 {
     const int V = r->m->cfg.vocab_size;
-    llama_forward(r->m, r->ad, &r->a, &r->cache, tokens, B_SEQ, T_LEN, 0);
+    llama_forward(r->m, r->ad, &r->a, &r->cache, tokens, B_SEQ, T_LEN, 0, LLAMA_TRAIN);
     double total = 0;
     const double n = B_SEQ * (T_LEN - 1);
     for (int b = 0; b < B_SEQ; b++)
@@ -78,7 +78,6 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     const llama_config *c = &m.cfg;
     llama_lora ad;
     CHECK(llama_lora_alloc(&ad, c, 4, 8.0f, 0, (1u << LIN_COUNT) - 1, dropout) == 0, "alloc");
-    ad.training = 1;
     ad.dropout_seed = 99;
     for (size_t i = 0; i < ad.n_params; i++)
         ad.params[i] = uniform_pm(0.1f);
@@ -174,11 +173,9 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
 
     /* Training attends by sgemm, inference in run.c's order: the same logits to rounding. */
     if (dropout == 0) {
-        ad.training = 1;
-        llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+        llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0, LLAMA_TRAIN);
         memcpy(base, r.a.logits, n_logits * sizeof(float));
-        ad.training = 0;
-        llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+        llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0, LLAMA_INFER);
         double worst_diff = 0, largest = 0;
         for (size_t i = 0; i < n_logits; i++) {
             worst_diff = fmax(worst_diff, fabs((double)base[i] - r.a.logits[i]));
@@ -191,7 +188,7 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     }
 
     /* A fresh adapter (B = 0) changes nothing. */
-    llama_forward(&m, NULL, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+    llama_forward(&m, NULL, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0, LLAMA_INFER);
     memcpy(base, r.a.logits, n_logits * sizeof(float));
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < LIN_COUNT; k++) {
@@ -199,8 +196,7 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
             llama_linear_shape(c, (llama_linear)k, &out, &in);
             memset(llama_lora_b(&ad, c, ad.params, l, k), 0, (size_t)ad.rank * out * sizeof(float));
         }
-    ad.training = 0;
-    llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0);
+    llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0, LLAMA_INFER);
     CHECK(memcmp(base, r.a.logits, (size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float)) == 0,
           "logits changed");
     test_case("%s base, T %d: an adapter with B = 0 leaves the logits bit-identical", qt_format_name(f), T_LEN);

@@ -88,8 +88,8 @@ static void test_layouts_agree(void)
                 CHECK(llama_cache_alloc(&cx, &a.cfg, 1, 12) == 0 && llama_cache_alloc(&cy, &b.cfg, 1, 12) == 0 &&
                           llama_acts_alloc(&x, &a.cfg, 1, 12, 12, 0, 0) == 0 && llama_acts_alloc(&y, &b.cfg, 1, 12, 12, 0, 0) == 0,
                       "alloc");
-                llama_forward(&a, NULL, &x, &cx, tokens, 1, 12, 0);
-                llama_forward(&b, NULL, &y, &cy, tokens, 1, 12, 0);
+                llama_forward(&a, NULL, &x, &cx, tokens, 1, 12, 0, LLAMA_INFER);
+                llama_forward(&b, NULL, &y, &cy, tokens, 1, 12, 0, LLAMA_INFER);
                 CHECK(memcmp(x.logits, y.logits, 12 * 512 * sizeof(float)) == 0,
                       "logits differ between layouts");
                 CHECK(a.fingerprint == b.fingerprint, "fingerprints differ");

@@ -457,22 +457,22 @@ static void test_threads_agree(void)
         float *dy = gaussian_matrix((size_t)M * N, 1);
         float *y1 = malloc((size_t)M * N * 4), *y2 = malloc((size_t)M * N * 4);
         float *dx1 = malloc((size_t)M * K * 4), *dx2 = malloc((size_t)M * K * 4);
-        int threads = qt_threads();
-        qt_set_threads(1);
+        int threads = rt_threads();
+        rt_set_threads(1);
         qt_matmul(&m, x, M, y1, 0);
         qt_matmul_t(&m, dy, M, dx1, 0);
         /* 2 threads, and 3 and 5: chunks of rows that do not divide the panels evenly, and
          * (5, at M = 40) more threads than forward panels */
         for (int th = 2; th <= 5; th += th == 2 ? 1 : 2) {
-            qt_set_threads(th);
+            rt_set_threads(th);
             qt_matmul(&m, x, M, y2, 0);
             qt_matmul_t(&m, dy, M, dx2, 0);
             CHECK(memcmp(y1, y2, (size_t)M * N * 4) == 0, "%s M=%d: Y on 1 thread and on %d differ",
-                  qt_format_name(cases[i].f), M, qt_threads());
+                  qt_format_name(cases[i].f), M, rt_threads());
             CHECK(memcmp(dx1, dx2, (size_t)M * K * 4) == 0, "%s M=%d: dX on 1 thread and on %d differ",
-                  qt_format_name(cases[i].f), M, qt_threads());
+                  qt_format_name(cases[i].f), M, rt_threads());
         }
-        qt_set_threads(threads);
+        rt_set_threads(threads);
         qt_free(&m);
         free(w), free(x), free(dy), free(y1), free(y2), free(dx1), free(dx2);
     }
@@ -494,29 +494,29 @@ static void cover_range(void *p, size_t i0, size_t i1)
         c->seen[i]++;
 }
 
-/* qt_parallel_for hands out every item exactly once, for sizes around its split points,
+/* rt_parallel_for hands out every item exactly once, for sizes around its split points,
  * on one thread and on two or more. */
 static void test_parallel_for(void)
 {
     const size_t sizes[] = {0, 1, 2, 7, 64, 1000, 16385, 100003};
     const size_t works[] = {0, 1, 288, 100000};
-    int threads = qt_threads();
+    int threads = rt_threads();
     for (int th = 1; th <= 2; th++) {
-        qt_set_threads(th == 1 ? 1 : threads < 2 ? 2 : threads);
+        rt_set_threads(th == 1 ? 1 : threads < 2 ? 2 : threads);
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
             for (size_t j = 0; j < sizeof works / sizeof works[0]; j++) {
                 size_t n = sizes[i];
                 cover_ctx c = {calloc(n + 1, sizeof(int)), n, 0};
-                qt_parallel_for(n, works[j], cover_range, &c);
+                rt_parallel_for(n, works[j], cover_range, &c);
                 size_t wrong = 0;
                 for (size_t k = 0; k < n; k++)
                     wrong += c.seen[k] != 1;
                 CHECK(!c.bad && wrong == 0, "n %zu, work %zu, %d threads: %zu items not seen once%s", n,
-                      works[j], qt_threads(), wrong, c.bad ? ", an empty or out-of-range range" : "");
+                      works[j], rt_threads(), wrong, c.bad ? ", an empty or out-of-range range" : "");
                 free((void *)c.seen);
             }
     }
-    qt_set_threads(threads);
+    rt_set_threads(threads);
     test_case("parallel_for covers every item once");
 }
 
@@ -551,7 +551,7 @@ static size_t resident_bytes(void)
 static void *use_workspace(void *unused)
 {
     (void)unused;
-    char *p = qt_workspace(QT_WS_PACK, WS_BIG);
+    char *p = rt_workspace(RT_WS_PACK, WS_BIG);
     if (p)
         memset(p, 1, WS_BIG);
     return p;
@@ -561,14 +561,14 @@ static void *use_workspace(void *unused)
  * exit of the thread that made them. */
 static void test_workspace(void)
 {
-    char *a = qt_workspace(QT_WS_PACK, 100), *b = qt_workspace(QT_WS_DECODE, 100);
+    char *a = rt_workspace(RT_WS_PACK, 100), *b = rt_workspace(RT_WS_DECODE, 100);
     CHECK(a && b && a != b, "two slots share a buffer");
     CHECK((uintptr_t)a % 64 == 0 && (uintptr_t)b % 64 == 0, "not 64-byte aligned");
-    CHECK(qt_workspace(QT_WS_PACK, 64) == a, "a smaller request moved the buffer");
-    char *c = qt_workspace(QT_WS_PACK, 1 << 20);
+    CHECK(rt_workspace(RT_WS_PACK, 64) == a, "a smaller request moved the buffer");
+    char *c = rt_workspace(RT_WS_PACK, 1 << 20);
     CHECK(c && (uintptr_t)c % 64 == 0, "growing failed");
     memset(c, 0, 1 << 20); /* all of it is ours (ASan checks the bound) */
-    qt_workspace_release();
+    rt_workspace_release();
 #ifndef UNDER_ASAN
     size_t before = resident_bytes();
 #endif
@@ -583,7 +583,7 @@ static void test_workspace(void)
     CHECK(resident_bytes() < before + WS_BIG / 2, "the exited thread still holds %zu MB",
           (resident_bytes() - before) >> 20);
     CHECK(use_workspace(NULL) && resident_bytes() >= before + WS_BIG, "the buffer is not resident");
-    qt_workspace_release();
+    rt_workspace_release();
     CHECK(resident_bytes() < before + WS_BIG / 2, "release left %zu MB", (resident_bytes() - before) >> 20);
 #endif
     test_case("workspace: aligned, per slot, freed at release and thread exit");

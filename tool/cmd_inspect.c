@@ -198,23 +198,22 @@ int cmd_make_model(int argc, char **argv)
         char name[96];
         size_t rows, cols;
         int norm;
-    } *t = calloc(2 + (size_t)layers * 9, sizeof *t);
+    } *t = calloc(2 + (size_t)layers * (2 + LIN_COUNT), sizeof *t);
     if (!t)
         return tool_fail(cmd, "out of memory");
     size_t nt = 0;
     snprintf(t[nt].name, 96, "model.embed_tokens.weight"), t[nt].rows = vocab, t[nt++].cols = dim;
-    static const char *lin[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                 "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
     for (int l = 0; l < layers; l++) {
         snprintf(t[nt].name, 96, "model.layers.%d.input_layernorm.weight", l);
         t[nt].rows = 1, t[nt].cols = dim, t[nt++].norm = 1;
         snprintf(t[nt].name, 96, "model.layers.%d.post_attention_layernorm.weight", l);
         t[nt].rows = 1, t[nt].cols = dim, t[nt++].norm = 1;
-        size_t rows[7] = {dim, kv_dim, kv_dim, dim, hidden, hidden, dim};
-        size_t cols[7] = {dim, dim, dim, dim, dim, dim, hidden};
-        for (int k = 0; k < 7; k++) {
-            snprintf(t[nt].name, 96, "model.layers.%d.%s.weight", l, lin[k]);
-            t[nt].rows = rows[k], t[nt++].cols = cols[k];
+        llama_config shape = {.dim = dim, .kv_dim = kv_dim, .hidden_dim = hidden};
+        for (int k = 0; k < LIN_COUNT; k++) {
+            int rows, cols;
+            llama_linear_shape(&shape, (llama_linear)k, &rows, &cols);
+            snprintf(t[nt].name, 96, "model.layers.%d.%s.weight", l, llama_linear_module((llama_linear)k));
+            t[nt].rows = (size_t)rows, t[nt++].cols = (size_t)cols;
         }
     }
     snprintf(t[nt].name, 96, "model.norm.weight"), t[nt].rows = 1, t[nt].cols = dim, t[nt++].norm = 1;

@@ -21,12 +21,12 @@ static int parse_ref(const char *cmd, const char *ref, char *name, uint32_t *ver
     const char *at = strchr(ref, '@');
     size_t n = at ? (size_t)(at - ref) : strlen(ref);
     int v = 0;
-    if (n > 64 || (at && tool_parse_int(at + 1, 1, 2147483647, &v) < 0))
+    if (n > STORE_NAME_MAX || (at && tool_parse_int(at + 1, 1, 2147483647, &v) < 0))
         return tool_fail(cmd, "'%s' is not NAME or NAME@VERSION", ref);
     memcpy(name, ref, n);
     name[n] = 0;
     if (!store_name_valid(name))
-        return tool_fail(cmd, "name '%s' is invalid: 1 to 64 of A-Z a-z 0-9 . _ - (not . or ..)", name);
+        return tool_fail(cmd, "name '%s' is invalid: " STORE_NAME_RULE, name);
     *version = (uint32_t)v;
     return 0;
 }
@@ -106,7 +106,7 @@ int cmd_export(int argc, char **argv)
     }
     if (!db || npos != 2)
         return tool_fail(cmd, "usage: export --db DIR NAME[@VERSION] OUTDIR");
-    char name[65], err[1024];
+    char name[STORE_NAME_MAX + 1], err[1024];
     uint32_t version = 0;
     int rc = parse_ref(cmd, pos[0], name, &version), not_found;
     store *s;
@@ -161,7 +161,7 @@ int cmd_import(int argc, char **argv)
     if (!db || npos != 2)
         return tool_fail(cmd, "usage: import --db DIR --model DIR [--quant F ...] NAME INDIR");
     if (!store_name_valid(pos[0]))
-        return tool_fail(cmd, "name '%s' is invalid: 1 to 64 of A-Z a-z 0-9 . _ - (not . or ..)", pos[0]);
+        return tool_fail(cmd, "name '%s' is invalid: " STORE_NAME_RULE, pos[0]);
     unsigned char *config = NULL, *st = NULL;
     size_t config_len, st_len;
     int rc = read_file(cmd, pos[1], config_file, &config, &config_len);

@@ -85,18 +85,17 @@ int cmd_train(int argc, char **argv)
         if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--eval-data")) eval_data = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--method")) {
-            if (!strcmp(v, "lora")) h.method = TRAIN_LORA;
-            else if (!strcmp(v, "recovery")) h.method = TRAIN_RECOVERY;
-            else return tool_fail(cmd, "--method: '%s' is neither lora nor recovery", v);
-        } else if (!strcmp(a, "--schedule")) {
-            if (!strcmp(v, "cosine")) h.schedule = SCHED_COSINE;
-            else if (!strcmp(v, "constant")) h.schedule = SCHED_CONSTANT;
-            else return tool_fail(cmd, "--schedule: '%s' is neither cosine nor constant", v);
-        } else if (!strcmp(a, "--init")) {
-            if (!strcmp(v, "default")) h.init = INIT_DEFAULT;
-            else if (!strcmp(v, "loftq")) h.init = INIT_LOFTQ;
-            else return tool_fail(cmd, "--init: '%s' is neither default nor loftq", v);
+        else if (!strcmp(a, "--method") || !strcmp(a, "--schedule") || !strcmp(a, "--init")) {
+            const train_vocab *vocab = a[2] == 'm' ? &train_methods : a[2] == 's' ? &train_schedules : &train_inits;
+            int value = train_vocab_parse(vocab, v, strlen(v));
+            if (value < 0) {
+                char choices[128];
+                train_vocab_choices(vocab, choices, sizeof choices);
+                return tool_fail(cmd, "%s: '%s' is not %s", a, v, choices);
+            }
+            if (vocab == &train_methods) h.method = (train_method)value;
+            else if (vocab == &train_schedules) h.schedule = (train_schedule)value;
+            else h.init = (train_init)value;
         } else if (!strcmp(a, "--targets")) {
             char err[256];
             if (train_parse_targets(v, &h.targets, err, sizeof err) < 0)
@@ -162,7 +161,7 @@ int cmd_train(int argc, char **argv)
         goto done;
     }
     printf("training %s on %s (%s, %zu tokens): rank %d, alpha %g, lr %g, %d steps of %d x %d tokens\n",
-           h.method == TRAIN_RECOVERY ? "recovery" : "lora", o.dir, qt_format_name(o.spec.format), n,
+           train_vocab_name(&train_methods, h.method), o.dir, qt_format_name(o.spec.format), n,
            h.rank, h.alpha, h.lr, h.steps, h.batch * h.grad_accum, h.seq_len);
     if (eval_ids) { /* before training: the base alone (or the LoftQ start) */
         double start;

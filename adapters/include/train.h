@@ -14,9 +14,30 @@
 
 #include "forward.h"
 
-typedef enum { TRAIN_LORA, TRAIN_RECOVERY } train_method;
-typedef enum { SCHED_COSINE, SCHED_CONSTANT } train_schedule;
-typedef enum { INIT_DEFAULT, INIT_LOFTQ } train_init;
+/* The named choices of train_hyper, X(enum value, name), the default first. */
+#define TRAIN_METHODS(X) X(TRAIN_LORA, "lora") X(TRAIN_RECOVERY, "recovery")
+#define TRAIN_SCHEDULES(X) X(SCHED_COSINE, "cosine") X(SCHED_CONSTANT, "constant")
+#define TRAIN_INITS(X) X(INIT_DEFAULT, "default") X(INIT_LOFTQ, "loftq")
+
+#define TRAIN_ENUM(e, name) e,
+typedef enum { TRAIN_METHODS(TRAIN_ENUM) } train_method;
+typedef enum { TRAIN_SCHEDULES(TRAIN_ENUM) } train_schedule;
+typedef enum { TRAIN_INITS(TRAIN_ENUM) } train_init;
+#undef TRAIN_ENUM
+
+/* One of those vocabularies, for every parser and printer of it (daemon, tool). */
+typedef struct {
+    const char *field;         /* "method", "schedule", "init" */
+    const char *const *names;  /* indexed by the enum value */
+    int count;
+} train_vocab;
+extern const train_vocab train_methods, train_schedules, train_inits;
+/* The value the n bytes at s name, or -1. */
+int train_vocab_parse(const train_vocab *v, const char *s, size_t n);
+/* The name of value ("?" out of range). */
+const char *train_vocab_name(const train_vocab *v, int value);
+/* "\"lora\" or \"recovery\"" into out, for messages. */
+void train_vocab_choices(const train_vocab *v, char *out, size_t len);
 
 typedef struct {
     train_method method;

@@ -1,4 +1,4 @@
-/* pool_sgemm.h: OpenBLAS sgemm run on the kernels' thread pool (quant/parallel.h).
+/* pool_sgemm.h: OpenBLAS sgemm run on the kernels' thread pool (parallel.h).
  *
  * OpenBLAS's own threads and the pool would share the cores: after every threaded call
  * OpenBLAS's workers spin (sched_yield) for 2^28 cycles, 0.13 s on the reference machine,

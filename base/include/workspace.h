@@ -5,7 +5,7 @@
  * the kernel faults every page in again: on this project's VM that cost 10-20% of a step.
  * A workspace is allocated once per thread and slot, grows to the largest request and is
  * kept, so steady-state calls touch no new page. Its contents are not preserved when it
- * grows. Each thread's buffers are freed when it exits, or by qt_workspace_release (a
+ * grows. Each thread's buffers are freed when it exits, or by rt_workspace_release (a
  * long-lived thread that has finished a large job, e.g. the daemon's job runner). */
 #ifndef QLORA_WORKSPACE_H
 #define QLORA_WORKSPACE_H
@@ -13,15 +13,15 @@
 #include <stddef.h>
 
 typedef enum {
-    QT_WS_PACK,   /* the kernels' packed or reordered operand */
-    QT_WS_DECODE, /* the kernels' per-thread decoded weight tiles */
-    QT_WS_CALLER, /* for a caller of the kernels, held across its kernel calls */
-    QT_WS_SLOTS
-} qt_ws_slot;
+    RT_WS_PACK,   /* the kernels' packed or reordered operand */
+    RT_WS_DECODE, /* the kernels' per-thread decoded weight tiles */
+    RT_WS_CALLER, /* for a caller of the kernels, held across its kernel calls */
+    RT_WS_SLOTS
+} rt_ws_slot;
 
 /* At least `bytes`, 64-byte aligned, owned by the calling thread; NULL if out of memory. */
-void *qt_workspace(qt_ws_slot slot, size_t bytes);
+void *rt_workspace(rt_ws_slot slot, size_t bytes);
 /* Frees the calling thread's buffers. */
-void qt_workspace_release(void);
+void rt_workspace_release(void);
 
 #endif

@@ -35,8 +35,15 @@ typedef struct {
  * g = silu(h1) * h3, and with an adapter of rank r u [LIN_COUNT][M x r], the adapters'
  * inner activations. Then the final norm xf/rstdf, logits [M x vocab], and scratch
  * [M x max(dim, hidden)] for dropout. */
+/* What a forward call is for. LLAMA_TRAIN: a backward pass follows; dropout applies to
+ * the adapter's inputs, and the attention runs as blocked single-threaded sgemm (another
+ * order of summation, at sgemm's speed). LLAMA_INFER: no dropout, and the attention sums
+ * in run.c's order, so that logits match llama2.c's. The two agree to rounding. */
+typedef enum { LLAMA_INFER, LLAMA_TRAIN } llama_mode;
+
 typedef struct {
     int B, T, S, rank;
+    llama_mode mode; /* of the forward call that filled it: llama_backward follows it */
     int slots;  /* n_layers (every layer kept) or 1 (reused) */
     int held;   /* the layer whose intermediates the single slot holds */
     float *x, *xn1, *rstd1, *q, *att, *ao, *x2, *xn2, *rstd2, *h1, *h3, *g;
@@ -61,11 +68,11 @@ void llama_acts_free(llama_acts *a);
 
 /* Runs tokens [B x T] (B and T up to the sizes of acts; S of acts equals the cache's) at
  * positions pos0.. (pos0 + T <= S), with adapter ad (NULL: the base alone; its rank at
- * most the rank acts were made for). Logits land in acts->logits [B*T x vocab].
+ * most the rank acts were made for), in mode. Logits land in acts->logits [B*T x vocab].
  * Returns 0, or -1 when a kernel cannot get scratch memory. Token ids must be valid
  * (callers check them: llama_check_tokens). */
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
-                  const int *tokens, int B, int T, int pos0);
+                  const int *tokens, int B, int T, int pos0, llama_mode mode);
 
 /* Rows (or columns) per sgemm in training's attention, forward and backward: the products
  * cover the causal triangle in blocks of this many rows, not the whole square. */
@@ -78,14 +85,14 @@ void llama_copy(float *dst, const float *src, size_t n);
  * positions' RoPE angles, or back (inverse: the backward pass's transpose). */
 void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse);
 
-/* Runs layer l alone (x[l] of acts in, x[l+1] out, its keys and values into the cache):
- * llama_forward's step, and llama_backward's recomputation. */
+/* Runs layer l alone (x[l] of acts in, x[l+1] out, its keys and values into the cache)
+ * in acts->mode: llama_forward's step, and llama_backward's recomputation. */
 int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l, int B,
                         int T, int pos0);
 
 /* The gradients of the adapter's parameters, added into grads (ad's layout), given
- * dlogits [B*T x vocab] of the loss, after llama_forward(m, ad, a, cache, tokens, B, T, 0)
- * with cache->S == T and cache->B == B. With one slot in a, each layer is recomputed
+ * dlogits [B*T x vocab] of the loss, after llama_forward(m, ad, a, cache, tokens, B, T, 0,
+ * LLAMA_TRAIN) with cache->S == T and cache->B == B. With one slot in a, each layer is recomputed
  * first. dlogits is overwritten (used as scratch). Returns 0, or -1 out of memory or for
  * a cache of another shape (it is read as [B][..][T]). */
 int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,

@@ -22,8 +22,7 @@ typedef struct {
     float scale;
     int rslora;
     unsigned targets;      /* bit k set: linear k of every layer carries an adapter */
-    float dropout;         /* probability, applied only while training */
-    int training;          /* set by the training loop: dropout on */
+    float dropout;         /* probability, applied in LLAMA_TRAIN forward calls only */
     uint64_t dropout_seed; /* masks are a hash of (seed, layer, linear, row, column) */
     int n_layers;
     size_t *offset;        /* [n_layers * LIN_COUNT]: A's offset in params, or LORA_NONE */

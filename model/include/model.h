@@ -14,7 +14,24 @@
 
 #include "quant.h"
 
-typedef enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_COUNT } llama_linear;
+/* The seven linears of a layer, in the order of every per-linear array: X(enum suffix,
+ * short name, PEFT target name, Hugging Face module under model.layers.N, rows, columns)
+ * with rows and columns as members of llama_config. */
+#define LLAMA_LINEARS(X)                                                    \
+    X(Q, "q", "q_proj", "self_attn.q_proj", dim, dim)                       \
+    X(K, "k", "k_proj", "self_attn.k_proj", kv_dim, dim)                    \
+    X(V, "v", "v_proj", "self_attn.v_proj", kv_dim, dim)                    \
+    X(O, "o", "o_proj", "self_attn.o_proj", dim, dim)                       \
+    X(GATE, "gate", "gate_proj", "mlp.gate_proj", hidden_dim, dim)          \
+    X(UP, "up", "up_proj", "mlp.up_proj", hidden_dim, dim)                  \
+    X(DOWN, "down", "down_proj", "mlp.down_proj", dim, hidden_dim)
+
+typedef enum {
+#define LIN_ENUM(e, ...) LIN_##e,
+    LLAMA_LINEARS(LIN_ENUM)
+#undef LIN_ENUM
+    LIN_COUNT
+} llama_linear;
 
 typedef struct {
     int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
@@ -42,8 +59,11 @@ typedef struct {
     int hf_layout;
 } llama_model;
 
-/* "q" "k" "v" "o" "gate" "up" "down" */
+/* The names of LLAMA_LINEARS: "q" ..., "q_proj" ..., "self_attn.q_proj" ... ("?" for a
+ * value out of range). */
 const char *llama_linear_name(llama_linear l);
+const char *llama_linear_peft_name(llama_linear l);
+const char *llama_linear_module(llama_linear l);
 /* Shape of linear l: rows x cols. */
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols);
 

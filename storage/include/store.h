@@ -33,11 +33,17 @@ void store_close(store *s);
 int store_lock(const char *dir, const char *who, char *err, size_t errlen);
 void store_unlock(int fd);
 
-/* [A-Za-z0-9._-]{1,64}, and not "." or "..". */
+/* An adapter's name: STORE_NAME_RULE. Every buffer for one is STORE_NAME_MAX + 1 bytes. */
+#define STORE_NAME_MAX 64
+#define STORE_STR_(x) #x
+#define STORE_STR(x) STORE_STR_(x)
+#define STORE_NAME_RULE "[A-Za-z0-9._-]{1," STORE_STR(STORE_NAME_MAX) "}, not . or .."
 int store_name_valid(const char *name);
+/* 0, or -1 with "name 'NAME' is invalid: STORE_NAME_RULE" in err. */
+int store_name_check(const char *name, char *err, size_t errlen);
 
 typedef struct {
-    char name[65];
+    char name[STORE_NAME_MAX + 1];
     uint32_t version;          /* assigned by store_adapter_put */
     int rank;
     float alpha;

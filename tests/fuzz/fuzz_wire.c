@@ -66,7 +66,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     d.data_dir_fd = -1; /* no --data-dir: {path} is refused */
     d.token = strdup("fuzz-token-0123456789");
     d.started = now_s();
-    qt_set_threads(1);
+    rt_set_threads(1);
     pthread_mutex_init(&d.mail_lock, NULL);
     pthread_mutex_init(&d.active_lock, NULL);
     if (!d.token)
