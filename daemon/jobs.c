@@ -1211,19 +1211,35 @@ void op_job_list(req *r)
             return;
         }
     }
+    /* a page: the first limit jobs (all without one) with an id above after, so that a
+     * list larger than a frame can still be read, a page at a time */
+    const msgpack_object *lim = r->arg[1], *aft = r->arg[2];
+    uint64_t limit = lim && lim->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? lim->via.u64 : UINT64_MAX;
+    uint64_t after = aft && aft->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? aft->via.u64 : 0;
+    if (limit == 0) {
+        reply_error(r, "invalid_argument", "limit: must be at least 1");
+        return;
+    }
     mp_out o;
     reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
+    msgpack_pack_map(&o.pk, 2);
     mp_str(&o.pk, "jobs");
     pthread_mutex_lock(&J->lock);
-    size_t n = 0;
+    size_t n = 0, more = 0;
     for (job *j = J->head; j; j = j->next)
-        n += filter < 0 || (int)j->state == filter;
+        if ((filter < 0 || (int)j->state == filter) && j->id > after) {
+            if (n < limit)
+                n++;
+            else
+                more++;
+        }
     msgpack_pack_array(&o.pk, n);
-    for (job *j = J->head; j; j = j->next)
-        if (filter < 0 || (int)j->state == filter)
-            pack_job(&o.pk, j, 0);
+    size_t packed = 0;
+    for (job *j = J->head; j && packed < n; j = j->next)
+        if ((filter < 0 || (int)j->state == filter) && j->id > after)
+            pack_job(&o.pk, j, 0), packed++;
     pthread_mutex_unlock(&J->lock);
+    mp_kv_bool(&o.pk, "has_more", more > 0);
     reply_end(r, &o);
 }
 

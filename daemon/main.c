@@ -174,6 +174,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "qlorad: --listen needs --token-file (TCP never runs without a token)\n");
         return 2;
     }
+    if (max_output > 0 && max_output < max_frame) {
+        /* an answer of max_frame bytes to a client that reads could never be sent */
+        fprintf(stderr, "qlorad: --max-output %.0f is less than --max-frame %.0f\n", max_output, max_frame);
+        return 2;
+    }
     char err[1024];
     if (qt_spec_check(spec, err, sizeof err) < 0) {
         fprintf(stderr, "qlorad: %s\n", err);

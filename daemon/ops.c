@@ -43,7 +43,7 @@ static const op_row op_table[] = {
      {{"adapter", T_STR, 1}, {"data", T_MAP, 1}, {"eval_data", T_MAP | T_NIL, 0}, {"method", T_STR, 0},
       {"hyper", T_MAP | T_NIL, 0}}},
     {"job.get", op_job_get, 0, {{"job_id", T_UINT, 1}}},
-    {"job.list", op_job_list, 0, {{"state", T_STR | T_NIL, 0}}},
+    {"job.list", op_job_list, 0, {{"state", T_STR | T_NIL, 0}, {"limit", T_UINT | T_NIL, 0}, {"after", T_UINT | T_NIL, 0}}},
     {"job.cancel", op_job_cancel, 0, {{"job_id", T_UINT, 1}}},
     {"job.watch", op_job_watch, 0, {{"job_id", T_UINT, 1}}},
     {"job.delete", op_job_delete, 0, {{"job_id", T_UINT, 1}}},

@@ -16,7 +16,7 @@ import time
 
 
 from qlorad_fixture import Conn, Daemon, expect_error, frame, rss
-from tap import case, report
+from tap import case, report, run
 
 QLORAD, SHARED = sys.argv[1], sys.argv[2]
 TRAIN = open(os.path.join(SHARED, 'data/tinystories_train.txt'), encoding='utf-8').read(30000)
@@ -51,7 +51,7 @@ def _():
     # each of the 300 watchers gets a state event and the final record at the cancel: the
     # output limit is crossed in the middle of the walk over the watchers, which closes the
     # connection that owns the rest of them
-    with Daemon(QLORAD, SHARED, extra=('--max-output', '65536', '--max-watches', '1000')) as d:
+    with Daemon(QLORAD, SHARED, extra=('--max-frame', '65536', '--max-output', '65536', '--max-watches', '1000')) as d:
         c = Conn(d.socket)
         running = submit(c, 'long', steps=100000)
         queued = submit(c, 'queued')
@@ -180,7 +180,7 @@ def _():
 
 @case('a client that hangs up while the daemon waits for it to read is let go')
 def _():
-    with Daemon(QLORAD, SHARED, extra=('--max-output', '65536')) as d:
+    with Daemon(QLORAD, SHARED, extra=('--max-frame', '65536', '--max-output', '65536')) as d:
         probe = Conn(d.socket)
         for k in range(5):
             c = Conn(d.socket)
@@ -232,7 +232,7 @@ def _():
 
 @case('a client that stops reading its stream is closed at once past --max-output; fd and memory go back')
 def _():
-    with Daemon(QLORAD, SHARED, extra=('--max-output', '65536', '--max-requests', '48')) as d:
+    with Daemon(QLORAD, SHARED, extra=('--max-frame', '65536', '--max-output', '65536', '--max-requests', '48')) as d:
         before = rss(d.proc.pid)
         slow = Conn(d.socket)
         slow.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -258,7 +258,7 @@ def _():
 
 @case('a client that pipelines without reading is paced, not dropped: it gets every answer later')
 def _():
-    with Daemon(QLORAD, SHARED, extra=('--max-output', '65536')) as d:
+    with Daemon(QLORAD, SHARED, extra=('--max-frame', '65536', '--max-output', '65536')) as d:
         slow = Conn(d.socket)
         sender = threading.Thread(target=slow.raw, args=(frame({'id': 1, 'op': 'status'}) * 5000,))
         sender.start()  # ~2 MB of answers: far more than the output limit and the socket buffers
@@ -277,6 +277,35 @@ def _():
         c = Conn(d.socket)
         expect_error(c.call('tokenize', text='a b c d e f g ' * 250), 'busy', 'max_frame')
         assert c.ok('tokenize', text='Once upon a time')['tokens']
+        clean_stop(d)
+
+
+@case('a job list larger than a frame is read a page at a time; --max-output below --max-frame is refused')
+def _():
+    # the soak found it: once the storms had made ~600 jobs, job.list was larger than
+    # --max-output, and every client that asked for it was closed without a word
+    rc, _, err = run(QLORAD, '--model', os.path.join(SHARED, 'models/stories260K'), '--db', '/nonexistent',
+                     '--socket', '/nonexistent/s', '--max-frame', '131072', '--max-output', '65536')
+    assert rc == 2 and '--max-output 65536 is less than --max-frame 131072' in err, (rc, err)
+    with Daemon(QLORAD, SHARED, extra=('--max-frame', '4096', '--max-output', '65536')) as d:
+        c = Conn(d.socket)
+        ids = [c.ok('job.submit', adapter='page%d' % i, data={'text': TRAIN[:2000]},
+                    hyper=dict(SMALL, steps=100000))['job_id'] for i in range(9)]
+        expect_error(c.call('job.list'), 'busy', 'max_frame')
+        expect_error(c.call('job.list', limit=0), 'invalid_argument', 'limit')
+        seen, after = [], 0
+        while True:
+            page = c.ok('job.list', limit=2, after=after)
+            assert 1 <= len(page['jobs']) <= 2, page
+            seen += [j['job_id'] for j in page['jobs']]
+            after = seen[-1]
+            if not page['has_more']:
+                break
+        assert seen == ids, (seen, ids)
+        assert c.ok('job.list', limit=2, after=ids[-1]) == {'jobs': [], 'has_more': False}
+        assert [j['job_id'] for j in c.ok('job.list', state='queued', limit=3)['jobs']] == ids[1:4]
+        for j in ids:
+            c.call('job.cancel', job_id=j)
         clean_stop(d)
 
 

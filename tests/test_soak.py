@@ -54,6 +54,8 @@ def well_behaved(sock, stop, st, rnd):
             args = {'text': 'Once upon a time %d' % rnd.randrange(1000)}
         elif op == 'eval':
             args = {'tokens': [[1, 403, 407, 261, 378, 432]], 'adapter': None}
+        elif op == 'job.list':  # the storms make thousands of jobs: a page at a time
+            args = {'limit': rnd.randrange(1, 50), 'after': rnd.randrange(0, 50)}
         elif op == 'generate':
             args = {'prompt': 'Once', 'max_tokens': rnd.randrange(1, 12), 'seed': rnd.randrange(99),
                     'temperature': 0.8, 'stream': rnd.random() < 0.5, 'adapter': None}
@@ -65,7 +67,8 @@ def well_behaved(sock, stop, st, rnd):
         good = {'ping': lambda: r['protocol'] == 1, 'status': lambda: r['model']['dim'] == 64,
                 'tokenize': lambda: r['tokens'][0] == 1, 'eval': lambda: r['n_predicted'] == 5,
                 'generate': lambda: 1 <= len(r['tokens']) <= args.get('max_tokens', 0),
-                'job.list': lambda: isinstance(r['jobs'], list),
+                'job.list': lambda: len(r['jobs']) <= args['limit'] and isinstance(r['has_more'], bool) and all(
+                    j['job_id'] > args['after'] for j in r['jobs']),
                 'adapter.list': lambda: isinstance(r['adapters'], list)}[op]()
         if not good:
             st.fail('%s: wrong result %r' % (op, r))
@@ -162,7 +165,7 @@ ROLES = [(well_behaved, 20), (invalid, 10), (garbage, 8), (storms, 6), (non_read
 
 @case('50 hostile and careless clients while a job trains: the daemon holds, the adapter is the same')
 def _():
-    with Daemon(QLORAD, SHARED, extra=('--max-output', '1048576')) as d:
+    with Daemon(QLORAD, SHARED, extra=('--max-frame', '1048576', '--max-output', '1048576')) as d:
         c = Conn(d.socket)
         t0 = time.time()
         probe = c.ok('job.submit', adapter='probe', data={'text': TRAIN}, hyper=dict(HYPER, steps=5))['job_id']

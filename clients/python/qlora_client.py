@@ -249,8 +249,9 @@ class Client:
     def job(self, job_id):
         return self.call('job.get', job_id=job_id)
 
-    def jobs(self, state=None):
-        return self.call('job.list', state=state)['jobs']
+    def jobs(self, state=None, limit=None, after=None):
+        """Every job (in id order), or one page: the first `limit` above job id `after`."""
+        return self.call('job.list', state=state, limit=limit, after=after)['jobs']
 
     def cancel(self, job_id):
         return self.call('job.cancel', job_id=job_id)
