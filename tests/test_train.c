@@ -163,7 +163,9 @@ static void test_determinism_and_resume(void)
     CHECK(pa && pr, "params");
     trainer t;
     char err[256];
-    if (trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0) {
+    int inited = trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0;
+    CHECK(inited, "%s", err);
+    if (inited) {
         CHECK(pa && pr && memcmp(pa, pr, t.adapter.n_params * sizeof(float)) == 0, "resumed adapter differs");
         CHECK(trainer_state_load(&t, state, len - 4, err, sizeof err) < 0, "truncated state accepted");
         ((char *)state)[0] ^= 1;
@@ -222,7 +224,9 @@ static void test_nan_stops(void)
     CHECK(t.step == 5, "the failed step counted: step %d", t.step);
     CHECK(c.saved_step == 4, "last checkpoint at step %d", c.saved_step);
     trainer u;
-    if (trainer_init(&u, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0) {
+    int inited = trainer_init(&u, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0;
+    CHECK(inited, "%s", err);
+    if (inited) {
         CHECK(trainer_state_load(&u, c.saved, c.len, err, sizeof err) == 0, "%s", err);
         int finite = 1;
         for (size_t i = 0; i < u.adapter.n_params; i++)
