@@ -65,6 +65,8 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+static int hf_config_exact(const json_value *j, const char *path, int head_size, char *err, size_t errlen);
+
 static int hf_config(source *s, const json_value *j, const char *path, char *err, size_t errlen)
 {
     static const struct {
@@ -102,6 +104,66 @@ static int hf_config(source *s, const json_value *j, const char *path, char *err
     if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0)) {
         snprintf(err, errlen, "%s: hidden_act must be \"silu\" (Llama's SwiGLU)", path);
         return -1;
+    }
+    /* as LlamaConfig: untied unless the config says so */
+    const json_value *tie = json_get(j, "tie_word_embeddings");
+    s->tied = tie && tie->type == JSON_BOOL && tie->boolean;
+    return hf_config_exact(j, path, s->cfg.dim / s->cfg.n_heads, err, errlen);
+}
+
+/* What a config.json may hold beyond the shape read above: keys that change nothing in
+ * the computation, and keys whose only value runnable here is the one they have in a
+ * plain Llama. Anything else (another architecture, rope_scaling, biases, an unknown key)
+ * is refused by name, since running it as a plain Llama would give plausible wrong
+ * numbers. */
+static int hf_config_exact(const json_value *j, const char *path, int head_size, char *err, size_t errlen)
+{
+    static const char *const inert[] = {
+        /* read above */
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
+        "tie_word_embeddings",
+        /* metadata, token ids (the tokenizer's files decide), loading and caching switches */
+        "_name_or_path", "transformers_version", "torch_dtype", "initializer_range", "use_cache", "bos_token_id",
+        "eos_token_id", "pad_token_id",
+        /* splits the products into slices that sum to the same (transformers' own comment) */
+        "pretraining_tp",
+    };
+    for (size_t i = 0; j->type == JSON_OBJECT && i < j->count; i++) {
+        const char *key = j->keys[i];
+        const json_value *v = &j->items[i];
+        int known = 0;
+        for (size_t k = 0; k < sizeof inert / sizeof inert[0]; k++)
+            known |= !strcmp(key, inert[k]);
+        if (known)
+            continue;
+        const char *why = NULL;
+        if (!strcmp(key, "architectures")) {
+            if (v->type != JSON_ARRAY || v->count != 1 || v->items[0].type != JSON_STRING ||
+                strcmp(v->items[0].string, "LlamaForCausalLM"))
+                why = "only [\"LlamaForCausalLM\"] runs here";
+        } else if (!strcmp(key, "model_type")) {
+            if (v->type != JSON_STRING || strcmp(v->string, "llama"))
+                why = "only \"llama\" runs here";
+        } else if (!strcmp(key, "attention_bias") || !strcmp(key, "mlp_bias")) {
+            if (v->type != JSON_BOOL || v->boolean)
+                why = "biases are not supported (false only)";
+        } else if (!strcmp(key, "rope_scaling")) {
+            if (v->type != JSON_NULL)
+                why = "scaled RoPE is not supported (null only)";
+        } else if (!strcmp(key, "attention_dropout")) {
+            if (v->type != JSON_NUMBER || v->number != 0)
+                why = "dropout on the attention is not supported (0 only)";
+        } else if (!strcmp(key, "head_dim")) {
+            if (v->type != JSON_NUMBER || v->number != head_size)
+                why = "only hidden_size / num_attention_heads is supported";
+        } else {
+            why = "unknown key: it may change the computation, so it is refused rather than ignored";
+        }
+        if (why) {
+            snprintf(err, errlen, "%s: '%s': %s", path, key, why);
+            return -1;
+        }
     }
     return 0;
 }
@@ -168,6 +230,51 @@ static int check_config(const llama_config *c, const char *where, char *err, siz
     return 0;
 }
 
+/* Whether the checkpoint's tensor name is one the loader reads: nothing in it may go
+ * unused (a Qwen2 bias, a LoRA left merged in another name) and run as if absent. */
+static int tensor_consumed(const source *s, const char *name)
+{
+    if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "model.norm.weight"))
+        return 1;
+    if (!strcmp(name, "lm_head.weight"))
+        return !s->tied;
+    int layer, used = 0;
+    if (sscanf(name, "model.layers.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0 ||
+        layer >= s->cfg.n_layers)
+        return 0;
+    const char *rest = name + used;
+    char want[64];
+    snprintf(want, sizeof want, "model.layers.%d.", layer);
+    if (strncmp(name, want, strlen(want))) /* "model.layers.01." is not layer 1's */
+        return 0;
+    if (!strcmp(rest, "input_layernorm.weight") || !strcmp(rest, "post_attention_layernorm.weight") ||
+        /* a buffer of old checkpoints that transformers ignores on loading and recomputes
+         * from rope_theta, as this loader does */
+        !strcmp(rest, "self_attn.rotary_emb.inv_freq"))
+        return 1;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        snprintf(want, sizeof want, "%s.weight", llama_linear_module((llama_linear)k));
+        if (!strcmp(rest, want))
+            return 1;
+    }
+    return 0;
+}
+
+static int check_tensors(const source *s, char *err, size_t errlen)
+{
+    for (int i = 0; i < s->nshards; i++)
+        for (size_t t = 0; t < s->shards[i].count; t++) {
+            const char *name = s->shards[i].tensors[t].name;
+            if (!tensor_consumed(s, name)) {
+                snprintf(err, errlen, "%s: tensor '%s' is not part of a Llama model of this config%s",
+                         s->shards[i].path, name,
+                         !strcmp(name, "lm_head.weight") ? " (tie_word_embeddings is true)" : "");
+                return -1;
+            }
+        }
+    return 0;
+}
+
 static int source_open(source *s, const char *dir, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
@@ -198,10 +305,10 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
             source_close(s);
             return -1;
         }
-        s->tied = 1;
-        for (int i = 0; i < s->nshards; i++)
-            if (st_find(&s->shards[i], "lm_head.weight"))
-                s->tied = 0;
+        if (check_tensors(s, err, errlen) < 0) {
+            source_close(s);
+            return -1;
+        }
     }
     s->cfg.head_size = s->cfg.dim / s->cfg.n_heads;
     s->cfg.kv_dim = s->cfg.head_size * s->cfg.n_kv_heads;

@@ -110,6 +110,44 @@ def _():
                  'model.layers.0.mlp.gate_proj.weight', 'shape')
 
 
+@case('a config or checkpoint that is not a plain Llama is refused, naming the key or tensor')
+def _():
+    # each would run as a plain Llama with other math than transformers' (Qwen2's biases,
+    # Llama 3's scaled RoPE...) and give a plausible wrong perplexity
+    for key, value, needle in [('architectures', ['Qwen2ForCausalLM'], 'LlamaForCausalLM'),
+                               ('model_type', 'mistral', 'llama'), ('rope_scaling', {'rope_type': 'llama3', 'factor': 8.0}, 'RoPE'),
+                               ('attention_bias', True, 'biases'), ('mlp_bias', True, 'biases'),
+                               ('head_dim', 32, 'hidden_size / num_attention_heads'),
+                               ('attention_dropout', 0.1, 'dropout'), ('sliding_window', 4096, 'unknown key')]:
+        d = variant('cfg-' + key)
+        cfg = json.load(open(os.path.join(d, 'config.json')))
+        cfg[key] = value
+        json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
+        expect_error(['eval', '--model', d, '--tokens', tokens], 'config.json', "'%s'" % key, needle)
+    d = variant('cfg-inert')  # keys that change nothing are read as they are
+    cfg = json.load(open(os.path.join(d, 'config.json')))
+    cfg.update({'head_dim': cfg['hidden_size'] // cfg['num_attention_heads'], 'rope_scaling': None,
+                'attention_bias': False, 'attention_dropout': 0.0, 'pretraining_tp': 1, '_name_or_path': 'x'})
+    json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
+    assert eval_json(d) == eval_json(base)
+    def extra(name, shape):  # one more F32 tensor of zeros after the others
+        n = 4 * int(np.prod(shape))
+        return lambda h, b: (dict(h, **{name: {'dtype': 'F32', 'shape': shape,
+                                               'data_offsets': [len(b), len(b) + n]}}), b + bytes(n))
+    d = corrupt('bias', extra('model.layers.0.self_attn.q_proj.bias', [64]))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'model.safetensors',
+                 'model.layers.0.self_attn.q_proj.bias', 'not part of')
+    d = corrupt('layer9', extra('model.layers.9.input_layernorm.weight', [64]))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'model.layers.9.input_layernorm.weight', 'not part of')
+    d = corrupt('head', extra('lm_head.weight', [512, 64]))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'lm_head.weight', 'tie_word_embeddings is true')
+    d = variant('untied')  # untied without its head: the head is missing, not the embedding again
+    cfg = json.load(open(os.path.join(d, 'config.json')))
+    cfg['tie_word_embeddings'] = False
+    json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'lm_head.weight', 'missing')
+
+
 @case('an unsupported dtype is named')
 def _():
     def edit(h, b):
