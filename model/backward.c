@@ -7,39 +7,10 @@
 #include <string.h>
 
 #include "forward.h"
+#include "layer_ops.h"
 #include "parallel.h"
 #include "pool_sgemm.h"
 #include "workspace.h"
-
-typedef struct {
-    float *dx;
-    const float *dy, *x, *w, *rstd;
-    int D;
-} norm_bwd_ctx;
-
-/* y = w * rstd * x  =>  dx = rstd * (w . dy) - rstd^3 / D * x * sum(w . dy . x); dx is
- * accumulated into. */
-static void rmsnorm_backward_rows(void *p, size_t r0, size_t r1)
-{
-    const norm_bwd_ctx *c = p;
-    const int D = c->D;
-    for (size_t m = r0; m < r1; m++) {
-        const float *xm = c->x + m * D, *dym = c->dy + m * D;
-        float r = c->rstd[m], dot = 0;
-        for (int i = 0; i < D; i++)
-            dot += c->w[i] * dym[i] * xm[i];
-        float k = r * r * r * dot / (float)D;
-        for (int i = 0; i < D; i++)
-            c->dx[m * D + i] += r * c->w[i] * dym[i] - k * xm[i];
-    }
-}
-
-static void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w,
-                             const float *rstd, int M, int D)
-{
-    norm_bwd_ctx c = {dx, dy, x, w, rstd, D};
-    rt_parallel_for((size_t)M, 2 * (size_t)D, rmsnorm_backward_rows, &c);
-}
 
 typedef struct {
     float *dh1, *dh3;

@@ -2,6 +2,7 @@
  * llama2.c's run.c (float sums in order, its RMSNorm, RoPE and softmax), so that greedy
  * decoding reproduces run.c's text. */
 #include "forward.h"
+#include "layer_ops.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -135,38 +136,6 @@ int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char 
 }
 
 /* ---- layers ---- */
-
-typedef struct {
-    float *out, *rstd;
-    const float *x, *w;
-    int D;
-    float eps;
-} norm_ctx;
-
-static void rmsnorm_rows(void *p, size_t r0, size_t r1)
-{
-    const norm_ctx *c = p;
-    const int D = c->D;
-    for (size_t m = r0; m < r1; m++) {
-        const float *xm = c->x + m * D;
-        float ss = 0;
-        for (int i = 0; i < D; i++)
-            ss += xm[i] * xm[i];
-        ss /= (float)D;
-        ss += c->eps;
-        ss = 1.0f / sqrtf(ss);
-        c->rstd[m] = ss;
-        for (int i = 0; i < D; i++)
-            c->out[m * D + i] = c->w[i] * (ss * xm[i]);
-    }
-}
-
-static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int M, int D,
-                            float eps)
-{
-    norm_ctx c = {out, rstd, x, w, D, eps};
-    rt_parallel_for((size_t)M, (size_t)D, rmsnorm_rows, &c);
-}
 
 typedef struct {
     const llama_model *m;
