@@ -13,22 +13,6 @@
 #include "workspace.h"
 
 typedef struct {
-    float *dh1, *dh3;
-    const float *dg, *h1, *h3;
-} swiglu_bwd_ctx;
-
-/* g = silu(h1) * h3 */
-static void swiglu_backward_range(void *p, size_t i0, size_t i1)
-{
-    const swiglu_bwd_ctx *c = p;
-    for (size_t i = i0; i < i1; i++) {
-        float h1 = c->h1[i], sig = 1.0f / (1.0f + expf(-h1));
-        c->dh3[i] = c->dg[i] * h1 * sig;
-        c->dh1[i] = c->dg[i] * c->h3[i] * sig * (1.0f + h1 * (1.0f - sig));
-    }
-}
-
-typedef struct {
     const llama_config *cfg;
     const float *q, *kt, *v, *att; /* forward values (kt, v: this layer's cache, S == T) */
     const float *dout;            /* [M x dim] gradient of the attention output */
@@ -171,8 +155,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         llama_copy(dx2, dx, sMD);
         float *dg = d1, *dh1 = d2, *dh3 = d3;
         rc |= linear_backward(m, ad, a, pa, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
-        swiglu_bwd_ctx sc = {dh1, dh3, dg, h1, h3};
-        rt_parallel_for(sMH, 20, swiglu_backward_range, &sc);
+        swiglu_backward(dh1, dh3, dg, h1, h3, sMH);
         float *dxn2 = d1; /* dg is consumed */
         rc |= linear_backward(m, ad, a, pa, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);

@@ -289,27 +289,6 @@ void llama_copy(float *dst, const float *src, size_t n)
     rt_parallel_for(n, 1, copy_range, &c);
 }
 
-typedef struct {
-    float *g;
-    const float *h1, *h3;
-} swiglu_ctx;
-
-static void swiglu_range(void *p, size_t i0, size_t i1)
-{
-    const swiglu_ctx *c = p;
-    for (size_t i = i0; i < i1; i++) {
-        float val = c->h1[i];
-        val *= 1.0f / (1.0f + expf(-val));
-        c->g[i] = val * c->h3[i];
-    }
-}
-
-static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
-{
-    swiglu_ctx c = {g, h1, h3};
-    rt_parallel_for(n, 16, swiglu_range, &c);
-}
-
 /* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
 static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
                           int layer, llama_linear k, const float *x, int M, float *y, int accumulate)

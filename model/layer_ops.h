@@ -19,4 +19,10 @@ void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, in
 void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w, const float *rstd, int M,
                       int D);
 
+/* swiglu.c, elementwise over n (M x hidden), with sig = 1 / (1 + e^-h1):
+ *   forward:  g = silu(h1) * h3,  silu(h1) = h1 * sig
+ *   backward: dh3 = dg * h1 * sig,  dh1 = dg * h3 * sig * (1 + h1 * (1 - sig))  (written) */
+void swiglu_forward(float *g, const float *h1, const float *h3, size_t n);
+void swiglu_backward(float *dh1, float *dh3, const float *dg, const float *h1, const float *h3, size_t n);
+
 #endif
