@@ -12,67 +12,6 @@
 #include "pool_sgemm.h"
 #include "workspace.h"
 
-typedef struct {
-    const llama_config *cfg;
-    const float *q, *kt, *v, *att; /* forward values (kt, v: this layer's cache, S == T) */
-    const float *dout;            /* [M x dim] gradient of the attention output */
-    float *dq, *dk, *dv;          /* [M x dim], [M x kv_dim] x 2, written */
-    float *scratch;               /* [threads x T x T]: dP, then dS, of one head */
-    int B, T;
-} attn_bwd_ctx;
-
-/* One task per (sequence, kv head); the heads sharing a kv head add into the same dK, dV.
- * Per head, with P the probabilities [T x T] (zero above the diagonal), dO the output's
- * gradient, and every product a single-threaded sgemm on this task's thread:
- *   dP = dO V^T,  dV += P^T dO,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),
- *   dQ = dS K (K read transposed, as cached),  dK += dS^T Q.
- * The products cover the causal triangle in blocks of LLAMA_ATT_BLOCK rows or columns
- * (the diagonal blocks' upper parts are zeros in P and dS), at sgemm's speed rather than
- * that of T^2 short vector loops. No summation order is owed to run.c here. */
-static void attention_backward_task(void *p, int task, int thread)
-{
-    const attn_bwd_ctx *c = p;
-    const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, T = c->T;
-    const int group = H / cfg->n_kv_heads, b = task / cfg->n_kv_heads, kvh = task % cfg->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hs);
-    float *ds = c->scratch + (size_t)thread * T * T;
-    const size_t kv0 = (size_t)b * T * KV + (size_t)kvh * hs;
-    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * T, *v = c->v + kv0;
-    float *dk = c->dk + kv0, *dv = c->dv + kv0;
-    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-        const size_t q0 = (size_t)b * T * D + (size_t)h * hs;
-        const float *att = c->att + ((size_t)b * H + h) * T * T, *dout = c->dout + q0, *q = c->q + q0;
-        const float beta = h == kvh * group ? 0.0f : 1.0f; /* the group's first head writes */
-        for (int r0 = 0; r0 < T; r0 += LLAMA_ATT_BLOCK) { /* dP's rows r0.., up to the diagonal */
-            int rows = T - r0 < LLAMA_ATT_BLOCK ? T - r0 : LLAMA_ATT_BLOCK;
-            task_sgemm(CblasNoTrans, CblasTrans, rows, r0 + rows, hs, 1.0f, dout + (size_t)r0 * D, D, v, KV, 0.0f,
-                       ds + (size_t)r0 * T, T);
-        }
-        for (int t = 0; t < T; t++) {
-            const float *pt = att + (size_t)t * T;
-            float *dst = ds + (size_t)t * T, dsum = 0;
-            for (int s = 0; s <= t; s++)
-                dsum += pt[s] * dst[s];
-            for (int s = 0; s <= t; s++)
-                dst[s] = pt[s] * (dst[s] - dsum) * scale;
-            for (int s = t + 1; s < T; s++)
-                dst[s] = 0;
-        }
-        for (int r0 = 0; r0 < T; r0 += LLAMA_ATT_BLOCK) {
-            /* dQ's rows r0.. from dS's columns up to the diagonal; dV's and dK's rows
-             * (positions) r0.. from the rows of P and dS at or below them */
-            int n = T - r0 < LLAMA_ATT_BLOCK ? T - r0 : LLAMA_ATT_BLOCK, below = T - r0;
-            task_sgemm(CblasNoTrans, CblasTrans, n, hs, r0 + n, 1.0f, ds + (size_t)r0 * T, T, kt, T, 0.0f,
-                       c->dq + q0 + (size_t)r0 * D, D);
-            task_sgemm(CblasTrans, CblasNoTrans, n, hs, below, 1.0f, att + (size_t)r0 * T + r0, T,
-                       dout + (size_t)r0 * D, D, beta, dv + (size_t)r0 * KV, KV);
-            task_sgemm(CblasTrans, CblasNoTrans, n, hs, below, 1.0f, ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * D,
-                       D, beta, dk + (size_t)r0 * KV, KV);
-        }
-    }
-}
-
 /* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
  * grads. x is the linear's forward input; du is [M x rank] scratch. dx NULL: the input
  * gradient is not wanted (layer 0's q, k, v: nothing lies below them but the frozen
@@ -165,8 +104,7 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         llama_copy(dx, dx2, sMD);
         float *dao = d1;
         rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
-        attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, attn_scratch, B, T};
-        rt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
+        attention_backward(c, dq, dk, dv, dao, q, kc, vc, la.att, attn_scratch, B, T);
         llama_rope_rows(m, dq, D, M, T, 0, 1);
         llama_rope_rows(m, dk, KV, M, T, 0, 1);
         float *dxn1 = l > 0 ? d2 : NULL; /* below layer 0 only the frozen embedding */

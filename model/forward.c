@@ -170,109 +170,6 @@ void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int
 }
 
 typedef struct {
-    const llama_config *cfg;
-    const float *q;     /* [B*T x dim] */
-    const float *kt;    /* this layer's keys [B x kv_dim x S] */
-    const float *v;     /* this layer's values [B x S x kv_dim] */
-    float *att;         /* [B x H x T x S] */
-    float *out;         /* [B*T x dim] */
-    int B, T, S, pos0;
-    int by_sgemm;       /* LLAMA_TRAIN: see attention_task */
-} attn_ctx;
-
-/* Columns s0 .. s0+W-1 of dot_columns, their sums held in registers while i runs. */
-static inline void dot_block(float *restrict out, const float *restrict a, const float *restrict bt, int len,
-                             size_t ld, int s0, int W)
-{
-    float acc[64] = {0};
-    for (int i = 0; i < len; i++)
-        for (int j = 0; j < W; j++)
-            acc[j] += a[i] * bt[(size_t)i * ld + s0 + j];
-    memcpy(out + s0, acc, (size_t)W * sizeof(float));
-}
-
-/* out[s] = the sum over i = 0 .. len-1, in that order, of a[i] * bt[i * ld + s], for
- * s < n: the dot products of a with the columns of bt, each added up in the order of a
- * scalar loop (so attention scores are run.c's to the bit), vectorized across columns. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void dot_columns(float *restrict out, const float *restrict a, const float *restrict bt, int len, int n,
-                        size_t ld)
-{
-    int s = 0;
-    for (; s + 64 <= n; s += 64)
-        dot_block(out, a, bt, len, ld, s, 64);
-    /* the rest of the 16-column groups in one block: independent sums to overlap */
-    switch ((n - s) / 16) {
-    case 3: dot_block(out, a, bt, len, ld, s, 48), s += 48; break;
-    case 2: dot_block(out, a, bt, len, ld, s, 32), s += 32; break;
-    case 1: dot_block(out, a, bt, len, ld, s, 16), s += 16; break;
-    }
-    for (; s < n; s++)
-        dot_block(out, a, bt, len, ld, s, 1);
-}
-
-/* att[0..pos] = softmax of the (scaled) scores att[0..pos]; zeros after them, up to S. */
-static void softmax_causal(float *restrict att, int pos, int S)
-{
-    memset(att + pos + 1, 0, (size_t)(S - pos - 1) * sizeof(float));
-    float max = -INFINITY;
-    for (int s = 0; s <= pos; s++)
-        max = att[s] > max ? att[s] : max;
-    float sum = 0;
-    for (int s = 0; s <= pos; s++) {
-        att[s] = expf(att[s] - max);
-        sum += att[s];
-    }
-    for (int s = 0; s <= pos; s++)
-        att[s] /= sum;
-}
-
-/* One task per (sequence, head), in one of two ways:
- * - exact (inference, evaluation): the scores of all positions build up together from the
- *   transposed keys (dot_columns), each adding its products in run.c's order, so that
- *   generation and evaluation give run.c's values to the bit; the inner loops run over
- *   independent outputs and vectorize (target_clones picks the widths this CPU has).
- * - by sgemm (training): scores = Q K^T and out = P V as single-threaded sgemm over the
- *   causal triangle in blocks of LLAMA_ATT_BLOCK rows, as the backward does: another
- *   summation order, which training does not mind, at sgemm's speed. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void attention_task(void *p, int task, int thread)
-{
-    (void)thread;
-    const attn_ctx *c = p;
-    const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, S = c->S;
-    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
-    const float scale = 1.0f / sqrtf((float)hs);
-    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * S;
-    const float *vb = c->v + (size_t)b * S * KV + (size_t)kvh * hs;
-    const float *qb = c->q + (size_t)b * c->T * D + (size_t)h * hs;
-    float *ob = c->out + (size_t)b * c->T * D + (size_t)h * hs;
-    float *ab = c->att + ((size_t)b * H + h) * c->T * S;
-    if (c->by_sgemm) { /* rows r0.. see keys 0 .. pos0 + r0 + rows - 1 */
-        for (int r0 = 0; r0 < c->T; r0 += LLAMA_ATT_BLOCK) {
-            int rows = c->T - r0 < LLAMA_ATT_BLOCK ? c->T - r0 : LLAMA_ATT_BLOCK, seen = c->pos0 + r0 + rows;
-            float *ar = ab + (size_t)r0 * S;
-            task_sgemm(CblasNoTrans, CblasNoTrans, rows, seen, hs, scale, qb + (size_t)r0 * D, D, kt, S, 0.0f, ar, S);
-            for (int t = r0; t < r0 + rows; t++)
-                softmax_causal(ab + (size_t)t * S, c->pos0 + t, S);
-            task_sgemm(CblasNoTrans, CblasNoTrans, rows, hs, seen, 1.0f, ar, S, vb, KV, 0.0f, ob + (size_t)r0 * D, D);
-        }
-        return;
-    }
-    for (int t = 0; t < c->T; t++) {
-        const int pos = c->pos0 + t;
-        float *restrict att = ab + (size_t)t * S;
-        dot_columns(att, qb + (size_t)t * D, kt, hs, pos + 1, (size_t)S);
-        for (int s = 0; s <= pos; s++)
-            att[s] *= scale;
-        softmax_causal(att, pos, S);
-        /* out[i] = sum over s of att[s] v_s[i], in s order: the columns of v */
-        dot_columns(ob + (size_t)t * D, att, vb, pos + 1, hs, (size_t)KV);
-    }
-}
-
-typedef struct {
     float *dst;
     const float *src;
 } copy_ctx;
@@ -356,8 +253,7 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
         memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
     llama_rope_rows(m, la.q, D, M, T, pos0, 0);
 
-    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0, a->mode == LLAMA_TRAIN};
-    rt_parallel(B * c->n_heads, attention_task, &ac);
+    attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode);
 
     llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);

@@ -25,4 +25,19 @@ void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w
 void swiglu_forward(float *g, const float *h1, const float *h3, size_t n);
 void swiglu_backward(float *dh1, float *dh3, const float *dg, const float *h1, const float *h3, size_t n);
 
+/* attention.c, per sequence and head, causal, with Q [T x hs] the head's queries (after
+ * RoPE), K and V [S x hs] its kv head's keys and values in the cache, and P [T x S]:
+ *   forward:  P = softmax(Q K^T / sqrt(hs)), row t over keys 0 .. pos0 + t;   O = P V
+ *   backward: dP = dO V^T,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),  dQ = dS K,
+ *             dK = sum of dS^T Q,  dV = sum of P^T dO  (sums over the heads of a kv head)
+ * q, out, dout, dq [M x dim]; kt [B x kv_dim x S] and v [B x S x kv_dim] (this layer's
+ * cache); att [B x H x T x S] holds P; dk, dv [M x kv_dim]. The backward follows a training
+ * forward (pos0 = 0, S = T) and writes dq, dk, dv; scratch [threads x T x T]. mode:
+ * LLAMA_INFER sums in run.c's order, LLAMA_TRAIN by blocked sgemm (forward.h). */
+void attention_forward(const llama_config *cfg, float *out, float *att, const float *q, const float *kt,
+                       const float *v, int B, int T, int S, int pos0, llama_mode mode);
+void attention_backward(const llama_config *cfg, float *dq, float *dk, float *dv, const float *dout,
+                        const float *q, const float *kt, const float *v, const float *att, float *scratch, int B,
+                        int T);
+
 #endif
