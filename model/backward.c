@@ -12,49 +12,6 @@
 #include "pool_sgemm.h"
 #include "workspace.h"
 
-/* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
- * grads. x is the linear's forward input; du is [M x rank] scratch. dx NULL: the input
- * gradient is not wanted (layer 0's q, k, v: nothing lies below them but the frozen
- * embedding), only the adapter's gradients. */
-static int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a,
-                           const llama_layer_acts *la, int layer, llama_linear k, const float *x, const float *dy,
-                           int M, float *dx, int accumulate, float *grads, float *du)
-{
-    int rc = dx ? qt_matmul_t(&m->layers[layer].lin[k], dy, M, dx, accumulate) : 0;
-    if (rc || !llama_lora_has(ad, layer, k))
-        return rc;
-    const llama_config *c = &m->cfg;
-    int out, in, r = ad->rank;
-    llama_linear_shape(c, k, &out, &in);
-    const float *u = llama_layer_u(la, a, k, (size_t)M);
-    const float *A = llama_lora_a(ad, ad->params, layer, k), *Bm = llama_lora_b(ad, c, ad->params, layer, k);
-    float *dA = llama_lora_a(ad, grads, layer, k), *dB = llama_lora_b(ad, c, grads, layer, k);
-    /* dB += scale dy^T u;  du = scale dy B;  dA += du^T d(x);  dx += d'(du A) */
-    pool_sgemm(CblasTrans, CblasNoTrans, out, r, M, ad->scale, dy, out, u, r, 1.0f, dB, r);
-    pool_sgemm(CblasNoTrans, CblasNoTrans, M, r, out, ad->scale, dy, out, Bm, r, 0.0f, du, r);
-    int dropout = a->mode == LLAMA_TRAIN && ad->dropout > 0;
-    const float *xin = x;
-    if (dropout) {
-        for (size_t i = 0; i < (size_t)M; i++)
-            for (int j = 0; j < in; j++)
-                a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
-        xin = a->scratch;
-    }
-    pool_sgemm(CblasTrans, CblasNoTrans, r, in, M, 1.0f, du, r, xin, in, 1.0f, dA, in);
-    if (!dx)
-        return 0;
-    if (!dropout) {
-        pool_sgemm(CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
-    } else {
-        pool_sgemm(CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 0.0f,
-                    a->scratch, in);
-        for (size_t i = 0; i < (size_t)M; i++)
-            for (int j = 0; j < in; j++)
-                dx[i * in + j] += a->scratch[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
-    }
-    return 0;
-}
-
 int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                    int B, int T, float *dlogits, float *grads)
 {

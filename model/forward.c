@@ -186,30 +186,6 @@ void llama_copy(float *dst, const float *src, size_t n)
     rt_parallel_for(n, 1, copy_range, &c);
 }
 
-/* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
-static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
-                          int layer, llama_linear k, const float *x, int M, float *y, int accumulate)
-{
-    int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
-    if (rc || !llama_lora_has(ad, layer, k))
-        return rc;
-    int out, in, r = ad->rank;
-    llama_linear_shape(&m->cfg, k, &out, &in);
-    const float *xin = x;
-    if (a->mode == LLAMA_TRAIN && ad->dropout > 0) {
-        for (size_t i = 0; i < (size_t)M; i++)
-            for (int j = 0; j < in; j++)
-                a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
-        xin = a->scratch;
-    }
-    float *u = llama_layer_u(la, a, k, (size_t)M);
-    pool_sgemm(CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
-                llama_lora_a(ad, ad->params, layer, k), in, 0.0f, u, r);
-    pool_sgemm(CblasNoTrans, CblasTrans, M, out, r, ad->scale, u, r,
-                llama_lora_b(ad, &m->cfg, ad->params, layer, k), r, 1.0f, y, out);
-    return 0;
-}
-
 typedef struct {
     float *kt;         /* this layer's keys [B x kv_dim x S] */
     const float *rows; /* the new keys [B*T x kv_dim] */

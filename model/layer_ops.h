@@ -40,4 +40,17 @@ void attention_backward(const llama_config *cfg, float *dq, float *dk, float *dv
                         const float *q, const float *kt, const float *v, const float *att, float *scratch, int B,
                         int T);
 
+/* linear.c, linear k of a layer: W [out x in] the frozen quantized weight, and where
+ * (layer, k) has an adapter, its A [r x in], B [out x r], scale s and dropout mask d
+ * (elementwise, so its own transpose; training only), with u [M x r] kept in acts:
+ *   forward:  u = d(x) A^T,  y (+)= x W^T + s u B^T
+ *   backward: dB += s dy^T u,  du = s dy B,  dA += du^T d(x),  dx (+)= dy W + d(du A)
+ * accumulate: add into y (dx) rather than write it; grads: the adapter's gradients (ad's
+ * layout), added into; du [M x r] scratch; dx NULL: only the adapter's gradients. */
+int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
+                   int layer, llama_linear k, const float *x, int M, float *y, int accumulate);
+int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
+                    int layer, llama_linear k, const float *x, const float *dy, int M, float *dx, int accumulate,
+                    float *grads, float *du);
+
 #endif
