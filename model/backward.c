@@ -62,8 +62,8 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         float *dao = d1;
         rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
         attention_backward(c, dq, dk, dv, dao, q, kc, vc, la.att, attn_scratch, B, T);
-        llama_rope_rows(m, dq, D, M, T, 0, 1);
-        llama_rope_rows(m, dk, KV, M, T, 0, 1);
+        rope_backward(m, dq, D, M, T, 0);
+        rope_backward(m, dk, KV, M, T, 0);
         float *dxn1 = l > 0 ? d2 : NULL; /* below layer 0 only the frozen embedding */
         rc |= linear_backward(m, ad, a, pa, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
         rc |= linear_backward(m, ad, a, pa, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);

@@ -138,38 +138,6 @@ int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char 
 /* ---- layers ---- */
 
 typedef struct {
-    const llama_model *m;
-    float *x;
-    int width, T, pos0, inverse;
-} rope_ctx;
-
-/* Rotates consecutive pairs of each head by the position's angles (llama2.c order), or
- * back (the transpose: sin negated, which is exact). */
-static void rope_rows(void *p, size_t r0, size_t r1)
-{
-    const rope_ctx *c = p;
-    const int hs = c->m->cfg.head_size, half = hs / 2;
-    for (size_t r = r0; r < r1; r++) {
-        const int pos = c->pos0 + (int)(r % (size_t)c->T);
-        const float *cs = c->m->rope_cos + (size_t)pos * half, *sn = c->m->rope_sin + (size_t)pos * half;
-        const float sign = c->inverse ? -1.0f : 1.0f;
-        float *x = c->x + r * c->width;
-        for (int i = 0; i < c->width; i += 2) {
-            int j = (i % hs) / 2;
-            float v0 = x[i], v1 = x[i + 1], s = sign * sn[j];
-            x[i] = v0 * cs[j] - v1 * s;
-            x[i + 1] = v0 * s + v1 * cs[j];
-        }
-    }
-}
-
-void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse)
-{
-    rope_ctx c = {m, x, width, T, pos0, inverse};
-    rt_parallel_for(rows, (size_t)width * 2, rope_rows, &c);
-}
-
-typedef struct {
     float *dst;
     const float *src;
 } copy_ctx;
@@ -221,13 +189,13 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     /* keys (rotated) and values into the cache at their positions */
     float *kv_new = la.ao; /* scratch until the attention output overwrites it */
     rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
-    llama_rope_rows(m, kv_new, KV, M, T, pos0, 0);
+    rope_forward(m, kv_new, KV, M, T, pos0);
     kt_ctx kc_ctx = {kc, kv_new, B, T, S, KV, pos0};
     rt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &kc_ctx);
     rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
     for (int b = 0; b < B; b++)
         memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
-    llama_rope_rows(m, la.q, D, M, T, pos0, 0);
+    rope_forward(m, la.q, D, M, T, pos0);
 
     attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode);
 

@@ -25,6 +25,14 @@ void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w
 void swiglu_forward(float *g, const float *h1, const float *h3, size_t n);
 void swiglu_backward(float *dh1, float *dh3, const float *dg, const float *h1, const float *h3, size_t n);
 
+/* rope.c, in place over rows of width floats (row r at position pos = pos0 + r % T): each
+ * consecutive pair (x0, x1) of a head, j-th of its head_size / 2, turns by the angle
+ * a = pos * freq_j (m->rope_cos, m->rope_sin):
+ *   forward:  (x0, x1) = (x0 cos a - x1 sin a,  x0 sin a + x1 cos a)
+ *   backward: (d0, d1) = (d0 cos a + d1 sin a, -d0 sin a + d1 cos a)   (the transpose) */
+void rope_forward(const llama_model *m, float *x, int width, size_t rows, int T, int pos0);
+void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int T, int pos0);
+
 /* attention.c, per sequence and head, causal, with Q [T x hs] the head's queries (after
  * RoPE), K and V [S x hs] its kv head's keys and values in the cache, and P [T x S]:
  *   forward:  P = softmax(Q K^T / sqrt(hs)), row t over keys 0 .. pos0 + t;   O = P V
