@@ -1,16 +1,17 @@
-/* forward.c: the Llama forward pass (see forward.h). The arithmetic of each step follows
- * llama2.c's run.c (float sums in order, its RMSNorm, RoPE and softmax), so that greedy
- * decoding reproduces run.c's text. */
+/* forward.c: the Llama forward pass (see forward.h): the cache's and the activations'
+ * layout, and the drivers that run a layer's ops (layer_ops.h) and the layers. Its
+ * arithmetic follows llama2.c's run.c (float sums in order, its RMSNorm, RoPE and
+ * softmax; see each op's file), so that greedy decoding reproduces run.c's text. */
 #include "forward.h"
-#include "layer_ops.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "layer_ops.h"
 #include "parallel.h"
-#include "pool_sgemm.h"
+
+/* ---- the cache ---- */
 
 int llama_cache_alloc(llama_cache *c, const llama_config *cfg, int B, int S)
 {
@@ -32,6 +33,41 @@ void llama_cache_free(llama_cache *c)
     free(c->v);
     c->k = c->v = NULL;
 }
+
+typedef struct {
+    float *kt;         /* this layer's keys [B x kv_dim x S] */
+    const float *rows; /* the new keys [B*T x kv_dim] */
+    int B, T, S, KV, pos0;
+} kt_ctx;
+
+/* Columns j (over B x kv_dim) of the new keys, into the transposed cache. */
+static void store_keys(void *p, size_t j0, size_t j1)
+{
+    const kt_ctx *c = p;
+    for (size_t j = j0; j < j1; j++) {
+        size_t b = j / (size_t)c->KV, col = j % (size_t)c->KV;
+        float *dst = c->kt + j * c->S + c->pos0;
+        const float *src = c->rows + b * c->T * c->KV + col;
+        for (int t = 0; t < c->T; t++)
+            dst[t] = src[(size_t)t * c->KV];
+    }
+}
+
+/* Layer l's new keys (rotated) and values [B*T x kv_dim], into its cache (kt, v) at
+ * positions pos0 .. pos0+T-1 of each sequence, the keys transposed (forward.h). */
+static void cache_store_keys(float *kt, const float *k, int B, int T, int S, int KV, int pos0)
+{
+    kt_ctx c = {kt, k, B, T, S, KV, pos0};
+    rt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &c);
+}
+
+static void cache_store_values(float *v, const float *rows, int B, int T, int S, int KV, int pos0)
+{
+    for (int b = 0; b < B; b++)
+        memcpy(v + ((size_t)b * S + pos0) * KV, rows + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
+}
+
+/* ---- the activations ---- */
 
 #define N_ACTS 17
 
@@ -135,7 +171,7 @@ int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char 
     return 0;
 }
 
-/* ---- layers ---- */
+/* ---- the layers ---- */
 
 typedef struct {
     float *dst;
@@ -154,25 +190,7 @@ void llama_copy(float *dst, const float *src, size_t n)
     rt_parallel_for(n, 1, copy_range, &c);
 }
 
-typedef struct {
-    float *kt;         /* this layer's keys [B x kv_dim x S] */
-    const float *rows; /* the new keys [B*T x kv_dim] */
-    int B, T, S, KV, pos0;
-} kt_ctx;
-
-/* Columns j (over B x kv_dim) of the new keys, into the transposed cache. */
-static void store_keys(void *p, size_t j0, size_t j1)
-{
-    const kt_ctx *c = p;
-    for (size_t j = j0; j < j1; j++) {
-        size_t b = j / (size_t)c->KV, col = j % (size_t)c->KV;
-        float *dst = c->kt + j * c->S + c->pos0;
-        const float *src = c->rows + b * c->T * c->KV + col;
-        for (int t = 0; t < c->T; t++)
-            dst[t] = src[(size_t)t * c->KV];
-    }
-}
-
+/* The mirror of llama_layer_backward (backward.c): the same steps, read from the top. */
 int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l, int B,
                         int T, int pos0)
 {
@@ -184,24 +202,22 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
     int rc = 0;
 
+    /* x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))),  xn1 = rmsnorm(x) */
     rmsnorm_forward(la.xn1, la.rstd1, la.x, ly->rms_att, (int)M, D, c->norm_eps);
     rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.q, 0);
     /* keys (rotated) and values into the cache at their positions */
     float *kv_new = la.ao; /* scratch until the attention output overwrites it */
     rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
     rope_forward(m, kv_new, KV, M, T, pos0);
-    kt_ctx kc_ctx = {kc, kv_new, B, T, S, KV, pos0};
-    rt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &kc_ctx);
+    cache_store_keys(kc, kv_new, B, T, S, KV, pos0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
-    for (int b = 0; b < B; b++)
-        memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
+    cache_store_values(vc, kv_new, B, T, S, KV, pos0);
     rope_forward(m, la.q, D, M, T, pos0);
-
     attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode);
-
     llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
 
+    /* x[l+1] = x2 + down(swiglu(gate(xn2), up(xn2))),  xn2 = rmsnorm(x2) */
     rmsnorm_forward(la.xn2, la.rstd2, la.x2, ly->rms_ffn, (int)M, D, c->norm_eps);
     rc |= linear_forward(m, ad, a, &la, l, LIN_GATE, la.xn2, (int)M, la.h1, 0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_UP, la.xn2, (int)M, la.h3, 0);
@@ -212,6 +228,7 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     return rc;
 }
 
+/* The mirror of llama_backward. */
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                   const int *tokens, int B, int T, int pos0, llama_mode mode)
 {
@@ -221,11 +238,13 @@ int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, lla
     int rc = 0;
     a->mode = mode;
 
+    /* x[0] = the tokens' embeddings */
     for (size_t r = 0; r < M; r++)
         memcpy(a->x + r * D, m->embed.data + (size_t)tokens[r] * D * sizeof(float),
                (size_t)D * sizeof(float));
     for (int l = 0; l < L && rc == 0; l++)
         rc |= llama_layer_forward(m, ad, a, cache, l, B, T, pos0);
+    /* logits = xf Wcls^T,  xf = rmsnorm(x[L]) */
     rmsnorm_forward(a->xf, a->rstdf, a->x + L * M * D, m->rms_final, (int)M, D, c->norm_eps);
     rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
     return rc ? -1 : 0;
