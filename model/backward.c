@@ -1,177 +1,76 @@
 /* backward.c: gradients of the adapters through the frozen quantized base (forward.h).
- * Each step undoes one step of llama_forward, in reverse; the input gradient of every
+ * Each step undoes one step of llama_forward, in reverse: the drivers here mirror
+ * forward.c's, op by op (layer_ops.h has each op's pair). The input gradient of every
  * base linear goes through the transposed fused kernel (qt_matmul_t), and only the LoRA
  * matrices collect gradients. */
-#include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "forward.h"
+#include "layer_ops.h"
 #include "parallel.h"
-#include "pool_sgemm.h"
 #include "workspace.h"
 
+/* The backward's scratch, one block of the caller's workspace. */
 typedef struct {
-    float *dx;
-    const float *dy, *x, *w, *rstd;
-    int D;
-} norm_bwd_ctx;
+    float *dx;           /* [M x dim] gradient of the residual stream: of x[l+1] in, x[l] out */
+    float *dx2;          /* [M x dim] of x2 */
+    float *dq, *dk, *dv; /* [M x dim], [M x kv_dim] x 2 */
+    float *d1, *d2, *d3; /* [M x max(dim, hidden)] each, for the gradients within a block */
+    float *du;           /* [M x rank] the adapter's inner gradient */
+    float *att;          /* [threads x T x T] the attention's */
+} bwd_bufs;
 
-/* y = w * rstd * x  =>  dx = rstd * (w . dy) - rstd^3 / D * x * sum(w . dy . x); dx is
- * accumulated into. */
-static void rmsnorm_backward_rows(void *p, size_t r0, size_t r1)
+/* The mirror of llama_layer_forward (forward.c): the same steps, read from the bottom.
+ * Layer l's intermediates must be in acts (recomputed by the caller if need be). */
+static int llama_layer_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l,
+                                int B, int T, const bwd_bufs *w, float *grads)
 {
-    const norm_bwd_ctx *c = p;
-    const int D = c->D;
-    for (size_t m = r0; m < r1; m++) {
-        const float *xm = c->x + m * D, *dym = c->dy + m * D;
-        float r = c->rstd[m], dot = 0;
-        for (int i = 0; i < D; i++)
-            dot += c->w[i] * dym[i] * xm[i];
-        float k = r * r * r * dot / (float)D;
-        for (int i = 0; i < D; i++)
-            c->dx[m * D + i] += r * c->w[i] * dym[i] - k * xm[i];
-    }
-}
-
-static void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w,
-                             const float *rstd, int M, int D)
-{
-    norm_bwd_ctx c = {dx, dy, x, w, rstd, D};
-    rt_parallel_for((size_t)M, 2 * (size_t)D, rmsnorm_backward_rows, &c);
-}
-
-typedef struct {
-    float *dh1, *dh3;
-    const float *dg, *h1, *h3;
-} swiglu_bwd_ctx;
-
-/* g = silu(h1) * h3 */
-static void swiglu_backward_range(void *p, size_t i0, size_t i1)
-{
-    const swiglu_bwd_ctx *c = p;
-    for (size_t i = i0; i < i1; i++) {
-        float h1 = c->h1[i], sig = 1.0f / (1.0f + expf(-h1));
-        c->dh3[i] = c->dg[i] * h1 * sig;
-        c->dh1[i] = c->dg[i] * c->h3[i] * sig * (1.0f + h1 * (1.0f - sig));
-    }
-}
-
-typedef struct {
-    const llama_config *cfg;
-    const float *q, *kt, *v, *att; /* forward values (kt, v: this layer's cache, S == T) */
-    const float *dout;            /* [M x dim] gradient of the attention output */
-    float *dq, *dk, *dv;          /* [M x dim], [M x kv_dim] x 2, written */
-    float *scratch;               /* [threads x T x T]: dP, then dS, of one head */
-    int B, T;
-} attn_bwd_ctx;
-
-/* One task per (sequence, kv head); the heads sharing a kv head add into the same dK, dV.
- * Per head, with P the probabilities [T x T] (zero above the diagonal), dO the output's
- * gradient, and every product a single-threaded sgemm on this task's thread:
- *   dP = dO V^T,  dV += P^T dO,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),
- *   dQ = dS K (K read transposed, as cached),  dK += dS^T Q.
- * The products cover the causal triangle in blocks of LLAMA_ATT_BLOCK rows or columns
- * (the diagonal blocks' upper parts are zeros in P and dS), at sgemm's speed rather than
- * that of T^2 short vector loops. No summation order is owed to run.c here. */
-static void attention_backward_task(void *p, int task, int thread)
-{
-    const attn_bwd_ctx *c = p;
-    const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, T = c->T;
-    const int group = H / cfg->n_kv_heads, b = task / cfg->n_kv_heads, kvh = task % cfg->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hs);
-    float *ds = c->scratch + (size_t)thread * T * T;
-    const size_t kv0 = (size_t)b * T * KV + (size_t)kvh * hs;
-    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * T, *v = c->v + kv0;
-    float *dk = c->dk + kv0, *dv = c->dv + kv0;
-    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-        const size_t q0 = (size_t)b * T * D + (size_t)h * hs;
-        const float *att = c->att + ((size_t)b * H + h) * T * T, *dout = c->dout + q0, *q = c->q + q0;
-        const float beta = h == kvh * group ? 0.0f : 1.0f; /* the group's first head writes */
-        for (int r0 = 0; r0 < T; r0 += LLAMA_ATT_BLOCK) { /* dP's rows r0.., up to the diagonal */
-            int rows = T - r0 < LLAMA_ATT_BLOCK ? T - r0 : LLAMA_ATT_BLOCK;
-            task_sgemm(CblasNoTrans, CblasTrans, rows, r0 + rows, hs, 1.0f, dout + (size_t)r0 * D, D, v, KV, 0.0f,
-                       ds + (size_t)r0 * T, T);
-        }
-        for (int t = 0; t < T; t++) {
-            const float *pt = att + (size_t)t * T;
-            float *dst = ds + (size_t)t * T, dsum = 0;
-            for (int s = 0; s <= t; s++)
-                dsum += pt[s] * dst[s];
-            for (int s = 0; s <= t; s++)
-                dst[s] = pt[s] * (dst[s] - dsum) * scale;
-            for (int s = t + 1; s < T; s++)
-                dst[s] = 0;
-        }
-        for (int r0 = 0; r0 < T; r0 += LLAMA_ATT_BLOCK) {
-            /* dQ's rows r0.. from dS's columns up to the diagonal; dV's and dK's rows
-             * (positions) r0.. from the rows of P and dS at or below them */
-            int n = T - r0 < LLAMA_ATT_BLOCK ? T - r0 : LLAMA_ATT_BLOCK, below = T - r0;
-            task_sgemm(CblasNoTrans, CblasTrans, n, hs, r0 + n, 1.0f, ds + (size_t)r0 * T, T, kt, T, 0.0f,
-                       c->dq + q0 + (size_t)r0 * D, D);
-            task_sgemm(CblasTrans, CblasNoTrans, n, hs, below, 1.0f, att + (size_t)r0 * T + r0, T,
-                       dout + (size_t)r0 * D, D, beta, dv + (size_t)r0 * KV, KV);
-            task_sgemm(CblasTrans, CblasNoTrans, n, hs, below, 1.0f, ds + (size_t)r0 * T + r0, T, q + (size_t)r0 * D,
-                       D, beta, dk + (size_t)r0 * KV, KV);
-        }
-    }
-}
-
-/* dx (+)= dy W, plus the adapter's part; the adapter's A and B gradients are added into
- * grads. x is the linear's forward input; du is [M x rank] scratch. dx NULL: the input
- * gradient is not wanted (layer 0's q, k, v: nothing lies below them but the frozen
- * embedding), only the adapter's gradients. */
-static int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a,
-                           const llama_layer_acts *la, int layer, llama_linear k, const float *x, const float *dy,
-                           int M, float *dx, int accumulate, float *grads, float *du)
-{
-    int rc = dx ? qt_matmul_t(&m->layers[layer].lin[k], dy, M, dx, accumulate) : 0;
-    if (rc || !llama_lora_has(ad, layer, k))
-        return rc;
     const llama_config *c = &m->cfg;
-    int out, in, r = ad->rank;
-    llama_linear_shape(c, k, &out, &in);
-    const float *u = llama_layer_u(la, a, k, (size_t)M);
-    const float *A = llama_lora_a(ad, ad->params, layer, k), *Bm = llama_lora_b(ad, c, ad->params, layer, k);
-    float *dA = llama_lora_a(ad, grads, layer, k), *dB = llama_lora_b(ad, c, grads, layer, k);
-    /* dB += scale dy^T u;  du = scale dy B;  dA += du^T d(x);  dx += d'(du A) */
-    pool_sgemm(CblasTrans, CblasNoTrans, out, r, M, ad->scale, dy, out, u, r, 1.0f, dB, r);
-    pool_sgemm(CblasNoTrans, CblasNoTrans, M, r, out, ad->scale, dy, out, Bm, r, 0.0f, du, r);
-    int dropout = a->mode == LLAMA_TRAIN && ad->dropout > 0;
-    const float *xin = x;
-    if (dropout) {
-        for (size_t i = 0; i < (size_t)M; i++)
-            for (int j = 0; j < in; j++)
-                a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
-        xin = a->scratch;
-    }
-    pool_sgemm(CblasTrans, CblasNoTrans, r, in, M, 1.0f, du, r, xin, in, 1.0f, dA, in);
-    if (!dx)
-        return 0;
-    if (!dropout) {
-        pool_sgemm(CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
-    } else {
-        pool_sgemm(CblasNoTrans, CblasNoTrans, M, in, r, 1.0f, du, r, A, in, 0.0f,
-                    a->scratch, in);
-        for (size_t i = 0; i < (size_t)M; i++)
-            for (int j = 0; j < in; j++)
-                dx[i * in + j] += a->scratch[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
-    }
-    return 0;
+    const int D = c->dim, KV = c->kv_dim;
+    const size_t M = (size_t)B * T, sMD = M * D;
+    const llama_layer *ly = &m->layers[l];
+    const llama_layer_acts la = llama_layer_acts_of(a, c, l, B, T);
+    const float *kc = cache->k + (size_t)l * B * T * KV, *vc = cache->v + (size_t)l * B * T * KV;
+    float *dx = w->dx, *dx2 = w->dx2, *dq = w->dq, *dk = w->dk, *dv = w->dv, *du = w->du;
+    int rc = 0;
+
+    /* x[l+1] = x2 + down(swiglu(gate(xn2), up(xn2))),  xn2 = rmsnorm(x2) */
+    llama_copy(dx2, dx, sMD);
+    float *dg = w->d1, *dh1 = w->d2, *dh3 = w->d3;
+    rc |= linear_backward(m, ad, a, &la, l, LIN_DOWN, la.g, dx, (int)M, dg, 0, grads, du);
+    swiglu_backward(dh1, dh3, dg, la.h1, la.h3, M * c->hidden_dim);
+    float *dxn2 = w->d1; /* dg is consumed */
+    rc |= linear_backward(m, ad, a, &la, l, LIN_GATE, la.xn2, dh1, (int)M, dxn2, 0, grads, du);
+    rc |= linear_backward(m, ad, a, &la, l, LIN_UP, la.xn2, dh3, (int)M, dxn2, 1, grads, du);
+    rmsnorm_backward(dx2, dxn2, la.x2, ly->rms_ffn, la.rstd2, (int)M, D);
+
+    /* x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))),  xn1 = rmsnorm(x) */
+    llama_copy(dx, dx2, sMD);
+    float *dao = w->d1;
+    rc |= linear_backward(m, ad, a, &la, l, LIN_O, la.ao, dx2, (int)M, dao, 0, grads, du);
+    attention_backward(c, dq, dk, dv, dao, la.q, kc, vc, la.att, w->att, B, T);
+    rope_backward(m, dq, D, M, T, 0);
+    rope_backward(m, dk, KV, M, T, 0);
+    float *dxn1 = l > 0 ? w->d2 : NULL; /* below layer 0 only the frozen embedding */
+    rc |= linear_backward(m, ad, a, &la, l, LIN_Q, la.xn1, dq, (int)M, dxn1, 0, grads, du);
+    rc |= linear_backward(m, ad, a, &la, l, LIN_K, la.xn1, dk, (int)M, dxn1, 1, grads, du);
+    rc |= linear_backward(m, ad, a, &la, l, LIN_V, la.xn1, dv, (int)M, dxn1, 1, grads, du);
+    if (dxn1)
+        rmsnorm_backward(dx, dxn1, la.x, ly->rms_att, la.rstd1, (int)M, D);
+    return rc;
 }
 
+/* The mirror of llama_forward. */
 int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                    int B, int T, float *dlogits, float *grads)
 {
     const llama_config *c = &m->cfg;
     const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers;
-    const size_t M = (size_t)B * T, sMD = M * D, sMH = M * HD;
+    const size_t M = (size_t)B * T, sMD = M * D;
     const size_t wide = D > HD ? D : HD;
     if (cache->S != T || cache->B != B) /* the attention reads the cache as [B][..][T] */
         return -1;
-    /* dx: gradient of the residual stream; then per-layer scratch (kept by the thread
-     * between steps: workspace.h) */
+    /* kept by the thread between steps: workspace.h */
     size_t floats = 3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
                     (size_t)rt_threads() * T * T;
     float *buf = rt_workspace(RT_WS_CALLER, floats * sizeof(float));
@@ -179,48 +78,18 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
         return -1;
     float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;
     float *d1 = dv + M * KV, *d2 = d1 + M * wide, *d3 = d2 + M * wide, *du = d3 + M * wide;
-    float *attn_scratch = du + M * (size_t)(ad ? ad->rank : 1);
+    const bwd_bufs w = {dx, dx2, dq, dk, dv, d1, d2, d3, du, du + M * (size_t)(ad ? ad->rank : 1)};
     int rc = 0;
 
-    /* logits = xf Wcls^T; xf = rmsnorm(x[L]) */
+    /* logits = xf Wcls^T,  xf = rmsnorm(x[L]) */
     rc |= qt_matmul_t(llama_head(m), dlogits, (int)M, d1, 0);
     memset(dx, 0, sMD * sizeof(float));
     rmsnorm_backward(dx, d1, a->x + L * sMD, m->rms_final, a->rstdf, (int)M, D);
-
     for (int l = L - 1; l >= 0 && rc == 0; l--) {
-        const llama_layer *ly = &m->layers[l];
         if (a->slots == 1 && a->held != l) /* one slot: this layer's intermediates again */
             rc |= llama_layer_forward(m, ad, a, cache, l, B, T, 0);
-        const llama_layer_acts la = llama_layer_acts_of(a, c, l, B, T), *pa = &la;
-        const float *x = la.x, *xn1 = la.xn1, *q = la.q, *ao = la.ao, *x2 = la.x2, *xn2 = la.xn2;
-        const float *h1 = la.h1, *h3 = la.h3, *g = la.g;
-        const float *kc = cache->k + (size_t)l * B * T * KV, *vc = cache->v + (size_t)l * B * T * KV;
-
-        /* x[l+1] = x2 + down(g) */
-        llama_copy(dx2, dx, sMD);
-        float *dg = d1, *dh1 = d2, *dh3 = d3;
-        rc |= linear_backward(m, ad, a, pa, l, LIN_DOWN, g, dx, (int)M, dg, 0, grads, du);
-        swiglu_bwd_ctx sc = {dh1, dh3, dg, h1, h3};
-        rt_parallel_for(sMH, 20, swiglu_backward_range, &sc);
-        float *dxn2 = d1; /* dg is consumed */
-        rc |= linear_backward(m, ad, a, pa, l, LIN_GATE, xn2, dh1, (int)M, dxn2, 0, grads, du);
-        rc |= linear_backward(m, ad, a, pa, l, LIN_UP, xn2, dh3, (int)M, dxn2, 1, grads, du);
-        rmsnorm_backward(dx2, dxn2, x2, ly->rms_ffn, la.rstd2, (int)M, D);
-
-        /* x2 = x + o(ao) */
-        llama_copy(dx, dx2, sMD);
-        float *dao = d1;
-        rc |= linear_backward(m, ad, a, pa, l, LIN_O, ao, dx2, (int)M, dao, 0, grads, du);
-        attn_bwd_ctx ac = {c, q, kc, vc, la.att, dao, dq, dk, dv, attn_scratch, B, T};
-        rt_parallel(B * c->n_kv_heads, attention_backward_task, &ac);
-        llama_rope_rows(m, dq, D, M, T, 0, 1);
-        llama_rope_rows(m, dk, KV, M, T, 0, 1);
-        float *dxn1 = l > 0 ? d2 : NULL; /* below layer 0 only the frozen embedding */
-        rc |= linear_backward(m, ad, a, pa, l, LIN_Q, xn1, dq, (int)M, dxn1, 0, grads, du);
-        rc |= linear_backward(m, ad, a, pa, l, LIN_K, xn1, dk, (int)M, dxn1, 1, grads, du);
-        rc |= linear_backward(m, ad, a, pa, l, LIN_V, xn1, dv, (int)M, dxn1, 1, grads, du);
-        if (dxn1)
-            rmsnorm_backward(dx, dxn1, x, ly->rms_att, la.rstd1, (int)M, D);
+        rc |= llama_layer_backward(m, ad, a, cache, l, B, T, &w, grads);
     }
+    /* x[0]: the embedding is frozen, and gets no gradient */
     return rc ? -1 : 0;
 }

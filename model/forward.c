@@ -1,15 +1,17 @@
-/* forward.c: the Llama forward pass (see forward.h). The arithmetic of each step follows
- * llama2.c's run.c (float sums in order, its RMSNorm, RoPE and softmax), so that greedy
- * decoding reproduces run.c's text. */
+/* forward.c: the Llama forward pass (see forward.h): the cache's and the activations'
+ * layout, and the drivers that run a layer's ops (layer_ops.h) and the layers. Its
+ * arithmetic follows llama2.c's run.c (float sums in order, its RMSNorm, RoPE and
+ * softmax; see each op's file), so that greedy decoding reproduces run.c's text. */
 #include "forward.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "layer_ops.h"
 #include "parallel.h"
-#include "pool_sgemm.h"
+
+/* ---- the cache ---- */
 
 int llama_cache_alloc(llama_cache *c, const llama_config *cfg, int B, int S)
 {
@@ -31,6 +33,41 @@ void llama_cache_free(llama_cache *c)
     free(c->v);
     c->k = c->v = NULL;
 }
+
+typedef struct {
+    float *kt;         /* this layer's keys [B x kv_dim x S] */
+    const float *rows; /* the new keys [B*T x kv_dim] */
+    int B, T, S, KV, pos0;
+} kt_ctx;
+
+/* Columns j (over B x kv_dim) of the new keys, into the transposed cache. */
+static void store_keys(void *p, size_t j0, size_t j1)
+{
+    const kt_ctx *c = p;
+    for (size_t j = j0; j < j1; j++) {
+        size_t b = j / (size_t)c->KV, col = j % (size_t)c->KV;
+        float *dst = c->kt + j * c->S + c->pos0;
+        const float *src = c->rows + b * c->T * c->KV + col;
+        for (int t = 0; t < c->T; t++)
+            dst[t] = src[(size_t)t * c->KV];
+    }
+}
+
+/* Layer l's new keys (rotated) and values [B*T x kv_dim], into its cache (kt, v) at
+ * positions pos0 .. pos0+T-1 of each sequence, the keys transposed (forward.h). */
+static void cache_store_keys(float *kt, const float *k, int B, int T, int S, int KV, int pos0)
+{
+    kt_ctx c = {kt, k, B, T, S, KV, pos0};
+    rt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &c);
+}
+
+static void cache_store_values(float *v, const float *rows, int B, int T, int S, int KV, int pos0)
+{
+    for (int b = 0; b < B; b++)
+        memcpy(v + ((size_t)b * S + pos0) * KV, rows + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
+}
+
+/* ---- the activations ---- */
 
 #define N_ACTS 17
 
@@ -134,174 +171,7 @@ int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char 
     return 0;
 }
 
-/* ---- layers ---- */
-
-typedef struct {
-    float *out, *rstd;
-    const float *x, *w;
-    int D;
-    float eps;
-} norm_ctx;
-
-static void rmsnorm_rows(void *p, size_t r0, size_t r1)
-{
-    const norm_ctx *c = p;
-    const int D = c->D;
-    for (size_t m = r0; m < r1; m++) {
-        const float *xm = c->x + m * D;
-        float ss = 0;
-        for (int i = 0; i < D; i++)
-            ss += xm[i] * xm[i];
-        ss /= (float)D;
-        ss += c->eps;
-        ss = 1.0f / sqrtf(ss);
-        c->rstd[m] = ss;
-        for (int i = 0; i < D; i++)
-            c->out[m * D + i] = c->w[i] * (ss * xm[i]);
-    }
-}
-
-static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int M, int D,
-                            float eps)
-{
-    norm_ctx c = {out, rstd, x, w, D, eps};
-    rt_parallel_for((size_t)M, (size_t)D, rmsnorm_rows, &c);
-}
-
-typedef struct {
-    const llama_model *m;
-    float *x;
-    int width, T, pos0, inverse;
-} rope_ctx;
-
-/* Rotates consecutive pairs of each head by the position's angles (llama2.c order), or
- * back (the transpose: sin negated, which is exact). */
-static void rope_rows(void *p, size_t r0, size_t r1)
-{
-    const rope_ctx *c = p;
-    const int hs = c->m->cfg.head_size, half = hs / 2;
-    for (size_t r = r0; r < r1; r++) {
-        const int pos = c->pos0 + (int)(r % (size_t)c->T);
-        const float *cs = c->m->rope_cos + (size_t)pos * half, *sn = c->m->rope_sin + (size_t)pos * half;
-        const float sign = c->inverse ? -1.0f : 1.0f;
-        float *x = c->x + r * c->width;
-        for (int i = 0; i < c->width; i += 2) {
-            int j = (i % hs) / 2;
-            float v0 = x[i], v1 = x[i + 1], s = sign * sn[j];
-            x[i] = v0 * cs[j] - v1 * s;
-            x[i + 1] = v0 * s + v1 * cs[j];
-        }
-    }
-}
-
-void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse)
-{
-    rope_ctx c = {m, x, width, T, pos0, inverse};
-    rt_parallel_for(rows, (size_t)width * 2, rope_rows, &c);
-}
-
-typedef struct {
-    const llama_config *cfg;
-    const float *q;     /* [B*T x dim] */
-    const float *kt;    /* this layer's keys [B x kv_dim x S] */
-    const float *v;     /* this layer's values [B x S x kv_dim] */
-    float *att;         /* [B x H x T x S] */
-    float *out;         /* [B*T x dim] */
-    int B, T, S, pos0;
-    int by_sgemm;       /* LLAMA_TRAIN: see attention_task */
-} attn_ctx;
-
-/* Columns s0 .. s0+W-1 of dot_columns, their sums held in registers while i runs. */
-static inline void dot_block(float *restrict out, const float *restrict a, const float *restrict bt, int len,
-                             size_t ld, int s0, int W)
-{
-    float acc[64] = {0};
-    for (int i = 0; i < len; i++)
-        for (int j = 0; j < W; j++)
-            acc[j] += a[i] * bt[(size_t)i * ld + s0 + j];
-    memcpy(out + s0, acc, (size_t)W * sizeof(float));
-}
-
-/* out[s] = the sum over i = 0 .. len-1, in that order, of a[i] * bt[i * ld + s], for
- * s < n: the dot products of a with the columns of bt, each added up in the order of a
- * scalar loop (so attention scores are run.c's to the bit), vectorized across columns. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void dot_columns(float *restrict out, const float *restrict a, const float *restrict bt, int len, int n,
-                        size_t ld)
-{
-    int s = 0;
-    for (; s + 64 <= n; s += 64)
-        dot_block(out, a, bt, len, ld, s, 64);
-    /* the rest of the 16-column groups in one block: independent sums to overlap */
-    switch ((n - s) / 16) {
-    case 3: dot_block(out, a, bt, len, ld, s, 48), s += 48; break;
-    case 2: dot_block(out, a, bt, len, ld, s, 32), s += 32; break;
-    case 1: dot_block(out, a, bt, len, ld, s, 16), s += 16; break;
-    }
-    for (; s < n; s++)
-        dot_block(out, a, bt, len, ld, s, 1);
-}
-
-/* att[0..pos] = softmax of the (scaled) scores att[0..pos]; zeros after them, up to S. */
-static void softmax_causal(float *restrict att, int pos, int S)
-{
-    memset(att + pos + 1, 0, (size_t)(S - pos - 1) * sizeof(float));
-    float max = -INFINITY;
-    for (int s = 0; s <= pos; s++)
-        max = att[s] > max ? att[s] : max;
-    float sum = 0;
-    for (int s = 0; s <= pos; s++) {
-        att[s] = expf(att[s] - max);
-        sum += att[s];
-    }
-    for (int s = 0; s <= pos; s++)
-        att[s] /= sum;
-}
-
-/* One task per (sequence, head), in one of two ways:
- * - exact (inference, evaluation): the scores of all positions build up together from the
- *   transposed keys (dot_columns), each adding its products in run.c's order, so that
- *   generation and evaluation give run.c's values to the bit; the inner loops run over
- *   independent outputs and vectorize (target_clones picks the widths this CPU has).
- * - by sgemm (training): scores = Q K^T and out = P V as single-threaded sgemm over the
- *   causal triangle in blocks of LLAMA_ATT_BLOCK rows, as the backward does: another
- *   summation order, which training does not mind, at sgemm's speed. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void attention_task(void *p, int task, int thread)
-{
-    (void)thread;
-    const attn_ctx *c = p;
-    const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, S = c->S;
-    const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
-    const float scale = 1.0f / sqrtf((float)hs);
-    const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * S;
-    const float *vb = c->v + (size_t)b * S * KV + (size_t)kvh * hs;
-    const float *qb = c->q + (size_t)b * c->T * D + (size_t)h * hs;
-    float *ob = c->out + (size_t)b * c->T * D + (size_t)h * hs;
-    float *ab = c->att + ((size_t)b * H + h) * c->T * S;
-    if (c->by_sgemm) { /* rows r0.. see keys 0 .. pos0 + r0 + rows - 1 */
-        for (int r0 = 0; r0 < c->T; r0 += LLAMA_ATT_BLOCK) {
-            int rows = c->T - r0 < LLAMA_ATT_BLOCK ? c->T - r0 : LLAMA_ATT_BLOCK, seen = c->pos0 + r0 + rows;
-            float *ar = ab + (size_t)r0 * S;
-            task_sgemm(CblasNoTrans, CblasNoTrans, rows, seen, hs, scale, qb + (size_t)r0 * D, D, kt, S, 0.0f, ar, S);
-            for (int t = r0; t < r0 + rows; t++)
-                softmax_causal(ab + (size_t)t * S, c->pos0 + t, S);
-            task_sgemm(CblasNoTrans, CblasNoTrans, rows, hs, seen, 1.0f, ar, S, vb, KV, 0.0f, ob + (size_t)r0 * D, D);
-        }
-        return;
-    }
-    for (int t = 0; t < c->T; t++) {
-        const int pos = c->pos0 + t;
-        float *restrict att = ab + (size_t)t * S;
-        dot_columns(att, qb + (size_t)t * D, kt, hs, pos + 1, (size_t)S);
-        for (int s = 0; s <= pos; s++)
-            att[s] *= scale;
-        softmax_causal(att, pos, S);
-        /* out[i] = sum over s of att[s] v_s[i], in s order: the columns of v */
-        dot_columns(ob + (size_t)t * D, att, vb, pos + 1, hs, (size_t)KV);
-    }
-}
+/* ---- the layers ---- */
 
 typedef struct {
     float *dst;
@@ -320,70 +190,7 @@ void llama_copy(float *dst, const float *src, size_t n)
     rt_parallel_for(n, 1, copy_range, &c);
 }
 
-typedef struct {
-    float *g;
-    const float *h1, *h3;
-} swiglu_ctx;
-
-static void swiglu_range(void *p, size_t i0, size_t i1)
-{
-    const swiglu_ctx *c = p;
-    for (size_t i = i0; i < i1; i++) {
-        float val = c->h1[i];
-        val *= 1.0f / (1.0f + expf(-val));
-        c->g[i] = val * c->h3[i];
-    }
-}
-
-static void swiglu_forward(float *g, const float *h1, const float *h3, size_t n)
-{
-    swiglu_ctx c = {g, h1, h3};
-    rt_parallel_for(n, 16, swiglu_range, &c);
-}
-
-/* y (+)= x W^T, plus the adapter's scale * (d(x) A^T) B^T when (layer, k) has one. */
-static int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
-                          int layer, llama_linear k, const float *x, int M, float *y, int accumulate)
-{
-    int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
-    if (rc || !llama_lora_has(ad, layer, k))
-        return rc;
-    int out, in, r = ad->rank;
-    llama_linear_shape(&m->cfg, k, &out, &in);
-    const float *xin = x;
-    if (a->mode == LLAMA_TRAIN && ad->dropout > 0) {
-        for (size_t i = 0; i < (size_t)M; i++)
-            for (int j = 0; j < in; j++)
-                a->scratch[i * in + j] = x[i * in + j] * llama_lora_keep(ad, layer, k, i, (size_t)j);
-        xin = a->scratch;
-    }
-    float *u = llama_layer_u(la, a, k, (size_t)M);
-    pool_sgemm(CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
-                llama_lora_a(ad, ad->params, layer, k), in, 0.0f, u, r);
-    pool_sgemm(CblasNoTrans, CblasTrans, M, out, r, ad->scale, u, r,
-                llama_lora_b(ad, &m->cfg, ad->params, layer, k), r, 1.0f, y, out);
-    return 0;
-}
-
-typedef struct {
-    float *kt;         /* this layer's keys [B x kv_dim x S] */
-    const float *rows; /* the new keys [B*T x kv_dim] */
-    int B, T, S, KV, pos0;
-} kt_ctx;
-
-/* Columns j (over B x kv_dim) of the new keys, into the transposed cache. */
-static void store_keys(void *p, size_t j0, size_t j1)
-{
-    const kt_ctx *c = p;
-    for (size_t j = j0; j < j1; j++) {
-        size_t b = j / (size_t)c->KV, col = j % (size_t)c->KV;
-        float *dst = c->kt + j * c->S + c->pos0;
-        const float *src = c->rows + b * c->T * c->KV + col;
-        for (int t = 0; t < c->T; t++)
-            dst[t] = src[(size_t)t * c->KV];
-    }
-}
-
+/* The mirror of llama_layer_backward (backward.c): the same steps, read from the top. */
 int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache, int l, int B,
                         int T, int pos0)
 {
@@ -395,25 +202,22 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
     int rc = 0;
 
+    /* x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))),  xn1 = rmsnorm(x) */
     rmsnorm_forward(la.xn1, la.rstd1, la.x, ly->rms_att, (int)M, D, c->norm_eps);
     rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.q, 0);
     /* keys (rotated) and values into the cache at their positions */
     float *kv_new = la.ao; /* scratch until the attention output overwrites it */
     rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
-    llama_rope_rows(m, kv_new, KV, M, T, pos0, 0);
-    kt_ctx kc_ctx = {kc, kv_new, B, T, S, KV, pos0};
-    rt_parallel_for((size_t)B * KV, (size_t)T, store_keys, &kc_ctx);
+    rope_forward(m, kv_new, KV, M, T, pos0);
+    cache_store_keys(kc, kv_new, B, T, S, KV, pos0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
-    for (int b = 0; b < B; b++)
-        memcpy(vc + ((size_t)b * S + pos0) * KV, kv_new + (size_t)b * T * KV, (size_t)T * KV * sizeof(float));
-    llama_rope_rows(m, la.q, D, M, T, pos0, 0);
-
-    attn_ctx ac = {c, la.q, kc, vc, la.att, la.ao, B, T, S, pos0, a->mode == LLAMA_TRAIN};
-    rt_parallel(B * c->n_heads, attention_task, &ac);
-
+    cache_store_values(vc, kv_new, B, T, S, KV, pos0);
+    rope_forward(m, la.q, D, M, T, pos0);
+    attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode);
     llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
 
+    /* x[l+1] = x2 + down(swiglu(gate(xn2), up(xn2))),  xn2 = rmsnorm(x2) */
     rmsnorm_forward(la.xn2, la.rstd2, la.x2, ly->rms_ffn, (int)M, D, c->norm_eps);
     rc |= linear_forward(m, ad, a, &la, l, LIN_GATE, la.xn2, (int)M, la.h1, 0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_UP, la.xn2, (int)M, la.h3, 0);
@@ -424,6 +228,7 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     return rc;
 }
 
+/* The mirror of llama_backward. */
 int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, llama_cache *cache,
                   const int *tokens, int B, int T, int pos0, llama_mode mode)
 {
@@ -433,11 +238,13 @@ int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, lla
     int rc = 0;
     a->mode = mode;
 
+    /* x[0] = the tokens' embeddings */
     for (size_t r = 0; r < M; r++)
         memcpy(a->x + r * D, m->embed.data + (size_t)tokens[r] * D * sizeof(float),
                (size_t)D * sizeof(float));
     for (int l = 0; l < L && rc == 0; l++)
         rc |= llama_layer_forward(m, ad, a, cache, l, B, T, pos0);
+    /* logits = xf Wcls^T,  xf = rmsnorm(x[L]) */
     rmsnorm_forward(a->xf, a->rstdf, a->x + L * M * D, m->rms_final, (int)M, D, c->norm_eps);
     rc |= qt_matmul(llama_head(m), a->xf, (int)M, a->logits, 0);
     return rc ? -1 : 0;
