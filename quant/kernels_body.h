@@ -40,26 +40,20 @@
 #define NC_BWD 256            /* weight rows per backward tile */
 #define SMALL_M 8             /* below this many rows of X, the register-fused path */
 
-/* Formats stored row after row, whose small-M product decodes rows; the panel formats
- * have kernels of their own. */
-#define ROW_CASES(CALL)                                                                   \
-    case QT_F32: CALL(QT_F32); break;                                                     \
-    case QT_INT8: CALL(QT_INT8); break;                                                   \
-    case QT_INT4: CALL(QT_INT4); break;
-#define ROW_SWITCH(fmt, CALL)                                                             \
-    switch (fmt) {                                                                        \
-    ROW_CASES(CALL)                                                                       \
-    default: break;                                                                       \
-    }
-#define FORMAT_SWITCH(fmt, CALL)                                                          \
-    switch (fmt) {                                                                        \
-    ROW_CASES(CALL)                                                                       \
-    case QT_NF4: CALL(QT_NF4); break;                                                     \
-    case QT_FP4: CALL(QT_FP4); break;                                                     \
-    case QT_BITNET1: CALL(QT_BITNET1); break;                                             \
-    case QT_TERNARY: CALL(QT_TERNARY); break;                                             \
-    default: break;                                                                       \
-    }
+/* The shapes of code the decoders and small-M kernels below know: a row of QT_FORMATS of
+ * another shape fails to compile here until rowdec_block, rowdec_chunk and a small-M kernel
+ * learn it (docs/quantization.md, Adding a format). */
+#define KNOWN_SHAPE_(id, name, bits, planes, layout, block, scale, ...)                      \
+    _Static_assert((QT_LAYOUT_##layout == QT_LAYOUT_ROWS && (planes) == 1 &&                  \
+                    (((bits) == 32 && QT_SCALE_##scale == QT_SCALE_NONE) ||                   \
+                     ((bits) == 8 && QT_SCALE_##scale == QT_SCALE_STEP) ||                    \
+                     ((bits) == 4 && QT_SCALE_##scale == QT_SCALE_AFFINE))) ||                \
+                   (QT_LAYOUT_##layout == QT_LAYOUT_PANEL &&                                  \
+                    (((bits) == 4 && (planes) == 1 && QT_SCALE_##scale == QT_SCALE_ABSMAX) || \
+                     ((bits) == 1 && QT_SCALE_##scale == QT_SCALE_ROW))),                     \
+                   #name ": the vector kernels have no decoder for this shape of code");
+QT_FORMATS(KNOWN_SHAPE_)
+#undef KNOWN_SHAPE_
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
@@ -89,11 +83,11 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
     size_t b0 = (size_t)r * m->blocks_per_row;
     d->m = m;
     d->row = m->data + (size_t)r * m->row_bytes;
-    d->words = qt_is_panel((qt_format)fmt) ? qt_panel_row(m, r) : NULL;
-    d->table = qt_code_table((qt_format)fmt);
+    d->words = qt_traits[fmt].layout == QT_LAYOUT_PANEL ? qt_panel_row(m, fmt, r) : NULL;
+    d->table = qt_traits[fmt].table;
     d->b0 = b0;
-    d->slot0 = qt_is_nibble_panel((qt_format)fmt) ? qt_block_slot(m, b0) : b0;
-    d->slot_step = qt_is_nibble_panel((qt_format)fmt) ? QT_PANEL : 1;
+    d->slot0 = qt_block_slot(m, fmt, b0);
+    d->slot_step = qt_slot_step(fmt);
     d->scale = m->scale;
     d->zero = m->zero;
     d->qabsmax = m->qabsmax;
@@ -102,36 +96,44 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
     d->cols = m->cols;
     d->shift = __builtin_ctz((unsigned)m->spec.block);
     memset(&d->lut, 0, sizeof d->lut); /* set by rowdec_seek; quiets -Wmaybe-uninitialized */
-    d->s = qt_is_bits((qt_format)fmt) ? m->scale[r] : 0.0f;
+    d->s = qt_traits[fmt].scale == QT_SCALE_ROW ? m->scale[r] : 0.0f;
 }
 
-/* int4's codes decode fastest in "split" order: vector v holds elements
- * (v / 2) * 2 * VLEN + 2 * lane + v % 2 of the chunk (high nibbles, then low nibbles, of
- * each VLEN bytes). Its matrix-vector product uses it with x permuted the same way. */
+/* Nibble codes stored row after row (int4) decode fastest in "split" order: vector v
+ * holds elements (v / 2) * 2 * VLEN + 2 * lane + v % 2 of the chunk (high nibbles, then low
+ * nibbles, of each VLEN bytes). Their matrix-vector product uses it with x permuted the
+ * same way. */
+static inline int split_order(int fmt)
+{
+    return qt_traits[fmt].layout == QT_LAYOUT_ROWS && qt_traits[fmt].bits == 4;
+}
+
 static inline int split_element(int p)
 {
     int v = p / VLEN, lane = p % VLEN;
     return v / 2 * 2 * VLEN + 2 * lane + v % 2;
 }
 
-static inline int has_blocks(int fmt)
-{
-    return fmt != QT_F32 && fmt != QT_BITNET1 && fmt != QT_TERNARY;
-}
-
-/* Loads the constants of block j of the row. */
+/* Loads the constants of block j of the row: the step, or the 16 weights of a nibble. */
 ALWAYS_INLINE void rowdec_block(rowdec *d, int fmt, size_t j)
 {
     size_t slot = d->slot0 + j * d->slot_step;
-    if (fmt == QT_INT8) {
+    switch (qt_traits[fmt].scale) {
+    case QT_SCALE_STEP:
         d->s = d->scale[slot];
-    } else if (fmt == QT_INT4) {
+        break;
+    case QT_SCALE_AFFINE:
         d->lut = lut_affine(d->scale[slot], d->zero[slot]);
-    } else if (qt_is_nibble_panel((qt_format)fmt)) {
+        break;
+    case QT_SCALE_ABSMAX: {
         float absmax = d->qabsmax ? qt_dq_absmax(d->qabsmax[slot], d->absmax2[(d->b0 + j) / QT_DQ_GROUP],
                                                  d->offset)
                                   : d->scale[slot];
         d->lut = lut_scaled(d->table, absmax);
+        break;
+    }
+    default: /* nothing per block */
+        break;
     }
 }
 
@@ -140,41 +142,34 @@ ALWAYS_INLINE void rowdec_block(rowdec *d, int fmt, size_t j)
  * never straddle them. */
 ALWAYS_INLINE int rowdec_seek(rowdec *d, int fmt, int k)
 {
-    if (!has_blocks(fmt))
+    if (!qt_traits[fmt].blockwise)
         return d->cols;
     int j = k >> d->shift;
     rowdec_block(d, fmt, (size_t)j);
     return imin((j + 1) << d->shift, d->cols);
 }
 
-/* Bytes of a row in `data` per 32 columns, for the formats stored row after row (f32,
- * int8, int4). */
+/* The bytes of 32 columns of a row stored row after row. */
 static inline size_t chunk_bytes(int fmt)
 {
-    return fmt == QT_F32 ? 128 : fmt == QT_INT8 ? 32 : 16;
+    return qt_row_bytes(fmt, 32);
 }
 
-/* rowdec_chunk of those formats, from the chunk's address p in the row (loops that walk a
- * row keep a pointer rather than recomputing it from k); int4 in split order when
- * `split`. */
+/* rowdec_chunk of the formats stored row after row, from the chunk's address p in the row
+ * (loops that walk a row keep a pointer rather than recomputing it from k); nibbles in
+ * split order when `split`. */
 ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const uint8_t *p, vf *out)
 {
-    switch (fmt) {
-    case QT_F32:
+    if (qt_traits[fmt].bits == 32) {
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
             out[v] = vload((const float *)p + v * VLEN);
-        break;
-    case QT_INT4:
-        if (split)
-            decode_nibbles32_split(p, d->lut, out);
-        else
-            decode_nibbles32(_mm_loadu_si128((const __m128i *)p), 1, d->lut, out);
-        break;
-    case QT_INT8:
+    } else if (qt_traits[fmt].bits == 8) {
         decode_int8_32((const int8_t *)p, d->s, out);
-        break;
-    default: break;
+    } else if (split) {
+        decode_nibbles32_split(p, d->lut, out);
+    } else { /* the first element of each byte in its high nibble */
+        decode_nibbles32(_mm_loadu_si128((const __m128i *)p), 1, d->lut, out);
     }
 }
 
@@ -182,25 +177,17 @@ ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const ui
  * and rowdec_seek has loaded the block holding k. */
 ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, size_t k, vf *out)
 {
+    const int planes = qt_traits[fmt].planes;
     const uint32_t *w;
-    switch (fmt) {
-    case QT_F32: case QT_INT4: case QT_INT8:
+    if (qt_traits[fmt].layout == QT_LAYOUT_ROWS) {
         rowdec_chunk_at(d, fmt, 0, d->row + k / 32 * chunk_bytes(fmt), out);
-        break;
-    case QT_NF4: case QT_FP4: /* 4 words of 8 codes, a panel word (16 words) apart */
+    } else if (qt_traits[fmt].bits == 4) { /* 4 words of 8 codes, a panel word (16 words) apart */
         w = d->words + k / 8 * QT_PANEL;
         decode_nibbles32(_mm_setr_epi32((int)w[0], (int)w[QT_PANEL], (int)w[2 * QT_PANEL],
                                         (int)w[3 * QT_PANEL]), 0, d->lut, out);
-        break;
-    case QT_BITNET1:
-        w = d->words + k / 32 * QT_PANEL;
-        decode_bits32(w[0], ~w[0], d->s, out);
-        break;
-    case QT_TERNARY:
-        w = d->words + k / 32 * 2 * QT_PANEL;
-        decode_bits32(w[0], w[QT_PANEL], d->s, out);
-        break;
-    default: break;
+    } else { /* a word of 32 bits per plane; one plane: the bits not set are -s */
+        w = d->words + k / 32 * planes * QT_PANEL;
+        decode_bits32(w[0], planes == 2 ? w[QT_PANEL] : ~w[0], d->s, out);
     }
 }
 
@@ -235,21 +222,40 @@ ALWAYS_INLINE void decode_tile_fmt(const qt_matrix *m, int fmt, int r0, int nrow
     }
 }
 
+/* decode_tile_fmt with the format a constant: one instance per row of QT_FORMATS. */
 static void decode_tile(const qt_matrix *m, int r0, int nrows, int k0, int kc, int ld, float *t)
 {
-#define DECODE_TILE(F) decode_tile_fmt(m, F, r0, nrows, k0, kc, ld, t)
-    FORMAT_SWITCH(m->spec.format, DECODE_TILE)
-#undef DECODE_TILE
+    switch (m->spec.format) {
+#define DECODE_TILE_(F, ...)                                                              \
+    case F: decode_tile_fmt(m, F, r0, nrows, k0, kc, ld, t); break;
+        QT_FORMATS(DECODE_TILE_)
+#undef DECODE_TILE_
+    default: break;
+    }
 }
 
-/* ---- Y = X W^T, small M, formats stored row after row: decode into registers ---- */
+/* ---- Y = X W^T, small M ---- */
+
+/* Tasks of a small-M product of `work` vector lanes (a lane of a decoded format's FMA
+ * is one multiply-add, a lane of a lookup four): each task of at least ~256K, so that
+ * handing it to another thread costs little beside it (a small layer runs on the caller
+ * alone), and up to 8 per thread, so that a thread the machine takes away leaves little
+ * behind. */
+static int small_m_tasks(long work)
+{
+    long most = 8L * rt_threads();
+    return (int)((work >> 18) < 1 ? 1 : (work >> 18) < most ? work >> 18 : most);
+}
 
 typedef struct {
     const qt_matrix *w;
-    const float *x;  /* for int4, each 32-chunk permuted to split order */
+    const float *x;  /* rows of X as the kernel wants them (gemv_prepare, panel_prepare) */
     float *y;
-    int M, accumulate, rows_per_task;
-} gemv_ctx;
+    int M, accumulate;
+    int per_task;    /* rows of W (stored row after row) or panels per task */
+} small_ctx;
+
+/* ---- small M, formats stored row after row: decode into registers ---- */
 
 /* x in split order chunk by chunk (the ragged tail stays in natural order). */
 static float *split_x(const float *x, int M, int K)
@@ -278,7 +284,7 @@ ALWAYS_INLINE void gemv_chunk(const rowdec *d, int fmt, int MG, size_t K, const 
                               const float *x, vf acc[4][2][NV], int u)
 {
     vf wv[NV];
-    rowdec_chunk_at(d, fmt, fmt == QT_INT4, p, wv);
+    rowdec_chunk_at(d, fmt, split_order(fmt), p, wv);
 #pragma GCC unroll 4
     for (int i = 0; i < MG; i++)
 #pragma GCC unroll 4
@@ -286,7 +292,7 @@ ALWAYS_INLINE void gemv_chunk(const rowdec *d, int fmt, int MG, size_t K, const 
             acc[i][u][v] = vfma(wv[v], vload(x + i * K + v * VLEN), acc[i][u][v]);
 }
 
-ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int bs, int MG, int m0, int n0, int n1)
+ALWAYS_INLINE void gemv_rows_fmt(const small_ctx *c, int fmt, int bs, int MG, int m0, int n0, int n1)
 {
     const qt_matrix *w = c->w;
     const int K = w->cols, N = w->rows, U = GEMV_UNROLL(MG);
@@ -294,7 +300,7 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int bs, int MG, int
     const float *x = c->x + (size_t)m0 * K;
     /* Columns that share block constants, bs where the caller knows it: a block, or the
      * whole row. Whole spans first, then what is left of the row's last block. */
-    const size_t span = !has_blocks(fmt) ? kv : bs ? (size_t)bs : (size_t)w->spec.block;
+    const size_t span = !qt_traits[fmt].blockwise ? kv : bs ? (size_t)bs : (size_t)w->spec.block;
     const size_t spans = span ? kv / span : 0;
     for (int n = n0; n < n1; n++) {
         rowdec d;
@@ -347,12 +353,14 @@ ALWAYS_INLINE void gemv_rows_fmt(const gemv_ctx *c, int fmt, int bs, int MG, int
     }
 }
 
-ALWAYS_INLINE void gemv_task_fmt(const gemv_ctx *c, int fmt, int n0, int n1)
+/* Task t of a small-M product: rows [t * per_task, (t + 1) * per_task) of W. */
+ALWAYS_INLINE void gemv_task_fmt(const small_ctx *c, int fmt, int t)
 {
+    const int n0 = t * c->per_task, n1 = imin(n0 + c->per_task, c->w->rows);
     for (int m0 = 0; m0 < c->M; m0 += 4) {
         switch (imin(4, c->M - m0)) {
         case 1: /* the default block as a constant: a block is then two straight chunks */
-            if (c->w->spec.block == 64 && has_blocks(fmt))
+            if (c->w->spec.block == 64 && qt_traits[fmt].blockwise)
                 gemv_rows_fmt(c, fmt, 64, 1, m0, n0, n1);
             else
                 gemv_rows_fmt(c, fmt, 0, 1, m0, n0, n1);
@@ -364,26 +372,12 @@ ALWAYS_INLINE void gemv_task_fmt(const gemv_ctx *c, int fmt, int n0, int n1)
     }
 }
 
-/* name_F(c, a, b) = body(c, F, a, b) as a function of its own per format: in a single
- * function holding every format's loops, the register allocator spills the pointers of
- * the hot loops. */
-#define PER_FORMAT(name, ctx_type, body, F)                                               \
-    static __attribute__((noinline)) void name##_##F(const ctx_type *c, int a, int b)    \
-    {                                                                                     \
-        body(c, F, a, b);                                                                 \
-    }
-PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_F32)
-PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_INT8)
-PER_FORMAT(gemv, gemv_ctx, gemv_task_fmt, QT_INT4)
-
-static void gemv_task(void *ctx, int t, int thread)
+/* What the kernels take for x: the rows in split order for nibble codes, else x itself;
+ * *work: the vector lanes of the product (small_m_tasks). NULL when out of memory. */
+static const float *gemv_prepare(const qt_matrix *w, const float *x, int M, long *work)
 {
-    (void)thread;
-    const gemv_ctx *c = ctx;
-    int n0 = t * c->rows_per_task, n1 = imin(n0 + c->rows_per_task, c->w->rows);
-#define GEMV_TASK(F) gemv_##F(c, n0, n1)
-    ROW_SWITCH(c->w->spec.format, GEMV_TASK)
-#undef GEMV_TASK
+    *work = (long)M * w->rows * w->cols;
+    return split_order(w->spec.format) ? split_x(x, M, w->cols) : x;
 }
 
 /* ---- Y = X W^T, small M, panel formats: 16 rows of W at a time ----
@@ -405,21 +399,18 @@ static void gemv_task(void *ctx, int t, int thread)
 #define PANEL_ROWS 4 /* rows of X per pass over a panel, sharing its loads and lookups */
 #define LUT_GROUPS 8 /* 4-column groups per 32-column word */
 
-typedef struct {
-    const qt_matrix *w;
-    const float *x; /* bitnet1, ternary: per row of X, its tables ([words * LUT_GROUPS][16]);
-                       nf4, fp4: the rows of X, padded with zeros to whole words */
-    float *y;
-    int M, accumulate, panels_per_task;
-} panel_ctx;
+/* small_ctx.x of the panel kernels: bit codes (bitnet1, ternary), per row of X its tables
+ * ([words * LUT_GROUPS][16]); nibble codes (nf4, fp4), the rows of X padded with zeros to
+ * whole words. */
 
-/* The tables of one row of x (columns past K count as zero). */
-static void lut_tables(const float *x, int K, int words, int fmt, float *t)
+/* The tables of one row of x (columns past K count as zero); with one plane a bit not set
+ * stands for -x. */
+static void lut_tables(const float *x, int K, int words, int planes, float *t)
 {
     float sel[4][16]; /* the factor of column i of a group in entry e */
     for (int i = 0; i < 4; i++)
         for (int e = 0; e < 16; e++)
-            sel[i][e] = e >> i & 1 ? 1.0f : fmt == QT_BITNET1 ? -1.0f : 0.0f;
+            sel[i][e] = e >> i & 1 ? 1.0f : planes == 1 ? -1.0f : 0.0f;
     for (int g = 0; g < words * LUT_GROUPS; g++, t += 16) {
         float xg[4];
         for (int i = 0; i < 4; i++)
@@ -435,20 +426,20 @@ static void lut_tables(const float *x, int K, int words, int fmt, float *t)
     }
 }
 
-/* acc[i] += row m0 + i of X times the panel's rows, bitnet1 or ternary. */
-ALWAYS_INLINE void lut_rows_fmt(const panel_ctx *c, int fmt, int MG, int m0, int p,
+/* acc[i] += row m0 + i of X times the panel's rows, bit codes. */
+ALWAYS_INLINE void lut_rows_fmt(const small_ctx *c, int fmt, int MG, int m0, int p,
                                 vf acc[PANEL_ROWS][QT_PANEL / VLEN])
 {
     const qt_matrix *w = c->w;
-    const int words = qt_panel_words(w), planes = fmt == QT_TERNARY ? 2 : 1;
+    const int words = qt_panel_words(w, fmt), planes = qt_traits[fmt].planes;
     const size_t tstride = (size_t)words * LUT_GROUPS * 16; /* floats per row of x */
-    const uint32_t *q = qt_panel_row(w, p * QT_PANEL);
+    const uint32_t *q = qt_panel_row(w, fmt, p * QT_PANEL);
     const float *t = c->x + (size_t)m0 * tstride;
     for (int cw = 0; cw < words; cw++, q += planes * QT_PANEL, t += LUT_GROUPS * 16) {
 #pragma GCC unroll 2
         for (int h = 0; h < QT_PANEL / VLEN; h++) {
             vi plus = vload_i(q + h * VLEN);
-            vi minus = fmt == QT_TERNARY ? vload_i(q + QT_PANEL + h * VLEN) : plus;
+            vi minus = planes == 2 ? vload_i(q + QT_PANEL + h * VLEN) : plus;
 #pragma GCC unroll 4
             for (int i = 0; i < MG; i++) {
                 vf s[LUT_GROUPS];
@@ -456,7 +447,7 @@ ALWAYS_INLINE void lut_rows_fmt(const panel_ctx *c, int fmt, int MG, int m0, int
                 for (int g = 0; g < LUT_GROUPS; g++) {
                     lut16 tg = lut_load(t + i * tstride + g * 16);
                     s[g] = vlookup16(vsrli(plus, 4 * g), tg);
-                    if (fmt == QT_TERNARY)
+                    if (planes == 2)
                         s[g] = vsub(s[g], vlookup16(vsrli(minus, 4 * g), tg));
                 }
                 /* a tree, so that only one add per word waits on the accumulator */
@@ -491,17 +482,17 @@ static int nib_next_group(const int32_t *rowb, int j)
     return next;
 }
 
-/* acc[i] += row m0 + i of X times the panel's rows, nf4 or fp4. */
-ALWAYS_INLINE void nib_rows_fmt(const panel_ctx *c, int fmt, int dq, int MG, int m0, int p,
+/* acc[i] += row m0 + i of X times the panel's rows, nibble codes. */
+ALWAYS_INLINE void nib_rows_fmt(const small_ctx *c, int fmt, int dq, int MG, int m0, int p,
                                 vf acc[PANEL_ROWS][QT_PANEL / VLEN])
 {
     const qt_matrix *w = c->w;
-    const int words = qt_panel_words(w), bpr = w->blocks_per_row, bw = w->spec.block / 8;
+    const int words = qt_panel_words(w, fmt), bpr = w->blocks_per_row, bw = w->spec.block / 8;
     const int NP = MG == 1 ? 4 : MG == 2 ? 2 : 1; /* partial sums per row of X, for the FMA latency */
     const size_t xstride = (size_t)words * 8;
-    const uint32_t *q = qt_panel_row(w, p * QT_PANEL);
+    const uint32_t *q = qt_panel_row(w, fmt, p * QT_PANEL);
     const float *x = c->x + (size_t)m0 * xstride;
-    const lut16 table = lut_load(qt_code_table((qt_format)fmt));
+    const lut16 table = lut_load(qt_traits[fmt].table);
     int32_t rowb[QT_PANEL]; /* the padding rows of the last panel borrow the last row's */
     for (int r = 0; r < QT_PANEL; r++)
         rowb[r] = imin(p * QT_PANEL + r, w->rows - 1) * bpr;
@@ -557,7 +548,7 @@ ALWAYS_INLINE void nib_rows_fmt(const panel_ctx *c, int fmt, int dq, int MG, int
 }
 
 /* Y's entries of rows m0 .. m0 + MG - 1 of X for the panel's rows. */
-ALWAYS_INLINE void panel_rows(const panel_ctx *c, int fmt, int dq, int MG, int m0, int p)
+ALWAYS_INLINE void panel_rows(const small_ctx *c, int fmt, int dq, int MG, int m0, int p)
 {
     const qt_matrix *w = c->w;
     vf acc[PANEL_ROWS][QT_PANEL / VLEN];
@@ -566,7 +557,7 @@ ALWAYS_INLINE void panel_rows(const panel_ctx *c, int fmt, int dq, int MG, int m
 #pragma GCC unroll 2
         for (int h = 0; h < QT_PANEL / VLEN; h++)
             acc[i][h] = vzero();
-    if (qt_is_bits((qt_format)fmt))
+    if (qt_traits[fmt].bits == 1)
         lut_rows_fmt(c, fmt, MG, m0, p, acc);
     else
         nib_rows_fmt(c, fmt, dq, MG, m0, p, acc);
@@ -579,13 +570,13 @@ ALWAYS_INLINE void panel_rows(const panel_ctx *c, int fmt, int dq, int MG, int m
             vstore(sum + h * VLEN, acc[i][h]);
         float *yr = c->y + (size_t)(m0 + i) * w->rows + n0;
         for (int r = 0; r < nr; r++) {
-            float v = qt_is_bits((qt_format)fmt) ? w->scale[n0 + r] * sum[r] : sum[r];
+            float v = qt_traits[fmt].scale == QT_SCALE_ROW ? w->scale[n0 + r] * sum[r] : sum[r];
             yr[r] = c->accumulate ? yr[r] + v : v;
         }
     }
 }
 
-ALWAYS_INLINE void panel_task_dq(const panel_ctx *c, int fmt, int dq, int p0, int p1)
+ALWAYS_INLINE void panel_task_dq(const small_ctx *c, int fmt, int dq, int p0, int p1)
 {
     for (int p = p0; p < p1; p++)
         for (int m0 = 0; m0 < c->M; m0 += PANEL_ROWS) {
@@ -598,33 +589,80 @@ ALWAYS_INLINE void panel_task_dq(const panel_ctx *c, int fmt, int dq, int p0, in
         }
 }
 
-/* double_quant as a constant in the hot loop */
-ALWAYS_INLINE void panel_task_fmt(const panel_ctx *c, int fmt, int p0, int p1)
+/* Task t of a small-M product: panels [t * per_task, (t + 1) * per_task) of W, with
+ * double_quant as a constant in the hot loop. */
+ALWAYS_INLINE void panel_task_fmt(const small_ctx *c, int fmt, int t)
 {
-    if (qt_is_nibble_panel((qt_format)fmt) && c->w->spec.double_quant)
+    const int panels = (c->w->rows + QT_PANEL - 1) / QT_PANEL;
+    const int p0 = t * c->per_task, p1 = imin(p0 + c->per_task, panels);
+    if (qt_traits[fmt].dq && c->w->spec.double_quant)
         panel_task_dq(c, fmt, 1, p0, p1);
     else
         panel_task_dq(c, fmt, 0, p0, p1);
 }
 
-PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_NF4)
-PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_FP4)
-PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_BITNET1)
-PER_FORMAT(panel, panel_ctx, panel_task_fmt, QT_TERNARY)
-
-static void panel_task(void *ctx, int t, int thread)
+/* What the panel kernels take for x (small_ctx.x above), and *work the vector lanes of the
+ * product (small_m_tasks). NULL when out of memory. */
+static const float *panel_prepare(const qt_matrix *w, const float *x, int M, long *work)
 {
-    (void)thread;
-    const panel_ctx *c = ctx;
-    int panels = (c->w->rows + QT_PANEL - 1) / QT_PANEL;
-    int p0 = t * c->panels_per_task, p1 = imin(p0 + c->panels_per_task, panels);
-    switch (c->w->spec.format) {
-    case QT_NF4: panel_QT_NF4(c, p0, p1); break;
-    case QT_FP4: panel_QT_FP4(c, p0, p1); break;
-    case QT_BITNET1: panel_QT_BITNET1(c, p0, p1); break;
-    case QT_TERNARY: panel_QT_TERNARY(c, p0, p1); break;
-    default: break;
+    const qt_format f = w->spec.format;
+    const int K = w->cols, words = qt_panel_words(w, f);
+    if (qt_traits[f].bits == 1) {
+        const size_t tstride = (size_t)words * LUT_GROUPS * 16;
+        float *tables = rt_workspace(RT_WS_PACK, (size_t)M * tstride * sizeof(float));
+        if (!tables)
+            return NULL;
+        for (int m = 0; m < M; m++)
+            lut_tables(x + (size_t)m * K, K, words, qt_traits[f].planes, tables + (size_t)m * tstride);
+        *work = (long)M * w->rows * words * LUT_GROUPS * qt_traits[f].planes;
+        return tables;
     }
+    const size_t xstride = (size_t)words * 8;
+    float *xp = rt_workspace(RT_WS_PACK, (size_t)M * xstride * sizeof(float));
+    if (!xp)
+        return NULL;
+    for (int m = 0; m < M; m++) { /* rows padded with zeros to whole panel words */
+        memcpy(xp + m * xstride, x + (size_t)m * K, (size_t)K * sizeof(float));
+        memset(xp + m * xstride + K, 0, (xstride - K) * sizeof(float));
+    }
+    *work = (long)M * w->rows * K;
+    return xp;
+}
+
+/* ---- small M: one task function per format ----
+ * Each a function of its own: in a single function holding every format's loops, the
+ * register allocator spills the pointers of the hot loops. */
+#define SMALL_M_TASK_(F, ...)                                                             \
+    static void small_m_task_##F(void *ctx, int t, int thread)                           \
+    {                                                                                     \
+        (void)thread;                                                                     \
+        if (qt_traits[F].layout == QT_LAYOUT_ROWS)                                        \
+            gemv_task_fmt(ctx, F, t);                                                     \
+        else                                                                              \
+            panel_task_fmt(ctx, F, t);                                                    \
+    }
+QT_FORMATS(SMALL_M_TASK_)
+#undef SMALL_M_TASK_
+
+#define SMALL_M_TASK_NAME_(F, ...) [F] = small_m_task_##F,
+static const rt_task_fn small_m_task[QT_NFORMATS] = {QT_FORMATS(SMALL_M_TASK_NAME_)};
+#undef SMALL_M_TASK_NAME_
+
+/* Y = X W^T for M < SMALL_M: rows (or panels) of W split among the tasks. */
+static int small_m_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+{
+    const qt_format f = w->spec.format;
+    const int rows_layout = qt_traits[f].layout == QT_LAYOUT_ROWS;
+    long work = 0;
+    small_ctx c = {w, NULL, y, M, accumulate, 0};
+    c.x = rows_layout ? gemv_prepare(w, x, M, &work) : panel_prepare(w, x, M, &work);
+    if (!c.x)
+        return -1;
+    int items = rows_layout ? w->rows : (w->rows + QT_PANEL - 1) / QT_PANEL;
+    int tasks = small_m_tasks(work);
+    c.per_task = (items + tasks - 1) / tasks;
+    rt_parallel((items + c.per_task - 1) / c.per_task, small_m_task[f], &c);
+    return 0;
 }
 
 /* ---- Y = X W^T, large M: decoded tiles and an outer-product micro-kernel ---- */
@@ -732,70 +770,10 @@ static void gemm_task(void *ctx, int t, int thread)
     }
 }
 
-/* Tasks of a small-M product of `work` vector lanes (a lane of a decoded format's FMA
- * is one multiply-add, a lane of a lookup four): each task of at least ~256K, so that
- * handing it to another thread costs little beside it (a small layer runs on the caller
- * alone), and up to 8 per thread, so that a thread the machine takes away leaves little
- * behind. */
-static int small_m_tasks(long work)
-{
-    long most = 8L * rt_threads();
-    return (int)((work >> 18) < 1 ? 1 : (work >> 18) < most ? work >> 18 : most);
-}
-
-/* Y = X W^T for M < SMALL_M in a panel format: x is what panel_ctx.x holds, `work` the
- * vector lanes of the product (small_m_tasks). */
-static void panel_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate,
-                         long work)
-{
-    int panels = (w->rows + QT_PANEL - 1) / QT_PANEL, tasks = small_m_tasks(work);
-    panel_ctx c = {w, x, y, M, accumulate, (panels + tasks - 1) / tasks};
-    rt_parallel((panels + c.panels_per_task - 1) / c.panels_per_task, panel_task, &c);
-}
-
-static int lut_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
-{
-    const int K = w->cols, words = qt_panel_words(w);
-    const size_t tstride = (size_t)words * LUT_GROUPS * 16;
-    float *tables = rt_workspace(RT_WS_PACK, (size_t)M * tstride * sizeof(float));
-    if (!tables)
-        return -1;
-    for (int m = 0; m < M; m++)
-        lut_tables(x + (size_t)m * K, K, words, w->spec.format, tables + (size_t)m * tstride);
-    panel_matmul(w, tables, M, y, accumulate, (long)M * w->rows * words * LUT_GROUPS * qt_panel_planes(w));
-    return 0;
-}
-
-static int nib_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
-{
-    const int K = w->cols;
-    const size_t xstride = (size_t)qt_panel_words(w) * 8;
-    float *xp = rt_workspace(RT_WS_PACK, (size_t)M * xstride * sizeof(float));
-    if (!xp)
-        return -1;
-    for (int m = 0; m < M; m++) { /* rows padded with zeros to whole panel words */
-        memcpy(xp + m * xstride, x + (size_t)m * K, (size_t)K * sizeof(float));
-        memset(xp + m * xstride + K, 0, (xstride - K) * sizeof(float));
-    }
-    panel_matmul(w, xp, M, y, accumulate, (long)M * w->rows * K);
-    return 0;
-}
-
 static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
 {
-    if (M < SMALL_M && qt_is_bits(w->spec.format))
-        return lut_matmul(w, x, M, y, accumulate);
-    if (M < SMALL_M && qt_is_nibble_panel(w->spec.format))
-        return nib_matmul(w, x, M, y, accumulate);
-    if (M < SMALL_M) {
-        int tasks = small_m_tasks((long)M * w->rows * w->cols);
-        float *xs = NULL;
-        if (w->spec.format == QT_INT4 && !(xs = split_x(x, M, w->cols)))
-            return -1;
-        gemv_ctx c = {w, xs ? xs : x, y, M, accumulate, (w->rows + tasks - 1) / tasks};
-        rt_parallel((w->rows + c.rows_per_task - 1) / c.rows_per_task, gemv_task, &c);
-        return 0;
-    }
+    if (M < SMALL_M)
+        return small_m_matmul(w, x, M, y, accumulate);
     int panels = (M + MR_FWD - 1) / MR_FWD;
     gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate, panels, (w->rows + NT_FWD - 1) / NT_FWD};
     c.xt = rt_workspace(RT_WS_PACK, (size_t)panels * w->cols * MR_FWD * sizeof(float));
