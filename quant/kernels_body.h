@@ -56,12 +56,12 @@ static int matmul(const qt_matrix *w, const float *x, int M, float *y, int accum
 {
     if (M < SMALL_M)
         return small_m_matmul(w, x, M, y, accumulate);
-    return gemm_matmul(w, x, M, y, accumulate);
+    return gemm(w, GEMM_FWD, x, M, y, accumulate);
 }
 
 static int matmul_t(const qt_matrix *w, const float *dy, int M, float *dx, int accumulate)
 {
-    return gemm_matmul_t(w, dy, M, dx, accumulate);
+    return gemm(w, GEMM_BWD, dy, M, dx, accumulate);
 }
 
 static void dequantize(const qt_matrix *w, int r0, int r1, float *out)

@@ -1,11 +1,13 @@
 /* kernels_gemm.h: the large-M products (prefill, training), part of kernels_body.h
- * after kernels_decode.h.
- * - Y = X W^T: X is packed transposed in panels of MR_FWD rows; each thread decodes a
- *   tile of NT_FWD weight rows x KC columns into a cache-resident buffer and runs an
- *   outer-product micro-kernel: 2 vectors of X^T times NR_FWD broadcast weights per step.
- * - dX = dY W: dY is packed transposed in panels of MR_BWD rows; each thread owns a strip
- *   of KT_BWD columns of dX, decodes NC_BWD x KT_BWD weight tiles, and runs a micro-kernel
- *   of MR_BWD broadcast dY values times 2 vectors of a weight row. */
+ * after kernels_decode.h. One driver in two roles, which share the packing, the tile
+ * decoding and the micro-kernel:
+ * - GEMM_FWD, Y = X W^T: X is packed transposed in panels of MR_FWD rows; each task owns
+ *   NT_FWD rows of W (columns of Y), decodes tiles of them x KC_FWD columns into a
+ *   cache-resident buffer and runs the micro-kernel with 2 vectors of X^T times NR_FWD
+ *   broadcast weights per step;
+ * - GEMM_BWD, dX = dY W: dY is packed transposed in panels of MR_BWD rows; each task owns
+ *   a strip of KT_BWD columns of W (of dX), decodes NC_BWD x KT_BWD weight tiles and runs
+ *   the micro-kernel with 2 vectors of a weight row times MR_BWD broadcast dY values. */
 
 #define MR_FWD (2 * VLEN)     /* rows of X per forward micro-tile */
 #define NT_FWD (4 * NR_FWD)   /* weight rows per forward task */
@@ -13,6 +15,17 @@
 #define NW_BWD (2 * VLEN)     /* columns of dX per backward micro-tile */
 #define KT_BWD (4 * NW_BWD)   /* columns of dX per backward task */
 #define NC_BWD 256            /* weight rows per backward tile */
+
+typedef enum { GEMM_FWD, GEMM_BWD } gemm_role;
+
+/* A role's sizes, constants in the inlined driver: rows of the packed operand per panel
+ * (and per micro-tile), outputs per task, the reduction per tile, and outputs per
+ * micro-tile (its broadcast side forward, its vector side backward). */
+#define GEMM_MR(role) ((role) == GEMM_FWD ? MR_FWD : MR_BWD)
+#define GEMM_OUT(role) ((role) == GEMM_FWD ? NT_FWD : KT_BWD)
+#define GEMM_RED(role) ((role) == GEMM_FWD ? KC_FWD : NC_BWD)
+#define GEMM_STEP(role) ((role) == GEMM_FWD ? NR_FWD : NW_BWD)
+#define MICRO_R (NR_FWD > MR_BWD ? NR_FWD : MR_BWD) /* broadcast values per micro-step */
 
 /* Rows of the large-M products are split in rt_threads() chunks of panels, chunk c being
  * [c * panels / chunks, (c + 1) * panels / chunks): the same split as rt_parallel's shares
@@ -28,12 +41,13 @@ static inline int chunk_panel(int c, int panels)
 
 typedef struct {
     const qt_matrix *w;
-    const float *x;
-    float *xt;    /* X^T in panels: xt[(p * K + k) * MR_FWD + i] = X[p * MR_FWD + i][k] */
-    float *y;
+    const float *a;     /* the packed operand: X [M x K] forward, dY [M x N] backward */
+    float *at;          /* A^T in panels: at[(p * len + k) * mr + i] = A[p * mr + i][k] */
+    float *out;         /* Y [M x N], or dX [M x K] */
     float *scratch;
     int M, accumulate;
-    int panels, blocks; /* task t: chunk t / blocks (chunk_panel), weight block t % blocks */
+    int mr, len;        /* rows of A per panel, and its row length (the reduction's) */
+    int panels, blocks; /* task t: chunk t / blocks (chunk_panel), output block t % blocks */
 } gemm_ctx;
 
 /* dst[k * mr + i] = row i of src (len floats, rows `len` apart) at k, for i < mr and
@@ -56,166 +70,105 @@ static void pack_transposed(float *restrict dst, const float *restrict src, int 
     }
 }
 
-static void pack_x_task(void *ctx, int p, int thread)
+static void pack_task(void *ctx, int p, int thread)
 {
     (void)thread;
     const gemm_ctx *c = ctx;
-    const int K = c->w->cols;
-    pack_transposed(c->xt + (size_t)p * K * MR_FWD, c->x + (size_t)p * MR_FWD * K, c->M - p * MR_FWD, MR_FWD, K);
+    const size_t panel = (size_t)p * c->mr * c->len;
+    pack_transposed(c->at + panel, c->a + panel, c->M - p * c->mr, c->mr, c->len);
 }
 
-/* c[j][i] = sum over k of xp[k][i] * wd[j][k], for a whole MR_FWD x NR_FWD tile. */
-static inline void micro_fwd(int kc, const float *xp, const float *wd, int ldw, float *c)
+/* c[r * 2 VLEN + v] = sum over t < len of a[t * as + v] * b[t * bt + r * br], for r < R and
+ * v < 2 VLEN: per step, 2 vectors of a times R broadcast values of b, in registers. */
+ALWAYS_INLINE void micro(int R, int len, const float *a, size_t as, const float *b, size_t bt,
+                         size_t br, float *c)
 {
-    vf acc[NR_FWD][2];
+    vf acc[MICRO_R][2];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR_FWD; j++)
-        acc[j][0] = acc[j][1] = vzero();
-    for (int k = 0; k < kc; k++) {
-        vf a0 = vload(xp + (size_t)k * MR_FWD), a1 = vload(xp + (size_t)k * MR_FWD + VLEN);
+    for (int r = 0; r < R; r++)
+        acc[r][0] = acc[r][1] = vzero();
+    for (int t = 0; t < len; t++) {
+        vf a0 = vload(a + (size_t)t * as), a1 = vload(a + (size_t)t * as + VLEN);
 #pragma GCC unroll 16
-        for (int j = 0; j < NR_FWD; j++) {
-            vf b = vset1(wd[(size_t)j * ldw + k]);
-            acc[j][0] = vfma(a0, b, acc[j][0]);
-            acc[j][1] = vfma(a1, b, acc[j][1]);
+        for (int r = 0; r < R; r++) {
+            vf x = vset1(b[(size_t)t * bt + (size_t)r * br]);
+            acc[r][0] = vfma(a0, x, acc[r][0]);
+            acc[r][1] = vfma(a1, x, acc[r][1]);
         }
     }
 #pragma GCC unroll 16
-    for (int j = 0; j < NR_FWD; j++) {
-        vstore(c + j * MR_FWD, acc[j][0]);
-        vstore(c + j * MR_FWD + VLEN, acc[j][1]);
+    for (int r = 0; r < R; r++) {
+        vstore(c + r * 2 * VLEN, acc[r][0]);
+        vstore(c + r * 2 * VLEN + VLEN, acc[r][1]);
     }
 }
 
-static void gemm_task(void *ctx, int t, int thread)
+/* Task t: the outputs [o0, o0 + OUT) of one block (rows of W forward, columns of W
+ * backward) for the rows of a chunk of panels, tile after tile of the reduction. */
+ALWAYS_INLINE void gemm_task_role(const gemm_ctx *c, int role, int t, int thread)
 {
-    const gemm_ctx *c = ctx;
     const qt_matrix *w = c->w;
-    const int K = w->cols, N = w->rows, n0 = t % c->blocks * NT_FWD, nr = imin(NT_FWD, N - n0);
+    const int fwd = role == GEMM_FWD;
+    const int MR = GEMM_MR(role), OUT = GEMM_OUT(role), RED = GEMM_RED(role), STEP = GEMM_STEP(role);
+    const int len = c->len, width = fwd ? w->rows : w->cols; /* the reduction; a row of out */
+    const int o0 = t % c->blocks * OUT, on = imin(OUT, width - o0);
     const int p0 = chunk_panel(t / c->blocks, c->panels), p1 = chunk_panel(t / c->blocks + 1, c->panels);
-    float *wd = c->scratch + (size_t)thread * NT_FWD * KC_FWD;
-    float tile[NR_FWD * MR_FWD];
+    float *wd = c->scratch + (size_t)thread * OUT * RED;
+    float tile[MICRO_R * 2 * VLEN];
     if (p0 == p1)
         return;
-    for (int k0 = 0; k0 < K; k0 += KC_FWD) {
-        int kc = imin(KC_FWD, K - k0);
-        int fresh = k0 == 0 && !c->accumulate;
-        decode_tile(w, n0, NT_FWD, k0, kc, KC_FWD, wd);
+    for (int r0 = 0; r0 < len; r0 += RED) {
+        int rn = imin(RED, len - r0);
+        int fresh = r0 == 0 && !c->accumulate;
+        /* forward: OUT rows of W (zeros past its end) x rn columns, RED apart; backward:
+         * rn rows x on columns, OUT apart (zeros up to OUT) */
+        if (fwd)
+            decode_tile(w, o0, OUT, r0, rn, RED, wd);
+        else
+            decode_tile(w, r0, rn, o0, on, OUT, wd);
         for (int p = p0; p < p1; p++) {
-            const float *xp = c->xt + ((size_t)p * K + k0) * MR_FWD;
-            int mr = imin(MR_FWD, c->M - p * MR_FWD);
-            for (int j = 0; j < nr; j += NR_FWD) {
-                micro_fwd(kc, xp, wd + (size_t)j * KC_FWD, KC_FWD, tile);
-                int nj = imin(NR_FWD, nr - j);
+            const float *ap = c->at + ((size_t)p * len + r0) * MR;
+            int mr = imin(MR, c->M - p * MR);
+            for (int j = 0; j < on; j += STEP) {
+                if (fwd) /* X^T's panel times NR_FWD weight rows: tile[jj][i] */
+                    micro(NR_FWD, rn, ap, MR_FWD, wd + (size_t)j * RED, 1, RED, tile);
+                else /* a weight row's NW_BWD columns times dY^T's panel: tile[i][jj] */
+                    micro(MR_BWD, rn, wd + j, OUT, ap, MR_BWD, 1, tile);
+                int nj = imin(STEP, on - j);
                 for (int i = 0; i < mr; i++) {
-                    float *yr = c->y + (size_t)(p * MR_FWD + i) * N + n0 + j;
+                    float *o = c->out + (size_t)(p * MR + i) * width + o0 + j;
                     for (int jj = 0; jj < nj; jj++)
-                        yr[jj] = (fresh ? 0.0f : yr[jj]) + tile[jj * MR_FWD + i];
+                        o[jj] = (fresh ? 0.0f : o[jj]) + tile[fwd ? jj * MR_FWD + i : i * NW_BWD + jj];
                 }
             }
         }
     }
 }
 
-/* Y = X W^T, X of M >= 1 rows. */
-static int gemm_matmul(const qt_matrix *w, const float *x, int M, float *y, int accumulate)
+static void gemm_fwd_task(void *ctx, int t, int thread)
 {
-    int panels = (M + MR_FWD - 1) / MR_FWD;
-    gemm_ctx c = {w, x, NULL, y, NULL, M, accumulate, panels, (w->rows + NT_FWD - 1) / NT_FWD};
-    c.xt = rt_workspace(RT_WS_PACK, (size_t)panels * w->cols * MR_FWD * sizeof(float));
-    c.scratch = qt_scratch((size_t)NT_FWD * KC_FWD);
-    if (!c.xt || !c.scratch)
-        return -1;
-    rt_parallel(panels, pack_x_task, &c);
-    rt_parallel(rt_threads() * c.blocks, gemm_task, &c);
-    return 0;
+    gemm_task_role(ctx, GEMM_FWD, t, thread);
 }
 
-/* ---- dX = dY W ---- */
-
-typedef struct {
-    const qt_matrix *w;
-    const float *dy;
-    float *dyt;   /* dY^T in panels: dyt[(p * N + n) * MR_BWD + i] = dY[p * MR_BWD + i][n] */
-    float *dx;
-    float *scratch;
-    int M, accumulate;
-    int panels, blocks; /* task t: chunk t / blocks (chunk_panel), column block t % blocks */
-} gemm_t_ctx;
-
-static void pack_dy_task(void *ctx, int p, int thread)
+static void gemm_bwd_task(void *ctx, int t, int thread)
 {
-    (void)thread;
-    const gemm_t_ctx *c = ctx;
-    const int N = c->w->rows;
-    pack_transposed(c->dyt + (size_t)p * N * MR_BWD, c->dy + (size_t)p * MR_BWD * N, c->M - p * MR_BWD, MR_BWD, N);
+    gemm_task_role(ctx, GEMM_BWD, t, thread);
 }
 
-/* c[i][k] = sum over n of dyp[n][i] * wd[n][k], for MR_BWD rows x NW_BWD columns. */
-static inline void micro_bwd(int nc, const float *dyp, const float *wd, int ldw, float *c)
-{
-    vf acc[MR_BWD][2];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR_BWD; i++)
-        acc[i][0] = acc[i][1] = vzero();
-    for (int n = 0; n < nc; n++) {
-        vf w0 = vload(wd + (size_t)n * ldw), w1 = vload(wd + (size_t)n * ldw + VLEN);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR_BWD; i++) {
-            vf b = vset1(dyp[(size_t)n * MR_BWD + i]);
-            acc[i][0] = vfma(b, w0, acc[i][0]);
-            acc[i][1] = vfma(b, w1, acc[i][1]);
-        }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR_BWD; i++) {
-        vstore(c + i * NW_BWD, acc[i][0]);
-        vstore(c + i * NW_BWD + VLEN, acc[i][1]);
-    }
-}
-
-static void gemm_t_task(void *ctx, int t, int thread)
-{
-    const gemm_t_ctx *c = ctx;
-    const qt_matrix *w = c->w;
-    const int K = w->cols, N = w->rows, k0 = t % c->blocks * KT_BWD, kt = imin(KT_BWD, K - k0);
-    const int p0 = chunk_panel(t / c->blocks, c->panels), p1 = chunk_panel(t / c->blocks + 1, c->panels);
-    float *wd = c->scratch + (size_t)thread * NC_BWD * KT_BWD;
-    float tile[MR_BWD * NW_BWD];
-    if (p0 == p1)
-        return;
-    for (int n0 = 0; n0 < N; n0 += NC_BWD) {
-        int nc = imin(NC_BWD, N - n0);
-        int fresh = n0 == 0 && !c->accumulate;
-        decode_tile(w, n0, nc, k0, kt, KT_BWD, wd);
-        for (int p = p0; p < p1; p++) {
-            const float *dyp = c->dyt + ((size_t)p * N + n0) * MR_BWD;
-            int mr = imin(MR_BWD, c->M - p * MR_BWD);
-            for (int kk = 0; kk < kt; kk += NW_BWD) {
-                micro_bwd(nc, dyp, wd + kk, KT_BWD, tile);
-                int nk = imin(NW_BWD, kt - kk);
-                for (int i = 0; i < mr; i++) {
-                    float *out = c->dx + (size_t)(p * MR_BWD + i) * K + k0 + kk;
-                    for (int q = 0; q < nk; q++)
-                        out[q] = (fresh ? 0.0f : out[q]) + tile[i * NW_BWD + q];
-                }
-            }
-        }
-    }
-}
-
-/* dX = dY W, any M. */
-static int gemm_matmul_t(const qt_matrix *w, const float *dy, int M, float *dx, int accumulate)
+/* Y = X W^T (GEMM_FWD, a = X) or dX = dY W (GEMM_BWD, a = dY), A of M rows. */
+static int gemm(const qt_matrix *w, gemm_role role, const float *a, int M, float *out, int accumulate)
 {
     if (M <= 0)
         return 0;
-    int panels = (M + MR_BWD - 1) / MR_BWD;
-    gemm_t_ctx c = {w, dy, NULL, dx, NULL, M, accumulate, panels, (w->cols + KT_BWD - 1) / KT_BWD};
-    c.dyt = rt_workspace(RT_WS_PACK, (size_t)panels * w->rows * MR_BWD * sizeof(float));
-    c.scratch = qt_scratch((size_t)NC_BWD * KT_BWD);
-    if (!c.dyt || !c.scratch)
+    const int fwd = role == GEMM_FWD, mr = GEMM_MR(role), out_len = fwd ? w->rows : w->cols;
+    const int panels = (M + mr - 1) / mr;
+    gemm_ctx c = {w, a, NULL, out, NULL, M, accumulate, mr, fwd ? w->cols : w->rows, panels,
+                  (out_len + GEMM_OUT(role) - 1) / GEMM_OUT(role)};
+    c.at = rt_workspace(RT_WS_PACK, (size_t)panels * c.len * mr * sizeof(float));
+    c.scratch = qt_scratch((size_t)GEMM_OUT(role) * GEMM_RED(role));
+    if (!c.at || !c.scratch)
         return -1;
-    rt_parallel(panels, pack_dy_task, &c);
-    rt_parallel(rt_threads() * c.blocks, gemm_t_task, &c);
+    rt_parallel(panels, pack_task, &c);
+    rt_parallel(rt_threads() * c.blocks, fwd ? gemm_fwd_task : gemm_bwd_task, &c);
     return 0;
 }
