@@ -3,8 +3,8 @@
  * For each matrix set (the linear weights of a real model, and random Gaussian
  * 2048x2048 and 2048x5632 matrices) and each format: bits/param, relative RMSE of the
  * round trip, decode throughput, and the fused kernels' GFLOP/s at M=1 (Y = x W^T, a
- * matrix-vector product) and M=256, each as a ratio to OpenBLAS sgemv / sgemm on the
- * same weights in fp32, timed in alternating bursts with each kernel so that the load of a
+ * matrix-vector product), at M=256 and for the input gradient dX = dY W at M=256, each as
+ * a ratio to OpenBLAS sgemv / sgemm on the same weights in fp32, timed in alternating bursts with each kernel so that the load of a
  * shared machine weighs on both alike. Figures are printed, never asserted.
  *
  * usage: bench_quant [--model DIR] [--quick] */
@@ -72,8 +72,8 @@ static void best_times(bench_fn a, void *ca, bench_fn b, void *cb, double budget
 typedef struct {
     const matrix_set *set;
     qt_matrix *q;   /* NULL: OpenBLAS on the fp32 weights */
-    const float *x;
-    float *y;
+    const float *x; /* X, or dY for run_products_t */
+    float *y;       /* Y, or dX */
     int M;
 } run_ctx;
 
@@ -93,6 +93,24 @@ static void run_products(void *p)
         } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->M, N, K, 1.0f, c->x, K,
                         c->set->w[i], K, 0.0f, c->y, N);
+        }
+    }
+}
+
+/* dX = dY W: the input gradient of each matrix. */
+static void run_products_t(void *p)
+{
+    run_ctx *c = p;
+    for (int i = 0; i < c->set->count; i++) {
+        int N = c->set->rows[i], K = c->set->cols[i];
+        if (c->q) {
+            if (qt_matmul_t(&c->q[i], c->x, c->M, c->y, 0) < 0) {
+                fprintf(stderr, "bench_quant: out of memory in qt_matmul_t\n");
+                exit(1);
+            }
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->M, K, N, 1.0f, c->x, N,
+                        c->set->w[i], K, 0.0f, c->y, K);
         }
     }
 }
@@ -124,21 +142,24 @@ static void bench_set(const matrix_set *set, double budget)
     }
     const int M = 256;
     float *x = malloc(M * max_k * sizeof(float)), *y = malloc(M * max_n * sizeof(float));
+    float *dy = malloc(M * max_n * sizeof(float)), *dx = malloc(M * max_k * sizeof(float));
     float *deq = malloc(max_elems * sizeof(float));
-    if (!x || !y || !deq) {
+    if (!x || !y || !dy || !dx || !deq) {
         fprintf(stderr, "bench_quant: out of memory\n");
         exit(1);
     }
     srand(1);
     for (size_t i = 0; i < M * max_k; i++)
         x[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (size_t i = 0; i < M * max_n; i++)
+        dy[i] = (float)rand() / RAND_MAX - 0.5f;
 
-    run_ctx ref1 = {set, NULL, x, y, 1}, ref256 = {set, NULL, x, y, M};
-    double best_gemv = INFINITY, best_gemm = INFINITY;
+    run_ctx ref1 = {set, NULL, x, y, 1}, ref256 = {set, NULL, x, y, M}, ref_t = {set, NULL, dy, dx, M};
+    double best_gemv = INFINITY, best_gemm = INFINITY, best_gemm_t = INFINITY;
     printf("\n### %s (%d matrices, %.2fM parameters)\n\n", set->name, set->count, params / 1e6);
     printf("| format | bits/param | rel. RMSE | decode GB/s | M=1 GFLOP/s | vs sgemv | "
-           "M=256 GFLOP/s | vs sgemm |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
+           "M=256 GFLOP/s | vs sgemm | M=256 dX GFLOP/s | vs sgemm |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
 
     for (int f = 0; f < QT_NFORMATS; f++) {
         qt_matrix q[64];
@@ -161,24 +182,28 @@ static void bench_set(const matrix_set *set, double budget)
         }
         decode_ctx dc = {set, q, deq};
         double t_dec = best_time(run_decode, &dc, budget);
-        run_ctx r1 = {set, q, x, y, 1}, r256 = {set, q, x, y, M};
-        double t_gemv, t1, t_gemm, t256;
+        run_ctx r1 = {set, q, x, y, 1}, r256 = {set, q, x, y, M}, rt = {set, q, dy, dx, M};
+        double t_gemv, t1, t_gemm, t256, t_gemm_t, tt;
         best_times(run_products, &ref1, run_products, &r1, 2 * budget, &t_gemv, &t1);
         best_times(run_products, &ref256, run_products, &r256, 2 * budget, &t_gemm, &t256);
+        best_times(run_products_t, &ref_t, run_products_t, &rt, 2 * budget, &t_gemm_t, &tt);
         best_gemv = t_gemv < best_gemv ? t_gemv : best_gemv;
         best_gemm = t_gemm < best_gemm ? t_gemm : best_gemm;
-        printf("| %s | %.3f | %.4f | %.1f | %.1f | %.2fx | %.1f | %.2fx |\n", qt_format_name(f),
-               8.0 * bytes / params, sqrt(err2 / ref2), params * 4.0 / t_dec / 1e9,
-               flops_per_row / t1 / 1e9, t_gemv / t1, M * flops_per_row / t256 / 1e9,
-               t_gemm / t256);
+        best_gemm_t = t_gemm_t < best_gemm_t ? t_gemm_t : best_gemm_t;
+        printf("| %s | %.3f | %.4f | %.1f | %.1f | %.2fx | %.1f | %.2fx | %.1f | %.2fx |\n",
+               qt_format_name(f), 8.0 * bytes / params, sqrt(err2 / ref2),
+               params * 4.0 / t_dec / 1e9, flops_per_row / t1 / 1e9, t_gemv / t1,
+               M * flops_per_row / t256 / 1e9, t_gemm / t256, M * flops_per_row / tt / 1e9,
+               t_gemm_t / tt);
         fflush(stdout);
         for (int i = 0; i < set->count; i++)
             qt_free(&q[i]);
     }
     printf("\nOpenBLAS on fp32, best of the runs paired with the rows: sgemv %.1f GFLOP/s, sgemm "
-           "(M=256) %.1f GFLOP/s; %d threads, kernels %s\n", flops_per_row / best_gemv / 1e9,
-           M * flops_per_row / best_gemm / 1e9, rt_threads(), qt_isa_name(qt_isa_active()));
-    free(x), free(y), free(deq);
+           "(M=256) %.1f GFLOP/s, for dX %.1f GFLOP/s; %d threads, kernels %s\n",
+           flops_per_row / best_gemv / 1e9, M * flops_per_row / best_gemm / 1e9,
+           M * flops_per_row / best_gemm_t / 1e9, rt_threads(), qt_isa_name(qt_isa_active()));
+    free(x), free(y), free(dy), free(dx), free(deq);
 }
 
 static float *gaussian(size_t n, unsigned seed)

@@ -1,22 +1,18 @@
 /* formats.c: format names, specs and the constant code tables of bitsandbytes. */
-#include "quant.h"
+#include "formats.h"
 
 #include <stdio.h>
 #include <string.h>
 
-static const char *const format_names[QT_NFORMATS] = {
-    "f32", "nf4", "fp4", "int8", "int4", "bitnet1", "ternary",
-};
-
 const char *qt_format_name(qt_format f)
 {
-    return (unsigned)f < QT_NFORMATS ? format_names[f] : "?";
+    return (unsigned)f < QT_NFORMATS ? qt_traits[f].name : "?";
 }
 
 int qt_format_parse(const char *name, qt_format *f)
 {
     for (int i = 0; i < QT_NFORMATS; i++)
-        if (strcmp(name, format_names[i]) == 0) {
+        if (strcmp(name, qt_traits[i].name) == 0) {
             *f = (qt_format)i;
             return 0;
         }
@@ -25,7 +21,7 @@ int qt_format_parse(const char *name, qt_format *f)
 
 qt_spec qt_spec_default(qt_format f)
 {
-    qt_spec s = {f, QT_BLOCK_DEFAULT, f == QT_NF4 || f == QT_FP4};
+    qt_spec s = {f, QT_BLOCK_DEFAULT, (unsigned)f < QT_NFORMATS && qt_traits[f].dq};
     return s;
 }
 
@@ -41,15 +37,16 @@ int qt_spec_check(qt_spec spec, char *err, size_t errlen)
                  QT_BLOCK_MAX);
         return -1;
     }
-    if (spec.double_quant && spec.format != QT_NF4 && spec.format != QT_FP4) {
-        snprintf(err, errlen, "double_quant: only nf4 and fp4 store absmax values to quantize");
+    if (spec.double_quant && !qt_traits[spec.format].dq) {
+        snprintf(err, errlen, "double_quant: %s stores no block absmax values to quantize",
+                 qt_traits[spec.format].name);
         return -1;
     }
     return 0;
 }
 
 /* The NormalFloat4 codes of QLoRA (bitsandbytes' table, ascending). */
-static const float nf4_table[16] = {
+const float qt_nf4_table[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
@@ -59,14 +56,14 @@ static const float nf4_table[16] = {
 /* bitsandbytes' FP4 (get_4bit_type("fp4")): sign bit, 2 exponent and 1 mantissa bits,
  * values normalised by their maximum 12. Not sorted: code order is bit order. Code 8 is
  * +0.0 as in bitsandbytes, whose list writes it as the integer -0. */
-static const float fp4_table[16] = {
+const float qt_fp4_table[16] = {
     0.0f, 0.0625f / 12, 8.0f / 12, 12.0f / 12, 4.0f / 12, 6.0f / 12, 2.0f / 12, 3.0f / 12,
     0.0f, -0.0625f / 12, -8.0f / 12, -12.0f / 12, -4.0f / 12, -6.0f / 12, -2.0f / 12, -3.0f / 12,
 };
 
 const float *qt_code_table(qt_format f)
 {
-    return f == QT_FP4 ? fp4_table : f == QT_NF4 ? nf4_table : NULL;
+    return (unsigned)f < QT_NFORMATS ? qt_traits[f].table : NULL;
 }
 
 /* bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) as

@@ -2,48 +2,7 @@
 #ifndef QLORA_KERNELS_H
 #define QLORA_KERNELS_H
 
-#include "quant.h"
-
-/* nf4, fp4, bitnet1 and ternary keep their codes in panels of QT_PANEL rows, as 32-bit
- * words: panel p holds word c of its 16 rows, then word c + 1, and so on, so that one
- * 64-byte load gives 16 rows' codes for the same columns, which the small-M kernels want;
- * a single row's word is still one 32-bit load for the decoders. A word holds 8 nibble
- * codes (nibble j, bits 4j..4j+3: column 8c + j) or 32 bits (bit j: column 32c + j);
- * ternary follows each panel word of its "+1" plane with the same word of its "-1" plane.
- * The last word of a row and the last panel are padded with zeros. */
-static inline int qt_is_bits(qt_format f)
-{
-    return f == QT_BITNET1 || f == QT_TERNARY;
-}
-
-static inline int qt_is_nibble_panel(qt_format f)
-{
-    return f == QT_NF4 || f == QT_FP4;
-}
-
-static inline int qt_is_panel(qt_format f)
-{
-    return qt_is_bits(f) || qt_is_nibble_panel(f);
-}
-
-/* Planes per word (ternary 2, else 1), and words per row. */
-static inline int qt_panel_planes(const qt_matrix *m)
-{
-    return m->spec.format == QT_TERNARY ? 2 : 1;
-}
-
-static inline int qt_panel_words(const qt_matrix *m)
-{
-    return qt_is_bits(m->spec.format) ? (m->cols + 31) / 32 : (m->cols + 7) / 8;
-}
-
-/* Word 0 of row r (its "+1" plane); its word c is c * QT_PANEL * planes words further on,
- * and a "-1" word QT_PANEL words after its "+1" word. */
-static inline uint32_t *qt_panel_row(const qt_matrix *m, int r)
-{
-    size_t panel = (size_t)(r / QT_PANEL) * qt_panel_words(m) * qt_panel_planes(m) * QT_PANEL;
-    return (uint32_t *)m->data + panel + r % QT_PANEL;
-}
+#include "formats.h"
 
 /* Scalar decode of columns [k0, k1) of row r into out[0 .. k1-k0): the definition of
  * every format, used by the reference path and for the ragged ends of vector loops. */

@@ -1,7 +1,8 @@
 /* quantize.c: quantization of fp32 matrices into every format, and the scalar
  * reference decode that the vectorized kernels are tested against.
- * Plain C on purpose: this runs once at load, and it is the definition of each format. */
-#include "quant.h"
+ * Plain C on purpose: this runs once at load, and it is the definition of each format:
+ * the functions quantize_<codec>_row and decode_<codec> that the codec column of
+ * QT_FORMATS names. */
 #include "kernels.h"
 
 #include <math.h>
@@ -78,40 +79,7 @@ static uint8_t dynamic_code(float x)
     return (uint8_t)lo;
 }
 
-/* ---- layout ---- */
-
-static int is_blockwise(qt_format f)
-{
-    return f == QT_NF4 || f == QT_FP4 || f == QT_INT8 || f == QT_INT4;
-}
-
-static size_t row_bytes_of(qt_format f, int cols)
-{
-    size_t k = (size_t)cols, words = (k + 31) / 32;
-    switch (f) {
-    case QT_F32: return k * 4;
-    case QT_NF4: case QT_FP4: return (k + 7) / 8 * 4; /* 8 codes per 32-bit word */
-    case QT_INT4: return (k + 1) / 2;
-    case QT_INT8: return k;
-    case QT_BITNET1: return words * 4;      /* one sign bit per weight */
-    case QT_TERNARY: return words * 8;      /* a "+1" and a "-1" bit plane */
-    default: return 0;
-    }
-}
-
-/* Rows held in `data`: the panel formats fill their last panel with zero rows. */
-static size_t stored_rows(const qt_matrix *m)
-{
-    size_t rows = (size_t)m->rows;
-    return qt_is_panel(m->spec.format) ? (rows + QT_PANEL - 1) / QT_PANEL * QT_PANEL : rows;
-}
-
-/* Entries of `scale` or `qabsmax`: one per block, nf4 and fp4 for whole panels. */
-static size_t block_slots(const qt_matrix *m)
-{
-    size_t rows = qt_is_nibble_panel(m->spec.format) ? stored_rows(m) : (size_t)m->rows;
-    return rows * (size_t)m->blocks_per_row;
-}
+/* ---- codes ---- */
 
 /* int4 codes: two per byte, the first element in the high nibble. */
 static void set_nibble(uint8_t *row, int k, unsigned q)
@@ -127,23 +95,38 @@ static unsigned get_nibble(const uint8_t *row, int k)
     return k & 1 ? row[k / 2] & 15u : row[k / 2] >> 4;
 }
 
-/* nf4 and fp4 codes: nibble k % 8 of row r's word k / 8 (kernels.h). */
+/* nf4 and fp4 codes: nibble k % 8 of row r's word k / 8 (formats.h). */
 static void set_code(qt_matrix *m, int r, int k, unsigned q)
 {
-    qt_panel_row(m, r)[(size_t)(k / 8) * QT_PANEL] |= q << 4 * (k % 8);
+    qt_panel_row(m, m->spec.format, r)[(size_t)(k / 8) * QT_PANEL] |= q << 4 * (k % 8);
 }
 
 static unsigned get_code(const qt_matrix *m, int r, int k)
 {
-    return qt_panel_row(m, r)[(size_t)(k / 8) * QT_PANEL] >> 4 * (k % 8) & 15u;
+    return qt_panel_row(m, m->spec.format, r)[(size_t)(k / 8) * QT_PANEL] >> 4 * (k % 8) & 15u;
 }
 
 /* ---- quantize ---- */
 
-static void quantize_4bit_row(qt_matrix *m, int r, const float *x, const sorted_table *st,
-                              float *absmax)
+/* What the row quantizers share beside the matrix. */
+typedef struct {
+    sorted_table st; /* ABSMAX: the code table, sorted for the nearest-code search */
+    float *absmax;   /* ABSMAX: every block's absmax, row-major (double quantization's
+                        order), placed or coded once all rows are done */
+    float *scratch;  /* ROW: cols floats */
+} quant_work;
+
+static void quantize_f32_row(qt_matrix *m, int r, const float *x, quant_work *q)
+{
+    (void)q;
+    memcpy(m->data + (size_t)r * m->row_bytes, x, (size_t)m->cols * sizeof(float));
+}
+
+static void quantize_bnb4_row(qt_matrix *m, int r, const float *x, quant_work *q)
 {
     const int cols = m->cols, block = m->spec.block;
+    const sorted_table *st = &q->st;
+    float *absmax = q->absmax + (size_t)r * m->blocks_per_row;
     for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
         int b1 = b0 + block < cols ? b0 + block : cols;
         float amax = 0;
@@ -158,8 +141,12 @@ static void quantize_4bit_row(qt_matrix *m, int r, const float *x, const sorted_
     }
 }
 
-static void quantize_int8_row(const float *x, int cols, int block, int8_t *row, float *scale)
+static void quantize_int8_row(qt_matrix *m, int r, const float *x, quant_work *q)
 {
+    (void)q;
+    const int cols = m->cols, block = m->spec.block;
+    int8_t *row = (int8_t *)(m->data + (size_t)r * m->row_bytes);
+    float *scale = m->scale + (size_t)r * m->blocks_per_row;
     for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
         int b1 = b0 + block < cols ? b0 + block : cols;
         float amax = 0;
@@ -172,9 +159,13 @@ static void quantize_int8_row(const float *x, int cols, int block, int8_t *row, 
     }
 }
 
-static void quantize_int4_row(const float *x, int cols, int block, uint8_t *row,
-                              float *scale, int32_t *zero)
+static void quantize_int4_row(qt_matrix *m, int r, const float *x, quant_work *q)
 {
+    (void)q;
+    const int cols = m->cols, block = m->spec.block;
+    uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    float *scale = m->scale + (size_t)r * m->blocks_per_row;
+    int32_t *zero = m->zero + (size_t)r * m->blocks_per_row;
     for (int b0 = 0, j = 0; b0 < cols; b0 += block, j++) {
         int b1 = b0 + block < cols ? b0 + block : cols;
         float mn = x[b0], mx = x[b0];
@@ -190,8 +181,8 @@ static void quantize_int4_row(const float *x, int cols, int block, uint8_t *row,
         scale[j] = s;
         zero[j] = z;
         for (int k = b0; k < b1; k++) {
-            float q = s > 0 ? rintf(x[k] / s) + (float)z : 0.0f;
-            set_nibble(row, k, (unsigned)fminf(fmaxf(q, 0.0f), 15.0f));
+            float c = s > 0 ? rintf(x[k] / s) + (float)z : 0.0f;
+            set_nibble(row, k, (unsigned)fminf(fmaxf(c, 0.0f), 15.0f));
         }
     }
 }
@@ -284,33 +275,35 @@ static float mean_abs(const float *x, int cols, float *scratch)
 /* Sets bit k of row r's "+1" plane (minus = 0) or "-1" plane (minus = 1). */
 static void set_bit(qt_matrix *m, int r, int k, int minus)
 {
-    qt_panel_row(m, r)[((size_t)(k / 32) * qt_panel_planes(m) + minus) * QT_PANEL] |= 1u << (k % 32);
+    qt_format f = m->spec.format;
+    qt_panel_row(m, f, r)[((size_t)(k / 32) * qt_traits[f].planes + minus) * QT_PANEL] |= 1u << (k % 32);
 }
 
 static int get_bit(const qt_matrix *m, int r, int k, int minus)
 {
-    return qt_panel_row(m, r)[((size_t)(k / 32) * qt_panel_planes(m) + minus) * QT_PANEL] >> (k % 32) & 1;
+    qt_format f = m->spec.format;
+    return qt_panel_row(m, f, r)[((size_t)(k / 32) * qt_traits[f].planes + minus) * QT_PANEL] >> (k % 32) & 1;
 }
 
-static void quantize_bitnet1_row(qt_matrix *m, int r, const float *x, float *scratch)
+static void quantize_bitnet1_row(qt_matrix *m, int r, const float *x, quant_work *q)
 {
     const int cols = m->cols;
     float alpha = torch_mean_f32(x, (size_t)cols);
-    m->scale[r] = mean_abs(x, cols, scratch); /* beta */
+    m->scale[r] = mean_abs(x, cols, q->scratch); /* beta */
     for (int k = 0; k < cols; k++)
         if (x[k] - alpha > 0)
             set_bit(m, r, k, 0);
 }
 
-static void quantize_ternary_row(qt_matrix *m, int r, const float *x, float *scratch)
+static void quantize_ternary_row(qt_matrix *m, int r, const float *x, quant_work *q)
 {
     const int cols = m->cols;
-    float s = 1.0f / fmaxf(mean_abs(x, cols, scratch), 1e-5f);
-    m->scale[r] = 1.0f / s; /* q / s for q = +-1 is exactly +-(1 / s) */
+    float s = 1.0f / fmaxf(mean_abs(x, cols, q->scratch), 1e-5f);
+    m->scale[r] = 1.0f / s; /* c / s for c = +-1 is exactly +-(1 / s) */
     for (int k = 0; k < cols; k++) {
-        float q = fminf(fmaxf(rintf(x[k] * s), -1.0f), 1.0f);
-        if (q != 0)
-            set_bit(m, r, k, q < 0);
+        float c = fminf(fmaxf(rintf(x[k] * s), -1.0f), 1.0f);
+        if (c != 0)
+            set_bit(m, r, k, c < 0);
     }
 }
 
@@ -327,28 +320,86 @@ static void double_quantize(qt_matrix *m, const float *absmax, size_t nblocks)
             amax = fmaxf(amax, fabsf(absmax[b] - m->offset));
         m->absmax2[g0 / QT_DQ_GROUP] = amax;
         for (size_t b = g0; b < g1; b++)
-            m->qabsmax[qt_block_slot(m, b)] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
+            m->qabsmax[qt_block_slot(m, m->spec.format, b)] = amax > 0 ? dynamic_code((absmax[b] - m->offset) / amax) : 127;
     }
 }
 
+/* ---- reference decode: columns [k0, k1) of row r into out[k0 .. k1) ---- */
+
+static void decode_f32(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const float *row = (const float *)(m->data + (size_t)r * m->row_bytes);
+    memcpy(out + k0, row + k0, (size_t)(k1 - k0) * sizeof(float));
+}
+
+static void decode_bnb4(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const float *t = qt_traits[m->spec.format].table;
+    const size_t b0 = (size_t)r * m->blocks_per_row;
+    for (int k = k0; k < k1; k++)
+        out[k] = t[get_code(m, r, k)] * qt_block_absmax(m, b0 + k / m->spec.block);
+}
+
+static void decode_int8(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const int8_t *row = (const int8_t *)(m->data + (size_t)r * m->row_bytes);
+    const size_t b0 = (size_t)r * m->blocks_per_row;
+    for (int k = k0; k < k1; k++)
+        out[k] = (float)row[k] * m->scale[b0 + k / m->spec.block];
+}
+
+static void decode_int4(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    const size_t b0 = (size_t)r * m->blocks_per_row;
+    for (int k = k0; k < k1; k++) {
+        size_t b = b0 + k / m->spec.block;
+        out[k] = m->scale[b] * (float)((int32_t)get_nibble(row, k) - m->zero[b]);
+    }
+}
+
+static void decode_bitnet1(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    for (int k = k0; k < k1; k++)
+        out[k] = get_bit(m, r, k, 0) ? m->scale[r] : -m->scale[r];
+}
+
+static void decode_ternary(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    for (int k = k0; k < k1; k++)
+        out[k] = get_bit(m, r, k, 0) ? m->scale[r] : get_bit(m, r, k, 1) ? -m->scale[r] : 0.0f;
+}
+
+/* ---- the codecs: each format's functions, generated from QT_FORMATS ---- */
+
+typedef struct {
+    void (*quantize_row)(qt_matrix *m, int r, const float *x, quant_work *q);
+    void (*decode)(const qt_matrix *m, int r, int k0, int k1, float *out);
+} format_codec;
+
+#define CODEC_(id, name, bits, planes, layout, block, scale, dq, table, codec)                \
+    [id] = {quantize_##codec##_row, decode_##codec},
+static const format_codec codecs[QT_NFORMATS] = {QT_FORMATS(CODEC_)};
+#undef CODEC_
+
+/* ---- matrices ---- */
+
 static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
 {
-    size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
-    size_t slots = block_slots(m);
-    qt_format f = m->spec.format;
+    size_t nblocks = (size_t)m->rows * (size_t)m->blocks_per_row;
+    size_t slots = qt_block_slots(m);
+    const qt_format_traits *t = &qt_traits[m->spec.format];
     /* 64-byte aligned, so that the kernels' vector loads of 16 rows' words stay within a
      * cache line */
-    size_t data_bytes = (stored_rows(m) * m->row_bytes + 63) / 64 * 64;
+    size_t data_bytes = (qt_stored_rows(m) * m->row_bytes + 63) / 64 * 64;
     m->data = aligned_alloc(64, data_bytes);
     int ok = m->data != NULL;
     if (ok)
         memset(m->data, 0, data_bytes);
-    if (qt_is_bits(f))
-        ok = ok && (m->scale = calloc(rows, sizeof(float)));
-    else if (f != QT_F32 && !m->spec.double_quant)
+    if (t->scale != QT_SCALE_NONE && !m->spec.double_quant)
         ok = ok && (m->scale = calloc(slots, sizeof(float)));
-    if (f == QT_INT4)
-        ok = ok && (m->zero = calloc(nblocks, sizeof(int32_t)));
+    if (t->scale == QT_SCALE_AFFINE)
+        ok = ok && (m->zero = calloc(slots, sizeof(int32_t)));
     if (m->spec.double_quant) {
         ok = ok && (m->qabsmax = calloc(slots, 1));
         ok = ok && (m->absmax2 = calloc((nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP, sizeof(float)));
@@ -380,51 +431,36 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
     m->spec = spec;
     m->rows = rows;
     m->cols = cols;
-    m->blocks_per_row = is_blockwise(spec.format) ? (cols + spec.block - 1) / spec.block : 1;
-    m->row_bytes = row_bytes_of(spec.format, cols);
+    m->blocks_per_row = qt_traits[spec.format].blockwise ? (cols + spec.block - 1) / spec.block : 1;
+    m->row_bytes = qt_row_bytes(spec.format, cols);
     if (alloc_matrix(m, err, errlen) < 0)
         return -1;
 
+    const qt_format_traits *t = &qt_traits[spec.format];
     size_t nblocks = (size_t)rows * m->blocks_per_row;
-    float *absmax = NULL, *scratch = NULL;
-    int four_bit = qt_is_nibble_panel(spec.format);
-    int per_row = qt_is_bits(spec.format);
-    if (four_bit) /* row-major, the order of double quantization's groups */
-        absmax = malloc(nblocks * sizeof(float));
+    quant_work q = {.absmax = NULL, .scratch = NULL};
+    int absmax = t->scale == QT_SCALE_ABSMAX, per_row = t->scale == QT_SCALE_ROW;
+    if (absmax)
+        q.absmax = malloc(nblocks * sizeof(float));
     if (per_row)
-        scratch = malloc((size_t)cols * sizeof(float));
-    if ((four_bit && !absmax) || (per_row && !scratch)) {
+        q.scratch = malloc((size_t)cols * sizeof(float));
+    if ((absmax && !q.absmax) || (per_row && !q.scratch)) {
         snprintf(err, errlen, "out of memory quantizing a %d x %d matrix", rows, cols);
         qt_free(m);
         return -1;
     }
-    sorted_table st;
     if (absmax)
-        sort_table(qt_code_table(spec.format), &st);
+        sort_table(t->table, &q.st);
 
-    for (int r = 0; r < rows; r++) {
-        const float *x = w + (size_t)r * cols;
-        uint8_t *row = m->data + (size_t)r * m->row_bytes;
-        size_t b = (size_t)r * m->blocks_per_row;
-        switch (spec.format) {
-        case QT_F32: memcpy(row, x, (size_t)cols * sizeof(float)); break;
-        case QT_NF4: case QT_FP4: quantize_4bit_row(m, r, x, &st, absmax + b); break;
-        case QT_INT8: quantize_int8_row(x, cols, spec.block, (int8_t *)row, m->scale + b); break;
-        case QT_INT4:
-            quantize_int4_row(x, cols, spec.block, row, m->scale + b, m->zero + b);
-            break;
-        case QT_BITNET1: quantize_bitnet1_row(m, r, x, scratch); break;
-        case QT_TERNARY: quantize_ternary_row(m, r, x, scratch); break;
-        default: break;
-        }
-    }
+    for (int r = 0; r < rows; r++)
+        codecs[spec.format].quantize_row(m, r, w + (size_t)r * cols, &q);
     if (spec.double_quant)
-        double_quantize(m, absmax, nblocks);
-    else if (four_bit)
+        double_quantize(m, q.absmax, nblocks);
+    else if (absmax)
         for (size_t b = 0; b < nblocks; b++)
-            m->scale[qt_block_slot(m, b)] = absmax[b];
-    free(absmax);
-    free(scratch);
+            m->scale[qt_block_slot(m, spec.format, b)] = q.absmax[b];
+    free(q.absmax);
+    free(q.scratch);
     return 0;
 }
 
@@ -438,54 +474,21 @@ void qt_free(qt_matrix *m)
     memset(m, 0, sizeof *m);
 }
 
-/* ---- reference decode ---- */
-
 void qt_decode_range(const qt_matrix *m, int r, int k0, int k1, float *out)
 {
-    const uint8_t *row = m->data + (size_t)r * m->row_bytes;
-    const int block = m->spec.block;
-    const size_t b0 = (size_t)r * m->blocks_per_row;
-    out -= k0; /* index out by column */
-    switch (m->spec.format) {
-    case QT_F32: memcpy(out + k0, (const float *)row + k0, (size_t)(k1 - k0) * sizeof(float)); break;
-    case QT_NF4: case QT_FP4: {
-        const float *t = qt_code_table(m->spec.format);
-        for (int k = k0; k < k1; k++)
-            out[k] = t[get_code(m, r, k)] * qt_block_absmax(m, b0 + k / block);
-        break;
-    }
-    case QT_INT8:
-        for (int k = k0; k < k1; k++)
-            out[k] = (float)((const int8_t *)row)[k] * m->scale[b0 + k / block];
-        break;
-    case QT_INT4:
-        for (int k = k0; k < k1; k++) {
-            size_t b = b0 + k / block;
-            out[k] = m->scale[b] * (float)((int32_t)get_nibble(row, k) - m->zero[b]);
-        }
-        break;
-    case QT_BITNET1:
-        for (int k = k0; k < k1; k++)
-            out[k] = get_bit(m, r, k, 0) ? m->scale[r] : -m->scale[r];
-        break;
-    case QT_TERNARY:
-        for (int k = k0; k < k1; k++)
-            out[k] = get_bit(m, r, k, 0) ? m->scale[r] : get_bit(m, r, k, 1) ? -m->scale[r] : 0.0f;
-        break;
-    default: break;
-    }
+    codecs[m->spec.format].decode(m, r, k0, k1, out - k0); /* out indexed by column */
 }
 
 size_t qt_bytes(const qt_matrix *m)
 {
-    size_t rows = (size_t)m->rows, nblocks = rows * (size_t)m->blocks_per_row;
-    size_t bytes = stored_rows(m) * m->row_bytes;
+    size_t nblocks = (size_t)m->rows * (size_t)m->blocks_per_row;
+    size_t bytes = qt_stored_rows(m) * m->row_bytes;
     if (m->scale)
-        bytes += (qt_is_bits(m->spec.format) ? rows : block_slots(m)) * sizeof(float);
+        bytes += qt_block_slots(m) * sizeof(float);
     if (m->zero)
-        bytes += nblocks * sizeof(int32_t);
+        bytes += qt_block_slots(m) * sizeof(int32_t);
     if (m->qabsmax)
-        bytes += block_slots(m) + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
+        bytes += qt_block_slots(m) + (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) +
                  sizeof(float);
     return bytes;
 }

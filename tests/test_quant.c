@@ -45,8 +45,17 @@ static int argmin_first(const float *table, int n, float x)
     return best;
 }
 
-static void ref_roundtrip(const float *w, int rows, int cols, qt_spec spec, float *out)
+/* Returns -1 for a format it has no reference for: a new row of QT_FORMATS fails the round
+ * trips until its definition is written out here too. */
+static int ref_roundtrip(const float *w, int rows, int cols, qt_spec spec, float *out)
 {
+    switch (spec.format) {
+    case QT_F32: case QT_NF4: case QT_FP4: case QT_INT8: case QT_INT4: case QT_BITNET1:
+    case QT_TERNARY:
+        break;
+    default:
+        return -1;
+    }
     const int B = spec.block, bpr = (cols + B - 1) / B;
     const float *t = qt_code_table(spec.format);
     float *absmax = malloc((size_t)rows * bpr * sizeof(float));
@@ -115,6 +124,7 @@ static void ref_roundtrip(const float *w, int rows, int cols, qt_spec spec, floa
             }
     }
     free(absmax);
+    return 0;
 }
 
 static void test_tables(void)
@@ -181,7 +191,7 @@ static void test_roundtrips(void)
     const int blocks[] = {32, 64, 256};
     for (int f = 0; f < QT_NFORMATS; f++)
         for (int dq = 0; dq < 2; dq++) {
-            if (dq && f != QT_NF4 && f != QT_FP4)
+            if (dq && !qt_spec_default(f).double_quant)
                 continue;
             int bad = 0, total = 0;
             for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -195,12 +205,13 @@ static void test_roundtrips(void)
                     char err[128];
                     CHECK(qt_quantize(&m, w, rows, cols, spec, err, sizeof err) == 0, "%s", err);
                     qt_dequantize_rows(&m, 0, rows, got);
-                    ref_roundtrip(w, rows, cols, spec, want);
+                    int have_ref = ref_roundtrip(w, rows, cols, spec, want) == 0;
+                    CHECK(have_ref, "%s: no brute-force reference in ref_roundtrip", qt_format_name(f));
                     /* The reference's offset is a float64 mean, the library's PyTorch's
                      * float32 summation (compared bit for bit in test_bnb_reference.py):
                      * with double quant, values may differ by an ulp of the offset. */
                     float tol = dq ? 1e-5f : 1e-6f;
-                    for (size_t i = 0; i < (size_t)rows * cols; i++, total++)
+                    for (size_t i = 0; have_ref && i < (size_t)rows * cols; i++, total++)
                         if (!(got[i] == want[i] || fabsf(got[i] - want[i]) <= tol * fabsf(want[i]))) {
                             if (bad++ < 3)
                                 printf("# %s dq%d %dx%d b%d [%zu]: %.9g vs %.9g\n",
@@ -297,6 +308,60 @@ static void test_bits_per_param(void)
     }
     free(w);
     test_case("bits per parameter (nf4 with double quant: 4.127; panels padded to 16 rows)");
+}
+
+/* The rows of QT_FORMATS, read here as the public header states them: names, double
+ * quantization and the bytes stored must follow from the columns alone, for every row,
+ * including one added later. */
+typedef struct {
+    qt_format id;
+    const char *name, *layout, *scale;
+    int bits, planes, block, dq;
+} format_row;
+
+#define FORMAT_ROW_(id, name, bits, planes, layout, block, scale, dq, ...)                 \
+    {id, #name, #layout, #scale, bits, planes, block, dq},
+static const format_row format_rows[] = {QT_FORMATS(FORMAT_ROW_)};
+#undef FORMAT_ROW_
+
+static void test_format_rows(void)
+{
+    const int n = (int)(sizeof format_rows / sizeof format_rows[0]);
+    CHECK(n == QT_NFORMATS, "%d rows, %d formats", n, QT_NFORMATS);
+    const int rows = 32, cols = 1024, B = 64; /* whole panels, words and blocks */
+    float *w = gaussian_matrix((size_t)rows * cols, 1);
+    for (int i = 0; i < n; i++) {
+        const format_row *r = &format_rows[i];
+        qt_format parsed = QT_NFORMATS;
+        CHECK(r->id == (qt_format)i, "%s: row %d has number %d", r->name, i, (int)r->id);
+        CHECK(strcmp(qt_format_name(r->id), r->name) == 0 && qt_format_parse(r->name, &parsed) == 0 &&
+                  parsed == r->id, "%s: name and parse disagree", r->name);
+        CHECK(qt_spec_default(r->id).double_quant == r->dq, "%s: default double_quant", r->name);
+        char err[128];
+        qt_spec dq = {r->id, B, 1};
+        CHECK((qt_spec_check(dq, err, sizeof err) == 0) == r->dq, "%s: double_quant check", r->name);
+        CHECK((qt_code_table(r->id) != NULL) == (r->bits == 4 && !strcmp(r->scale, "ABSMAX")),
+              "%s: code table", r->name);
+        /* bits per parameter from the columns: the codes, then what `scale` holds */
+        for (int d = 0; d <= r->dq; d++) {
+            double blocks = (double)rows * cols / B, want = (double)r->bits * r->planes * rows * cols;
+            if (!strcmp(r->scale, "ROW"))
+                want += 32.0 * rows;
+            else if (r->block && d) /* an 8-bit code per block, an fp32 per 256, the offset */
+                want += 8 * blocks + 32 * ceil(blocks / 256) + 32;
+            else if (r->block)
+                want += (!strcmp(r->scale, "AFFINE") ? 64.0 : 32.0) * blocks;
+            qt_matrix m;
+            qt_spec spec = {r->id, B, d};
+            CHECK(qt_quantize(&m, w, rows, cols, spec, err, sizeof err) == 0, "%s", err);
+            CHECK(fabs(qt_bits_per_param(&m) - want / ((double)rows * cols)) < 1e-9,
+                  "%s dq%d (%s, %s): %.5f bits/param, the columns say %.5f", r->name, d, r->layout,
+                  r->scale, qt_bits_per_param(&m), want / ((double)rows * cols));
+            qt_free(&m);
+        }
+    }
+    free(w);
+    test_case("each row of QT_FORMATS: name, double quant, code table and bytes follow from its columns");
 }
 
 /* ---- kernels ---- */
@@ -596,6 +661,7 @@ int main(void)
     test_roundtrips();
     test_special_blocks();
     test_bits_per_param();
+    test_format_rows();
     test_kernels();
     test_vector_decode();
     test_threads_agree();

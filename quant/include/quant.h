@@ -14,24 +14,47 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum {
-    QT_F32 = 0, /* no quantization: the reference */
-    QT_NF4,     /* bitsandbytes NormalFloat4, absmax per block, optional double quant */
-    QT_FP4,     /* bitsandbytes FP4 (e2m1 table), same blocking */
-    QT_INT8,    /* symmetric absmax per block, round to nearest even */
-    QT_INT4,    /* asymmetric affine per block: scale and zero point */
-    QT_BITNET1, /* BitNet: sign of (W - mean W) times mean |W|, per row */
-    QT_TERNARY, /* BitNet b1.58: absmean ternary {-1, 0, 1} per row */
-    QT_NFORMATS
-} qt_format;
+/* The formats, one row each; their numbers (the order of the rows) are stable.
+ *   f32      no quantization: the reference
+ *   nf4      bitsandbytes NormalFloat4, absmax per block, optional double quant
+ *   fp4      bitsandbytes FP4 (e2m1 table), same blocking
+ *   int8     symmetric absmax per block, round to nearest even
+ *   int4     asymmetric affine per block: scale and zero point
+ *   bitnet1  BitNet: sign of (W - mean W) times mean |W|, per row
+ *   ternary  BitNet b1.58: absmean ternary {-1, 0, 1} per row
+ * The columns, read by quant/formats.h (qt_traits[], checked there at compile time):
+ *   bits     bits of one weight's code in one plane (32, 8, 4 or 1)
+ *   planes   bit planes per code: ternary keeps a "+1" and a "-1" plane
+ *   layout   ROWS: codes row after row; PANEL: 16 rows interleaved word by word (data)
+ *   block    1: each block of `block` columns of a row has its own scale; 0: per row, or none
+ *   scale    what qt_matrix.scale holds: NONE, ABSMAX (nf4, fp4), STEP (int8), AFFINE (S,
+ *            with Z in `zero`), ROW (one value per row)
+ *   dq       1: the block absmax values may be double-quantized, and are by default
+ *   table    the 16 values a 4-bit code indexes, or NULL
+ *   codec    names the format's scalar definition in quantize.c: quantize_<codec>_row and
+ *            decode_<codec>
+ * docs/quantization.md ("Adding a format") says what a new row needs beside itself. */
+#define QT_FORMATS(X)                                                                     \
+    /* id         name     bits planes layout block scale   dq table         codec */      \
+    X(QT_F32,     f32,     32,  1,     ROWS,  0,    NONE,   0, NULL,         f32)          \
+    X(QT_NF4,     nf4,     4,   1,     PANEL, 1,    ABSMAX, 1, qt_nf4_table, bnb4)         \
+    X(QT_FP4,     fp4,     4,   1,     PANEL, 1,    ABSMAX, 1, qt_fp4_table, bnb4)         \
+    X(QT_INT8,    int8,    8,   1,     ROWS,  1,    STEP,   0, NULL,         int8)         \
+    X(QT_INT4,    int4,    4,   1,     ROWS,  1,    AFFINE, 0, NULL,         int4)         \
+    X(QT_BITNET1, bitnet1, 1,   1,     PANEL, 0,    ROW,    0, NULL,         bitnet1)      \
+    X(QT_TERNARY, ternary, 1,   2,     PANEL, 0,    ROW,    0, NULL,         ternary)
+
+#define QT_FORMAT_ENUM_(id, ...) id,
+typedef enum { QT_FORMATS(QT_FORMAT_ENUM_) QT_NFORMATS } qt_format;
+#undef QT_FORMAT_ENUM_
 
 #define QT_BLOCK_DEFAULT 64
 #define QT_BLOCK_MIN 32
 #define QT_BLOCK_MAX 4096
 #define QT_DQ_GROUP 256 /* absmax values per group in double quantization */
-#define QT_PANEL 16     /* rows interleaved in the codes of nf4, fp4, bitnet1, ternary */
+#define QT_PANEL 16     /* rows interleaved in the codes of the PANEL formats */
 
-/* How to quantize: format, block size, double quantization (nf4/fp4 only). */
+/* How to quantize: format, block size, double quantization (formats with dq only). */
 typedef struct {
     qt_format format;
     int block;
@@ -43,28 +66,30 @@ typedef struct {
     int rows, cols;         /* N x K */
     int blocks_per_row;     /* ceil(K / block) for block-wise formats, else 1 */
     size_t row_bytes;       /* packed bytes per row in `data` */
-    uint8_t *data;          /* codes (or fp32 values for f32), row after row; nf4, fp4,
-                               bitnet1 and ternary interleave 16 rows word by word
-                               (kernels.h) */
-    float *scale;           /* per block: absmax (nf4/fp4 without dq), int8 scale, int4 S;
-                               per row: bitnet1 beta, ternary 1/s; nf4/fp4 keep theirs in
-                               16-row panels too (qt_block_slot) */
-    int32_t *zero;          /* int4: zero point per block */
-    uint8_t *qabsmax;       /* nf4/fp4 with dq: 8-bit code of (absmax - offset) per block,
-                               in 16-row panels (qt_block_slot) */
-    float *absmax2;         /* nf4/fp4 with dq: one fp32 absmax per group of 256 blocks */
-    float offset;           /* nf4/fp4 with dq: mean of the block absmax values */
+    uint8_t *data;          /* codes (or fp32 values for f32): row after row for the ROWS
+                               formats; the PANEL formats interleave 16 rows word by word
+                               (docs/quantization.md, Panel layout) */
+    float *scale;           /* what the format's `scale` column says: per block (ABSMAX
+                               without dq: absmax; STEP: int8's step; AFFINE: int4's S), or
+                               per row (ROW: bitnet1's beta, ternary's 1/s); block-wise
+                               PANEL formats keep the 16 rows of a panel side by side
+                               (quant/formats.h, qt_block_slot); NULL for f32 and with dq */
+    int32_t *zero;          /* AFFINE: zero point per block */
+    uint8_t *qabsmax;       /* with dq: 8-bit code of (absmax - offset) per block, where
+                               scale would have it */
+    float *absmax2;         /* with dq: one fp32 absmax per group of 256 blocks */
+    float offset;           /* with dq: mean of the block absmax values */
 } qt_matrix;
 
 /* ---- formats ---- */
 const char *qt_format_name(qt_format f);
 /* Parses a format name; returns -1 (and leaves *f alone) when unknown. */
 int qt_format_parse(const char *name, qt_format *f);
-/* The default spec of a format: block 64, double quant on for nf4/fp4. */
+/* The default spec of a format: block 64, double quant on where the format has it. */
 qt_spec qt_spec_default(qt_format f);
 /* Checks a spec; on error writes a one-line message naming the field and returns -1. */
 int qt_spec_check(qt_spec spec, char *err, size_t errlen);
-/* The 16 values of the nf4 or fp4 code table, in code order. */
+/* The 16 values of a 4-bit code table (nf4, fp4), in code order; NULL for other formats. */
 const float *qt_code_table(qt_format f);
 /* bitsandbytes' signed dynamic 8-bit map (256 values, ascending), as its CPU backend
  * uses it for double quantization (first entry -1.0). A table, not a call, so that
@@ -84,31 +109,6 @@ void qt_dequantize_rows(const qt_matrix *m, int r0, int r1, float *out);
 /* Bytes held by the quantized matrix, and bits per parameter including scales. */
 size_t qt_bytes(const qt_matrix *m);
 double qt_bits_per_param(const qt_matrix *m);
-/* Double quantization's decode of one absmax: its 8-bit code, its group's absmax2 and
- * the matrix offset. */
-static inline float qt_dq_absmax(uint8_t q, float absmax2, float offset)
-{
-    return qt_dynamic_map_table[q] * absmax2 + offset;
-}
-
-/* Where block b (row-major block index, which also orders double quantization's groups)
- * of an nf4/fp4 matrix keeps its absmax or its code: the 16 rows of a panel side by side,
- * block after block, as the kernels load them (slot ((r / 16) * blocks_per_row + j) * 16
- * + r % 16 for block j of row r). */
-static inline size_t qt_block_slot(const qt_matrix *m, size_t b)
-{
-    size_t r = b / (size_t)m->blocks_per_row, j = b % (size_t)m->blocks_per_row;
-    return ((r / QT_PANEL) * (size_t)m->blocks_per_row + j) * QT_PANEL + r % QT_PANEL;
-}
-
-/* The decoded absmax of block b (row-major block index) of an nf4/fp4 matrix. */
-static inline float qt_block_absmax(const qt_matrix *m, size_t b)
-{
-    size_t slot = qt_block_slot(m, b);
-    if (!m->spec.double_quant)
-        return m->scale[slot];
-    return qt_dq_absmax(m->qabsmax[slot], m->absmax2[b / QT_DQ_GROUP], m->offset);
-}
 
 /* ---- kernels ---- */
 /* Y[M x N] = X[M x K] * W^T, or Y += X W^T when accumulate is nonzero.
