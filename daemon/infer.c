@@ -52,12 +52,12 @@ static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **o
         int bad = !s || parse_adapter_ref(s, name, &version) < 0;
         free(s);
         if (bad) {
-            reply_error(r, "invalid_argument", "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: " STORE_NAME_RULE ")",
+            reply_error(r, ERR_INVALID_ARGUMENT, "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: " STORE_NAME_RULE ")",
                         (int)(arg->via.str.size > 100 ? 100 : arg->via.str.size), arg->via.str.ptr);
             return -1;
         }
     }
-    const char *code = cache_acquire(r->d, name, version, out, err, sizeof err);
+    qd_error code = cache_acquire(r->d, name, version, out, err, sizeof err);
     if (code) {
         reply_error(r, code, "adapter: %s", err);
         return -1;
@@ -81,22 +81,22 @@ static int *read_token_list(req *r, const msgpack_object *a, const char *what, s
 {
     const int V = r->d->model.cfg.vocab_size;
     if (a->type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, "bad_request", "%s: must be an array of token ids", what);
+        reply_error(r, ERR_BAD_REQUEST, "%s: must be an array of token ids", what);
         return NULL;
     }
     if (a->via.array.size < min || a->via.array.size > max) {
-        reply_error(r, "invalid_argument", "%s: %u tokens, must be %zu..%zu", what, a->via.array.size, min, max);
+        reply_error(r, ERR_INVALID_ARGUMENT, "%s: %u tokens, must be %zu..%zu", what, a->via.array.size, min, max);
         return NULL;
     }
     int *ids = malloc((a->via.array.size + 1) * sizeof *ids);
     if (!ids) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
         return NULL;
     }
     for (uint32_t i = 0; i < a->via.array.size; i++) {
         const msgpack_object *t = &a->via.array.ptr[i];
         if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 >= (uint64_t)V) {
-            reply_error(r, t->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? "invalid_argument" : "bad_request",
+            reply_error(r, t->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? ERR_INVALID_ARGUMENT : ERR_BAD_REQUEST,
                         "%s[%u]: must be a token id in 0..%d", what, i, V - 1);
             free(ids);
             return NULL;
@@ -113,7 +113,7 @@ static int encode_arg(req *r, const char *field, const char *text, size_t n, int
 {
     int rc = tok_encode(r->d->tok, text, n, 1, 0, ids, n_ids);
     if (rc < 0)
-        reply_error(r, rc == TOK_NOMEM ? "busy" : "invalid_argument", "%s: %s", field, tok_strerror(rc));
+        reply_error(r, rc == TOK_NOMEM ? ERR_BUSY : ERR_INVALID_ARGUMENT, "%s: %s", field, tok_strerror(rc));
     return rc < 0 ? -1 : 0;
 }
 
@@ -139,7 +139,7 @@ void op_eval(req *r)
     const msgpack_object *tokens = r->arg[0], *text = r->arg[1];
     const int S = r->d->model.cfg.seq_len;
     if (!tokens == !text) {
-        reply_error(r, "bad_request", "eval: give exactly one of tokens and text");
+        reply_error(r, ERR_BAD_REQUEST, "eval: give exactly one of tokens and text");
         return;
     }
     size_t n_seqs = 0, n_ids = 0;
@@ -150,16 +150,16 @@ void op_eval(req *r)
         if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n_ids) < 0)
             return;
         if (n_ids < 2)
-            ok = 0, reply_error(r, "invalid_argument", "text: fewer than 2 tokens");
+            ok = 0, reply_error(r, ERR_INVALID_ARGUMENT, "text: fewer than 2 tokens");
     } else {
         n_seqs = tokens->via.array.size;
         seqs = malloc((n_seqs + 1) * sizeof *seqs);
         lens = malloc((n_seqs + 1) * sizeof *lens);
         lists = calloc(n_seqs + 1, sizeof *lists);
         if (!seqs || !lens || !lists)
-            ok = 0, reply_error(r, "busy", "out of memory");
+            ok = 0, reply_error(r, ERR_BUSY, "out of memory");
         else if (n_seqs == 0)
-            ok = 0, reply_error(r, "invalid_argument", "tokens: no sequences");
+            ok = 0, reply_error(r, ERR_INVALID_ARGUMENT, "tokens: no sequences");
         for (size_t i = 0; ok && i < n_seqs; i++) {
             char what[48];
             snprintf(what, sizeof what, "tokens[%zu]", i);
@@ -176,7 +176,7 @@ void op_eval(req *r)
         const llama_lora *ad = a ? &a->lora : NULL;
         if ((text ? llama_eval_stream(&r->d->model, ad, ids, n_ids, S, &nll, &np, err, sizeof err)
                   : llama_eval(&r->d->model, ad, seqs, lens, n_seqs, &nll, &np, err, sizeof err)) < 0) {
-            reply_error(r, "invalid_argument", "%s", err);
+            reply_error(r, ERR_INVALID_ARGUMENT, "%s", err);
         } else {
             mp_out o;
             reply_begin(r, &o);
@@ -250,7 +250,7 @@ void op_generate(req *r)
     const msgpack_object *prompt = r->arg[0], *tokens = r->arg[1];
     double temperature = 0, top_p = 1;
     if (prompt && tokens) {
-        reply_error(r, "bad_request", "generate: give prompt or tokens, not both");
+        reply_error(r, ERR_BAD_REQUEST, "generate: give prompt or tokens, not both");
         return;
     }
     if (r->arg[3])
@@ -259,11 +259,11 @@ void op_generate(req *r)
         mp_number(r->arg[4], &top_p);
     uint64_t max_tokens = r->arg[2] ? r->arg[2]->via.u64 : 64;
     if (!(temperature >= 0 && temperature <= 100)) {
-        reply_error(r, "invalid_argument", "temperature: %g is not in 0..100", temperature);
+        reply_error(r, ERR_INVALID_ARGUMENT, "temperature: %g is not in 0..100", temperature);
         return;
     }
     if (!(top_p > 0 && top_p <= 1)) {
-        reply_error(r, "invalid_argument", "top_p: %g is not in (0, 1]", top_p);
+        reply_error(r, ERR_INVALID_ARGUMENT, "top_p: %g is not in (0, 1]", top_p);
         return;
     }
     int *ids = NULL;
@@ -278,20 +278,20 @@ void op_generate(req *r)
         /* BOS and at least bytes / per ids: a prompt this long cannot leave room, whatever it
          * says, and is refused before tokenizing (which costs memory per byte) */
         if (bytes / per + 1 >= (size_t)S) {
-            reply_error(r, "invalid_argument", "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
+            reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
                         "which leave no room in the context of %d", bytes, bytes / per + 1, per, S);
             return;
         }
         if (encode_arg(r, "prompt", text, bytes, &ids, &n) < 0)
             return;
         if (n >= (size_t)S) {
-            reply_error(r, "invalid_argument", "prompt: %zu tokens leave no room in the context of %d", n, S);
+            reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu tokens leave no room in the context of %d", n, S);
             free(ids);
             return;
         }
     }
     if (max_tokens < 1 || max_tokens > (uint64_t)S - n) {
-        reply_error(r, "invalid_argument", "max_tokens: %llu is not in 1..%zu (the context left after the prompt)",
+        reply_error(r, ERR_INVALID_ARGUMENT, "max_tokens: %llu is not in 1..%zu (the context left after the prompt)",
                     (unsigned long long)max_tokens, (size_t)S - n);
         free(ids);
         return;
@@ -308,10 +308,10 @@ void op_generate(req *r)
     char err[512];
     double t0 = now_s();
     if (!out) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
     } else if (llama_generate(&d->model, a ? &a->lora : NULL, ids, (int)n, (int)max_tokens, &s,
                               stream ? on_token : still_wanted, &sc, out, &n_out, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
     } else {
         double dt = now_s() - t0;
         char *text = tok_decode_all(d->tok, ids[n - 1], out, (size_t)n_out);
@@ -387,14 +387,14 @@ static int name_version(req *r, char name[STORE_NAME_MAX + 1], uint32_t *version
         name[len] = 0;
     }
     if (len > STORE_NAME_MAX || memchr(n->via.str.ptr, 0, len) || !store_name_valid(name)) {
-        reply_error(r, "invalid_argument", "name: '%.*s' is not " STORE_NAME_RULE,
+        reply_error(r, ERR_INVALID_ARGUMENT, "name: '%.*s' is not " STORE_NAME_RULE,
                     (int)(n->via.str.size > 80 ? 80 : n->via.str.size), n->via.str.ptr);
         return -1;
     }
     *version = 0;
     if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         if (v->via.u64 == 0 || v->via.u64 > UINT32_MAX) {
-            reply_error(r, "invalid_argument", "version: %llu is not in 1..%u", (unsigned long long)v->via.u64,
+            reply_error(r, ERR_INVALID_ARGUMENT, "version: %llu is not in 1..%u", (unsigned long long)v->via.u64,
                         UINT32_MAX);
             return -1;
         }
@@ -410,11 +410,11 @@ static int get_record(req *r, const char *name, uint32_t version, store_adapter_
     if (store_adapter_get(r->d->db, name, version, info, &nf, err, sizeof err) == 0)
         return 0;
     if (nf && version)
-        reply_error(r, "not_found", "adapter %s@%u does not exist", name, version);
+        reply_error(r, ERR_NOT_FOUND, "adapter %s@%u does not exist", name, version);
     else if (nf)
-        reply_error(r, "not_found", "adapter %s does not exist", name);
+        reply_error(r, ERR_NOT_FOUND, "adapter %s does not exist", name);
     else
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
     return -1;
 }
 
@@ -424,7 +424,7 @@ void op_adapter_list(req *r)
     size_t n;
     char err[512];
     if (store_adapter_list(r->d->db, &list, &n, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
         return;
     }
     mp_out o;
@@ -459,11 +459,11 @@ void op_adapter_delete(req *r)
     if (name_version(r, name, &version) < 0)
         return;
     if (store_adapter_delete(r->d->db, name, version, &deleted, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
         return;
     }
     if (deleted == 0) {
-        reply_error(r, "not_found", "adapter %s%s%.0u does not exist", name, version ? "@" : "", version);
+        reply_error(r, ERR_NOT_FOUND, "adapter %s%s%.0u does not exist", name, version ? "@" : "", version);
         return;
     }
     cache_forget(r->d, name, version);
@@ -490,7 +490,7 @@ void op_adapter_activate(req *r)
         if (name_version(r, name, &version) < 0 || get_record(r, name, version, &info) < 0)
             return;
         if (info.base_fingerprint != d->model.fingerprint) {
-            reply_error(r, "conflict", "adapter %s@%u was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
+            reply_error(r, ERR_CONFLICT, "adapter %s@%u was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
                         name, info.version, info.base_fingerprint, d->model.fingerprint);
             return;
         }
@@ -520,14 +520,14 @@ void op_adapter_export(req *r)
     if (name_version(r, name, &version) < 0)
         return;
     if (r->arg[2] && !mp_is_str(r->arg[2], "peft")) {
-        reply_error(r, "invalid_argument", "format: only \"peft\" is supported");
+        reply_error(r, ERR_INVALID_ARGUMENT, "format: only \"peft\" is supported");
         return;
     }
     store_adapter_info info;
     llama_lora ad;
     int nf = 0;
     if (store_adapter_load(d->db, name, version, &d->model.cfg, &info, &ad, &nf, err, sizeof err) < 0) {
-        reply_error(r, nf ? "not_found" : "internal", "%s", err);
+        reply_error(r, nf ? ERR_NOT_FOUND : ERR_INTERNAL, "%s", err);
         return;
     }
     char *config = NULL;
@@ -535,9 +535,9 @@ void op_adapter_export(req *r)
     size_t st_len = 0;
     if (peft_config_encode(&ad, d->model_dir, &config, err, sizeof err) < 0 ||
         peft_encode(&ad, &d->model.cfg, info.base_fingerprint, &st, &st_len, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
     } else if (strlen(config) + st_len + 256 > d->max_frame) {
-        reply_error(r, "busy", "the export (%zu bytes) exceeds max_frame %zu", strlen(config) + st_len, d->max_frame);
+        reply_error(r, ERR_BUSY, "the export (%zu bytes) exceeds max_frame %zu", strlen(config) + st_len, d->max_frame);
     } else {
         mp_out o;
         reply_begin(r, &o);
@@ -567,7 +567,7 @@ void op_adapter_import(req *r)
     const msgpack_object *st = mp_get(files, "adapter_model.safetensors");
     if (!config || !st || (config->type != MSGPACK_OBJECT_STR && config->type != MSGPACK_OBJECT_BIN) ||
         st->type != MSGPACK_OBJECT_BIN) {
-        reply_error(r, "bad_request", "files: needs \"adapter_config.json\" (str) and "
+        reply_error(r, ERR_BAD_REQUEST, "files: needs \"adapter_config.json\" (str) and "
                                       "\"adapter_model.safetensors\" (bin)");
         return;
     }
@@ -575,11 +575,11 @@ void op_adapter_import(req *r)
     uint64_t fp = 0;
     if (peft_import(config->via.str.ptr, config->via.str.size, st->via.bin.ptr, st->via.bin.size, &d->model.cfg, &ad,
                     &fp, err, sizeof err) < 0) {
-        reply_error(r, "invalid_argument", "files: %s", err);
+        reply_error(r, ERR_INVALID_ARGUMENT, "files: %s", err);
         return;
     }
     if (fp && fp != d->model.fingerprint) {
-        reply_error(r, "conflict", "files: the adapter was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
+        reply_error(r, ERR_CONFLICT, "files: the adapter was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
                     fp, d->model.fingerprint);
         llama_lora_free(&ad);
         return;
@@ -592,7 +592,7 @@ void op_adapter_import(req *r)
     info.base = d->model.cfg;
     info.eval_loss = info.ppl_base = info.ppl_adapter = NAN;
     if (store_adapter_put(d->db, &info, &ad, NULL, NULL, err, sizeof err) < 0) {
-        reply_error(r, strstr(err, "full") ? "busy" : "internal", "%s", err);
+        reply_error(r, store_error(err), "%s", err);
     } else {
         qd_log(LOG_INFO, "imported adapter %s@%u", info.name, info.version);
         mp_out o;

@@ -104,10 +104,10 @@ static void pack_hyper(msgpack_packer *pk, const train_hyper *h)
     mp_kv_str(pk, "init", train_vocab_name(&train_inits, h->init));
 }
 
-/* The hyper map of job.submit over the defaults. NULL, or the error code with a message
+/* The hyper map of job.submit over the defaults. ERR_NONE, or the error code with a message
  * naming the field. */
-static const char *parse_hyper(const msgpack_object *m, const llama_config *c, train_hyper *h, char *err,
-                               size_t errlen)
+static qd_error parse_hyper(const msgpack_object *m, const llama_config *c, train_hyper *h, char *err,
+                            size_t errlen)
 {
     train_hyper_default(h, c);
     for (uint32_t i = 0; m && i < m->via.map.size; i++) {
@@ -123,19 +123,19 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
         if (f && f->kind == HYPER_BOOL) {
             if (v->type != MSGPACK_OBJECT_BOOLEAN) {
                 snprintf(err, errlen, "hyper.%s: must be a boolean", key);
-                return "bad_request";
+                return ERR_BAD_REQUEST;
             }
             *(int *)((char *)h + f->offset) = v->via.boolean;
         } else if (f) {
             char *p = (char *)h + f->offset;
             if (!mp_number(v, &x)) {
                 snprintf(err, errlen, "hyper.%s: must be a number", key);
-                return "bad_request";
+                return ERR_BAD_REQUEST;
             }
             if (f->kind != HYPER_FLOAT && (x != floor(x) || x < (f->kind == HYPER_U64 ? 0 : -2147483648.0) ||
                                            x > (f->kind == HYPER_U64 ? 1.8e19 : 2147483647.0))) {
                 snprintf(err, errlen, "hyper.%s: %g is not an integer in range", key, x);
-                return "invalid_argument";
+                return ERR_INVALID_ARGUMENT;
             }
             if (f->kind == HYPER_INT)
                 *(int *)p = (int)x;
@@ -153,7 +153,7 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
                     const msgpack_object *t = &v->via.array.ptr[j];
                     if (t->type != MSGPACK_OBJECT_STR) {
                         snprintf(err, errlen, "hyper.targets[%u]: must be a string", j);
-                        return "bad_request";
+                        return ERR_BAD_REQUEST;
                     }
                     used += (size_t)snprintf(list + used, used < sizeof list ? sizeof list - used : 0, "%s%.*s",
                                              j ? "," : "", (int)(t->via.str.size < 40 ? t->via.str.size : 40),
@@ -161,19 +161,19 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
                 }
             } else {
                 snprintf(err, errlen, "hyper.targets: must be \"all-linear\" or a list of names");
-                return "bad_request";
+                return ERR_BAD_REQUEST;
             }
             if (train_parse_targets(list, &h->targets, err, errlen) < 0) {
                 char tmp[512];
                 snprintf(tmp, sizeof tmp, "hyper.%s", err);
                 snprintf(err, errlen, "%s", tmp);
-                return "invalid_argument";
+                return ERR_INVALID_ARGUMENT;
             }
         } else if (mp_is_str(k, "schedule") || mp_is_str(k, "init")) {
             int sched = mp_is_str(k, "schedule");
             if (v->type != MSGPACK_OBJECT_STR) {
                 snprintf(err, errlen, "hyper.%s: must be a string", key);
-                return "bad_request";
+                return ERR_BAD_REQUEST;
             }
             const train_vocab *vocab = sched ? &train_schedules : &train_inits;
             int value = train_vocab_parse(vocab, v->via.str.ptr, v->via.str.size);
@@ -181,7 +181,7 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
                 char choices[128];
                 train_vocab_choices(vocab, choices, sizeof choices);
                 snprintf(err, errlen, "hyper.%s: must be %s", key, choices);
-                return "invalid_argument";
+                return ERR_INVALID_ARGUMENT;
             }
             if (sched)
                 h->schedule = (train_schedule)value;
@@ -189,7 +189,7 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
                 h->init = (train_init)value;
         } else {
             snprintf(err, errlen, "hyper.%s: no such hyper-parameter", key);
-            return "bad_request";
+            return ERR_BAD_REQUEST;
         }
     }
     if (!mp_get(m, "warmup") && h->warmup > h->steps) /* the default warmup fits short runs */
@@ -197,9 +197,9 @@ static const char *parse_hyper(const msgpack_object *m, const llama_config *c, t
     char why[400];
     if (train_hyper_check(h, c, why, sizeof why) < 0) {
         snprintf(err, errlen, "hyper.%s", why);
-        return "invalid_argument";
+        return ERR_INVALID_ARGUMENT;
     }
-    return NULL;
+    return ERR_NONE;
 }
 
 /* ---- records ---- */
@@ -326,13 +326,13 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     if ((v = mp_get(base, "model")) && v->type == MSGPACK_OBJECT_STR)
         j->base_model = mp_strdup(v);
     const msgpack_object *hyper = mp_get(o, "hyper");
-    const char *code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
-                                                                  : "bad_request";
+    qd_error code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
+                                                                  : ERR_BAD_REQUEST;
     int method = (v = mp_get(o, "method")) && v->type == MSGPACK_OBJECT_STR
                      ? train_vocab_parse(&train_methods, v->via.str.ptr, v->via.str.size) : -1;
     j->hyper.method = method < 0 ? TRAIN_LORA : (train_method)method;
     if (!code && method < 0)
-        snprintf(err, errlen, "record has no known method"), code = "bad_request";
+        snprintf(err, errlen, "record has no known method"), code = ERR_BAD_REQUEST;
     int bad_data = !(v = mp_get(o, "data")) || unpack_data(v, &j->data) < 0 ||
                    ((v = mp_get(o, "eval_data")) && v->type != MSGPACK_OBJECT_NIL && unpack_data(v, &j->eval) < 0);
     msgpack_unpacked_destroy(&u);
@@ -1082,24 +1082,24 @@ void op_job_submit(req *r)
     qd *d = r->d;
     jobs *J = d->jobs;
     char err[600];
-    const char *code;
+    qd_error code;
     job *j = calloc(1, sizeof *j);
     if (!j) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
         return;
     }
     const msgpack_object *name = r->arg[0], *method = r->arg[3];
     if (name->via.str.size <= STORE_NAME_MAX)
         snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)name->via.str.size, name->via.str.ptr);
     if (name->via.str.size > STORE_NAME_MAX || memchr(name->via.str.ptr, 0, name->via.str.size) || !store_name_valid(j->adapter)) {
-        reply_error(r, "invalid_argument", "adapter: '%.*s' is not " STORE_NAME_RULE,
+        reply_error(r, ERR_INVALID_ARGUMENT, "adapter: '%.*s' is not " STORE_NAME_RULE,
                     (int)(name->via.str.size > 80 ? 80 : name->via.str.size), name->via.str.ptr);
         goto fail;
     }
     int m = method ? train_vocab_parse(&train_methods, method->via.str.ptr, method->via.str.size) : TRAIN_LORA;
     if (m < 0) {
         train_vocab_choices(&train_methods, err, sizeof err);
-        reply_error(r, "invalid_argument", "method: must be %s", err);
+        reply_error(r, ERR_INVALID_ARGUMENT, "method: must be %s", err);
         goto fail;
     }
     if ((code = parse_hyper(r->arg[4] && r->arg[4]->type == MSGPACK_OBJECT_MAP ? r->arg[4] : NULL, &d->model.cfg,
@@ -1110,7 +1110,7 @@ void op_job_submit(req *r)
     j->hyper.method = (train_method)m;
     double need = (double)trainer_memory_bytes(&d->model, &j->hyper), avail = mem_available();
     if (need > avail) {
-        reply_error(r, "busy", "hyper: batch_size %d x seq_len %d%s%s needs ~%.2f GiB, %.2f GiB available",
+        reply_error(r, ERR_BUSY, "hyper: batch_size %d x seq_len %d%s%s needs ~%.2f GiB, %.2f GiB available",
                     j->hyper.batch, j->hyper.seq_len, j->hyper.recompute ? " (recompute)" : "",
                     j->hyper.method == TRAIN_RECOVERY ? " with the recovery teacher" : "", need / 1073741824.0,
                     avail / 1073741824.0);
@@ -1128,18 +1128,18 @@ void op_job_submit(req *r)
         queued += q->state == JOB_QUEUED;
     pthread_mutex_unlock(&J->lock);
     if (queued >= d->max_queued) {
-        reply_error(r, "busy", "the queue holds %d jobs already (--max-queued)", queued);
+        reply_error(r, ERR_BUSY, "the queue holds %d jobs already (--max-queued)", queued);
         goto fail;
     }
     if (store_job_next_id(d->db, &j->id, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
         goto fail;
     }
     j->state = JOB_QUEUED;
     j->base_fp = d->model.fingerprint;
     base_quant(&d->model, j->base_quant, sizeof j->base_quant);
     if (!(j->base_model = strdup(d->model_dir))) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
         goto fail;
     }
     j->created_at = now_s();
@@ -1150,12 +1150,12 @@ void op_job_submit(req *r)
     files_hold();
     if (files_exist(d, &j->data, &j->eval, err, sizeof err) < 0) {
         files_release();
-        reply_error(r, "not_found", "data: %s (deleted meanwhile)", err);
+        reply_error(r, ERR_NOT_FOUND, "data: %s (deleted meanwhile)", err);
         goto fail;
     }
     if (persist(d, j) < 0) {
         files_release();
-        reply_error(r, "busy", "cannot store the job (see the daemon's log)");
+        reply_error(r, ERR_BUSY, "cannot store the job (see the daemon's log)");
         goto fail;
     }
     pthread_mutex_lock(&J->lock);
@@ -1187,7 +1187,7 @@ static job *job_arg(req *r)
     job *j = find_job(r->d->jobs, r->arg[0]->via.u64);
     pthread_mutex_unlock(&r->d->jobs->lock);
     if (!j)
-        reply_error(r, "not_found", "job_id: no job %llu", (unsigned long long)r->arg[0]->via.u64);
+        reply_error(r, ERR_NOT_FOUND, "job_id: no job %llu", (unsigned long long)r->arg[0]->via.u64);
     return j;
 }
 
@@ -1207,7 +1207,7 @@ void op_job_list(req *r)
             if (mp_is_str(r->arg[0], state_names[s]))
                 filter = s;
         if (filter < 0) {
-            reply_error(r, "invalid_argument", "state: must be queued, running, succeeded, failed or cancelled");
+            reply_error(r, ERR_INVALID_ARGUMENT, "state: must be queued, running, succeeded, failed or cancelled");
             return;
         }
     }
@@ -1247,7 +1247,7 @@ void op_job_cancel(req *r)
     }
     pthread_mutex_unlock(&d->jobs->lock);
     if (s >= JOB_SUCCEEDED) {
-        reply_error(r, "conflict", "job %llu already %s", (unsigned long long)j->id, state_names[s]);
+        reply_error(r, ERR_CONFLICT, "job %llu already %s", (unsigned long long)j->id, state_names[s]);
         return;
     }
     qd_log(LOG_INFO, "job %llu: cancel requested; it stops at the next step", (unsigned long long)j->id);
@@ -1278,12 +1278,12 @@ void op_job_delete(req *r)
     job_state s = j->state;
     pthread_mutex_unlock(&J->lock);
     if (s <= JOB_RUNNING) {
-        reply_error(r, "conflict", "job %llu is %s: cancel it first", (unsigned long long)j->id, state_names[s]);
+        reply_error(r, ERR_CONFLICT, "job %llu is %s: cancel it first", (unsigned long long)j->id, state_names[s]);
         return;
     }
     /* only the loop changes a finished job, so nothing rewrites the record after this */
     if (store_job_delete(d->db, j->id, &nf, err, sizeof err) < 0 && !nf) {
-        reply_error(r, strstr(err, "store full") ? "busy" : "internal", "%s", err);
+        reply_error(r, store_error(err), "%s", err);
         return;
     }
     pthread_mutex_lock(&J->lock);
@@ -1324,12 +1324,12 @@ void op_job_watch(req *r)
         return;
     }
     if (jobs_conn_watches(d, r->conn_id) >= d->max_watches) {
-        reply_error(r, "busy", "this connection watches %d jobs already (--max-watches)", d->max_watches);
+        reply_error(r, ERR_BUSY, "this connection watches %d jobs already (--max-watches)", d->max_watches);
         return;
     }
     watcher *w = malloc(sizeof *w);
     if (!w) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
         return;
     }
     w->conn_id = r->conn_id, w->req_id = r->id, w->job_id = j->id;

@@ -90,6 +90,22 @@ static unsigned type_of(const msgpack_object *o)
 
 /* ---- replies ---- */
 
+const char *qd_error_name(qd_error e)
+{
+    static const char *const names[] = {
+        [ERR_NONE] = "none",
+#define QD_ERROR_NAME(e, name) [ERR_##e] = name,
+        QD_ERRORS(QD_ERROR_NAME)
+#undef QD_ERROR_NAME
+    };
+    return (unsigned)e < sizeof names / sizeof names[0] ? names[e] : "internal";
+}
+
+qd_error store_error(const char *err)
+{
+    return strstr(err, "store full") ? ERR_BUSY : ERR_INTERNAL;
+}
+
 void reply_begin(req *r, mp_out *o)
 {
     mp_out_init(o);
@@ -105,14 +121,14 @@ void reply_end(req *r, mp_out *o)
     if (o->sb.data && len > r->d->max_frame) {
         /* the client could not read it (its limit is the same): say so instead */
         mp_out_free(o);
-        reply_error(r, "busy", "the result is %zu bytes, more than max_frame (%zu): ask for less at a time", len,
+        reply_error(r, ERR_BUSY, "the result is %zu bytes, more than max_frame (%zu): ask for less at a time", len,
                     r->d->max_frame);
         return;
     }
     qd_send(r->d, r->conn_id, o);
 }
 
-static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, va_list ap)
+static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, va_list ap)
 {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -123,14 +139,14 @@ static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, 
     mp_kv_bool(&o.pk, "ok", 0);
     mp_str(&o.pk, "error");
     msgpack_pack_map(&o.pk, 2);
-    mp_kv_str(&o.pk, "code", code);
+    mp_kv_str(&o.pk, "code", qd_error_name(code));
     mp_kv_str(&o.pk, "message", msg);
     qd_send(d, conn_id, &o);
     qd_log(LOG_DEBUG, "connection %llu request %llu: %s: %s", (unsigned long long)conn_id,
-           (unsigned long long)id, code, msg);
+           (unsigned long long)id, qd_error_name(code), msg);
 }
 
-void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, ...)
+void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -138,7 +154,7 @@ void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const ch
     va_end(ap);
 }
 
-void reply_error(req *r, const char *code, const char *fmt, ...)
+void reply_error(req *r, qd_error code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -208,14 +224,14 @@ static int bind_args(req *r)
                 ;
             if (j == MAX_ARGS || !op->args[j].name) {
                 if (k->type == MSGPACK_OBJECT_STR)
-                    reply_error(r, "bad_request", "args.%.*s: %s takes no such argument", (int)k->via.str.size,
+                    reply_error(r, ERR_BAD_REQUEST, "args.%.*s: %s takes no such argument", (int)k->via.str.size,
                                 k->via.str.ptr, op->name);
                 else
-                    reply_error(r, "bad_request", "args: keys must be strings");
+                    reply_error(r, ERR_BAD_REQUEST, "args: keys must be strings");
                 return -1;
             }
             if (!(type_of(v) & op->args[j].types)) {
-                reply_error(r, "bad_request", "args.%s: must be %s%s", op->args[j].name, type_name(op->args[j].types),
+                reply_error(r, ERR_BAD_REQUEST, "args.%s: must be %s%s", op->args[j].name, type_name(op->args[j].types),
                             op->args[j].types & T_NIL ? " or nil" : "");
                 return -1;
             }
@@ -224,7 +240,7 @@ static int bind_args(req *r)
     }
     for (int j = 0; j < MAX_ARGS && op->args[j].name; j++)
         if (op->args[j].required && !r->arg[j]) {
-            reply_error(r, "bad_request", "args.%s: missing (%s needs it)", op->args[j].name, op->name);
+            reply_error(r, ERR_BAD_REQUEST, "args.%s: missing (%s needs it)", op->args[j].name, op->name);
             return -1;
         }
     return 0;
@@ -234,7 +250,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
 {
     char err[256];
     if (mp_check(frame, len, err, sizeof err) < 0) {
-        send_error(d, c->id, 0, "bad_frame", "%s", err);
+        send_error(d, c->id, 0, ERR_BAD_FRAME, "%s", err);
         if (c->authed)
             conn_close(c);
         else
@@ -243,7 +259,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     }
     req *r = calloc(1, sizeof *r);
     if (!r) {
-        send_error(d, c->id, 0, "busy", "out of memory");
+        send_error(d, c->id, 0, ERR_BUSY, "out of memory");
         return;
     }
     r->d = d, r->conn_id = c->id;
@@ -255,7 +271,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         memcpy(r->bytes, frame, len);
     size_t off = 0;
     if (!r->bytes || msgpack_unpack_next(&r->frame, r->bytes, len, &off) != MSGPACK_UNPACK_SUCCESS) {
-        send_error(d, c->id, 0, "busy", "out of memory decoding a frame of %zu bytes", len);
+        send_error(d, c->id, 0, ERR_BUSY, "out of memory decoding a frame of %zu bytes", len);
         req_free(r);
         if (!c->authed)
             conn_abort(c);
@@ -269,7 +285,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         r->args = NULL;
     if (!c->authed && !(op && mp_is_str(op, "auth"))) {
         /* before auth nothing is answered but that: no shape errors to keep a stranger talking */
-        reply_error(r, "unauthorized", "a TCP connection must begin with auth");
+        reply_error(r, ERR_UNAUTHORIZED, "a TCP connection must begin with auth");
         req_free(r);
         conn_abort(c);
         return;
@@ -280,7 +296,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
                       : r->args && r->args->type != MSGPACK_OBJECT_MAP ? "args: must be a map"
                       : NULL;
     if (bad) {
-        reply_error(r, "bad_request", "%s", bad);
+        reply_error(r, ERR_BAD_REQUEST, "%s", bad);
         req_free(r);
         if (!c->authed)
             conn_abort(c);
@@ -290,7 +306,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         if (mp_is_str(op, op_table[i].name))
             r->op = &op_table[i];
     if (!r->op) {
-        reply_error(r, "unknown_op", "op '%.*s' does not exist", (int)op->via.str.size, op->via.str.ptr);
+        reply_error(r, ERR_UNKNOWN_OP, "op '%.*s' does not exist", (int)op->via.str.size, op->via.str.ptr);
         req_free(r);
         return;
     }
@@ -310,7 +326,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     atomic_fetch_add(&c->life->refs, 1);
     r->work.data = r;
     if (uv_queue_work(d->loop, &r->work, work, work_done) < 0) {
-        reply_error(r, "internal", "cannot queue the request");
+        reply_error(r, ERR_INTERNAL, "cannot queue the request");
         req_free(r);
         return;
     }
@@ -332,7 +348,7 @@ static void op_auth(req *r)
         diff |= (unsigned)(d->token[i] ^ t->via.str.ptr[i]);
     if (c && c->tcp && diff) {
         qd_log(LOG_INFO, "connection %llu: wrong token; closing it", (unsigned long long)c->id);
-        reply_error(r, "unauthorized", "token: does not match");
+        reply_error(r, ERR_UNAUTHORIZED, "token: does not match");
         conn_abort(c);
         return;
     }

@@ -16,6 +16,7 @@
 
 #include "model.h"
 #include "mp.h"
+#include "protocol.h"
 #include "store.h"
 #include "tokenizer.h"
 
@@ -166,9 +167,9 @@ void conn_life_put(conn_life *l);
  * result, which the caller packs before reply_end. */
 void reply_begin(req *r, mp_out *o);
 void reply_end(req *r, mp_out *o);
-void reply_error(req *r, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void reply_error(req *r, qd_error code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* An error with no request to answer (bad frames: id 0). */
-void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, ...)
+void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 /* A stream event {id, event: <packed map>}. */
 void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
@@ -203,10 +204,10 @@ typedef struct cached_adapter {
 
 adapter_cache *cache_new(size_t budget_bytes);
 void cache_free(adapter_cache *c);
-/* The adapter name@version (0: latest) held for use, loading it when missing. Returns 0,
- * or an error code ("not_found", "conflict", "internal") with a message. */
-const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err,
-                          size_t errlen);
+/* The adapter name@version (0: latest) held for use, loading it when missing. ERR_NONE,
+ * or the error (ERR_NOT_FOUND, ERR_CONFLICT, ERR_INTERNAL, ERR_BUSY) with a message. */
+qd_error cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err,
+                       size_t errlen);
 void cache_release(qd *d, cached_adapter *a);
 /* A version (0: all) was deleted: drop it once nobody uses it. */
 void cache_forget(qd *d, const char *name, uint32_t version);
@@ -252,10 +253,10 @@ void op_file_delete(req *r);
 void files_hold(void);
 void files_release(void);
 /* A data spec of job.submit ({file_id}, {text}, {tokens} or, with --data-dir, {path}) as a
- * stored file; field names it in messages. NULL, or the error code with err. Off the loop:
+ * stored file; field names it in messages. ERR_NONE, or the error code with err. Off the loop:
  * it hashes and stores up to max_frame bytes. */
-const char *files_resolve(qd *d, const msgpack_object *spec, const char *field, job_data *out, char *err,
-                          size_t errlen);
+qd_error files_resolve(qd *d, const msgpack_object *spec, const char *field, job_data *out, char *err,
+                       size_t errlen);
 /* 0 when the files of a and b (each may be NULL or "") are stored, else -1 with err. */
 int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t errlen);
 /* The token stream of a job's data, its bytes verified against the file id (runner). */
