@@ -39,8 +39,19 @@
 #include "train.h"
 #include "workspace.h"
 
-typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED } job_state;
-static const char *const state_names[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+const char *const job_state_names[JOB_N_STATES] = {
+#define JOB_STATE_NAME(e, name) [JOB_##e] = name,
+    JOB_STATES(JOB_STATE_NAME)
+#undef JOB_STATE_NAME
+};
+
+int job_state_parse(const msgpack_object *o)
+{
+    for (int s = 0; s < JOB_N_STATES; s++)
+        if (mp_is_str(o, job_state_names[s]))
+            return s;
+    return -1;
+}
 
 typedef struct job {
     uint64_t id;
@@ -242,7 +253,7 @@ static void pack_job(msgpack_packer *pk, const job *j, int stored)
     else
         mp_kv_nil(pk, "adapter_version");
     mp_kv_str(pk, "method", train_vocab_name(&train_methods, j->hyper.method));
-    mp_kv_str(pk, "state", state_names[j->state]);
+    mp_kv_str(pk, "state", job_state_names[j->state]);
     mp_kv_f64(pk, "created_at", j->created_at);
     mp_kv_f64(pk, "started_at", j->started_at);
     mp_kv_f64(pk, "finished_at", j->finished_at);
@@ -298,10 +309,8 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
         snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)(v->via.str.size < STORE_NAME_MAX ? v->via.str.size : STORE_NAME_MAX), v->via.str.ptr);
     double x = get_f64(o, "adapter_version");
     j->adapter_version = isnan(x) ? 0 : (uint32_t)x;
-    j->state = JOB_FAILED;
-    for (int s = 0; s < 5; s++)
-        if ((v = mp_get(o, "state")) && mp_is_str(v, state_names[s]))
-            j->state = (job_state)s;
+    int state = (v = mp_get(o, "state")) ? job_state_parse(v) : -1;
+    j->state = state < 0 ? JOB_FAILED : (job_state)state;
     j->created_at = get_f64(o, "created_at");
     j->started_at = get_f64(o, "started_at");
     j->finished_at = get_f64(o, "finished_at");
@@ -444,7 +453,7 @@ static void pack_state_event(msgpack_packer *pk, const job *j)
     msgpack_pack_map(pk, 6);
     mp_kv_str(pk, "type", "state");
     mp_kv_u64(pk, "job_id", j->id);
-    mp_kv_str(pk, "state", state_names[j->state]);
+    mp_kv_str(pk, "state", job_state_names[j->state]);
     mp_kv_i64(pk, "step", j->step);
     mp_kv_i64(pk, "total_steps", j->hyper.steps);
     mp_kv_str(pk, "error", j->error);
@@ -456,7 +465,7 @@ static void post_state(qd *d, job *j)
     mp_out_init(&o);
     pthread_mutex_lock(&d->jobs->lock);
     pack_state_event(&o.pk, j);
-    int ended = j->state >= JOB_SUCCEEDED, state = (int)j->state;
+    int ended = job_state_final(j->state), state = (int)j->state;
     mp_out rec;
     mp_out_init(&rec);
     if (ended)
@@ -488,7 +497,7 @@ static int job_move(job *j, unsigned from, job_state to, const char *error)
         return 0;
     char *e = error ? strdup(error) : NULL;
     j->state = to;
-    if (to >= JOB_SUCCEEDED)
+    if (job_state_final(to))
         j->finished_at = now_s();
     free(j->error);
     j->error = e;
@@ -505,8 +514,8 @@ static int finish(qd *d, job *j, unsigned from, job_state state, const char *err
         return 0;
     persist(d, j);
     post_state(d, j);
-    qd_log(state == JOB_FAILED ? LOG_WARN : LOG_INFO, "job %llu %s%s%s", (unsigned long long)j->id, state_names[state],
-           error ? ": " : "", error ? error : "");
+    qd_log(state == JOB_FAILED ? LOG_WARN : LOG_INFO, "job %llu %s%s%s", (unsigned long long)j->id,
+           job_state_names[state], error ? ": " : "", error ? error : "");
     return 1;
 }
 
@@ -987,9 +996,9 @@ void jobs_free(qd *d)
     d->jobs = NULL;
 }
 
-void jobs_counts(qd *d, int counts[5])
+void jobs_counts(qd *d, int counts[JOB_N_STATES])
 {
-    memset(counts, 0, 5 * sizeof *counts);
+    memset(counts, 0, JOB_N_STATES * sizeof *counts);
     pthread_mutex_lock(&d->jobs->lock);
     for (job *j = d->jobs->head; j; j = j->next)
         counts[j->state]++;
@@ -1173,7 +1182,7 @@ void op_job_submit(req *r)
     reply_begin(r, &o);
     msgpack_pack_map(&o.pk, 2);
     mp_kv_u64(&o.pk, "job_id", j->id);
-    mp_kv_str(&o.pk, "state", "queued");
+    mp_kv_str(&o.pk, "state", job_state_names[JOB_QUEUED]);
     reply_end(r, &o);
     return;
 fail:
@@ -1202,14 +1211,14 @@ void op_job_list(req *r)
 {
     jobs *J = r->d->jobs;
     int filter = -1;
-    if (r->arg[0] && r->arg[0]->type == MSGPACK_OBJECT_STR) {
-        for (int s = 0; s < 5; s++)
-            if (mp_is_str(r->arg[0], state_names[s]))
-                filter = s;
-        if (filter < 0) {
-            reply_error(r, ERR_INVALID_ARGUMENT, "state: must be queued, running, succeeded, failed or cancelled");
-            return;
-        }
+    if (r->arg[0] && r->arg[0]->type == MSGPACK_OBJECT_STR && (filter = job_state_parse(r->arg[0])) < 0) {
+        char choices[80];
+        size_t used = 0;
+        for (int s = 0; s < JOB_N_STATES; s++) /* "queued, running, ... or cancelled" */
+            used += (size_t)snprintf(choices + used, used < sizeof choices ? sizeof choices - used : 0, "%s%s",
+                                     s == 0 ? "" : s + 1 == JOB_N_STATES ? " or " : ", ", job_state_names[s]);
+        reply_error(r, ERR_INVALID_ARGUMENT, "state: must be %s", choices);
+        return;
     }
     mp_out o;
     reply_begin(r, &o);
@@ -1246,8 +1255,8 @@ void op_job_cancel(req *r)
         pthread_cond_broadcast(&d->jobs->wake); /* a runner waiting to retry a publish */
     }
     pthread_mutex_unlock(&d->jobs->lock);
-    if (s >= JOB_SUCCEEDED) {
-        reply_error(r, ERR_CONFLICT, "job %llu already %s", (unsigned long long)j->id, state_names[s]);
+    if (job_state_final(s)) {
+        reply_error(r, ERR_CONFLICT, "job %llu already %s", (unsigned long long)j->id, job_state_names[s]);
         return;
     }
     qd_log(LOG_INFO, "job %llu: cancel requested; it stops at the next step", (unsigned long long)j->id);
@@ -1259,7 +1268,7 @@ uint64_t jobs_file_user(qd *d, const char *file_id)
     uint64_t user = 0;
     pthread_mutex_lock(&d->jobs->lock);
     for (job *j = d->jobs->head; j && !user; j = j->next)
-        if (j->state <= JOB_RUNNING && (!strcmp(j->data.file_id, file_id) || !strcmp(j->eval.file_id, file_id)))
+        if (!job_state_final(j->state) && (!strcmp(j->data.file_id, file_id) || !strcmp(j->eval.file_id, file_id)))
             user = j->id;
     pthread_mutex_unlock(&d->jobs->lock);
     return user;
@@ -1277,8 +1286,8 @@ void op_job_delete(req *r)
     pthread_mutex_lock(&J->lock);
     job_state s = j->state;
     pthread_mutex_unlock(&J->lock);
-    if (s <= JOB_RUNNING) {
-        reply_error(r, ERR_CONFLICT, "job %llu is %s: cancel it first", (unsigned long long)j->id, state_names[s]);
+    if (!job_state_final(s)) {
+        reply_error(r, ERR_CONFLICT, "job %llu is %s: cancel it first", (unsigned long long)j->id, job_state_names[s]);
         return;
     }
     /* only the loop changes a finished job, so nothing rewrites the record after this */
@@ -1317,7 +1326,7 @@ void op_job_watch(req *r)
     if (!j)
         return;
     pthread_mutex_lock(&d->jobs->lock);
-    int ended = j->state >= JOB_SUCCEEDED;
+    int ended = job_state_final(j->state);
     pthread_mutex_unlock(&d->jobs->lock);
     if (ended) {
         reply_job(r, j);

@@ -390,7 +390,7 @@ static void op_status(req *r)
     const llama_config *c = &m->cfg;
     size_t quantized, n_params = llama_n_params(c, m->tied, &quantized), cached, cached_bytes, used, stored = 0;
     char err[256];
-    int counts[5];
+    int counts[JOB_N_STATES];
     jobs_counts(d, counts);
     cache_stats(d, &cached, &cached_bytes);
     if (store_stat(d->db, &used, &stored, err, sizeof err) < 0)
@@ -427,10 +427,9 @@ static void op_status(req *r)
     mp_kv_u64(pk, "adapters_bytes", cached_bytes);
     mp_kv_u64(pk, "rss_bytes", rss_bytes());
     mp_str(pk, "jobs");
-    msgpack_pack_map(pk, 5);
-    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
-    for (int i = 0; i < 5; i++)
-        mp_kv_u64(pk, states[i], (uint64_t)counts[i]);
+    msgpack_pack_map(pk, JOB_N_STATES);
+    for (int i = 0; i < JOB_N_STATES; i++)
+        mp_kv_u64(pk, job_state_names[i], (uint64_t)counts[i]);
     mp_str(pk, "adapters");
     msgpack_pack_map(pk, 3);
     mp_kv_u64(pk, "stored", stored);

@@ -219,7 +219,7 @@ int jobs_start(qd *d, char *err, size_t errlen);
  * `running`, to resume at the next start); done(d) runs on the loop once they have. */
 void jobs_stop(qd *d, void (*done)(qd *d));
 void jobs_free(qd *d);
-void jobs_counts(qd *d, int counts[5]);
+void jobs_counts(qd *d, int counts[JOB_N_STATES]);
 void op_job_submit(req *r);
 void op_job_get(req *r);
 void op_job_list(req *r);
