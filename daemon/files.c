@@ -74,7 +74,8 @@ static void sanitize_filename(const char *s, size_t n, char *out)
 void op_file_upload(req *r)
 {
     qd *d = r->d;
-    const msgpack_object *data = r->arg[0], *name = r->arg[1], *purpose = r->arg[2];
+    const msgpack_object *data = r->arg[UPLOAD_DATA], *name = r->arg[UPLOAD_FILENAME],
+                          *purpose = r->arg[UPLOAD_PURPOSE];
     const char *bytes = data->type == MSGPACK_OBJECT_BIN ? data->via.bin.ptr : data->via.str.ptr;
     size_t len = data->type == MSGPACK_OBJECT_BIN ? data->via.bin.size : data->via.str.size;
     char filename[STORE_FILE_NAME_MAX + 1] = "", why[STORE_FILE_PURPOSE_MAX + 1] = "fine-tune", err[600];
@@ -129,10 +130,9 @@ void op_file_list(req *r)
     free(list);
 }
 
-/* The file_id argument as a C string; -1 after replying when it is not an id. */
-static int file_id_arg(req *r, char id[STORE_FILE_ID_LEN + 1])
+/* The file_id argument v as a C string; -1 after replying when it is not an id. */
+static int file_id_arg(req *r, const msgpack_object *v, char id[STORE_FILE_ID_LEN + 1])
 {
-    const msgpack_object *v = r->arg[0];
     if (v->via.str.size != STORE_FILE_ID_LEN || memchr(v->via.str.ptr, 0, v->via.str.size) ||
         (memcpy(id, v->via.str.ptr, STORE_FILE_ID_LEN), id[STORE_FILE_ID_LEN] = 0, !store_file_id_valid(id))) {
         reply_error(r, ERR_INVALID_ARGUMENT, "file_id: must be \"file-\" and 64 lowercase hex digits");
@@ -146,7 +146,7 @@ void op_file_get(req *r)
     char id[STORE_FILE_ID_LEN + 1], err[600];
     store_file_info info;
     int nf;
-    if (file_id_arg(r, id) < 0)
+    if (file_id_arg(r, r->arg[FILE_GET_ID], id) < 0)
         return;
     if (store_file_get(r->d->db, id, &info, NULL, NULL, &nf, err, sizeof err) < 0)
         reply_error(r, nf ? ERR_NOT_FOUND : ERR_INTERNAL, "file_id: %s", err);
@@ -159,7 +159,7 @@ void op_file_delete(req *r)
     qd *d = r->d;
     char id[STORE_FILE_ID_LEN + 1], err[600];
     int deleted = 0, rc = 0;
-    if (file_id_arg(r, id) < 0)
+    if (file_id_arg(r, r->arg[FILE_DELETE_ID], id) < 0)
         return;
     files_hold();
     uint64_t user = jobs_file_user(d, id);

@@ -121,7 +121,8 @@ void op_tokenize(req *r)
 {
     int *ids;
     size_t n;
-    if (encode_arg(r, "text", r->arg[0]->via.str.ptr, r->arg[0]->via.str.size, &ids, &n) < 0)
+    const msgpack_object *text = r->arg[TOKENIZE_TEXT];
+    if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n) < 0)
         return;
     mp_out o;
     reply_begin(r, &o);
@@ -136,7 +137,7 @@ void op_tokenize(req *r)
 
 void op_eval(req *r)
 {
-    const msgpack_object *tokens = r->arg[0], *text = r->arg[1];
+    const msgpack_object *tokens = r->arg[EVAL_TOKENS], *text = r->arg[EVAL_TEXT];
     const int S = r->d->model.cfg.seq_len;
     if (!tokens == !text) {
         reply_error(r, ERR_BAD_REQUEST, "eval: give exactly one of tokens and text");
@@ -169,7 +170,7 @@ void op_eval(req *r)
         }
     }
     cached_adapter *a = NULL;
-    if (ok && request_adapter(r, r->arg[2], &a) == 0) {
+    if (ok && request_adapter(r, r->arg[EVAL_ADAPTER], &a) == 0) {
         double nll = 0;
         size_t np = 0;
         char err[512];
@@ -247,17 +248,17 @@ void op_generate(req *r)
 {
     qd *d = r->d;
     const int S = d->model.cfg.seq_len;
-    const msgpack_object *prompt = r->arg[0], *tokens = r->arg[1];
+    const msgpack_object *prompt = r->arg[GEN_PROMPT], *tokens = r->arg[GEN_TOKENS];
     double temperature = 0, top_p = 1;
     if (prompt && tokens) {
         reply_error(r, ERR_BAD_REQUEST, "generate: give prompt or tokens, not both");
         return;
     }
-    if (r->arg[3])
-        mp_number(r->arg[3], &temperature);
-    if (r->arg[4])
-        mp_number(r->arg[4], &top_p);
-    uint64_t max_tokens = r->arg[2] ? r->arg[2]->via.u64 : 64;
+    if (r->arg[GEN_TEMPERATURE])
+        mp_number(r->arg[GEN_TEMPERATURE], &temperature);
+    if (r->arg[GEN_TOP_P])
+        mp_number(r->arg[GEN_TOP_P], &top_p);
+    uint64_t max_tokens = r->arg[GEN_MAX_TOKENS] ? r->arg[GEN_MAX_TOKENS]->via.u64 : 64;
     if (!(temperature >= 0 && temperature <= 100)) {
         reply_error(r, ERR_INVALID_ARGUMENT, "temperature: %g is not in 0..100", temperature);
         return;
@@ -297,14 +298,14 @@ void op_generate(req *r)
         return;
     }
     cached_adapter *a;
-    if (request_adapter(r, r->arg[6], &a) < 0) {
+    if (request_adapter(r, r->arg[GEN_ADAPTER], &a) < 0) {
         free(ids);
         return;
     }
     int *out = malloc(max_tokens * sizeof *out), n_out = 0;
-    llama_sampling s = {(float)temperature, (float)top_p, r->arg[5] ? r->arg[5]->via.u64 : 0};
+    llama_sampling s = {(float)temperature, (float)top_p, r->arg[GEN_SEED] ? r->arg[GEN_SEED]->via.u64 : 0};
     stream_ctx sc = {r, ids[n - 1], {0}, 0};
-    int stream = r->arg[7] && r->arg[7]->via.boolean;
+    int stream = r->arg[GEN_STREAM] && r->arg[GEN_STREAM]->via.boolean;
     char err[512];
     double t0 = now_s();
     if (!out) {
@@ -376,11 +377,11 @@ void pack_adapter(msgpack_packer *pk, const store_adapter_info *a)
     mp_kv_bool(pk, "rslora", a->rslora);
 }
 
-/* args name (position 0) and version (position 1) of the adapter ops. 0, or -1 after
+/* The arguments name (n) and version (v, may be NULL) of the adapter ops. 0, or -1 after
  * replying. */
-static int name_version(req *r, char name[STORE_NAME_MAX + 1], uint32_t *version)
+static int name_version(req *r, const msgpack_object *n, const msgpack_object *v, char name[STORE_NAME_MAX + 1],
+                        uint32_t *version)
 {
-    const msgpack_object *n = r->arg[0], *v = r->arg[1];
     size_t len = n->via.str.size;
     if (len <= STORE_NAME_MAX) {
         memcpy(name, n->via.str.ptr, len);
@@ -443,7 +444,8 @@ void op_adapter_get(req *r)
     char name[STORE_NAME_MAX + 1];
     uint32_t version;
     store_adapter_info info;
-    if (name_version(r, name, &version) < 0 || get_record(r, name, version, &info) < 0)
+    if (name_version(r, r->arg[ADAPTER_GET_NAME], r->arg[ADAPTER_GET_VERSION], name, &version) < 0 ||
+        get_record(r, name, version, &info) < 0)
         return;
     mp_out o;
     reply_begin(r, &o);
@@ -456,7 +458,7 @@ void op_adapter_delete(req *r)
     char name[STORE_NAME_MAX + 1], err[512];
     uint32_t version;
     int deleted = 0;
-    if (name_version(r, name, &version) < 0)
+    if (name_version(r, r->arg[ADAPTER_DELETE_NAME], r->arg[ADAPTER_DELETE_VERSION], name, &version) < 0)
         return;
     if (store_adapter_delete(r->d->db, name, version, &deleted, err, sizeof err) < 0) {
         reply_error(r, ERR_INTERNAL, "%s", err);
@@ -486,8 +488,9 @@ void op_adapter_activate(req *r)
     char name[STORE_NAME_MAX + 1] = "";
     uint32_t version = 0;
     store_adapter_info info;
-    if (r->arg[0]->type != MSGPACK_OBJECT_NIL) {
-        if (name_version(r, name, &version) < 0 || get_record(r, name, version, &info) < 0)
+    if (r->arg[ACTIVATE_NAME]->type != MSGPACK_OBJECT_NIL) {
+        if (name_version(r, r->arg[ACTIVATE_NAME], r->arg[ACTIVATE_VERSION], name, &version) < 0 ||
+            get_record(r, name, version, &info) < 0)
             return;
         if (info.base_fingerprint != d->model.fingerprint) {
             reply_error(r, ERR_CONFLICT, "adapter %s@%u was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
@@ -517,9 +520,9 @@ void op_adapter_export(req *r)
     qd *d = r->d;
     char name[STORE_NAME_MAX + 1], err[512];
     uint32_t version;
-    if (name_version(r, name, &version) < 0)
+    if (name_version(r, r->arg[EXPORT_NAME], r->arg[EXPORT_VERSION], name, &version) < 0)
         return;
-    if (r->arg[2] && !mp_is_str(r->arg[2], "peft")) {
+    if (r->arg[EXPORT_FORMAT] && !mp_is_str(r->arg[EXPORT_FORMAT], "peft")) {
         reply_error(r, ERR_INVALID_ARGUMENT, "format: only \"peft\" is supported");
         return;
     }
@@ -560,9 +563,9 @@ void op_adapter_import(req *r)
     qd *d = r->d;
     char name[STORE_NAME_MAX + 1], err[1024];
     uint32_t version;
-    if (name_version(r, name, &version) < 0)
+    if (name_version(r, r->arg[IMPORT_NAME], NULL, name, &version) < 0)
         return;
-    const msgpack_object *files = r->arg[1];
+    const msgpack_object *files = r->arg[IMPORT_FILES];
     const msgpack_object *config = mp_get(files, "adapter_config.json");
     const msgpack_object *st = mp_get(files, "adapter_model.safetensors");
     if (!config || !st || (config->type != MSGPACK_OBJECT_STR && config->type != MSGPACK_OBJECT_BIN) ||

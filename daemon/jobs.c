@@ -1097,7 +1097,12 @@ void op_job_submit(req *r)
         reply_error(r, ERR_BUSY, "out of memory");
         return;
     }
-    const msgpack_object *name = r->arg[0], *method = r->arg[3];
+    const msgpack_object *name = r->arg[SUBMIT_ADAPTER], *method = r->arg[SUBMIT_METHOD];
+    const msgpack_object *hyper = r->arg[SUBMIT_HYPER], *eval = r->arg[SUBMIT_EVAL_DATA]; /* both may be nil */
+    if (hyper && hyper->type != MSGPACK_OBJECT_MAP)
+        hyper = NULL;
+    if (eval && eval->type != MSGPACK_OBJECT_MAP)
+        eval = NULL;
     if (name->via.str.size <= STORE_NAME_MAX)
         snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)name->via.str.size, name->via.str.ptr);
     if (name->via.str.size > STORE_NAME_MAX || memchr(name->via.str.ptr, 0, name->via.str.size) || !store_name_valid(j->adapter)) {
@@ -1111,8 +1116,7 @@ void op_job_submit(req *r)
         reply_error(r, ERR_INVALID_ARGUMENT, "method: must be %s", err);
         goto fail;
     }
-    if ((code = parse_hyper(r->arg[4] && r->arg[4]->type == MSGPACK_OBJECT_MAP ? r->arg[4] : NULL, &d->model.cfg,
-                            &j->hyper, err, sizeof err))) {
+    if ((code = parse_hyper(hyper, &d->model.cfg, &j->hyper, err, sizeof err))) {
         reply_error(r, code, "%s", err);
         goto fail;
     }
@@ -1125,8 +1129,7 @@ void op_job_submit(req *r)
                     avail / 1073741824.0);
         goto fail;
     }
-    const msgpack_object *eval = r->arg[2] && r->arg[2]->type == MSGPACK_OBJECT_MAP ? r->arg[2] : NULL;
-    if ((code = files_resolve(d, r->arg[1], "data", &j->data, err, sizeof err)) ||
+    if ((code = files_resolve(d, r->arg[SUBMIT_DATA], "data", &j->data, err, sizeof err)) ||
         (eval && (code = files_resolve(d, eval, "eval_data", &j->eval, err, sizeof err)))) {
         reply_error(r, code, "%s", err);
         goto fail;
@@ -1189,20 +1192,21 @@ fail:
     job_free(j);
 }
 
-static job *job_arg(req *r)
+/* The job the argument job_id names; NULL after replying. */
+static job *job_arg(req *r, const msgpack_object *job_id)
 {
     /* under the lock: job.submit appends from the thread pool */
     pthread_mutex_lock(&r->d->jobs->lock);
-    job *j = find_job(r->d->jobs, r->arg[0]->via.u64);
+    job *j = find_job(r->d->jobs, job_id->via.u64);
     pthread_mutex_unlock(&r->d->jobs->lock);
     if (!j)
-        reply_error(r, ERR_NOT_FOUND, "job_id: no job %llu", (unsigned long long)r->arg[0]->via.u64);
+        reply_error(r, ERR_NOT_FOUND, "job_id: no job %llu", (unsigned long long)job_id->via.u64);
     return j;
 }
 
 void op_job_get(req *r)
 {
-    job *j = job_arg(r);
+    job *j = job_arg(r, r->arg[JOB_GET_ID]);
     if (j)
         reply_job(r, j);
 }
@@ -1211,7 +1215,8 @@ void op_job_list(req *r)
 {
     jobs *J = r->d->jobs;
     int filter = -1;
-    if (r->arg[0] && r->arg[0]->type == MSGPACK_OBJECT_STR && (filter = job_state_parse(r->arg[0])) < 0) {
+    const msgpack_object *state = r->arg[JOB_LIST_STATE];
+    if (state && state->type == MSGPACK_OBJECT_STR && (filter = job_state_parse(state)) < 0) {
         char choices[80];
         size_t used = 0;
         for (int s = 0; s < JOB_N_STATES; s++) /* "queued, running, ... or cancelled" */
@@ -1239,7 +1244,7 @@ void op_job_list(req *r)
 void op_job_cancel(req *r)
 {
     qd *d = r->d;
-    job *j = job_arg(r);
+    job *j = job_arg(r, r->arg[JOB_CANCEL_ID]);
     if (!j)
         return;
     /* a queued job is cancelled here, or a runner has claimed it first and it is running:
@@ -1278,7 +1283,7 @@ void op_job_delete(req *r)
 {
     qd *d = r->d;
     jobs *J = d->jobs;
-    job *j = job_arg(r);
+    job *j = job_arg(r, r->arg[JOB_DELETE_ID]);
     char err[600];
     int nf;
     if (!j)
@@ -1322,7 +1327,7 @@ void op_job_delete(req *r)
 void op_job_watch(req *r)
 {
     qd *d = r->d;
-    job *j = job_arg(r);
+    job *j = job_arg(r, r->arg[JOB_WATCH_ID]);
     if (!j)
         return;
     pthread_mutex_lock(&d->jobs->lock);

@@ -1,6 +1,7 @@
-/* ops.c: the command table. One row per op: its handler, where it runs (the loop for
- * bookkeeping, the thread pool for anything that computes or copies megabytes) and its
- * argument schema, checked here so that handlers see arguments of the right types. */
+/* ops.c: the command table, generated from QD_OPS and the ops' argument lists
+ * (protocol.h): one row per op with its handler, where it runs and its argument schema,
+ * checked here so that handlers see arguments of the right types, each at the position
+ * its enum names. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,10 +9,6 @@
 
 #include "qlorad.h"
 #include "workspace.h"
-
-enum {
-    T_STR = 1, T_UINT = 2, T_NUM = 4, T_BOOL = 8, T_MAP = 16, T_ARRAY = 32, T_NIL = 64, T_BIN = 128,
-};
 
 typedef struct {
     const char *name;
@@ -22,53 +19,39 @@ typedef struct {
 typedef struct op_row {
     const char *name;
     void (*fn)(req *r);
-    int pooled;
+    int where;           /* ON_LOOP or ON_POOL */
     arg_spec args[MAX_ARGS];
 } op_row;
 
-static void op_auth(req *r);
-static void op_ping(req *r);
-static void op_status(req *r);
+/* One row per op of QD_OPS, its arguments in the order of their enum, then a NULL name. */
+#define ARG_SPEC(op, e, name, types, required) {name, types, required},
+#define OP_ROW(op, name, fn, where, ARGS) {name, fn, where, {ARGS(ARG_SPEC, op){0}}},
+static const op_row op_table[] = {QD_OPS(OP_ROW)};
+#undef OP_ROW
+#undef ARG_SPEC
+/* room for the NULL name after the last */
+#define OP_FITS(op, name, fn, where, ARGS) _Static_assert(op##_N_ARGS < MAX_ARGS, name ": over MAX_ARGS arguments");
+QD_OPS(OP_FITS)
+#undef OP_FITS
 
-static const op_row op_table[] = {
-    {"auth", op_auth, 0, {{"token", T_STR, 1}}},
-    {"ping", op_ping, 0, {{0}}},
-    {"status", op_status, 0, {{0}}},
-    {"tokenize", op_tokenize, 1, {{"text", T_STR, 1}}},
-    {"eval", op_eval, 1, {{"tokens", T_ARRAY, 0}, {"text", T_STR, 0}, {"adapter", T_STR | T_NIL, 0}}},
-    {"generate", op_generate, 1,
-     {{"prompt", T_STR, 0}, {"tokens", T_ARRAY, 0}, {"max_tokens", T_UINT, 0}, {"temperature", T_NUM, 0},
-      {"top_p", T_NUM, 0}, {"seed", T_UINT, 0}, {"adapter", T_STR | T_NIL, 0}, {"stream", T_BOOL, 0}}},
-    {"job.submit", op_job_submit, 1, /* pooled: it hashes and stores its data as files */
-     {{"adapter", T_STR, 1}, {"data", T_MAP, 1}, {"eval_data", T_MAP | T_NIL, 0}, {"method", T_STR, 0},
-      {"hyper", T_MAP | T_NIL, 0}}},
-    {"job.get", op_job_get, 0, {{"job_id", T_UINT, 1}}},
-    {"job.list", op_job_list, 0, {{"state", T_STR | T_NIL, 0}}},
-    {"job.cancel", op_job_cancel, 0, {{"job_id", T_UINT, 1}}},
-    {"job.watch", op_job_watch, 0, {{"job_id", T_UINT, 1}}},
-    {"job.delete", op_job_delete, 0, {{"job_id", T_UINT, 1}}},
-    {"file.upload", op_file_upload, 1, {{"data", T_BIN | T_STR, 1}, {"filename", T_STR, 0}, {"purpose", T_STR, 0}}},
-    {"file.list", op_file_list, 0, {{0}}},
-    {"file.get", op_file_get, 0, {{"file_id", T_STR, 1}}},
-    {"file.delete", op_file_delete, 0, {{"file_id", T_STR, 1}}},
-    {"adapter.list", op_adapter_list, 0, {{0}}},
-    {"adapter.get", op_adapter_get, 0, {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}}},
-    {"adapter.delete", op_adapter_delete, 0, {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}}},
-    {"adapter.activate", op_adapter_activate, 0, {{"name", T_STR | T_NIL, 1}, {"version", T_UINT | T_NIL, 0}}},
-    {"adapter.export", op_adapter_export, 1,
-     {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}, {"format", T_STR, 0}}},
-    {"adapter.import", op_adapter_import, 1, {{"name", T_STR, 1}, {"files", T_MAP, 1}}},
+static const char *const type_names[T_N_BITS] = {
+#define ARG_TYPE_NAME(e, name, phrase) [T_BIT_##e] = name,
+    ARG_TYPES(ARG_TYPE_NAME)
+#undef ARG_TYPE_NAME
 };
 
-static const char *type_name(unsigned types)
+/* The first of the types as messages say it ("a string"); nil is told apart ("or nil"). */
+static const char *type_phrase(unsigned types)
 {
-    if (types & T_STR) return "a string";
-    if (types & T_UINT) return "a non-negative integer";
-    if (types & T_NUM) return "a number";
-    if (types & T_BOOL) return "a boolean";
-    if (types & T_MAP) return "a map";
-    if (types & T_ARRAY) return "an array";
-    return "binary";
+    static const char *const phrases[T_N_BITS] = {
+#define ARG_TYPE_PHRASE(e, name, phrase) [T_BIT_##e] = phrase,
+        ARG_TYPES(ARG_TYPE_PHRASE)
+#undef ARG_TYPE_PHRASE
+    };
+    for (int b = 0; b < T_N_BITS; b++)
+        if (b != T_BIT_NIL && types >> b & 1)
+            return phrases[b];
+    return phrases[T_BIT_NIL];
 }
 
 static unsigned type_of(const msgpack_object *o)
@@ -231,7 +214,7 @@ static int bind_args(req *r)
                 return -1;
             }
             if (!(type_of(v) & op->args[j].types)) {
-                reply_error(r, ERR_BAD_REQUEST, "args.%s: must be %s%s", op->args[j].name, type_name(op->args[j].types),
+                reply_error(r, ERR_BAD_REQUEST, "args.%s: must be %s%s", op->args[j].name, type_phrase(op->args[j].types),
                             op->args[j].types & T_NIL ? " or nil" : "");
                 return -1;
             }
@@ -316,7 +299,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
             conn_abort(c);
         return;
     }
-    if (!r->op->pooled) {
+    if (r->op->where == ON_LOOP) {
         r->op->fn(r);
         req_free(r);
         return;
@@ -337,11 +320,11 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
 /* ---- the small ops ---- */
 
 /* On the loop, so the connection is at hand. The Unix socket needs no token. */
-static void op_auth(req *r)
+void op_auth(req *r)
 {
     qd *d = r->d;
     conn *c = qd_conn(d, r->conn_id);
-    const msgpack_object *t = r->arg[0];
+    const msgpack_object *t = r->arg[AUTH_TOKEN];
     size_t n = d->token ? strlen(d->token) : 0;
     unsigned diff = !d->token || t->via.str.size != n;
     for (size_t i = 0; i < t->via.str.size && i < n; i++) /* constant time in the token's bytes */
@@ -360,7 +343,7 @@ static void op_auth(req *r)
     reply_end(r, &o);
 }
 
-static void op_ping(req *r)
+void op_ping(req *r)
 {
     mp_out o;
     reply_begin(r, &o);
@@ -368,6 +351,41 @@ static void op_ping(req *r)
     mp_kv_str(&o.pk, "version", QLORAD_VERSION);
     mp_kv_u64(&o.pk, "protocol", QLORAD_PROTOCOL);
     mp_kv_f64(&o.pk, "uptime_s", now_s() - r->d->started);
+    reply_end(r, &o);
+}
+
+/* Every op with its arguments as the dispatcher checks them, so that a client can learn
+ * what this daemon offers before it asks. */
+void op_op_list(req *r)
+{
+    const size_t n_ops = sizeof op_table / sizeof op_table[0];
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_packer *pk = &o.pk;
+    msgpack_pack_map(pk, 1);
+    mp_str(pk, "ops");
+    msgpack_pack_array(pk, n_ops);
+    for (size_t i = 0; i < n_ops; i++) {
+        const op_row *op = &op_table[i];
+        size_t n_args = 0;
+        while (n_args < MAX_ARGS && op->args[n_args].name)
+            n_args++;
+        msgpack_pack_map(pk, 2);
+        mp_kv_str(pk, "name", op->name);
+        mp_str(pk, "args");
+        msgpack_pack_array(pk, n_args);
+        for (size_t j = 0; j < n_args; j++) {
+            const arg_spec *a = &op->args[j];
+            msgpack_pack_map(pk, 3);
+            mp_kv_str(pk, "name", a->name);
+            mp_str(pk, "types");
+            msgpack_pack_array(pk, (size_t)__builtin_popcount(a->types));
+            for (int b = 0; b < T_N_BITS; b++)
+                if (a->types >> b & 1)
+                    mp_str(pk, type_names[b]);
+            mp_kv_bool(pk, "required", a->required == REQUIRED);
+        }
+    }
     reply_end(r, &o);
 }
 
@@ -383,7 +401,7 @@ static size_t rss_bytes(void)
     return rss * 4096;
 }
 
-static void op_status(req *r)
+void op_status(req *r)
 {
     qd *d = r->d;
     const llama_model *m = &d->model;

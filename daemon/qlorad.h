@@ -158,6 +158,11 @@ typedef struct req {
     uv_work_t work;
 } req;
 
+/* The handler of every op in QD_OPS (protocol.h): void op_x(req *r). */
+#define OP_HANDLER(op, name, fn, where, ARGS) void fn(req *r);
+QD_OPS(OP_HANDLER)
+#undef OP_HANDLER
+
 void ops_dispatch(qd *d, conn *c, const char *frame, size_t len);
 /* The client of a pooled request has gone (its connection closed): stop computing. */
 int req_abandoned(const req *r);
@@ -175,15 +180,6 @@ void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char 
 void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
 
 /* ---- infer.c: eval, generate, tokenize, adapters (thread pool) ---- */
-void op_tokenize(req *r);
-void op_eval(req *r);
-void op_generate(req *r);
-void op_adapter_list(req *r);
-void op_adapter_get(req *r);
-void op_adapter_delete(req *r);
-void op_adapter_activate(req *r);
-void op_adapter_export(req *r);
-void op_adapter_import(req *r);
 /* "name" or "name@version" into name (65 bytes) and version (0: latest); 0 or -1. */
 int parse_adapter_ref(const char *s, char *name, uint32_t *version);
 void pack_adapter(msgpack_packer *pk, const store_adapter_info *a);
@@ -220,18 +216,11 @@ int jobs_start(qd *d, char *err, size_t errlen);
 void jobs_stop(qd *d, void (*done)(qd *d));
 void jobs_free(qd *d);
 void jobs_counts(qd *d, int counts[JOB_N_STATES]);
-void op_job_submit(req *r);
-void op_job_get(req *r);
-void op_job_list(req *r);
-void op_job_cancel(req *r);
-void op_job_watch(req *r);
 /* A connection went away: forget its watchers. */
 void jobs_conn_closed(qd *d, uint64_t conn_id);
 /* How many job.watch a connection has open. */
 int jobs_conn_watches(qd *d, uint64_t conn_id);
 
-/* Deletes a finished job's record and checkpoint (job.delete). */
-void op_job_delete(req *r);
 /* With files_hold(): the id of a queued or running job whose data or eval_data is the file,
  * else 0. */
 uint64_t jobs_file_user(qd *d, const char *file_id);
@@ -245,10 +234,6 @@ typedef struct {
     int tokens;
 } job_data;
 
-void op_file_upload(req *r);
-void op_file_list(req *r);
-void op_file_get(req *r);
-void op_file_delete(req *r);
 /* Held around "the job's files exist, queue it" and "no job uses the file, delete it". */
 void files_hold(void);
 void files_release(void);
