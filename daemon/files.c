@@ -35,21 +35,22 @@ void files_release(void)
 
 /* ---- records on the wire ---- */
 
-static void pack_file(msgpack_packer *pk, const store_file_info *f)
-{
-    msgpack_pack_map(pk, 5);
-    mp_kv_str(pk, "file_id", f->id);
-    mp_kv_u64(pk, "bytes", f->bytes);
-    mp_kv_str(pk, "filename", f->filename);
-    mp_kv_f64(pk, "created_at", f->created_at);
-    mp_kv_str(pk, "purpose", f->purpose);
-}
+#define F(key, kind, member) S_FIELD(store_file_info, key, kind, member, 0)
+static const schema_field file_fields[] = {
+    F("file_id", SK_CHARS, id),
+    F("bytes", SK_UINT, bytes),
+    F("filename", SK_CHARS, filename),
+    F("created_at", SK_REAL, created_at),
+    F("purpose", SK_CHARS, purpose),
+};
+#undef F
+static const schema file_record = SCHEMA(file_fields);
 
 static void reply_file(req *r, const store_file_info *f)
 {
     mp_out o;
     reply_begin(r, &o);
-    pack_file(&o.pk, f);
+    schema_pack(&o.pk, &file_record, f, SCHEMA_WIRE);
     reply_end(r, &o);
 }
 
@@ -119,14 +120,7 @@ void op_file_list(req *r)
         reply_error(r, ERR_INTERNAL, "%s", err);
         return;
     }
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_str(&o.pk, "files");
-    msgpack_pack_array(&o.pk, n);
-    for (size_t i = 0; i < n; i++)
-        pack_file(&o.pk, &list[i]);
-    reply_end(r, &o);
+    reply_records(r, "files", &file_record, list, n, sizeof *list);
     free(list);
 }
 
@@ -177,11 +171,7 @@ void op_file_delete(req *r)
     }
     if (deleted)
         qd_log(LOG_INFO, "file %s deleted", id);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_kv_i64(&o.pk, "deleted", deleted);
-    reply_end(r, &o);
+    reply_deleted(r, deleted);
 }
 
 /* ---- paths inside --data-dir ---- */

@@ -65,16 +65,47 @@ static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **o
     return 0;
 }
 
-static void pack_adapter_ref(msgpack_packer *pk, const char *key, const cached_adapter *a)
+/* The adapter a result says it used: "NAME@VERSION", or "" (nil) for the base alone. */
+static void adapter_ref(const cached_adapter *a, char ref[80])
 {
-    if (!a) {
-        mp_kv_nil(pk, key);
-        return;
-    }
-    char ref[80];
-    snprintf(ref, sizeof ref, "%s@%u", a->name, a->version);
-    mp_kv_str(pk, key, ref);
+    ref[0] = 0;
+    if (a)
+        snprintf(ref, 80, "%s@%u", a->name, a->version);
 }
+
+/* The results of eval and generate, and generate's stream events. */
+typedef struct {
+    double nll_sum, ppl, tokens_per_s;
+    size_t n_predicted;
+    char adapter[80];
+    schema_bytes text;
+    schema_ints tokens;
+    int token;
+} infer_result;
+
+#define R(key, kind, member, flags) S_FIELD(infer_result, key, kind, member, flags)
+static const schema_field eval_result_fields[] = {
+    R("nll_sum", SK_REAL, nll_sum, 0),
+    R("n_predicted", SK_UINT, n_predicted, 0),
+    R("ppl", SK_REAL, ppl, 0),
+    R("adapter", SK_CHARS, adapter, SF_NIL_IF_ZERO),
+};
+static const schema eval_result = SCHEMA(eval_result_fields);
+static const schema_field generate_result_fields[] = {
+    R("text", SK_STRN, text, 0),
+    R("tokens", SK_INTS, tokens, 0),
+    R("adapter", SK_CHARS, adapter, SF_NIL_IF_ZERO),
+    R("tokens_per_s", SK_REAL, tokens_per_s, 0),
+};
+static const schema generate_result = SCHEMA(generate_result_fields);
+static const schema_field token_event_fields[] = {
+    R("token", SK_INT, token, 0),
+    R("text", SK_STRN, text, 0),
+};
+static const schema token_event = SCHEMA(token_event_fields);
+static const schema_field tokenize_result_fields[] = {R("tokens", SK_INTS, tokens, 0)};
+static const schema tokenize_result = SCHEMA(tokenize_result_fields);
+#undef R
 
 /* A token array of 2..max ids below the vocabulary, into a malloc'd int array. */
 static int *read_token_list(req *r, const msgpack_object *a, const char *what, size_t min, size_t max, size_t *n)
@@ -124,13 +155,10 @@ void op_tokenize(req *r)
     const msgpack_object *text = r->arg[TOKENIZE_TEXT];
     if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n) < 0)
         return;
+    infer_result res = {.tokens = {ids, n}};
     mp_out o;
     reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_str(&o.pk, "tokens");
-    msgpack_pack_array(&o.pk, n);
-    for (size_t i = 0; i < n; i++)
-        msgpack_pack_int(&o.pk, ids[i]);
+    schema_pack(&o.pk, &tokenize_result, &res, SCHEMA_WIRE);
     reply_end(r, &o);
     free(ids);
 }
@@ -179,13 +207,11 @@ void op_eval(req *r)
                   : llama_eval(&r->d->model, ad, seqs, lens, n_seqs, &nll, &np, err, sizeof err)) < 0) {
             reply_error(r, ERR_INVALID_ARGUMENT, "%s", err);
         } else {
+            infer_result res = {.nll_sum = nll, .n_predicted = np, .ppl = exp(nll / (double)np)};
+            adapter_ref(a, res.adapter);
             mp_out o;
             reply_begin(r, &o);
-            msgpack_pack_map(&o.pk, 4);
-            mp_kv_f64(&o.pk, "nll_sum", nll);
-            mp_kv_u64(&o.pk, "n_predicted", np);
-            mp_kv_f64(&o.pk, "ppl", exp(nll / (double)np));
-            pack_adapter_ref(&o.pk, "adapter", a);
+            schema_pack(&o.pk, &eval_result, &res, SCHEMA_WIRE);
             reply_end(r, &o);
         }
         if (a)
@@ -233,12 +259,10 @@ static int on_token(void *p, int token)
     size_t whole = n - utf8_cut_tail(text, n);
     s->n_held = n - whole < sizeof s->held ? n - whole : 0;
     memcpy(s->held, text + whole, s->n_held);
+    infer_result ev = {.token = token, .text = {text, whole}};
     mp_out o;
     mp_out_init(&o);
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_i64(&o.pk, "token", token);
-    mp_str(&o.pk, "text");
-    mp_str_n(&o.pk, text, whole);
+    schema_pack(&o.pk, &token_event, &ev, SCHEMA_WIRE);
     reply_event(s->r->d, s->r->conn_id, s->r->id, o.sb.data + 4, o.sb.size - 4);
     mp_out_free(&o);
     return 0;
@@ -316,19 +340,14 @@ void op_generate(req *r)
     } else {
         double dt = now_s() - t0;
         char *text = tok_decode_all(d->tok, ids[n - 1], out, (size_t)n_out);
-        mp_out o;
-        reply_begin(r, &o);
-        msgpack_pack_map(&o.pk, 4);
         /* as the stream has it: a character left unfinished at the end is dropped */
         size_t tl = text ? strlen(text) : 0;
-        mp_str(&o.pk, "text");
-        mp_str_n(&o.pk, text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0));
-        mp_str(&o.pk, "tokens");
-        msgpack_pack_array(&o.pk, (size_t)n_out);
-        for (int i = 0; i < n_out; i++)
-            msgpack_pack_int(&o.pk, out[i]);
-        pack_adapter_ref(&o.pk, "adapter", a);
-        mp_kv_f64(&o.pk, "tokens_per_s", n_out / (dt > 1e-9 ? dt : 1e-9));
+        infer_result res = {.text = {text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0)},
+                            .tokens = {out, (size_t)n_out}, .tokens_per_s = n_out / (dt > 1e-9 ? dt : 1e-9)};
+        adapter_ref(a, res.adapter);
+        mp_out o;
+        reply_begin(r, &o);
+        schema_pack(&o.pk, &generate_result, &res, SCHEMA_WIRE);
         reply_end(r, &o);
         free(text);
     }
@@ -340,42 +359,55 @@ void op_generate(req *r)
 
 /* ---- adapter records ---- */
 
-void pack_targets(msgpack_packer *pk, unsigned targets)
-{
-    int n = 0;
-    for (int k = 0; k < LIN_COUNT; k++)
-        n += targets >> k & 1;
-    msgpack_pack_array(pk, (size_t)n);
-    for (int k = 0; k < LIN_COUNT; k++)
-        if (targets >> k & 1)
-            mp_str(pk, llama_linear_name((llama_linear)k));
-}
+const char *const lora_target_names[LIN_COUNT] = {
+#define LINEAR_NAME(e, name, ...) [LIN_##e] = name,
+    LLAMA_LINEARS(LINEAR_NAME)
+#undef LINEAR_NAME
+};
 
-void pack_adapter(msgpack_packer *pk, const store_adapter_info *a)
-{
-    char fp[17];
-    snprintf(fp, sizeof fp, "%016" PRIx64, a->base_fingerprint);
-    msgpack_pack_map(pk, 11);
-    mp_kv_str(pk, "name", a->name);
-    mp_kv_u64(pk, "version", a->version);
-    mp_kv_u64(pk, "rank", (uint64_t)a->rank);
-    mp_kv_f64(pk, "alpha", a->alpha);
-    mp_str(pk, "targets");
-    pack_targets(pk, a->targets);
-    mp_kv_str(pk, "base_fingerprint", fp);
-    mp_kv_f64(pk, "created_at", a->created_at);
-    if (a->job_id)
-        mp_kv_u64(pk, "job_id", a->job_id);
-    else
-        mp_kv_nil(pk, "job_id");
-    mp_str(pk, "metrics");
-    msgpack_pack_map(pk, 3);
-    mp_kv_f64(pk, "eval_loss", a->eval_loss);
-    mp_kv_f64(pk, "ppl_base", a->ppl_base);
-    mp_kv_f64(pk, "ppl_adapter", a->ppl_adapter);
-    mp_kv_u64(pk, "size_bytes", a->size_bytes);
-    mp_kv_bool(pk, "rslora", a->rslora);
-}
+#define A(key, kind, member, flags) S_FIELD(store_adapter_info, key, kind, member, flags)
+static const schema_field adapter_metrics_fields[] = {
+    A("eval_loss", SK_REAL, eval_loss, 0),
+    A("ppl_base", SK_REAL, ppl_base, 0),
+    A("ppl_adapter", SK_REAL, ppl_adapter, 0),
+};
+static const schema adapter_metrics = SCHEMA(adapter_metrics_fields);
+static const schema_field adapter_fields[] = {
+    A("name", SK_CHARS, name, 0),
+    A("version", SK_UINT, version, 0),
+    A("rank", SK_INT, rank, 0),
+    A("alpha", SK_REAL, alpha, 0),
+    S_BITS(store_adapter_info, "targets", targets, lora_target_names, LIN_COUNT),
+    A("base_fingerprint", SK_HEX64, base_fingerprint, 0),
+    A("created_at", SK_REAL, created_at, 0),
+    A("job_id", SK_UINT, job_id, SF_NIL_IF_ZERO), /* imported */
+    S_GROUP("metrics", &adapter_metrics),
+    A("size_bytes", SK_UINT, size_bytes, 0),
+    A("rslora", SK_BOOL, rslora, 0),
+};
+#undef A
+const schema adapter_record = SCHEMA(adapter_fields);
+
+/* The results of adapter.activate and adapter.export. */
+typedef struct {
+    char active[STORE_NAME_MAX + 1]; /* "": none */
+    uint32_t version;
+    const char *config;
+    schema_bytes safetensors;
+} admin_result;
+
+static const schema_field activated_fields[] = {
+    S_FIELD(admin_result, "active", SK_CHARS, active, SF_NIL_IF_ZERO),
+    S_FIELD(admin_result, "version", SK_UINT, version, SF_NIL_IF_ZERO),
+};
+static const schema activated = SCHEMA(activated_fields);
+static const schema_field peft_files_fields[] = {
+    S_FIELD(admin_result, "adapter_config.json", SK_STR, config, 0),
+    S_FIELD(admin_result, "adapter_model.safetensors", SK_BIN, safetensors, 0),
+};
+static const schema peft_files = SCHEMA(peft_files_fields);
+static const schema_field exported_fields[] = {S_GROUP("files", &peft_files)};
+static const schema exported = SCHEMA(exported_fields);
 
 /* The arguments name (n) and version (v, may be NULL) of the adapter ops. 0, or -1 after
  * replying. */
@@ -428,14 +460,7 @@ void op_adapter_list(req *r)
         reply_error(r, ERR_INTERNAL, "%s", err);
         return;
     }
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_str(&o.pk, "adapters");
-    msgpack_pack_array(&o.pk, n);
-    for (size_t i = 0; i < n; i++)
-        pack_adapter(&o.pk, &list[i]);
-    reply_end(r, &o);
+    reply_records(r, "adapters", &adapter_record, list, n, sizeof *list);
     free(list);
 }
 
@@ -449,7 +474,7 @@ void op_adapter_get(req *r)
         return;
     mp_out o;
     reply_begin(r, &o);
-    pack_adapter(&o.pk, &info);
+    schema_pack(&o.pk, &adapter_record, &info, SCHEMA_WIRE);
     reply_end(r, &o);
 }
 
@@ -475,11 +500,7 @@ void op_adapter_delete(req *r)
         r->d->active_name[0] = 0, r->d->active_version = 0;
     }
     pthread_mutex_unlock(&r->d->active_lock);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_kv_u64(&o.pk, "deleted", (uint64_t)deleted);
-    reply_end(r, &o);
+    reply_deleted(r, deleted);
 }
 
 void op_adapter_activate(req *r)
@@ -504,14 +525,11 @@ void op_adapter_activate(req *r)
     d->active_version = version;
     pthread_mutex_unlock(&d->active_lock);
     qd_log(LOG_INFO, "active adapter: %s%s%.0u", name[0] ? name : "none", version ? "@" : "", version);
+    admin_result res = {.version = version};
+    memcpy(res.active, name, sizeof res.active);
     mp_out o;
     reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_str(&o.pk, "active", name[0] ? name : NULL);
-    if (version)
-        mp_kv_u64(&o.pk, "version", version);
-    else
-        mp_kv_nil(&o.pk, "version");
+    schema_pack(&o.pk, &activated, &res, SCHEMA_WIRE);
     reply_end(r, &o);
 }
 
@@ -542,15 +560,10 @@ void op_adapter_export(req *r)
     } else if (strlen(config) + st_len + 256 > d->max_frame) {
         reply_error(r, ERR_BUSY, "the export (%zu bytes) exceeds max_frame %zu", strlen(config) + st_len, d->max_frame);
     } else {
+        admin_result res = {.config = config, .safetensors = {st, st_len}};
         mp_out o;
         reply_begin(r, &o);
-        msgpack_pack_map(&o.pk, 1);
-        mp_str(&o.pk, "files");
-        msgpack_pack_map(&o.pk, 2);
-        mp_kv_str(&o.pk, "adapter_config.json", config);
-        mp_str(&o.pk, "adapter_model.safetensors");
-        msgpack_pack_bin(&o.pk, st_len);
-        msgpack_pack_bin_body(&o.pk, st, st_len);
+        schema_pack(&o.pk, &exported, &res, SCHEMA_WIRE);
         reply_end(r, &o);
     }
     free(config);
@@ -600,7 +613,7 @@ void op_adapter_import(req *r)
         qd_log(LOG_INFO, "imported adapter %s@%u", info.name, info.version);
         mp_out o;
         reply_begin(r, &o);
-        pack_adapter(&o.pk, &info);
+        schema_pack(&o.pk, &adapter_record, &info, SCHEMA_WIRE);
         reply_end(r, &o);
     }
     llama_lora_free(&ad);

@@ -94,9 +94,26 @@ struct jobs {
 
 /* ---- hyper-parameters on the wire ---- */
 
-static void pack_hyper(msgpack_packer *pk, const train_hyper *h)
+/* The names of train.h's vocabularies, by value. */
+#define TRAIN_NAME(e, name) [e] = name,
+static const char *const method_names[] = {TRAIN_METHODS(TRAIN_NAME)};
+static const char *const schedule_names[] = {TRAIN_SCHEDULES(TRAIN_NAME)};
+static const char *const init_names[] = {TRAIN_INITS(TRAIN_NAME)};
+#undef TRAIN_NAME
+#define N_NAMES(names) (int)(sizeof names / sizeof names[0])
+
+/* The hyper-parameters that are words, after those of train_hyper_fields. */
+static const schema_field hyper_word_fields[] = {
+    S_BITS(train_hyper, "targets", targets, lora_target_names, LIN_COUNT),
+    S_NAME(train_hyper, "schedule", schedule, schedule_names, N_NAMES(schedule_names), 0),
+    S_NAME(train_hyper, "init", init, init_names, N_NAMES(init_names), 0),
+};
+static const schema hyper_words = SCHEMA(hyper_word_fields);
+
+static void pack_hyper(msgpack_packer *pk, const void *value)
 {
-    msgpack_pack_map(pk, train_hyper_n_fields + 3);
+    const train_hyper *h = value;
+    msgpack_pack_map(pk, train_hyper_n_fields + schema_count(&hyper_words, SCHEMA_WIRE));
     for (size_t i = 0; i < train_hyper_n_fields; i++) {
         const train_hyper_field *f = &train_hyper_fields[i];
         const char *p = (const char *)h + f->offset;
@@ -109,10 +126,7 @@ static void pack_hyper(msgpack_packer *pk, const train_hyper *h)
         else
             mp_kv_f64(pk, f->name, *(const float *)p);
     }
-    mp_str(pk, "targets");
-    pack_targets(pk, h->targets);
-    mp_kv_str(pk, "schedule", train_vocab_name(&train_schedules, h->schedule));
-    mp_kv_str(pk, "init", train_vocab_name(&train_inits, h->init));
+    schema_pack_entries(pk, &hyper_words, h, SCHEMA_WIRE);
 }
 
 /* The hyper map of job.submit over the defaults. ERR_NONE, or the error code with a message
@@ -215,80 +229,90 @@ static qd_error parse_hyper(const msgpack_object *m, const llama_config *c, trai
 
 /* ---- records ---- */
 
-/* {file_id, bytes, format} of a job's data; nil when there is none. */
-static void pack_data(msgpack_packer *pk, const char *key, const job_data *f)
+/* The stored hyper map, checked as job.submit checks it. The method is a field of the
+ * record of its own, read before. */
+static int unpack_hyper(const msgpack_object *o, void *value, const void *cfg, char *err, size_t errlen)
 {
-    mp_str(pk, key);
-    if (!f->file_id[0]) {
-        msgpack_pack_nil(pk);
-        return;
-    }
-    msgpack_pack_map(pk, 3);
-    mp_kv_str(pk, "file_id", f->file_id);
-    mp_kv_u64(pk, "bytes", f->bytes);
-    mp_kv_str(pk, "format", f->tokens ? "tokens" : "text");
-}
-
-static int unpack_data(const msgpack_object *v, job_data *f)
-{
-    const msgpack_object *id = mp_get(v, "file_id"), *bytes = mp_get(v, "bytes"), *format = mp_get(v, "format");
-    memset(f, 0, sizeof *f);
-    if (!id || id->type != MSGPACK_OBJECT_STR || id->via.str.size != STORE_FILE_ID_LEN || !bytes ||
-        bytes->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+    train_hyper *h = value;
+    train_method method = h->method;
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        snprintf(err, errlen, "not a map");
         return -1;
-    memcpy(f->file_id, id->via.str.ptr, STORE_FILE_ID_LEN);
-    f->bytes = bytes->via.u64;
-    f->tokens = format && mp_is_str(format, "tokens");
-    return store_file_id_valid(f->file_id) ? 0 : -1;
+    }
+    qd_error code = parse_hyper(o, cfg, h, err, errlen);
+    h->method = method;
+    return code ? -1 : 0;
 }
 
-/* The job record of the protocol, also as stored. Under the jobs lock. */
-static void pack_job(msgpack_packer *pk, const job *j, int stored)
-{
-    msgpack_pack_map(pk, 22 + (stored ? 1 : 0));
-    mp_kv_u64(pk, "job_id", j->id);
-    mp_kv_str(pk, "adapter", j->adapter);
-    if (j->adapter_version)
-        mp_kv_u64(pk, "adapter_version", j->adapter_version);
-    else
-        mp_kv_nil(pk, "adapter_version");
-    mp_kv_str(pk, "method", train_vocab_name(&train_methods, j->hyper.method));
-    mp_kv_str(pk, "state", job_state_names[j->state]);
-    mp_kv_f64(pk, "created_at", j->created_at);
-    mp_kv_f64(pk, "started_at", j->started_at);
-    mp_kv_f64(pk, "finished_at", j->finished_at);
-    mp_kv_i64(pk, "step", j->step);
-    mp_kv_i64(pk, "total_steps", j->hyper.steps);
-    mp_kv_f64(pk, "loss", j->loss);
-    mp_kv_f64(pk, "eval_loss", j->eval_loss);
-    mp_kv_f64(pk, "tokens_per_s", j->tokens_per_s);
-    mp_kv_str(pk, "error", j->error);
-    mp_str(pk, "hyper");
-    pack_hyper(pk, &j->hyper);
-    mp_kv_i64(pk, "resumed", j->resumed);
-    mp_str(pk, "metrics");
-    msgpack_pack_map(pk, 2);
-    mp_kv_f64(pk, "ppl_base", j->ppl_base);
-    mp_kv_f64(pk, "ppl_adapter", j->ppl_adapter);
-    mp_kv_i64(pk, "starts", j->starts);
-    mp_kv_i64(pk, "crashes", j->crashes);
-    mp_str(pk, "base");
-    msgpack_pack_map(pk, 3);
-    mp_kv_u64(pk, "fingerprint", j->base_fp);
-    mp_kv_str(pk, "quant", j->base_quant);
-    mp_kv_str(pk, "model", j->base_model);
-    pack_data(pk, "data", &j->data);
-    pack_data(pk, "eval_data", &j->eval);
-    if (stored)
-        mp_kv_bool(pk, "clean_stop", j->clean_stop);
-}
+/* {file_id, bytes, format} of a job's data; nil when there is none. */
+static const char *const data_formats[] = {"text", "tokens"}; /* by job_data.tokens */
+static const schema_field data_fields[] = {
+    S_FIELD(job_data, "file_id", SK_CHARS, file_id, SF_REQUIRED),
+    S_FIELD(job_data, "bytes", SK_UINT, bytes, SF_REQUIRED),
+    S_NAME(job_data, "format", tokens, data_formats, N_NAMES(data_formats), 0),
+};
+static const schema data_record = SCHEMA(data_fields);
 
-static double get_f64(const msgpack_object *rec, const char *key)
-{
-    double x;
-    const msgpack_object *v = mp_get(rec, key);
-    return v && mp_number(v, &x) ? x : NAN;
-}
+#define J(key, kind, member, flags) S_FIELD(job, key, kind, member, flags)
+static const schema_field job_metrics_fields[] = {
+    J("ppl_base", SK_REAL, ppl_base, 0),
+    J("ppl_adapter", SK_REAL, ppl_adapter, 0),
+};
+static const schema job_metrics = SCHEMA(job_metrics_fields);
+static const schema_field job_base_fields[] = {
+    J("fingerprint", SK_UINT, base_fp, 0),
+    J("quant", SK_CHARS, base_quant, 0),
+    J("model", SK_STR, base_model, 0),
+};
+static const schema job_base = SCHEMA(job_base_fields);
+
+/* The job record of the protocol, also as stored (with clean_stop). Pack it under the jobs
+ * lock. A record keeps these keys and types: the stores of earlier versions load. */
+static const schema_field job_fields[] = {
+    J("job_id", SK_UINT, id, SF_REQUIRED),
+    J("adapter", SK_CHARS, adapter, 0),
+    J("adapter_version", SK_UINT, adapter_version, SF_NIL_IF_ZERO), /* none before success */
+    S_NAME(job, "method", hyper.method, method_names, N_NAMES(method_names), SF_REQUIRED),
+    S_NAME(job, "state", state, job_state_names, JOB_N_STATES, 0),
+    J("created_at", SK_REAL, created_at, 0),
+    J("started_at", SK_REAL, started_at, 0),
+    J("finished_at", SK_REAL, finished_at, 0),
+    J("step", SK_INT, step, 0),
+    J("total_steps", SK_INT, hyper.steps, SF_DERIVED),
+    J("loss", SK_REAL, loss, 0),
+    J("eval_loss", SK_REAL, eval_loss, 0),
+    J("tokens_per_s", SK_REAL, tokens_per_s, 0),
+    J("error", SK_STR, error, 0),
+    S_CUSTOM(job, "hyper", hyper, pack_hyper, unpack_hyper, SF_REQUIRED),
+    J("resumed", SK_INT, resumed, 0),
+    S_GROUP("metrics", &job_metrics),
+    J("starts", SK_INT, starts, 0),
+    J("crashes", SK_INT, crashes, 0),
+    S_GROUP("base", &job_base),
+    S_MAP(job, "data", data, &data_record, SF_NIL_IF_ZERO | SF_REQUIRED),
+    S_MAP(job, "eval_data", eval, &data_record, SF_NIL_IF_ZERO),
+    J("clean_stop", SK_BOOL, clean_stop, SF_STORED),
+};
+static const schema job_record = SCHEMA(job_fields);
+
+/* The event {type: "state", ...} of a job as it stands. Under the jobs lock. */
+static const schema_field state_event_fields[] = {
+    S_CONST("type", "state"),
+    J("job_id", SK_UINT, id, 0),
+    S_NAME(job, "state", state, job_state_names, JOB_N_STATES, 0),
+    J("step", SK_INT, step, 0),
+    J("total_steps", SK_INT, hyper.steps, 0),
+    J("error", SK_STR, error, 0),
+};
+static const schema state_event = SCHEMA(state_event_fields);
+
+/* job.submit's answer. */
+static const schema_field submitted_fields[] = {
+    J("job_id", SK_UINT, id, 0),
+    S_NAME(job, "state", state, job_state_names, JOB_N_STATES, 0),
+};
+static const schema submitted = SCHEMA(submitted_fields);
+#undef J
 
 /* A stored record back into a job (at start). */
 static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t errlen)
@@ -297,57 +321,23 @@ static job *unpack_job(qd *d, const void *rec, size_t len, char *err, size_t err
     msgpack_unpacked_init(&u);
     size_t off = 0;
     job *j = calloc(1, sizeof *j);
+    snprintf(err, errlen, "out of memory");
     if (!j || mp_check(rec, len, err, errlen) < 0 ||
         msgpack_unpack_next(&u, rec, len, &off) != MSGPACK_UNPACK_SUCCESS) {
         free(j);
         msgpack_unpacked_destroy(&u);
         return NULL;
     }
-    const msgpack_object *o = &u.data, *v;
-    j->id = (uint64_t)get_f64(o, "job_id");
-    if ((v = mp_get(o, "adapter")) && v->type == MSGPACK_OBJECT_STR)
-        snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)(v->via.str.size < STORE_NAME_MAX ? v->via.str.size : STORE_NAME_MAX), v->via.str.ptr);
-    double x = get_f64(o, "adapter_version");
-    j->adapter_version = isnan(x) ? 0 : (uint32_t)x;
-    int state = (v = mp_get(o, "state")) ? job_state_parse(v) : -1;
-    j->state = state < 0 ? JOB_FAILED : (job_state)state;
-    j->created_at = get_f64(o, "created_at");
-    j->started_at = get_f64(o, "started_at");
-    j->finished_at = get_f64(o, "finished_at");
-    j->step = (int)get_f64(o, "step");
-    j->resumed = (int)get_f64(o, "resumed");
-    j->loss = get_f64(o, "loss");
-    j->eval_loss = get_f64(o, "eval_loss");
-    j->tokens_per_s = get_f64(o, "tokens_per_s");
-    j->ppl_base = get_f64(mp_get(o, "metrics"), "ppl_base");
-    j->ppl_adapter = get_f64(mp_get(o, "metrics"), "ppl_adapter");
-    if ((v = mp_get(o, "error")) && v->type == MSGPACK_OBJECT_STR)
-        j->error = mp_strdup(v);
-    x = get_f64(o, "starts"), j->starts = isnan(x) ? 0 : (int)x;
-    x = get_f64(o, "crashes"), j->crashes = isnan(x) ? 0 : (int)x;
-    j->clean_stop = (v = mp_get(o, "clean_stop")) && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
-    const msgpack_object *base = mp_get(o, "base");
-    if ((v = mp_get(base, "fingerprint")) && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-        j->base_fp = v->via.u64;
-    if ((v = mp_get(base, "quant")) && v->type == MSGPACK_OBJECT_STR)
-        snprintf(j->base_quant, sizeof j->base_quant, "%.*s", (int)(v->via.str.size < 40 ? v->via.str.size : 40),
-                 v->via.str.ptr);
-    if ((v = mp_get(base, "model")) && v->type == MSGPACK_OBJECT_STR)
-        j->base_model = mp_strdup(v);
-    const msgpack_object *hyper = mp_get(o, "hyper");
-    qd_error code = hyper && hyper->type == MSGPACK_OBJECT_MAP ? parse_hyper(hyper, &d->model.cfg, &j->hyper, err, errlen)
-                                                                  : ERR_BAD_REQUEST;
-    int method = (v = mp_get(o, "method")) && v->type == MSGPACK_OBJECT_STR
-                     ? train_vocab_parse(&train_methods, v->via.str.ptr, v->via.str.size) : -1;
-    j->hyper.method = method < 0 ? TRAIN_LORA : (train_method)method;
-    if (!code && method < 0)
-        snprintf(err, errlen, "record has no known method"), code = ERR_BAD_REQUEST;
-    int bad_data = !(v = mp_get(o, "data")) || unpack_data(v, &j->data) < 0 ||
-                   ((v = mp_get(o, "eval_data")) && v->type != MSGPACK_OBJECT_NIL && unpack_data(v, &j->eval) < 0);
+    schema_clear(&job_record, j);
+    j->state = JOB_FAILED; /* unless the record names one it knows */
+    int rc = schema_unpack(&job_record, &u.data, j, &d->model.cfg, err, errlen);
     msgpack_unpacked_destroy(&u);
-    if (code || bad_data || j->id == 0) {
-        if (!code) /* records before stored files held the data inline */
-            snprintf(err, errlen, "record lacks its id or a data file id");
+    if (rc == 0 && (j->id == 0 || !store_file_id_valid(j->data.file_id) ||
+                    (j->eval.file_id[0] && !store_file_id_valid(j->eval.file_id)))) {
+        snprintf(err, errlen, "record lacks its id or a valid data file id");
+        rc = -1;
+    }
+    if (rc < 0) {
         free(j->error), free(j->base_model), free(j);
         return NULL;
     }
@@ -369,7 +359,7 @@ static char *stored_record(jobs *J, const job *j, size_t *len)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     pthread_mutex_lock(&J->lock);
-    pack_job(&pk, j, 1);
+    schema_pack(&pk, &job_record, j, SCHEMA_STORED);
     pthread_mutex_unlock(&J->lock);
     *len = sb.size;
     return msgpack_sbuffer_release(&sb);
@@ -447,29 +437,17 @@ static void post_event(qd *d, uint64_t job_id, int final, int state, mp_out *o)
     mp_out_free(o);
 }
 
-/* The event {type: "state", ...} of a job as it stands. Under the jobs lock. */
-static void pack_state_event(msgpack_packer *pk, const job *j)
-{
-    msgpack_pack_map(pk, 6);
-    mp_kv_str(pk, "type", "state");
-    mp_kv_u64(pk, "job_id", j->id);
-    mp_kv_str(pk, "state", job_state_names[j->state]);
-    mp_kv_i64(pk, "step", j->step);
-    mp_kv_i64(pk, "total_steps", j->hyper.steps);
-    mp_kv_str(pk, "error", j->error);
-}
-
 static void post_state(qd *d, job *j)
 {
     mp_out o;
     mp_out_init(&o);
     pthread_mutex_lock(&d->jobs->lock);
-    pack_state_event(&o.pk, j);
+    schema_pack(&o.pk, &state_event, j, SCHEMA_WIRE);
     int ended = job_state_final(j->state), state = (int)j->state;
     mp_out rec;
     mp_out_init(&rec);
     if (ended)
-        pack_job(&rec.pk, j, 0);
+        schema_pack(&rec.pk, &job_record, j, SCHEMA_WIRE);
     pthread_mutex_unlock(&d->jobs->lock);
     post_event(d, j->id, 0, state, &o);
     if (ended)
@@ -525,19 +503,60 @@ static void fail(qd *d, job *j, const char *error)
     finish(d, j, FROM(JOB_RUNNING), JOB_FAILED, error);
 }
 
+/* What the other events of a running job tell, each event some of it. */
+typedef struct {
+    uint64_t job_id;
+    train_progress pr;
+    double eta_s, ppl;
+    const char *message;
+} job_news;
+
+#define N(key, kind, member) S_FIELD(job_news, key, kind, member, 0)
+/* what every one of these events begins with */
+#define EVENT_HEAD(type) S_CONST("type", type), N("job_id", SK_UINT, job_id), N("step", SK_INT, pr.step)
+static const schema_field progress_event_fields[] = {
+    EVENT_HEAD("progress"),
+    N("total_steps", SK_INT, pr.total_steps),
+    N("loss", SK_REAL, pr.loss),
+    N("lr", SK_REAL, pr.lr),
+    N("grad_norm", SK_REAL, pr.grad_norm),
+    N("tokens_per_s", SK_REAL, pr.tokens_per_s),
+    N("eta_s", SK_REAL, eta_s),
+};
+static const schema progress_event = SCHEMA(progress_event_fields);
+static const schema_field eval_event_fields[] = {
+    EVENT_HEAD("eval"),
+    N("eval_loss", SK_REAL, pr.eval_loss),
+    N("ppl", SK_REAL, ppl),
+};
+static const schema eval_event = SCHEMA(eval_event_fields);
+static const schema_field checkpoint_event_fields[] = {
+    EVENT_HEAD("checkpoint"),
+};
+static const schema checkpoint_event = SCHEMA(checkpoint_event_fields);
+static const schema_field warning_event_fields[] = {
+    EVENT_HEAD("warning"),
+    N("message", SK_STR, message),
+};
+static const schema warning_event = SCHEMA(warning_event_fields);
+#undef EVENT_HEAD
+#undef N
+
+static void post_news(qd *d, const schema *event, const job_news *news)
+{
+    mp_out o;
+    mp_out_init(&o);
+    schema_pack(&o.pk, event, news, SCHEMA_WIRE);
+    post_event(d, news->job_id, 0, -1, &o);
+}
+
 /* A warning the job's watchers get as an event {type: "warning", job_id, step, message};
  * the log gets it too. */
 static void post_warning(qd *d, job *j, int step, const char *msg)
 {
-    mp_out o;
-    mp_out_init(&o);
-    msgpack_pack_map(&o.pk, 4);
-    mp_kv_str(&o.pk, "type", "warning");
-    mp_kv_u64(&o.pk, "job_id", j->id);
-    mp_kv_i64(&o.pk, "step", step);
-    mp_kv_str(&o.pk, "message", msg);
+    job_news news = {.job_id = j->id, .pr.step = step, .message = msg};
     qd_log(LOG_WARN, "job %llu: %s", (unsigned long long)j->id, msg);
-    post_event(d, j->id, 0, -1, &o);
+    post_news(d, &warning_event, &news);
 }
 
 /* The trainer's state and the job's record in one transaction. When the store cannot take
@@ -581,51 +600,29 @@ static int on_train_event(void *p, trainer *t, train_event ev, const train_progr
     qd *d = c->d;
     job *j = c->j;
     jobs *J = d->jobs;
-    mp_out o;
-    mp_out_init(&o);
+    job_news news = {.job_id = j->id, .pr = *pr};
     if (ev == TRAIN_EV_STEP) {
         pthread_mutex_lock(&J->lock);
         j->step = pr->step, j->loss = pr->loss, j->tokens_per_s = pr->tokens_per_s;
         pthread_mutex_unlock(&J->lock);
         double now = now_s();
         /* every step when steps are slow; ten a second at most when they are fast */
-        if (now - c->last_progress < 0.1 && pr->step != pr->total_steps) {
-            mp_out_free(&o);
+        if (now - c->last_progress < 0.1 && pr->step != pr->total_steps)
             return 0;
-        }
         c->last_progress = now;
-        msgpack_pack_map(&o.pk, 9);
-        mp_kv_str(&o.pk, "type", "progress");
-        mp_kv_u64(&o.pk, "job_id", j->id);
-        mp_kv_i64(&o.pk, "step", pr->step);
-        mp_kv_i64(&o.pk, "total_steps", pr->total_steps);
-        mp_kv_f64(&o.pk, "loss", pr->loss);
-        mp_kv_f64(&o.pk, "lr", pr->lr);
-        mp_kv_f64(&o.pk, "grad_norm", pr->grad_norm);
-        mp_kv_f64(&o.pk, "tokens_per_s", pr->tokens_per_s);
         double per_step = (double)j->hyper.batch * j->hyper.seq_len * j->hyper.grad_accum / pr->tokens_per_s;
-        mp_kv_f64(&o.pk, "eta_s", per_step * (pr->total_steps - pr->step));
+        news.eta_s = per_step * (pr->total_steps - pr->step);
+        post_news(d, &progress_event, &news);
     } else if (ev == TRAIN_EV_EVAL) {
         pthread_mutex_lock(&J->lock);
         j->eval_loss = pr->eval_loss;
         pthread_mutex_unlock(&J->lock);
-        msgpack_pack_map(&o.pk, 5);
-        mp_kv_str(&o.pk, "type", "eval");
-        mp_kv_u64(&o.pk, "job_id", j->id);
-        mp_kv_i64(&o.pk, "step", pr->step);
-        mp_kv_f64(&o.pk, "eval_loss", pr->eval_loss);
-        mp_kv_f64(&o.pk, "ppl", exp(pr->eval_loss));
-    } else {
-        if (save_checkpoint(d, j, t) < 0) {
-            mp_out_free(&o);
-            return 0; /* training goes on */
-        }
-        msgpack_pack_map(&o.pk, 3);
-        mp_kv_str(&o.pk, "type", "checkpoint");
-        mp_kv_u64(&o.pk, "job_id", j->id);
-        mp_kv_i64(&o.pk, "step", t->step);
+        news.ppl = exp(pr->eval_loss);
+        post_news(d, &eval_event, &news);
+    } else if (save_checkpoint(d, j, t) == 0) { /* else training goes on */
+        news.pr.step = t->step;
+        post_news(d, &checkpoint_event, &news);
     }
-    post_event(d, j->id, 0, -1, &o);
     return 0;
 }
 
@@ -1081,7 +1078,7 @@ static void reply_job(req *r, job *j)
     mp_out o;
     reply_begin(r, &o);
     pthread_mutex_lock(&r->d->jobs->lock);
-    pack_job(&o.pk, j, 0);
+    schema_pack(&o.pk, &job_record, j, SCHEMA_WIRE);
     pthread_mutex_unlock(&r->d->jobs->lock);
     reply_end(r, &o);
 }
@@ -1170,6 +1167,9 @@ void op_job_submit(req *r)
         reply_error(r, ERR_BUSY, "cannot store the job (see the daemon's log)");
         goto fail;
     }
+    mp_out o; /* packed while the job is queued: once listed, a runner may claim it */
+    reply_begin(r, &o);
+    schema_pack(&o.pk, &submitted, j, SCHEMA_WIRE);
     pthread_mutex_lock(&J->lock);
     if (J->tail)
         J->tail->next = j;
@@ -1181,11 +1181,6 @@ void op_job_submit(req *r)
     files_release();
     qd_log(LOG_INFO, "job %llu queued: %s -> %s, %d steps", (unsigned long long)j->id,
            train_vocab_name(&train_methods, j->hyper.method), j->adapter, j->hyper.steps);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_u64(&o.pk, "job_id", j->id);
-    mp_kv_str(&o.pk, "state", job_state_names[JOB_QUEUED]);
     reply_end(r, &o);
     return;
 fail:
@@ -1236,7 +1231,7 @@ void op_job_list(req *r)
     msgpack_pack_array(&o.pk, n);
     for (job *j = J->head; j; j = j->next)
         if (filter < 0 || (int)j->state == filter)
-            pack_job(&o.pk, j, 0);
+            schema_pack(&o.pk, &job_record, j, SCHEMA_WIRE);
     pthread_mutex_unlock(&J->lock);
     reply_end(r, &o);
 }
@@ -1317,11 +1312,7 @@ void op_job_delete(req *r)
     qd_log(LOG_INFO, "job %llu deleted", (unsigned long long)j->id);
     if (!held)
         job_free(j);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_kv_i64(&o.pk, "deleted", 1);
-    reply_end(r, &o);
+    reply_deleted(r, 1);
 }
 
 void op_job_watch(req *r)
@@ -1353,7 +1344,7 @@ void op_job_watch(req *r)
     mp_out o;
     mp_out_init(&o);
     pthread_mutex_lock(&d->jobs->lock);
-    pack_state_event(&o.pk, j);
+    schema_pack(&o.pk, &state_event, j, SCHEMA_WIRE);
     w->sent_state = (int)j->state;
     pthread_mutex_unlock(&d->jobs->lock);
     reply_event(d, r->conn_id, r->id, o.sb.data + 4, o.sb.size - 4);

@@ -73,16 +73,37 @@ static unsigned type_of(const msgpack_object *o)
 
 /* ---- replies ---- */
 
+static const char *const error_names[] = {
+    [ERR_NONE] = "none",
+#define QD_ERROR_NAME(e, name) [ERR_##e] = name,
+    QD_ERRORS(QD_ERROR_NAME)
+#undef QD_ERROR_NAME
+};
+#define N_ERRORS (int)(sizeof error_names / sizeof error_names[0])
+
 const char *qd_error_name(qd_error e)
 {
-    static const char *const names[] = {
-        [ERR_NONE] = "none",
-#define QD_ERROR_NAME(e, name) [ERR_##e] = name,
-        QD_ERRORS(QD_ERROR_NAME)
-#undef QD_ERROR_NAME
-    };
-    return (unsigned)e < sizeof names / sizeof names[0] ? names[e] : "internal";
+    return (int)e >= 0 && (int)e < N_ERRORS ? error_names[e] : "internal";
 }
+
+/* {id, ok: false, error: {code, message}} */
+typedef struct {
+    uint64_t id;
+    int ok;
+    qd_error code;
+    char message[1024];
+} error_reply;
+static const schema_field error_fields[] = {
+    S_NAME(error_reply, "code", code, error_names, N_ERRORS, 0),
+    S_FIELD(error_reply, "message", SK_CHARS, message, 0),
+};
+static const schema error_body = SCHEMA(error_fields);
+static const schema_field error_reply_fields[] = {
+    S_FIELD(error_reply, "id", SK_UINT, id, 0),
+    S_FIELD(error_reply, "ok", SK_BOOL, ok, 0),
+    S_GROUP("error", &error_body),
+};
+static const schema error_reply_record = SCHEMA(error_reply_fields);
 
 qd_error store_error(const char *err)
 {
@@ -111,22 +132,37 @@ void reply_end(req *r, mp_out *o)
     qd_send(r->d, r->conn_id, o);
 }
 
+void reply_records(req *r, const char *key, const schema *s, const void *items, size_t n, size_t stride)
+{
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 1);
+    mp_str(&o.pk, key);
+    msgpack_pack_array(&o.pk, n);
+    for (size_t i = 0; i < n; i++)
+        schema_pack(&o.pk, s, (const char *)items + i * stride, SCHEMA_WIRE);
+    reply_end(r, &o);
+}
+
+void reply_deleted(req *r, int n)
+{
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 1);
+    mp_kv_i64(&o.pk, "deleted", n);
+    reply_end(r, &o);
+}
+
 static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, va_list ap)
 {
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    error_reply e = {.id = id, .code = code};
+    vsnprintf(e.message, sizeof e.message, fmt, ap);
     mp_out o;
     mp_out_init(&o);
-    msgpack_pack_map(&o.pk, 3);
-    mp_kv_u64(&o.pk, "id", id);
-    mp_kv_bool(&o.pk, "ok", 0);
-    mp_str(&o.pk, "error");
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_str(&o.pk, "code", qd_error_name(code));
-    mp_kv_str(&o.pk, "message", msg);
+    schema_pack(&o.pk, &error_reply_record, &e, SCHEMA_WIRE);
     qd_send(d, conn_id, &o);
     qd_log(LOG_DEBUG, "connection %llu request %llu: %s: %s", (unsigned long long)conn_id,
-           (unsigned long long)id, qd_error_name(code), msg);
+           (unsigned long long)id, qd_error_name(code), e.message);
 }
 
 void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, ...)
@@ -343,50 +379,55 @@ void op_auth(req *r)
     reply_end(r, &o);
 }
 
+typedef struct {
+    uint64_t protocol;
+    double uptime_s;
+} ping_result;
+static const schema_field ping_fields[] = {
+    S_CONST("version", QLORAD_VERSION),
+    S_FIELD(ping_result, "protocol", SK_UINT, protocol, 0),
+    S_FIELD(ping_result, "uptime_s", SK_REAL, uptime_s, 0),
+};
+static const schema ping_record = SCHEMA(ping_fields);
+
 void op_ping(req *r)
 {
+    ping_result p = {QLORAD_PROTOCOL, now_s() - r->d->started};
     mp_out o;
     reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 3);
-    mp_kv_str(&o.pk, "version", QLORAD_VERSION);
-    mp_kv_u64(&o.pk, "protocol", QLORAD_PROTOCOL);
-    mp_kv_f64(&o.pk, "uptime_s", now_s() - r->d->started);
+    schema_pack(&o.pk, &ping_record, &p, SCHEMA_WIRE);
     reply_end(r, &o);
 }
+
+static const schema_field arg_fields[] = {
+    S_FIELD(arg_spec, "name", SK_STR, name, 0),
+    S_BITS(arg_spec, "types", types, type_names, T_N_BITS),
+    S_FIELD(arg_spec, "required", SK_BOOL, required, 0), /* REQUIRED is 1 */
+};
+static const schema arg_record = SCHEMA(arg_fields);
+
+/* An op's args: its schema up to the NULL name. */
+static void pack_args(msgpack_packer *pk, const void *value)
+{
+    const arg_spec *args = value;
+    size_t n = 0;
+    while (n < MAX_ARGS && args[n].name)
+        n++;
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++)
+        schema_pack(pk, &arg_record, &args[i], SCHEMA_WIRE);
+}
+static const schema_field op_fields[] = {
+    S_FIELD(op_row, "name", SK_STR, name, 0),
+    S_CUSTOM(op_row, "args", args, pack_args, NULL, 0),
+};
+static const schema op_record = SCHEMA(op_fields);
 
 /* Every op with its arguments as the dispatcher checks them, so that a client can learn
  * what this daemon offers before it asks. */
 void op_op_list(req *r)
 {
-    const size_t n_ops = sizeof op_table / sizeof op_table[0];
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_packer *pk = &o.pk;
-    msgpack_pack_map(pk, 1);
-    mp_str(pk, "ops");
-    msgpack_pack_array(pk, n_ops);
-    for (size_t i = 0; i < n_ops; i++) {
-        const op_row *op = &op_table[i];
-        size_t n_args = 0;
-        while (n_args < MAX_ARGS && op->args[n_args].name)
-            n_args++;
-        msgpack_pack_map(pk, 2);
-        mp_kv_str(pk, "name", op->name);
-        mp_str(pk, "args");
-        msgpack_pack_array(pk, n_args);
-        for (size_t j = 0; j < n_args; j++) {
-            const arg_spec *a = &op->args[j];
-            msgpack_pack_map(pk, 3);
-            mp_kv_str(pk, "name", a->name);
-            mp_str(pk, "types");
-            msgpack_pack_array(pk, (size_t)__builtin_popcount(a->types));
-            for (int b = 0; b < T_N_BITS; b++)
-                if (a->types >> b & 1)
-                    mp_str(pk, type_names[b]);
-            mp_kv_bool(pk, "required", a->required == REQUIRED);
-        }
-    }
-    reply_end(r, &o);
+    reply_records(r, "ops", &op_record, op_table, sizeof op_table / sizeof op_table[0], sizeof op_table[0]);
 }
 
 static size_t rss_bytes(void)
@@ -401,65 +442,102 @@ static size_t rss_bytes(void)
     return rss * 4096;
 }
 
+/* What status tells, gathered first: the table below packs it. */
+typedef struct {
+    int connections, requests_in_flight;
+    const char *name, *path;
+    size_t n_params;
+    int dim, n_layers, vocab_size, seq_len;
+    const char *format;
+    int block_size, double_quant;
+    double bits_per_param;
+    size_t base_bytes, adapters_bytes, rss_bytes;
+    int jobs[JOB_N_STATES];
+    size_t stored, loaded;
+    char active[80]; /* NAME@VERSION, "": none */
+} status_view;
+
+#define S(key, kind, member) S_FIELD(status_view, key, kind, member, 0)
+static const schema_field server_fields[] = {
+    S("connections", SK_INT, connections),
+    S("requests_in_flight", SK_INT, requests_in_flight),
+};
+static const schema_field model_fields[] = {
+    S("name", SK_STR, name),
+    S("path", SK_STR, path),
+    S_CONST("arch", "llama"),
+    S("n_params", SK_UINT, n_params),
+    S("dim", SK_INT, dim),
+    S("n_layers", SK_INT, n_layers),
+    S("vocab_size", SK_INT, vocab_size),
+    S("seq_len", SK_INT, seq_len),
+};
+static const schema_field quant_fields[] = {
+    S("format", SK_STR, format),
+    S("block_size", SK_INT, block_size),
+    S("double_quant", SK_BOOL, double_quant),
+    S("bits_per_param", SK_REAL, bits_per_param),
+};
+static const schema_field memory_fields[] = {
+    S("base_bytes", SK_UINT, base_bytes),
+    S("adapters_bytes", SK_UINT, adapters_bytes),
+    S("rss_bytes", SK_UINT, rss_bytes),
+};
+static const schema_field job_count_fields[] = {
+#define JOB_COUNT(e, name) S(name, SK_INT, jobs[JOB_##e]),
+    JOB_STATES(JOB_COUNT)
+#undef JOB_COUNT
+};
+static const schema_field adapters_fields[] = {
+    S("stored", SK_UINT, stored),
+    S("loaded", SK_UINT, loaded),
+    S_FIELD(status_view, "active", SK_CHARS, active, SF_NIL_IF_ZERO),
+};
+#undef S
+static const schema server_part = SCHEMA(server_fields), model_part = SCHEMA(model_fields),
+                    quant_part = SCHEMA(quant_fields), memory_part = SCHEMA(memory_fields),
+                    jobs_part = SCHEMA(job_count_fields), adapters_part = SCHEMA(adapters_fields);
+static const schema_field status_fields[] = {
+    S_GROUP("server", &server_part), S_GROUP("model", &model_part),   S_GROUP("quant", &quant_part),
+    S_GROUP("memory", &memory_part), S_GROUP("jobs", &jobs_part),     S_GROUP("adapters", &adapters_part),
+};
+static const schema status_record = SCHEMA(status_fields);
+
 void op_status(req *r)
 {
     qd *d = r->d;
     const llama_model *m = &d->model;
     const llama_config *c = &m->cfg;
-    size_t quantized, n_params = llama_n_params(c, m->tied, &quantized), cached, cached_bytes, used, stored = 0;
+    size_t quantized, used;
     char err[256];
-    int counts[JOB_N_STATES];
-    jobs_counts(d, counts);
-    cache_stats(d, &cached, &cached_bytes);
-    if (store_stat(d->db, &used, &stored, err, sizeof err) < 0)
-        qd_log(LOG_WARN, "status: %s", err);
+    status_view s = {
+        .connections = d->n_conns,
+        .requests_in_flight = d->inflight,
+        .path = d->model_dir,
+        .n_params = llama_n_params(c, m->tied, &quantized),
+        .dim = c->dim,
+        .n_layers = c->n_layers,
+        .vocab_size = c->vocab_size,
+        .seq_len = c->seq_len,
+        .format = qt_format_name(m->spec.format),
+        .block_size = m->spec.block,
+        .double_quant = m->spec.double_quant,
+        .bits_per_param = llama_linear_bits(m),
+        .base_bytes = llama_weight_bytes(m),
+        .rss_bytes = rss_bytes(),
+    };
     const char *name = strrchr(d->model_dir, '/');
-    name = name && name[1] ? name + 1 : d->model_dir;
+    s.name = name && name[1] ? name + 1 : d->model_dir;
+    jobs_counts(d, s.jobs);
+    cache_stats(d, &s.loaded, &s.adapters_bytes);
+    if (store_stat(d->db, &used, &s.stored, err, sizeof err) < 0)
+        qd_log(LOG_WARN, "status: %s", err);
+    pthread_mutex_lock(&d->active_lock);
+    if (d->active_name[0])
+        snprintf(s.active, sizeof s.active, "%s@%u", d->active_name, d->active_version);
+    pthread_mutex_unlock(&d->active_lock);
     mp_out o;
     reply_begin(r, &o);
-    msgpack_packer *pk = &o.pk;
-    msgpack_pack_map(pk, 6);
-    mp_str(pk, "server");
-    msgpack_pack_map(pk, 2);
-    mp_kv_u64(pk, "connections", (uint64_t)d->n_conns);
-    mp_kv_u64(pk, "requests_in_flight", (uint64_t)d->inflight);
-    mp_str(pk, "model");
-    msgpack_pack_map(pk, 8);
-    mp_kv_str(pk, "name", name);
-    mp_kv_str(pk, "path", d->model_dir);
-    mp_kv_str(pk, "arch", "llama");
-    mp_kv_u64(pk, "n_params", n_params);
-    mp_kv_u64(pk, "dim", (uint64_t)c->dim);
-    mp_kv_u64(pk, "n_layers", (uint64_t)c->n_layers);
-    mp_kv_u64(pk, "vocab_size", (uint64_t)c->vocab_size);
-    mp_kv_u64(pk, "seq_len", (uint64_t)c->seq_len);
-    mp_str(pk, "quant");
-    msgpack_pack_map(pk, 4);
-    mp_kv_str(pk, "format", qt_format_name(m->spec.format));
-    mp_kv_u64(pk, "block_size", (uint64_t)m->spec.block);
-    mp_kv_bool(pk, "double_quant", m->spec.double_quant);
-    mp_kv_f64(pk, "bits_per_param", llama_linear_bits(m));
-    mp_str(pk, "memory");
-    msgpack_pack_map(pk, 3);
-    mp_kv_u64(pk, "base_bytes", llama_weight_bytes(m));
-    mp_kv_u64(pk, "adapters_bytes", cached_bytes);
-    mp_kv_u64(pk, "rss_bytes", rss_bytes());
-    mp_str(pk, "jobs");
-    msgpack_pack_map(pk, JOB_N_STATES);
-    for (int i = 0; i < JOB_N_STATES; i++)
-        mp_kv_u64(pk, job_state_names[i], (uint64_t)counts[i]);
-    mp_str(pk, "adapters");
-    msgpack_pack_map(pk, 3);
-    mp_kv_u64(pk, "stored", stored);
-    mp_kv_u64(pk, "loaded", cached);
-    pthread_mutex_lock(&d->active_lock);
-    if (d->active_name[0]) {
-        char active[80];
-        snprintf(active, sizeof active, "%s@%u", d->active_name, d->active_version);
-        mp_kv_str(pk, "active", active);
-    } else {
-        mp_kv_nil(pk, "active");
-    }
-    pthread_mutex_unlock(&d->active_lock);
+    schema_pack(&o.pk, &status_record, &s, SCHEMA_WIRE);
     reply_end(r, &o);
 }

@@ -17,6 +17,7 @@
 #include "model.h"
 #include "mp.h"
 #include "protocol.h"
+#include "schema.h"
 #include "store.h"
 #include "tokenizer.h"
 
@@ -176,15 +177,20 @@ void reply_error(req *r, qd_error code, const char *fmt, ...) __attribute__((for
 /* An error with no request to answer (bad frames: id 0). */
 void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* The result {key: [records]}: the n items at items, stride bytes apart, through s. */
+void reply_records(req *r, const char *key, const schema *s, const void *items, size_t n, size_t stride);
+/* The result {deleted: n} of the delete ops. */
+void reply_deleted(req *r, int n);
 /* A stream event {id, event: <packed map>}. */
 void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
 
 /* ---- infer.c: eval, generate, tokenize, adapters (thread pool) ---- */
 /* "name" or "name@version" into name (65 bytes) and version (0: latest); 0 or -1. */
 int parse_adapter_ref(const char *s, char *name, uint32_t *version);
-void pack_adapter(msgpack_packer *pk, const store_adapter_info *a);
-/* LoRA targets as an array of short names (q, k, v, o, gate, up, down). */
-void pack_targets(msgpack_packer *pk, unsigned targets);
+/* The adapter record of the protocol. */
+extern const schema adapter_record;
+/* The short names of LoRA targets (q, k, v, o, gate, up, down) by llama_linear. */
+extern const char *const lora_target_names[LIN_COUNT];
 
 /* ---- cache.c: adapters loaded from the store, LRU within a byte budget ---- */
 typedef struct cached_adapter {
