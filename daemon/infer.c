@@ -12,23 +12,39 @@
 #include "qlorad.h"
 #include "utf8.h"
 
-int parse_adapter_ref(const char *s, char *name, uint32_t *version)
+int adapter_ref_parse(const msgpack_object *o, int versioned, char name[STORE_NAME_MAX + 1], uint32_t *version)
 {
-    const char *at = strchr(s, '@');
-    size_t n = at ? (size_t)(at - s) : strlen(s);
-    if (n > STORE_NAME_MAX)
+    const char *s = o->via.str.ptr, *end = s + o->via.str.size;
+    const char *at = versioned ? memchr(s, '@', o->via.str.size) : NULL;
+    size_t n = at ? (size_t)(at - s) : o->via.str.size;
+    *version = 0;
+    if (n > STORE_NAME_MAX || memchr(s, 0, o->via.str.size))
         return -1;
     memcpy(name, s, n);
     name[n] = 0;
-    *version = 0;
     if (at) {
-        char *end;
-        unsigned long v = strtoul(at + 1, &end, 10);
-        if (!at[1] || *end || v == 0 || v > UINT32_MAX)
+        uint64_t v = 0;
+        if (at + 1 == end)
+            return -1;
+        for (const char *p = at + 1; p < end; p++) {
+            if (*p < '0' || *p > '9' || (v = v * 10 + (uint64_t)(*p - '0')) > UINT32_MAX)
+                return -1;
+        }
+        if (v == 0)
             return -1;
         *version = (uint32_t)v;
     }
     return store_name_valid(name) ? 0 : -1;
+}
+
+int adapter_name_arg(req *r, const char *field, const msgpack_object *o, char name[STORE_NAME_MAX + 1])
+{
+    uint32_t none;
+    if (adapter_ref_parse(o, 0, name, &none) == 0)
+        return 0;
+    reply_error(r, ERR_INVALID_ARGUMENT, "%s: '%.*s' is not " STORE_NAME_RULE, field,
+                (int)(o->via.str.size > 80 ? 80 : o->via.str.size), o->via.str.ptr);
+    return -1;
 }
 
 /* The adapter a request names: a string "name[@version]", nil for the base alone, or
@@ -48,10 +64,7 @@ static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **o
         if (!name[0])
             return 0;
     } else {
-        char *s = mp_strdup(arg);
-        int bad = !s || parse_adapter_ref(s, name, &version) < 0;
-        free(s);
-        if (bad) {
+        if (adapter_ref_parse(arg, 1, name, &version) < 0) {
             reply_error(r, ERR_INVALID_ARGUMENT, "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: " STORE_NAME_RULE ")",
                         (int)(arg->via.str.size > 100 ? 100 : arg->via.str.size), arg->via.str.ptr);
             return -1;
@@ -414,16 +427,8 @@ static const schema exported = SCHEMA(exported_fields);
 static int name_version(req *r, const msgpack_object *n, const msgpack_object *v, char name[STORE_NAME_MAX + 1],
                         uint32_t *version)
 {
-    size_t len = n->via.str.size;
-    if (len <= STORE_NAME_MAX) {
-        memcpy(name, n->via.str.ptr, len);
-        name[len] = 0;
-    }
-    if (len > STORE_NAME_MAX || memchr(n->via.str.ptr, 0, len) || !store_name_valid(name)) {
-        reply_error(r, ERR_INVALID_ARGUMENT, "name: '%.*s' is not " STORE_NAME_RULE,
-                    (int)(n->via.str.size > 80 ? 80 : n->via.str.size), n->via.str.ptr);
+    if (adapter_name_arg(r, "name", n, name) < 0)
         return -1;
-    }
     *version = 0;
     if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         if (v->via.u64 == 0 || v->via.u64 > UINT32_MAX) {

@@ -1100,13 +1100,8 @@ void op_job_submit(req *r)
         hyper = NULL;
     if (eval && eval->type != MSGPACK_OBJECT_MAP)
         eval = NULL;
-    if (name->via.str.size <= STORE_NAME_MAX)
-        snprintf(j->adapter, sizeof j->adapter, "%.*s", (int)name->via.str.size, name->via.str.ptr);
-    if (name->via.str.size > STORE_NAME_MAX || memchr(name->via.str.ptr, 0, name->via.str.size) || !store_name_valid(j->adapter)) {
-        reply_error(r, ERR_INVALID_ARGUMENT, "adapter: '%.*s' is not " STORE_NAME_RULE,
-                    (int)(name->via.str.size > 80 ? 80 : name->via.str.size), name->via.str.ptr);
+    if (adapter_name_arg(r, "adapter", name, j->adapter) < 0)
         goto fail;
-    }
     int m = method ? train_vocab_parse(&train_methods, method->via.str.ptr, method->via.str.size) : TRAIN_LORA;
     if (m < 0) {
         train_vocab_choices(&train_methods, err, sizeof err);

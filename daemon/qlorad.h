@@ -185,8 +185,12 @@ void reply_deleted(req *r, int n);
 void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
 
 /* ---- infer.c: eval, generate, tokenize, adapters (thread pool) ---- */
-/* "name" or "name@version" into name (65 bytes) and version (0: latest); 0 or -1. */
-int parse_adapter_ref(const char *s, char *name, uint32_t *version);
+/* The adapter a str object names, "NAME" or (versioned) also "NAME@VERSION", into name and
+ * version (0: none given). 0, or -1 when it names none. */
+int adapter_ref_parse(const msgpack_object *o, int versioned, char name[STORE_NAME_MAX + 1], uint32_t *version);
+/* The adapter name of argument field (a str object) into name; -1 after replying
+ * invalid_argument when it is not one. */
+int adapter_name_arg(req *r, const char *field, const msgpack_object *o, char name[STORE_NAME_MAX + 1]);
 /* The adapter record of the protocol. */
 extern const schema adapter_record;
 /* The short names of LoRA targets (q, k, v, o, gate, up, down) by llama_linear. */

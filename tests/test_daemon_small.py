@@ -2,9 +2,9 @@
 """qlorad against careless and hostile strings and races (issue 15, "smaller ones"): every
 str it sends is valid UTF-8, client strings cannot forge log lines, PEFT import refuses a
 non-finite lora_alpha, a version deleted while the cache loads it stays deleted, a huge
-prompt is refused before it is tokenized; op.list lists what the dispatcher serves. Each
-case runs its own daemon (stories260K, nf4) from tests/qlorad_fixture.py, so cases do not
-depend on each other's order. TAP output.
+prompt is refused before it is tokenized, adapter names are read exactly; op.list lists
+what the dispatcher serves. Each case runs its own daemon (stories260K, nf4) from
+tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP output.
 
 usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
 
@@ -122,6 +122,26 @@ def _():
                     raise AssertionError('%s ran without %s' % (name, required))
                 except QloraError as e:
                     assert e.code == 'bad_request' and 'args.%s: missing' % required[0] in e.message, (name, e)
+
+
+@case('an adapter is named exactly NAME or NAME@VERSION: a NUL, a sign or a space is refused, not read past')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        assert c.import_adapter('st', peft_files('8'))['version'] == 1
+        for ref in ('st\x00ry', 'st\x00', 'st@+1', 'st@ 1', 'st@1 ', 'st@', 'st@0', 'st@4294967296', 'st@1@1'):
+            try:
+                c.generate(prompt='x', max_tokens=1, adapter=ref)
+                raise AssertionError('%r was served' % ref)
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and 'NAME@VERSION' in e.message, (ref, e.code, e.message)
+        for field, call in (('adapter', lambda: c.submit('st\x00', {'text': 'x' * 100})),
+                            ('name', lambda: c.adapter('st\x00'))):
+            try:
+                call()
+                raise AssertionError('a name with a NUL was taken')
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and e.message.startswith(field + ':'), e
+        assert c.generate(prompt='x', max_tokens=1, adapter='st@01')['adapter'] == 'st@1'
 
 
 @case('invalid UTF-8 in an op name and an adapter name: the error quotes it as U+FFFD')
