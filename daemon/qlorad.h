@@ -219,7 +219,8 @@ void cache_release(qd *d, cached_adapter *a);
 void cache_forget(qd *d, const char *name, uint32_t version);
 void cache_stats(qd *d, size_t *count, size_t *bytes);
 
-/* ---- jobs.c: the persistent queue and the runner thread ---- */
+/* ---- jobs*.c: the persistent queue (jobs.c), its runner threads (jobs_runner.c), the
+ * job.* ops and their watchers (jobs_ops.c) ---- */
 int jobs_start(qd *d, char *err, size_t errlen);
 /* Stops the runners at the next step boundary (running jobs checkpoint and stay
  * `running`, to resume at the next start); done(d) runs on the loop once they have. */
