@@ -184,15 +184,13 @@ void reply_deleted(req *r, int n);
 /* A stream event {id, event: <packed map>}. */
 void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
 
-/* ---- infer.c: eval, generate, tokenize, adapters (thread pool) ---- */
+/* ---- adapter_ops.c: adapter.* and the names of adapters ---- */
 /* The adapter a str object names, "NAME" or (versioned) also "NAME@VERSION", into name and
  * version (0: none given). 0, or -1 when it names none. */
 int adapter_ref_parse(const msgpack_object *o, int versioned, char name[STORE_NAME_MAX + 1], uint32_t *version);
 /* The adapter name of argument field (a str object) into name; -1 after replying
  * invalid_argument when it is not one. */
 int adapter_name_arg(req *r, const char *field, const msgpack_object *o, char name[STORE_NAME_MAX + 1]);
-/* The adapter record of the protocol. */
-extern const schema adapter_record;
 /* The short names of LoRA targets (q, k, v, o, gate, up, down) by llama_linear. */
 extern const char *const lora_target_names[LIN_COUNT];
 
