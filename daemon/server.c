@@ -247,7 +247,10 @@ void qd_send(qd *d, uint64_t conn_id, mp_out *o)
 void qd_call(qd *d, void (*fn)(qd *d, void *arg), void *arg)
 {
     mail *m = calloc(1, sizeof *m);
-    if (!m) { /* nothing else can carry it: run it late rather than lose it */
+    if (!m) {
+        /* a call cannot be dropped (a runner's stop that never arrives hangs the shutdown, a
+         * final event lost leaves its watch open forever) and nothing else can carry it:
+         * out of memory for these few bytes, the daemon aborts, saying so */
         qd_log(LOG_ERROR, "out of memory posting to the loop");
         abort();
     }
