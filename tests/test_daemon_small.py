@@ -9,7 +9,6 @@ tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP outpu
 usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
 
 import codecs
-import json
 import os
 import socket
 import struct
@@ -20,7 +19,7 @@ import time
 import msgpack
 
 from tap import case, report
-from qlorad_fixture import Daemon
+from qlorad_fixture import Daemon, peft_files as fixture_peft_files
 
 QLORAD, SHARED, CLIENT_DIR = sys.argv[1:4]
 sys.path.insert(0, CLIENT_DIR)
@@ -81,18 +80,7 @@ def pieces():
 
 
 def peft_files(alpha, fill=0.01, r=2):
-    """A PEFT adapter of q_proj for stories260K, made here: config and safetensors."""
-    header, body = {}, b''
-    for i in range(LAYERS):
-        for part, shape in (('lora_A', [r, DIM]), ('lora_B', [DIM, r])):
-            name = 'base_model.model.model.layers.%d.self_attn.q_proj.%s.weight' % (i, part)
-            data = struct.pack('<%df' % (shape[0] * shape[1]), *[fill] * (shape[0] * shape[1]))
-            header[name] = {'dtype': 'F32', 'shape': shape, 'data_offsets': [len(body), len(body) + len(data)]}
-            body += data
-    h = json.dumps(header).encode()
-    h += b' ' * (-len(h) % 8)
-    config = '{"peft_type": "LORA", "r": %d, "lora_alpha": %s, "target_modules": ["q_proj"]}' % (r, alpha)
-    return {'adapter_config.json': config, 'adapter_model.safetensors': struct.pack('<Q', len(h)) + h + body}
+    return fixture_peft_files(MODEL, alpha, fill, r)
 
 
 @case('op.list: every op with the arguments the dispatcher checks, and each one it lists is served')
