@@ -26,10 +26,19 @@ typedef enum {
 #undef QD_ERROR_ENUM
 } qd_error;
 
+/* The code's name on the wire ("none" for ERR_NONE). */
+const char *qd_error_name(qd_error e);
+/* The code of a failed store write: a full store ("store full": it has reached its cap,
+ * --db-max-mb) is the client's limit, busy; anything else is the daemon's, internal. */
+qd_error store_error(const char *err);
+
 /* The states of a job, X(enum suffix, name on the wire), in the order of its life: queued,
  * running, then one of the three final states. */
-#define JOB_STATES(X)                                                                              \
-    X(QUEUED, "queued") X(RUNNING, "running") X(SUCCEEDED, "succeeded") X(FAILED, "failed")        \
+#define JOB_STATES(X)              \
+    X(QUEUED, "queued")            \
+    X(RUNNING, "running")          \
+    X(SUCCEEDED, "succeeded")      \
+    X(FAILED, "failed")            \
     X(CANCELLED, "cancelled")
 
 typedef enum {
@@ -39,21 +48,14 @@ typedef enum {
     JOB_N_STATES
 } job_state;
 
+extern const char *const job_state_names[JOB_N_STATES];
+/* The state a str object names, or -1. */
+int job_state_parse(const msgpack_object *o);
 /* Succeeded, failed or cancelled: nothing changes the job any more but job.delete. */
 static inline int job_state_final(job_state s)
 {
     return s >= JOB_SUCCEEDED;
 }
-
-/* The code's name on the wire ("none" for ERR_NONE). */
-const char *qd_error_name(qd_error e);
-/* The code of a failed store write: a full store ("store full": the --db-max-mb cap, or
- * the disk) is the client's limit, busy; anything else is the daemon's, internal. */
-qd_error store_error(const char *err);
-
-extern const char *const job_state_names[JOB_N_STATES];
-/* The state a str object names, or -1. */
-int job_state_parse(const msgpack_object *o);
 
 /* ---- ops and their arguments ---- */
 
