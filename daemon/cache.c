@@ -76,7 +76,7 @@ static cached_adapter *find(adapter_cache *c, const char *name, uint32_t version
     return NULL;
 }
 
-const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err, size_t errlen)
+qd_error cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err, size_t errlen)
 {
     adapter_cache *c = d->cache;
     store_adapter_info info;
@@ -84,7 +84,7 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
     *out = NULL;
     if (version == 0) { /* the latest: one small read to learn which */
         if (store_adapter_get(d->db, name, 0, &info, &nf, err, errlen) < 0)
-            return nf ? (snprintf(err, errlen, "%s does not exist", name), "not_found") : "internal";
+            return nf ? (snprintf(err, errlen, "%s does not exist", name), ERR_NOT_FOUND) : ERR_INTERNAL;
         version = info.version;
     }
     pthread_mutex_lock(&c->lock);
@@ -94,7 +94,7 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
         a->last_used = ++c->clock;
         pthread_mutex_unlock(&c->lock);
         *out = a;
-        return NULL;
+        return ERR_NONE;
     }
     uint64_t forgets = c->forgets;
     pthread_mutex_unlock(&c->lock);
@@ -102,20 +102,20 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
     a = calloc(1, sizeof *a);
     if (!a) {
         snprintf(err, errlen, "out of memory");
-        return "busy";
+        return ERR_BUSY;
     }
     if (store_adapter_load(d->db, name, version, &d->model.cfg, &a->info, &a->lora, &nf, err, errlen) < 0) {
         free(a);
         if (nf)
             snprintf(err, errlen, "%s@%u does not exist", name, version);
-        return nf ? "not_found" : "internal";
+        return nf ? ERR_NOT_FOUND : ERR_INTERNAL;
     }
     if (a->info.base_fingerprint != d->model.fingerprint) {
         snprintf(err, errlen, "%s@%u was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")", name, version,
                  a->info.base_fingerprint, d->model.fingerprint);
         llama_lora_free(&a->lora);
         free(a);
-        return "conflict";
+        return ERR_CONFLICT;
     }
     snprintf(a->name, sizeof a->name, "%s", name);
     a->version = version;
@@ -132,7 +132,7 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
         llama_lora_free(&a->lora);
         free(a);
         *out = raced;
-        return NULL;
+        return ERR_NONE;
     }
     /* adapter.delete removes from the store first, then forgets: a forget since the miss
      * above may have been for this very version, read before it went. This request may
@@ -148,7 +148,7 @@ const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adap
     pthread_mutex_unlock(&c->lock);
     qd_log(LOG_DEBUG, "adapter cache: loaded %s@%u (%zu bytes)", name, version, a->bytes);
     *out = a;
-    return NULL;
+    return ERR_NONE;
 }
 
 void cache_release(qd *d, cached_adapter *a)

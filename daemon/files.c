@@ -35,21 +35,22 @@ void files_release(void)
 
 /* ---- records on the wire ---- */
 
-static void pack_file(msgpack_packer *pk, const store_file_info *f)
-{
-    msgpack_pack_map(pk, 5);
-    mp_kv_str(pk, "file_id", f->id);
-    mp_kv_u64(pk, "bytes", f->bytes);
-    mp_kv_str(pk, "filename", f->filename);
-    mp_kv_f64(pk, "created_at", f->created_at);
-    mp_kv_str(pk, "purpose", f->purpose);
-}
+#define F(key, kind, member) S_FIELD(store_file_info, key, kind, member, 0)
+static const schema_field file_fields[] = {
+    F("file_id", SK_CHARS, id),
+    F("bytes", SK_UINT, bytes),
+    F("filename", SK_CHARS, filename),
+    F("created_at", SK_REAL, created_at),
+    F("purpose", SK_CHARS, purpose),
+};
+#undef F
+static const schema file_record = SCHEMA(file_fields);
 
 static void reply_file(req *r, const store_file_info *f)
 {
     mp_out o;
     reply_begin(r, &o);
-    pack_file(&o.pk, f);
+    schema_pack(&o.pk, &file_record, f, SCHEMA_WIRE);
     reply_end(r, &o);
 }
 
@@ -69,23 +70,18 @@ static void sanitize_filename(const char *s, size_t n, char *out)
     out[n] = 0;
 }
 
-/* A store write failed: a full store is the client's limit, anything else ours. */
-static const char *store_error_code(const char *err)
-{
-    return strstr(err, "store full") ? "busy" : "internal";
-}
-
 /* ---- ops ---- */
 
 void op_file_upload(req *r)
 {
     qd *d = r->d;
-    const msgpack_object *data = r->arg[0], *name = r->arg[1], *purpose = r->arg[2];
+    const msgpack_object *data = r->arg[UPLOAD_DATA], *name = r->arg[UPLOAD_FILENAME],
+                          *purpose = r->arg[UPLOAD_PURPOSE];
     const char *bytes = data->type == MSGPACK_OBJECT_BIN ? data->via.bin.ptr : data->via.str.ptr;
     size_t len = data->type == MSGPACK_OBJECT_BIN ? data->via.bin.size : data->via.str.size;
     char filename[STORE_FILE_NAME_MAX + 1] = "", why[STORE_FILE_PURPOSE_MAX + 1] = "fine-tune", err[600];
     if (len == 0) {
-        reply_error(r, "invalid_argument", "data: empty");
+        reply_error(r, ERR_INVALID_ARGUMENT, "data: empty");
         return;
     }
     if (name)
@@ -98,7 +94,7 @@ void op_file_upload(req *r)
             ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
         }
         if (!ok) {
-            reply_error(r, "invalid_argument", "purpose: must be [a-z0-9_-]{1,%d}", STORE_FILE_PURPOSE_MAX);
+            reply_error(r, ERR_INVALID_ARGUMENT, "purpose: must be [a-z0-9_-]{1,%d}", STORE_FILE_PURPOSE_MAX);
             return;
         }
         memcpy(why, purpose->via.str.ptr, n);
@@ -107,7 +103,7 @@ void op_file_upload(req *r)
     store_file_info info;
     int existed;
     if (store_file_put(d->db, bytes, len, filename, why, &info, &existed, err, sizeof err) < 0) {
-        reply_error(r, store_error_code(err), "%s", err);
+        reply_error(r, store_error(err), "%s", err);
         return;
     }
     if (!existed)
@@ -121,27 +117,19 @@ void op_file_list(req *r)
     size_t n;
     char err[600];
     if (store_file_list(r->d->db, &list, &n, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
         return;
     }
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_str(&o.pk, "files");
-    msgpack_pack_array(&o.pk, n);
-    for (size_t i = 0; i < n; i++)
-        pack_file(&o.pk, &list[i]);
-    reply_end(r, &o);
+    reply_records(r, "files", &file_record, list, n, sizeof *list);
     free(list);
 }
 
-/* The file_id argument as a C string; -1 after replying when it is not an id. */
-static int file_id_arg(req *r, char id[STORE_FILE_ID_LEN + 1])
+/* The file_id argument v as a C string; -1 after replying when it is not an id. */
+static int file_id_arg(req *r, const msgpack_object *v, char id[STORE_FILE_ID_LEN + 1])
 {
-    const msgpack_object *v = r->arg[0];
     if (v->via.str.size != STORE_FILE_ID_LEN || memchr(v->via.str.ptr, 0, v->via.str.size) ||
         (memcpy(id, v->via.str.ptr, STORE_FILE_ID_LEN), id[STORE_FILE_ID_LEN] = 0, !store_file_id_valid(id))) {
-        reply_error(r, "invalid_argument", "file_id: must be \"file-\" and 64 lowercase hex digits");
+        reply_error(r, ERR_INVALID_ARGUMENT, "file_id: must be \"file-\" and 64 lowercase hex digits");
         return -1;
     }
     return 0;
@@ -152,10 +140,10 @@ void op_file_get(req *r)
     char id[STORE_FILE_ID_LEN + 1], err[600];
     store_file_info info;
     int nf;
-    if (file_id_arg(r, id) < 0)
+    if (file_id_arg(r, r->arg[FILE_GET_ID], id) < 0)
         return;
     if (store_file_get(r->d->db, id, &info, NULL, NULL, &nf, err, sizeof err) < 0)
-        reply_error(r, nf ? "not_found" : "internal", "file_id: %s", err);
+        reply_error(r, nf ? ERR_NOT_FOUND : ERR_INTERNAL, "file_id: %s", err);
     else
         reply_file(r, &info);
 }
@@ -165,7 +153,7 @@ void op_file_delete(req *r)
     qd *d = r->d;
     char id[STORE_FILE_ID_LEN + 1], err[600];
     int deleted = 0, rc = 0;
-    if (file_id_arg(r, id) < 0)
+    if (file_id_arg(r, r->arg[FILE_DELETE_ID], id) < 0)
         return;
     files_hold();
     uint64_t user = jobs_file_user(d, id);
@@ -173,21 +161,17 @@ void op_file_delete(req *r)
         rc = store_file_delete(d->db, id, &deleted, err, sizeof err);
     files_release();
     if (user) {
-        reply_error(r, "conflict", "file_id: %s is the data of job %llu, which has not finished", id,
+        reply_error(r, ERR_CONFLICT, "file_id: %s is the data of job %llu, which has not finished", id,
                     (unsigned long long)user);
         return;
     }
     if (rc < 0) {
-        reply_error(r, store_error_code(err), "%s", err);
+        reply_error(r, store_error(err), "%s", err);
         return;
     }
     if (deleted)
         qd_log(LOG_INFO, "file %s deleted", id);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_kv_i64(&o.pk, "deleted", deleted);
-    reply_end(r, &o);
+    reply_deleted(r, deleted);
 }
 
 /* ---- paths inside --data-dir ---- */
@@ -271,35 +255,35 @@ static const char *read_beneath(int dirfd, const char *rel, size_t cap, char **b
 /* ---- data specs of job.submit ---- */
 
 /* {tokens: [[int]]} checked and concatenated into little-endian u32s. */
-static const char *tokens_bytes(const msgpack_object *v, const char *field, int vocab, char **buf, size_t *len,
-                                char *err, size_t errlen)
+static qd_error tokens_bytes(const msgpack_object *v, const char *field, int vocab, char **buf, size_t *len,
+                             char *err, size_t errlen)
 {
     if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0) {
         snprintf(err, errlen, "%s.tokens: must be a non-empty array of token arrays", field);
-        return "bad_request";
+        return ERR_BAD_REQUEST;
     }
     size_t total = 0;
     for (uint32_t i = 0; i < v->via.array.size; i++) {
         const msgpack_object *a = &v->via.array.ptr[i];
         if (a->type != MSGPACK_OBJECT_ARRAY) {
             snprintf(err, errlen, "%s.tokens[%u]: must be an array of token ids", field, i);
-            return "bad_request";
+            return ERR_BAD_REQUEST;
         }
         for (uint32_t j = 0; j < a->via.array.size; j++)
             if (a->via.array.ptr[j].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a->via.array.ptr[j].via.u64 >= (uint64_t)vocab) {
                 snprintf(err, errlen, "%s.tokens[%u][%u]: must be a token id in 0..%d", field, i, j, vocab - 1);
-                return "invalid_argument";
+                return ERR_INVALID_ARGUMENT;
             }
         total += a->via.array.size;
     }
     if (total == 0) {
         snprintf(err, errlen, "%s.tokens: holds no token", field);
-        return "invalid_argument";
+        return ERR_INVALID_ARGUMENT;
     }
     unsigned char *out = malloc(total * 4);
     if (!out) {
         snprintf(err, errlen, "out of memory for %zu tokens", total);
-        return "busy";
+        return ERR_BUSY;
     }
     size_t k = 0;
     for (uint32_t i = 0; i < v->via.array.size; i++)
@@ -309,27 +293,27 @@ static const char *tokens_bytes(const msgpack_object *v, const char *field, int 
                 out[k + b] = (unsigned char)(t >> (8 * b));
         }
     *buf = (char *)out, *len = total * 4;
-    return NULL;
+    return ERR_NONE;
 }
 
-const char *files_resolve(qd *d, const msgpack_object *m, const char *field, job_data *out, char *err,
-                          size_t errlen)
+qd_error files_resolve(qd *d, const msgpack_object *m, const char *field, job_data *out, char *err,
+                       size_t errlen)
 {
     memset(out, 0, sizeof *out);
     if (m->type != MSGPACK_OBJECT_MAP || m->via.map.size != 1 || m->via.map.ptr[0].key.type != MSGPACK_OBJECT_STR) {
         snprintf(err, errlen, "%s: must be a map with one of file_id, text, tokens, path", field);
-        return "bad_request";
+        return ERR_BAD_REQUEST;
     }
     const msgpack_object *k = &m->via.map.ptr[0].key, *v = &m->via.map.ptr[0].val;
     const char *key = mp_is_str(k, "file_id") ? "file_id" : mp_is_str(k, "text") ? "text"
                     : mp_is_str(k, "path") ? "path" : mp_is_str(k, "tokens") ? "tokens" : NULL;
     if (!key) {
         snprintf(err, errlen, "%s: must be a map with one of file_id, text, tokens, path", field);
-        return "bad_request";
+        return ERR_BAD_REQUEST;
     }
     if (strcmp(key, "tokens") && v->type != MSGPACK_OBJECT_STR) {
         snprintf(err, errlen, "%s.%s: must be a string", field, key);
-        return "bad_request";
+        return ERR_BAD_REQUEST;
     }
     if (!strcmp(key, "file_id")) {
         store_file_info info;
@@ -339,24 +323,25 @@ const char *files_resolve(qd *d, const msgpack_object *m, const char *field, job
             memcpy(out->file_id, v->via.str.ptr, STORE_FILE_ID_LEN);
         if (!store_file_id_valid(out->file_id)) {
             snprintf(err, errlen, "%s.file_id: must be \"file-\" and 64 lowercase hex digits", field);
-            return "invalid_argument";
+            return ERR_INVALID_ARGUMENT;
         }
         if (store_file_get(d->db, out->file_id, &info, NULL, NULL, &nf, why, sizeof why) < 0) {
             snprintf(err, errlen, "%s.file_id: %s", field, why);
-            return nf ? "not_found" : "internal";
+            return nf ? ERR_NOT_FOUND : ERR_INTERNAL;
         }
         out->bytes = info.bytes;
-        return NULL;
+        return ERR_NONE;
     }
     char *owned = NULL;
-    const char *bytes = NULL, *code = NULL, *purpose = "fine-tune", *filename = "";
+    const char *bytes = NULL, *purpose = "fine-tune", *filename = "";
+    qd_error code;
     size_t len = 0;
     char why[200], name[STORE_FILE_NAME_MAX + 1];
     if (!strcmp(key, "text")) {
         bytes = v->via.str.ptr, len = v->via.str.size;
         if (len == 0) {
             snprintf(err, errlen, "%s.text: empty", field);
-            return "invalid_argument";
+            return ERR_INVALID_ARGUMENT;
         }
     } else if (!strcmp(key, "tokens")) {
         if ((code = tokens_bytes(v, field, d->model.cfg.vocab_size, &owned, &len, err, errlen)))
@@ -368,7 +353,7 @@ const char *files_resolve(qd *d, const msgpack_object *m, const char *field, job
             snprintf(err, errlen,
                      "%s.path: the daemon was started without --data-dir, so paths are refused; upload the file "
                      "(file.upload) and pass {file_id}", field);
-            return "invalid_argument";
+            return ERR_INVALID_ARGUMENT;
         }
         char *rel = mp_strdup(v);
         const char *what = !rel ? "out of memory"
@@ -377,7 +362,7 @@ const char *files_resolve(qd *d, const msgpack_object *m, const char *field, job
         if (what) {
             free(rel);
             snprintf(err, errlen, "%s.path: %s", field, what);
-            return "invalid_argument";
+            return ERR_INVALID_ARGUMENT;
         }
         sanitize_filename(rel, strlen(rel), name);
         free(rel);
@@ -387,12 +372,12 @@ const char *files_resolve(qd *d, const msgpack_object *m, const char *field, job
     int existed;
     if (store_file_put(d->db, bytes, len, filename, purpose, &info, &existed, err, errlen) < 0) {
         free(owned);
-        return store_error_code(err);
+        return store_error(err);
     }
     free(owned);
     memcpy(out->file_id, info.id, sizeof out->file_id);
     out->bytes = info.bytes;
-    return NULL;
+    return ERR_NONE;
 }
 
 int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t errlen)

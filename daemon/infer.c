@@ -1,35 +1,13 @@
 /* infer.c: the ops that use the frozen base: tokenize, eval and generate with any stored
- * adapter (held from the cache for the whole request, so a swap never disturbs it), and
- * the adapter ops: list, get, delete, activate, export and import in PEFT format. */
-#include <inttypes.h>
+ * adapter (held from the cache for the whole request, so a swap never disturbs it). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "generate.h"
-#include "peft.h"
 #include "qlorad.h"
 #include "utf8.h"
-
-int parse_adapter_ref(const char *s, char *name, uint32_t *version)
-{
-    const char *at = strchr(s, '@');
-    size_t n = at ? (size_t)(at - s) : strlen(s);
-    if (n > STORE_NAME_MAX)
-        return -1;
-    memcpy(name, s, n);
-    name[n] = 0;
-    *version = 0;
-    if (at) {
-        char *end;
-        unsigned long v = strtoul(at + 1, &end, 10);
-        if (!at[1] || *end || v == 0 || v > UINT32_MAX)
-            return -1;
-        *version = (uint32_t)v;
-    }
-    return store_name_valid(name) ? 0 : -1;
-}
 
 /* The adapter a request names: a string "name[@version]", nil for the base alone, or
  * absent for the active adapter. *out NULL: the base alone. 0, or -1 after replying. */
@@ -48,16 +26,13 @@ static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **o
         if (!name[0])
             return 0;
     } else {
-        char *s = mp_strdup(arg);
-        int bad = !s || parse_adapter_ref(s, name, &version) < 0;
-        free(s);
-        if (bad) {
-            reply_error(r, "invalid_argument", "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: " STORE_NAME_RULE ")",
+        if (adapter_ref_parse(arg, 1, name, &version) < 0) {
+            reply_error(r, ERR_INVALID_ARGUMENT, "adapter: '%.*s' is not NAME or NAME@VERSION (NAME: " STORE_NAME_RULE ")",
                         (int)(arg->via.str.size > 100 ? 100 : arg->via.str.size), arg->via.str.ptr);
             return -1;
         }
     }
-    const char *code = cache_acquire(r->d, name, version, out, err, sizeof err);
+    qd_error code = cache_acquire(r->d, name, version, out, err, sizeof err);
     if (code) {
         reply_error(r, code, "adapter: %s", err);
         return -1;
@@ -65,38 +40,69 @@ static int request_adapter(req *r, const msgpack_object *arg, cached_adapter **o
     return 0;
 }
 
-static void pack_adapter_ref(msgpack_packer *pk, const char *key, const cached_adapter *a)
+/* The adapter a result says it used: "NAME@VERSION", or "" (nil) for the base alone. */
+static void adapter_ref(const cached_adapter *a, char ref[80])
 {
-    if (!a) {
-        mp_kv_nil(pk, key);
-        return;
-    }
-    char ref[80];
-    snprintf(ref, sizeof ref, "%s@%u", a->name, a->version);
-    mp_kv_str(pk, key, ref);
+    ref[0] = 0;
+    if (a)
+        snprintf(ref, 80, "%s@%u", a->name, a->version);
 }
+
+/* The results of eval and generate, and generate's stream events. */
+typedef struct {
+    double nll_sum, ppl, tokens_per_s;
+    size_t n_predicted;
+    char adapter[80];
+    schema_bytes text;
+    schema_ints tokens;
+    int token;
+} infer_result;
+
+#define R(key, kind, member, flags) S_FIELD(infer_result, key, kind, member, flags)
+static const schema_field eval_result_fields[] = {
+    R("nll_sum", SK_REAL, nll_sum, 0),
+    R("n_predicted", SK_UINT, n_predicted, 0),
+    R("ppl", SK_REAL, ppl, 0),
+    R("adapter", SK_CHARS, adapter, SF_NIL_IF_ZERO),
+};
+static const schema eval_result = SCHEMA(eval_result_fields);
+static const schema_field generate_result_fields[] = {
+    R("text", SK_STRN, text, 0),
+    R("tokens", SK_INTS, tokens, 0),
+    R("adapter", SK_CHARS, adapter, SF_NIL_IF_ZERO),
+    R("tokens_per_s", SK_REAL, tokens_per_s, 0),
+};
+static const schema generate_result = SCHEMA(generate_result_fields);
+static const schema_field token_event_fields[] = {
+    R("token", SK_INT, token, 0),
+    R("text", SK_STRN, text, 0),
+};
+static const schema token_event = SCHEMA(token_event_fields);
+static const schema_field tokenize_result_fields[] = {R("tokens", SK_INTS, tokens, 0)};
+static const schema tokenize_result = SCHEMA(tokenize_result_fields);
+#undef R
 
 /* A token array of 2..max ids below the vocabulary, into a malloc'd int array. */
 static int *read_token_list(req *r, const msgpack_object *a, const char *what, size_t min, size_t max, size_t *n)
 {
     const int V = r->d->model.cfg.vocab_size;
     if (a->type != MSGPACK_OBJECT_ARRAY) {
-        reply_error(r, "bad_request", "%s: must be an array of token ids", what);
+        reply_error(r, ERR_BAD_REQUEST, "%s: must be an array of token ids", what);
         return NULL;
     }
     if (a->via.array.size < min || a->via.array.size > max) {
-        reply_error(r, "invalid_argument", "%s: %u tokens, must be %zu..%zu", what, a->via.array.size, min, max);
+        reply_error(r, ERR_INVALID_ARGUMENT, "%s: %u tokens, must be %zu..%zu", what, a->via.array.size, min, max);
         return NULL;
     }
     int *ids = malloc((a->via.array.size + 1) * sizeof *ids);
     if (!ids) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
         return NULL;
     }
     for (uint32_t i = 0; i < a->via.array.size; i++) {
         const msgpack_object *t = &a->via.array.ptr[i];
         if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 >= (uint64_t)V) {
-            reply_error(r, t->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? "invalid_argument" : "bad_request",
+            reply_error(r, t->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? ERR_INVALID_ARGUMENT : ERR_BAD_REQUEST,
                         "%s[%u]: must be a token id in 0..%d", what, i, V - 1);
             free(ids);
             return NULL;
@@ -113,7 +119,7 @@ static int encode_arg(req *r, const char *field, const char *text, size_t n, int
 {
     int rc = tok_encode(r->d->tok, text, n, 1, 0, ids, n_ids);
     if (rc < 0)
-        reply_error(r, rc == TOK_NOMEM ? "busy" : "invalid_argument", "%s: %s", field, tok_strerror(rc));
+        reply_error(r, rc == TOK_NOMEM ? ERR_BUSY : ERR_INVALID_ARGUMENT, "%s: %s", field, tok_strerror(rc));
     return rc < 0 ? -1 : 0;
 }
 
@@ -121,25 +127,23 @@ void op_tokenize(req *r)
 {
     int *ids;
     size_t n;
-    if (encode_arg(r, "text", r->arg[0]->via.str.ptr, r->arg[0]->via.str.size, &ids, &n) < 0)
+    const msgpack_object *text = r->arg[TOKENIZE_TEXT];
+    if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n) < 0)
         return;
+    infer_result res = {.tokens = {ids, n}};
     mp_out o;
     reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_str(&o.pk, "tokens");
-    msgpack_pack_array(&o.pk, n);
-    for (size_t i = 0; i < n; i++)
-        msgpack_pack_int(&o.pk, ids[i]);
+    schema_pack(&o.pk, &tokenize_result, &res, SCHEMA_WIRE);
     reply_end(r, &o);
     free(ids);
 }
 
 void op_eval(req *r)
 {
-    const msgpack_object *tokens = r->arg[0], *text = r->arg[1];
+    const msgpack_object *tokens = r->arg[EVAL_TOKENS], *text = r->arg[EVAL_TEXT];
     const int S = r->d->model.cfg.seq_len;
     if (!tokens == !text) {
-        reply_error(r, "bad_request", "eval: give exactly one of tokens and text");
+        reply_error(r, ERR_BAD_REQUEST, "eval: give exactly one of tokens and text");
         return;
     }
     size_t n_seqs = 0, n_ids = 0;
@@ -150,16 +154,16 @@ void op_eval(req *r)
         if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n_ids) < 0)
             return;
         if (n_ids < 2)
-            ok = 0, reply_error(r, "invalid_argument", "text: fewer than 2 tokens");
+            ok = 0, reply_error(r, ERR_INVALID_ARGUMENT, "text: fewer than 2 tokens");
     } else {
         n_seqs = tokens->via.array.size;
         seqs = malloc((n_seqs + 1) * sizeof *seqs);
         lens = malloc((n_seqs + 1) * sizeof *lens);
         lists = calloc(n_seqs + 1, sizeof *lists);
         if (!seqs || !lens || !lists)
-            ok = 0, reply_error(r, "busy", "out of memory");
+            ok = 0, reply_error(r, ERR_BUSY, "out of memory");
         else if (n_seqs == 0)
-            ok = 0, reply_error(r, "invalid_argument", "tokens: no sequences");
+            ok = 0, reply_error(r, ERR_INVALID_ARGUMENT, "tokens: no sequences");
         for (size_t i = 0; ok && i < n_seqs; i++) {
             char what[48];
             snprintf(what, sizeof what, "tokens[%zu]", i);
@@ -169,22 +173,20 @@ void op_eval(req *r)
         }
     }
     cached_adapter *a = NULL;
-    if (ok && request_adapter(r, r->arg[2], &a) == 0) {
+    if (ok && request_adapter(r, r->arg[EVAL_ADAPTER], &a) == 0) {
         double nll = 0;
         size_t np = 0;
         char err[512];
         const llama_lora *ad = a ? &a->lora : NULL;
         if ((text ? llama_eval_stream(&r->d->model, ad, ids, n_ids, S, &nll, &np, err, sizeof err)
                   : llama_eval(&r->d->model, ad, seqs, lens, n_seqs, &nll, &np, err, sizeof err)) < 0) {
-            reply_error(r, "invalid_argument", "%s", err);
+            reply_error(r, ERR_INVALID_ARGUMENT, "%s", err);
         } else {
+            infer_result res = {.nll_sum = nll, .n_predicted = np, .ppl = exp(nll / (double)np)};
+            adapter_ref(a, res.adapter);
             mp_out o;
             reply_begin(r, &o);
-            msgpack_pack_map(&o.pk, 4);
-            mp_kv_f64(&o.pk, "nll_sum", nll);
-            mp_kv_u64(&o.pk, "n_predicted", np);
-            mp_kv_f64(&o.pk, "ppl", exp(nll / (double)np));
-            pack_adapter_ref(&o.pk, "adapter", a);
+            schema_pack(&o.pk, &eval_result, &res, SCHEMA_WIRE);
             reply_end(r, &o);
         }
         if (a)
@@ -232,12 +234,10 @@ static int on_token(void *p, int token)
     size_t whole = n - utf8_cut_tail(text, n);
     s->n_held = n - whole < sizeof s->held ? n - whole : 0;
     memcpy(s->held, text + whole, s->n_held);
+    infer_result ev = {.token = token, .text = {text, whole}};
     mp_out o;
     mp_out_init(&o);
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_i64(&o.pk, "token", token);
-    mp_str(&o.pk, "text");
-    mp_str_n(&o.pk, text, whole);
+    schema_pack(&o.pk, &token_event, &ev, SCHEMA_WIRE);
     reply_event(s->r->d, s->r->conn_id, s->r->id, o.sb.data + 4, o.sb.size - 4);
     mp_out_free(&o);
     return 0;
@@ -247,23 +247,23 @@ void op_generate(req *r)
 {
     qd *d = r->d;
     const int S = d->model.cfg.seq_len;
-    const msgpack_object *prompt = r->arg[0], *tokens = r->arg[1];
+    const msgpack_object *prompt = r->arg[GEN_PROMPT], *tokens = r->arg[GEN_TOKENS];
     double temperature = 0, top_p = 1;
     if (prompt && tokens) {
-        reply_error(r, "bad_request", "generate: give prompt or tokens, not both");
+        reply_error(r, ERR_BAD_REQUEST, "generate: give prompt or tokens, not both");
         return;
     }
-    if (r->arg[3])
-        mp_number(r->arg[3], &temperature);
-    if (r->arg[4])
-        mp_number(r->arg[4], &top_p);
-    uint64_t max_tokens = r->arg[2] ? r->arg[2]->via.u64 : 64;
+    if (r->arg[GEN_TEMPERATURE])
+        mp_number(r->arg[GEN_TEMPERATURE], &temperature);
+    if (r->arg[GEN_TOP_P])
+        mp_number(r->arg[GEN_TOP_P], &top_p);
+    uint64_t max_tokens = r->arg[GEN_MAX_TOKENS] ? r->arg[GEN_MAX_TOKENS]->via.u64 : 64;
     if (!(temperature >= 0 && temperature <= 100)) {
-        reply_error(r, "invalid_argument", "temperature: %g is not in 0..100", temperature);
+        reply_error(r, ERR_INVALID_ARGUMENT, "temperature: %g is not in 0..100", temperature);
         return;
     }
     if (!(top_p > 0 && top_p <= 1)) {
-        reply_error(r, "invalid_argument", "top_p: %g is not in (0, 1]", top_p);
+        reply_error(r, ERR_INVALID_ARGUMENT, "top_p: %g is not in (0, 1]", top_p);
         return;
     }
     int *ids = NULL;
@@ -278,56 +278,51 @@ void op_generate(req *r)
         /* BOS and at least bytes / per ids: a prompt this long cannot leave room, whatever it
          * says, and is refused before tokenizing (which costs memory per byte) */
         if (bytes / per + 1 >= (size_t)S) {
-            reply_error(r, "invalid_argument", "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
+            reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
                         "which leave no room in the context of %d", bytes, bytes / per + 1, per, S);
             return;
         }
         if (encode_arg(r, "prompt", text, bytes, &ids, &n) < 0)
             return;
         if (n >= (size_t)S) {
-            reply_error(r, "invalid_argument", "prompt: %zu tokens leave no room in the context of %d", n, S);
+            reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu tokens leave no room in the context of %d", n, S);
             free(ids);
             return;
         }
     }
     if (max_tokens < 1 || max_tokens > (uint64_t)S - n) {
-        reply_error(r, "invalid_argument", "max_tokens: %llu is not in 1..%zu (the context left after the prompt)",
+        reply_error(r, ERR_INVALID_ARGUMENT, "max_tokens: %llu is not in 1..%zu (the context left after the prompt)",
                     (unsigned long long)max_tokens, (size_t)S - n);
         free(ids);
         return;
     }
     cached_adapter *a;
-    if (request_adapter(r, r->arg[6], &a) < 0) {
+    if (request_adapter(r, r->arg[GEN_ADAPTER], &a) < 0) {
         free(ids);
         return;
     }
     int *out = malloc(max_tokens * sizeof *out), n_out = 0;
-    llama_sampling s = {(float)temperature, (float)top_p, r->arg[5] ? r->arg[5]->via.u64 : 0};
+    llama_sampling s = {(float)temperature, (float)top_p, r->arg[GEN_SEED] ? r->arg[GEN_SEED]->via.u64 : 0};
     stream_ctx sc = {r, ids[n - 1], {0}, 0};
-    int stream = r->arg[7] && r->arg[7]->via.boolean;
+    int stream = r->arg[GEN_STREAM] && r->arg[GEN_STREAM]->via.boolean;
     char err[512];
     double t0 = now_s();
     if (!out) {
-        reply_error(r, "busy", "out of memory");
+        reply_error(r, ERR_BUSY, "out of memory");
     } else if (llama_generate(&d->model, a ? &a->lora : NULL, ids, (int)n, (int)max_tokens, &s,
                               stream ? on_token : still_wanted, &sc, out, &n_out, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
+        reply_error(r, ERR_INTERNAL, "%s", err);
     } else {
         double dt = now_s() - t0;
         char *text = tok_decode_all(d->tok, ids[n - 1], out, (size_t)n_out);
-        mp_out o;
-        reply_begin(r, &o);
-        msgpack_pack_map(&o.pk, 4);
         /* as the stream has it: a character left unfinished at the end is dropped */
         size_t tl = text ? strlen(text) : 0;
-        mp_str(&o.pk, "text");
-        mp_str_n(&o.pk, text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0));
-        mp_str(&o.pk, "tokens");
-        msgpack_pack_array(&o.pk, (size_t)n_out);
-        for (int i = 0; i < n_out; i++)
-            msgpack_pack_int(&o.pk, out[i]);
-        pack_adapter_ref(&o.pk, "adapter", a);
-        mp_kv_f64(&o.pk, "tokens_per_s", n_out / (dt > 1e-9 ? dt : 1e-9));
+        infer_result res = {.text = {text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0)},
+                            .tokens = {out, (size_t)n_out}, .tokens_per_s = n_out / (dt > 1e-9 ? dt : 1e-9)};
+        adapter_ref(a, res.adapter);
+        mp_out o;
+        reply_begin(r, &o);
+        schema_pack(&o.pk, &generate_result, &res, SCHEMA_WIRE);
         reply_end(r, &o);
         free(text);
     }
@@ -335,270 +330,4 @@ void op_generate(req *r)
         cache_release(d, a);
     free(out);
     free(ids);
-}
-
-/* ---- adapter records ---- */
-
-void pack_targets(msgpack_packer *pk, unsigned targets)
-{
-    int n = 0;
-    for (int k = 0; k < LIN_COUNT; k++)
-        n += targets >> k & 1;
-    msgpack_pack_array(pk, (size_t)n);
-    for (int k = 0; k < LIN_COUNT; k++)
-        if (targets >> k & 1)
-            mp_str(pk, llama_linear_name((llama_linear)k));
-}
-
-void pack_adapter(msgpack_packer *pk, const store_adapter_info *a)
-{
-    char fp[17];
-    snprintf(fp, sizeof fp, "%016" PRIx64, a->base_fingerprint);
-    msgpack_pack_map(pk, 11);
-    mp_kv_str(pk, "name", a->name);
-    mp_kv_u64(pk, "version", a->version);
-    mp_kv_u64(pk, "rank", (uint64_t)a->rank);
-    mp_kv_f64(pk, "alpha", a->alpha);
-    mp_str(pk, "targets");
-    pack_targets(pk, a->targets);
-    mp_kv_str(pk, "base_fingerprint", fp);
-    mp_kv_f64(pk, "created_at", a->created_at);
-    if (a->job_id)
-        mp_kv_u64(pk, "job_id", a->job_id);
-    else
-        mp_kv_nil(pk, "job_id");
-    mp_str(pk, "metrics");
-    msgpack_pack_map(pk, 3);
-    mp_kv_f64(pk, "eval_loss", a->eval_loss);
-    mp_kv_f64(pk, "ppl_base", a->ppl_base);
-    mp_kv_f64(pk, "ppl_adapter", a->ppl_adapter);
-    mp_kv_u64(pk, "size_bytes", a->size_bytes);
-    mp_kv_bool(pk, "rslora", a->rslora);
-}
-
-/* args name (position 0) and version (position 1) of the adapter ops. 0, or -1 after
- * replying. */
-static int name_version(req *r, char name[STORE_NAME_MAX + 1], uint32_t *version)
-{
-    const msgpack_object *n = r->arg[0], *v = r->arg[1];
-    size_t len = n->via.str.size;
-    if (len <= STORE_NAME_MAX) {
-        memcpy(name, n->via.str.ptr, len);
-        name[len] = 0;
-    }
-    if (len > STORE_NAME_MAX || memchr(n->via.str.ptr, 0, len) || !store_name_valid(name)) {
-        reply_error(r, "invalid_argument", "name: '%.*s' is not " STORE_NAME_RULE,
-                    (int)(n->via.str.size > 80 ? 80 : n->via.str.size), n->via.str.ptr);
-        return -1;
-    }
-    *version = 0;
-    if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        if (v->via.u64 == 0 || v->via.u64 > UINT32_MAX) {
-            reply_error(r, "invalid_argument", "version: %llu is not in 1..%u", (unsigned long long)v->via.u64,
-                        UINT32_MAX);
-            return -1;
-        }
-        *version = (uint32_t)v->via.u64;
-    }
-    return 0;
-}
-
-static int get_record(req *r, const char *name, uint32_t version, store_adapter_info *info)
-{
-    char err[512];
-    int nf = 0;
-    if (store_adapter_get(r->d->db, name, version, info, &nf, err, sizeof err) == 0)
-        return 0;
-    if (nf && version)
-        reply_error(r, "not_found", "adapter %s@%u does not exist", name, version);
-    else if (nf)
-        reply_error(r, "not_found", "adapter %s does not exist", name);
-    else
-        reply_error(r, "internal", "%s", err);
-    return -1;
-}
-
-void op_adapter_list(req *r)
-{
-    store_adapter_info *list;
-    size_t n;
-    char err[512];
-    if (store_adapter_list(r->d->db, &list, &n, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
-        return;
-    }
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_str(&o.pk, "adapters");
-    msgpack_pack_array(&o.pk, n);
-    for (size_t i = 0; i < n; i++)
-        pack_adapter(&o.pk, &list[i]);
-    reply_end(r, &o);
-    free(list);
-}
-
-void op_adapter_get(req *r)
-{
-    char name[STORE_NAME_MAX + 1];
-    uint32_t version;
-    store_adapter_info info;
-    if (name_version(r, name, &version) < 0 || get_record(r, name, version, &info) < 0)
-        return;
-    mp_out o;
-    reply_begin(r, &o);
-    pack_adapter(&o.pk, &info);
-    reply_end(r, &o);
-}
-
-void op_adapter_delete(req *r)
-{
-    char name[STORE_NAME_MAX + 1], err[512];
-    uint32_t version;
-    int deleted = 0;
-    if (name_version(r, name, &version) < 0)
-        return;
-    if (store_adapter_delete(r->d->db, name, version, &deleted, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
-        return;
-    }
-    if (deleted == 0) {
-        reply_error(r, "not_found", "adapter %s%s%.0u does not exist", name, version ? "@" : "", version);
-        return;
-    }
-    cache_forget(r->d, name, version);
-    pthread_mutex_lock(&r->d->active_lock);
-    if (!strcmp(r->d->active_name, name) && (!version || version == r->d->active_version)) {
-        qd_log(LOG_INFO, "the active adapter %s@%u was deleted; none is active now", name, r->d->active_version);
-        r->d->active_name[0] = 0, r->d->active_version = 0;
-    }
-    pthread_mutex_unlock(&r->d->active_lock);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 1);
-    mp_kv_u64(&o.pk, "deleted", (uint64_t)deleted);
-    reply_end(r, &o);
-}
-
-void op_adapter_activate(req *r)
-{
-    qd *d = r->d;
-    char name[STORE_NAME_MAX + 1] = "";
-    uint32_t version = 0;
-    store_adapter_info info;
-    if (r->arg[0]->type != MSGPACK_OBJECT_NIL) {
-        if (name_version(r, name, &version) < 0 || get_record(r, name, version, &info) < 0)
-            return;
-        if (info.base_fingerprint != d->model.fingerprint) {
-            reply_error(r, "conflict", "adapter %s@%u was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
-                        name, info.version, info.base_fingerprint, d->model.fingerprint);
-            return;
-        }
-        version = info.version;
-    }
-    pthread_mutex_lock(&d->active_lock);
-    memcpy(d->active_name, name, sizeof name);
-    d->active_version = version;
-    pthread_mutex_unlock(&d->active_lock);
-    qd_log(LOG_INFO, "active adapter: %s%s%.0u", name[0] ? name : "none", version ? "@" : "", version);
-    mp_out o;
-    reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_str(&o.pk, "active", name[0] ? name : NULL);
-    if (version)
-        mp_kv_u64(&o.pk, "version", version);
-    else
-        mp_kv_nil(&o.pk, "version");
-    reply_end(r, &o);
-}
-
-void op_adapter_export(req *r)
-{
-    qd *d = r->d;
-    char name[STORE_NAME_MAX + 1], err[512];
-    uint32_t version;
-    if (name_version(r, name, &version) < 0)
-        return;
-    if (r->arg[2] && !mp_is_str(r->arg[2], "peft")) {
-        reply_error(r, "invalid_argument", "format: only \"peft\" is supported");
-        return;
-    }
-    store_adapter_info info;
-    llama_lora ad;
-    int nf = 0;
-    if (store_adapter_load(d->db, name, version, &d->model.cfg, &info, &ad, &nf, err, sizeof err) < 0) {
-        reply_error(r, nf ? "not_found" : "internal", "%s", err);
-        return;
-    }
-    char *config = NULL;
-    void *st = NULL;
-    size_t st_len = 0;
-    if (peft_config_encode(&ad, d->model_dir, &config, err, sizeof err) < 0 ||
-        peft_encode(&ad, &d->model.cfg, info.base_fingerprint, &st, &st_len, err, sizeof err) < 0) {
-        reply_error(r, "internal", "%s", err);
-    } else if (strlen(config) + st_len + 256 > d->max_frame) {
-        reply_error(r, "busy", "the export (%zu bytes) exceeds max_frame %zu", strlen(config) + st_len, d->max_frame);
-    } else {
-        mp_out o;
-        reply_begin(r, &o);
-        msgpack_pack_map(&o.pk, 1);
-        mp_str(&o.pk, "files");
-        msgpack_pack_map(&o.pk, 2);
-        mp_kv_str(&o.pk, "adapter_config.json", config);
-        mp_str(&o.pk, "adapter_model.safetensors");
-        msgpack_pack_bin(&o.pk, st_len);
-        msgpack_pack_bin_body(&o.pk, st, st_len);
-        reply_end(r, &o);
-    }
-    free(config);
-    free(st);
-    llama_lora_free(&ad);
-}
-
-void op_adapter_import(req *r)
-{
-    qd *d = r->d;
-    char name[STORE_NAME_MAX + 1], err[1024];
-    uint32_t version;
-    if (name_version(r, name, &version) < 0)
-        return;
-    const msgpack_object *files = r->arg[1];
-    const msgpack_object *config = mp_get(files, "adapter_config.json");
-    const msgpack_object *st = mp_get(files, "adapter_model.safetensors");
-    if (!config || !st || (config->type != MSGPACK_OBJECT_STR && config->type != MSGPACK_OBJECT_BIN) ||
-        st->type != MSGPACK_OBJECT_BIN) {
-        reply_error(r, "bad_request", "files: needs \"adapter_config.json\" (str) and "
-                                      "\"adapter_model.safetensors\" (bin)");
-        return;
-    }
-    llama_lora ad;
-    uint64_t fp = 0;
-    if (peft_import(config->via.str.ptr, config->via.str.size, st->via.bin.ptr, st->via.bin.size, &d->model.cfg, &ad,
-                    &fp, err, sizeof err) < 0) {
-        reply_error(r, "invalid_argument", "files: %s", err);
-        return;
-    }
-    if (fp && fp != d->model.fingerprint) {
-        reply_error(r, "conflict", "files: the adapter was trained on base %016" PRIx64 ", not this one (%016" PRIx64 ")",
-                    fp, d->model.fingerprint);
-        llama_lora_free(&ad);
-        return;
-    }
-    store_adapter_info info;
-    memset(&info, 0, sizeof info);
-    snprintf(info.name, sizeof info.name, "%s", name);
-    info.rank = ad.rank, info.alpha = ad.alpha, info.rslora = ad.rslora, info.targets = ad.targets;
-    info.base_fingerprint = d->model.fingerprint;
-    info.base = d->model.cfg;
-    info.eval_loss = info.ppl_base = info.ppl_adapter = NAN;
-    if (store_adapter_put(d->db, &info, &ad, NULL, NULL, err, sizeof err) < 0) {
-        reply_error(r, strstr(err, "full") ? "busy" : "internal", "%s", err);
-    } else {
-        qd_log(LOG_INFO, "imported adapter %s@%u", info.name, info.version);
-        mp_out o;
-        reply_begin(r, &o);
-        pack_adapter(&o.pk, &info);
-        reply_end(r, &o);
-    }
-    llama_lora_free(&ad);
 }

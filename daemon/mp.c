@@ -203,15 +203,6 @@ void mp_str(msgpack_packer *pk, const char *s)
     mp_str_n(pk, s, strlen(s));
 }
 
-void mp_kv_str(msgpack_packer *pk, const char *key, const char *s)
-{
-    mp_str(pk, key);
-    if (s)
-        mp_str(pk, s);
-    else
-        msgpack_pack_nil(pk);
-}
-
 void mp_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
 {
     mp_str(pk, key);
@@ -224,31 +215,30 @@ void mp_kv_i64(msgpack_packer *pk, const char *key, int64_t v)
     msgpack_pack_int64(pk, v);
 }
 
-void mp_kv_f64(msgpack_packer *pk, const char *key, double v)
+void mp_f64(msgpack_packer *pk, double v)
 {
-    mp_str(pk, key);
     if (isnan(v))
         msgpack_pack_nil(pk);
     else
         msgpack_pack_double(pk, v);
 }
 
-void mp_kv_bool(msgpack_packer *pk, const char *key, int v)
+void mp_bool(msgpack_packer *pk, int v)
 {
-    mp_str(pk, key);
     if (v)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
 }
 
-void mp_kv_nil(msgpack_packer *pk, const char *key)
+void mp_kv_f64(msgpack_packer *pk, const char *key, double v)
 {
     mp_str(pk, key);
-    msgpack_pack_nil(pk);
+    mp_f64(pk, v);
 }
 
-void mp_copy(msgpack_packer *pk, const msgpack_object *o)
+void mp_kv_bool(msgpack_packer *pk, const char *key, int v)
 {
-    msgpack_pack_object(pk, *o);
+    mp_str(pk, key);
+    mp_bool(pk, v);
 }

@@ -39,13 +39,11 @@ void mp_out_free(mp_out *o);
  * errors="replace" has it; valid text is packed unchanged. */
 void mp_str_n(msgpack_packer *pk, const char *s, size_t n);
 void mp_str(msgpack_packer *pk, const char *s);
-void mp_kv_str(msgpack_packer *pk, const char *key, const char *s); /* s NULL: nil */
+void mp_f64(msgpack_packer *pk, double v); /* NaN: nil */
+void mp_bool(msgpack_packer *pk, int v);
 void mp_kv_u64(msgpack_packer *pk, const char *key, uint64_t v);
 void mp_kv_i64(msgpack_packer *pk, const char *key, int64_t v);
 void mp_kv_f64(msgpack_packer *pk, const char *key, double v);     /* NaN: nil */
 void mp_kv_bool(msgpack_packer *pk, const char *key, int v);
-void mp_kv_nil(msgpack_packer *pk, const char *key);
-/* A copy of a decoded object. */
-void mp_copy(msgpack_packer *pk, const msgpack_object *o);
 
 #endif

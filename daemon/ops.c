@@ -1,6 +1,7 @@
-/* ops.c: the command table. One row per op: its handler, where it runs (the loop for
- * bookkeeping, the thread pool for anything that computes or copies megabytes) and its
- * argument schema, checked here so that handlers see arguments of the right types. */
+/* ops.c: the command table, generated from QD_OPS and the ops' argument lists
+ * (protocol.h): one row per op with its handler, where it runs and its argument schema,
+ * checked here so that handlers see arguments of the right types, each at the position
+ * its enum names. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,10 +9,6 @@
 
 #include "qlorad.h"
 #include "workspace.h"
-
-enum {
-    T_STR = 1, T_UINT = 2, T_NUM = 4, T_BOOL = 8, T_MAP = 16, T_ARRAY = 32, T_NIL = 64, T_BIN = 128,
-};
 
 typedef struct {
     const char *name;
@@ -22,53 +19,39 @@ typedef struct {
 typedef struct op_row {
     const char *name;
     void (*fn)(req *r);
-    int pooled;
+    int where;           /* ON_LOOP or ON_POOL */
     arg_spec args[MAX_ARGS];
 } op_row;
 
-static void op_auth(req *r);
-static void op_ping(req *r);
-static void op_status(req *r);
+/* One row per op of QD_OPS, its arguments in the order of their enum, then a NULL name. */
+#define ARG_SPEC(op, e, name, types, required) {name, types, required},
+#define OP_ROW(op, name, fn, where, ARGS) {name, fn, where, {ARGS(ARG_SPEC, op){0}}},
+static const op_row op_table[] = {QD_OPS(OP_ROW)};
+#undef OP_ROW
+#undef ARG_SPEC
+/* room for the NULL name after the last */
+#define OP_FITS(op, name, fn, where, ARGS) _Static_assert(op##_N_ARGS < MAX_ARGS, name ": over MAX_ARGS arguments");
+QD_OPS(OP_FITS)
+#undef OP_FITS
 
-static const op_row op_table[] = {
-    {"auth", op_auth, 0, {{"token", T_STR, 1}}},
-    {"ping", op_ping, 0, {{0}}},
-    {"status", op_status, 0, {{0}}},
-    {"tokenize", op_tokenize, 1, {{"text", T_STR, 1}}},
-    {"eval", op_eval, 1, {{"tokens", T_ARRAY, 0}, {"text", T_STR, 0}, {"adapter", T_STR | T_NIL, 0}}},
-    {"generate", op_generate, 1,
-     {{"prompt", T_STR, 0}, {"tokens", T_ARRAY, 0}, {"max_tokens", T_UINT, 0}, {"temperature", T_NUM, 0},
-      {"top_p", T_NUM, 0}, {"seed", T_UINT, 0}, {"adapter", T_STR | T_NIL, 0}, {"stream", T_BOOL, 0}}},
-    {"job.submit", op_job_submit, 1, /* pooled: it hashes and stores its data as files */
-     {{"adapter", T_STR, 1}, {"data", T_MAP, 1}, {"eval_data", T_MAP | T_NIL, 0}, {"method", T_STR, 0},
-      {"hyper", T_MAP | T_NIL, 0}}},
-    {"job.get", op_job_get, 0, {{"job_id", T_UINT, 1}}},
-    {"job.list", op_job_list, 0, {{"state", T_STR | T_NIL, 0}, {"limit", T_UINT | T_NIL, 0}, {"after", T_UINT | T_NIL, 0}}},
-    {"job.cancel", op_job_cancel, 0, {{"job_id", T_UINT, 1}}},
-    {"job.watch", op_job_watch, 0, {{"job_id", T_UINT, 1}}},
-    {"job.delete", op_job_delete, 0, {{"job_id", T_UINT, 1}}},
-    {"file.upload", op_file_upload, 1, {{"data", T_BIN | T_STR, 1}, {"filename", T_STR, 0}, {"purpose", T_STR, 0}}},
-    {"file.list", op_file_list, 0, {{0}}},
-    {"file.get", op_file_get, 0, {{"file_id", T_STR, 1}}},
-    {"file.delete", op_file_delete, 0, {{"file_id", T_STR, 1}}},
-    {"adapter.list", op_adapter_list, 0, {{0}}},
-    {"adapter.get", op_adapter_get, 0, {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}}},
-    {"adapter.delete", op_adapter_delete, 0, {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}}},
-    {"adapter.activate", op_adapter_activate, 0, {{"name", T_STR | T_NIL, 1}, {"version", T_UINT | T_NIL, 0}}},
-    {"adapter.export", op_adapter_export, 1,
-     {{"name", T_STR, 1}, {"version", T_UINT | T_NIL, 0}, {"format", T_STR, 0}}},
-    {"adapter.import", op_adapter_import, 1, {{"name", T_STR, 1}, {"files", T_MAP, 1}}},
+static const char *const type_names[T_N_BITS] = {
+#define ARG_TYPE_NAME(e, name, phrase) [T_BIT_##e] = name,
+    ARG_TYPES(ARG_TYPE_NAME)
+#undef ARG_TYPE_NAME
 };
 
-static const char *type_name(unsigned types)
+/* The first of the types as messages say it ("a string"); nil is told apart ("or nil"). */
+static const char *type_phrase(unsigned types)
 {
-    if (types & T_STR) return "a string";
-    if (types & T_UINT) return "a non-negative integer";
-    if (types & T_NUM) return "a number";
-    if (types & T_BOOL) return "a boolean";
-    if (types & T_MAP) return "a map";
-    if (types & T_ARRAY) return "an array";
-    return "binary";
+    static const char *const phrases[T_N_BITS] = {
+#define ARG_TYPE_PHRASE(e, name, phrase) [T_BIT_##e] = phrase,
+        ARG_TYPES(ARG_TYPE_PHRASE)
+#undef ARG_TYPE_PHRASE
+    };
+    for (int b = 0; b < T_N_BITS; b++)
+        if (b != T_BIT_NIL && types >> b & 1)
+            return phrases[b];
+    return phrases[T_BIT_NIL];
 }
 
 static unsigned type_of(const msgpack_object *o)
@@ -90,6 +73,43 @@ static unsigned type_of(const msgpack_object *o)
 
 /* ---- replies ---- */
 
+static const char *const error_names[] = {
+    [ERR_NONE] = "none",
+#define QD_ERROR_NAME(e, name) [ERR_##e] = name,
+    QD_ERRORS(QD_ERROR_NAME)
+#undef QD_ERROR_NAME
+};
+#define N_ERRORS (int)(sizeof error_names / sizeof error_names[0])
+
+const char *qd_error_name(qd_error e)
+{
+    return (int)e >= 0 && (int)e < N_ERRORS ? error_names[e] : "internal";
+}
+
+/* {id, ok: false, error: {code, message}} */
+typedef struct {
+    uint64_t id;
+    int ok;
+    qd_error code;
+    char message[1024];
+} error_reply;
+static const schema_field error_fields[] = {
+    S_NAME(error_reply, "code", code, error_names, N_ERRORS, 0),
+    S_FIELD(error_reply, "message", SK_CHARS, message, 0),
+};
+static const schema error_body = SCHEMA(error_fields);
+static const schema_field error_reply_fields[] = {
+    S_FIELD(error_reply, "id", SK_UINT, id, 0),
+    S_FIELD(error_reply, "ok", SK_BOOL, ok, 0),
+    S_GROUP("error", &error_body),
+};
+static const schema error_reply_record = SCHEMA(error_reply_fields);
+
+qd_error store_error(const char *err)
+{
+    return strstr(err, "store full") ? ERR_BUSY : ERR_INTERNAL;
+}
+
 void reply_begin(req *r, mp_out *o)
 {
     mp_out_init(o);
@@ -105,32 +125,47 @@ void reply_end(req *r, mp_out *o)
     if (o->sb.data && len > r->d->max_frame) {
         /* the client could not read it (its limit is the same): say so instead */
         mp_out_free(o);
-        reply_error(r, "busy", "the result is %zu bytes, more than max_frame (%zu): ask for less at a time", len,
+        reply_error(r, ERR_BUSY, "the result is %zu bytes, more than max_frame (%zu): ask for less at a time", len,
                     r->d->max_frame);
         return;
     }
     qd_send(r->d, r->conn_id, o);
 }
 
-static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, va_list ap)
+void reply_records(req *r, const char *key, const schema *s, const void *items, size_t n, size_t stride)
 {
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
     mp_out o;
-    mp_out_init(&o);
-    msgpack_pack_map(&o.pk, 3);
-    mp_kv_u64(&o.pk, "id", id);
-    mp_kv_bool(&o.pk, "ok", 0);
-    mp_str(&o.pk, "error");
-    msgpack_pack_map(&o.pk, 2);
-    mp_kv_str(&o.pk, "code", code);
-    mp_kv_str(&o.pk, "message", msg);
-    qd_send(d, conn_id, &o);
-    qd_log(LOG_DEBUG, "connection %llu request %llu: %s: %s", (unsigned long long)conn_id,
-           (unsigned long long)id, code, msg);
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 1);
+    mp_str(&o.pk, key);
+    msgpack_pack_array(&o.pk, n);
+    for (size_t i = 0; i < n; i++)
+        schema_pack(&o.pk, s, (const char *)items + i * stride, SCHEMA_WIRE);
+    reply_end(r, &o);
 }
 
-void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, ...)
+void reply_deleted(req *r, int n)
+{
+    mp_out o;
+    reply_begin(r, &o);
+    msgpack_pack_map(&o.pk, 1);
+    mp_kv_i64(&o.pk, "deleted", n);
+    reply_end(r, &o);
+}
+
+static void vsend_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, va_list ap)
+{
+    error_reply e = {.id = id, .code = code};
+    vsnprintf(e.message, sizeof e.message, fmt, ap);
+    mp_out o;
+    mp_out_init(&o);
+    schema_pack(&o.pk, &error_reply_record, &e, SCHEMA_WIRE);
+    qd_send(d, conn_id, &o);
+    qd_log(LOG_DEBUG, "connection %llu request %llu: %s: %s", (unsigned long long)conn_id,
+           (unsigned long long)id, qd_error_name(code), e.message);
+}
+
+void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -138,7 +173,7 @@ void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const ch
     va_end(ap);
 }
 
-void reply_error(req *r, const char *code, const char *fmt, ...)
+void reply_error(req *r, qd_error code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -208,14 +243,14 @@ static int bind_args(req *r)
                 ;
             if (j == MAX_ARGS || !op->args[j].name) {
                 if (k->type == MSGPACK_OBJECT_STR)
-                    reply_error(r, "bad_request", "args.%.*s: %s takes no such argument", (int)k->via.str.size,
+                    reply_error(r, ERR_BAD_REQUEST, "args.%.*s: %s takes no such argument", (int)k->via.str.size,
                                 k->via.str.ptr, op->name);
                 else
-                    reply_error(r, "bad_request", "args: keys must be strings");
+                    reply_error(r, ERR_BAD_REQUEST, "args: keys must be strings");
                 return -1;
             }
             if (!(type_of(v) & op->args[j].types)) {
-                reply_error(r, "bad_request", "args.%s: must be %s%s", op->args[j].name, type_name(op->args[j].types),
+                reply_error(r, ERR_BAD_REQUEST, "args.%s: must be %s%s", op->args[j].name, type_phrase(op->args[j].types),
                             op->args[j].types & T_NIL ? " or nil" : "");
                 return -1;
             }
@@ -224,7 +259,7 @@ static int bind_args(req *r)
     }
     for (int j = 0; j < MAX_ARGS && op->args[j].name; j++)
         if (op->args[j].required && !r->arg[j]) {
-            reply_error(r, "bad_request", "args.%s: missing (%s needs it)", op->args[j].name, op->name);
+            reply_error(r, ERR_BAD_REQUEST, "args.%s: missing (%s needs it)", op->args[j].name, op->name);
             return -1;
         }
     return 0;
@@ -234,7 +269,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
 {
     char err[256];
     if (mp_check(frame, len, err, sizeof err) < 0) {
-        send_error(d, c->id, 0, "bad_frame", "%s", err);
+        send_error(d, c->id, 0, ERR_BAD_FRAME, "%s", err);
         if (c->authed)
             conn_close(c);
         else
@@ -243,7 +278,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     }
     req *r = calloc(1, sizeof *r);
     if (!r) {
-        send_error(d, c->id, 0, "busy", "out of memory");
+        send_error(d, c->id, 0, ERR_BUSY, "out of memory");
         return;
     }
     r->d = d, r->conn_id = c->id;
@@ -255,7 +290,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         memcpy(r->bytes, frame, len);
     size_t off = 0;
     if (!r->bytes || msgpack_unpack_next(&r->frame, r->bytes, len, &off) != MSGPACK_UNPACK_SUCCESS) {
-        send_error(d, c->id, 0, "busy", "out of memory decoding a frame of %zu bytes", len);
+        send_error(d, c->id, 0, ERR_BUSY, "out of memory decoding a frame of %zu bytes", len);
         req_free(r);
         if (!c->authed)
             conn_abort(c);
@@ -269,7 +304,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         r->args = NULL;
     if (!c->authed && !(op && mp_is_str(op, "auth"))) {
         /* before auth nothing is answered but that: no shape errors to keep a stranger talking */
-        reply_error(r, "unauthorized", "a TCP connection must begin with auth");
+        reply_error(r, ERR_UNAUTHORIZED, "a TCP connection must begin with auth");
         req_free(r);
         conn_abort(c);
         return;
@@ -280,7 +315,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
                       : r->args && r->args->type != MSGPACK_OBJECT_MAP ? "args: must be a map"
                       : NULL;
     if (bad) {
-        reply_error(r, "bad_request", "%s", bad);
+        reply_error(r, ERR_BAD_REQUEST, "%s", bad);
         req_free(r);
         if (!c->authed)
             conn_abort(c);
@@ -290,7 +325,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
         if (mp_is_str(op, op_table[i].name))
             r->op = &op_table[i];
     if (!r->op) {
-        reply_error(r, "unknown_op", "op '%.*s' does not exist", (int)op->via.str.size, op->via.str.ptr);
+        reply_error(r, ERR_UNKNOWN_OP, "op '%.*s' does not exist", (int)op->via.str.size, op->via.str.ptr);
         req_free(r);
         return;
     }
@@ -300,7 +335,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
             conn_abort(c);
         return;
     }
-    if (!r->op->pooled) {
+    if (r->op->where == ON_LOOP) {
         r->op->fn(r);
         req_free(r);
         return;
@@ -310,7 +345,7 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
     atomic_fetch_add(&c->life->refs, 1);
     r->work.data = r;
     if (uv_queue_work(d->loop, &r->work, work, work_done) < 0) {
-        reply_error(r, "internal", "cannot queue the request");
+        reply_error(r, ERR_INTERNAL, "cannot queue the request");
         req_free(r);
         return;
     }
@@ -321,18 +356,18 @@ void ops_dispatch(qd *d, conn *c, const char *frame, size_t len)
 /* ---- the small ops ---- */
 
 /* On the loop, so the connection is at hand. The Unix socket needs no token. */
-static void op_auth(req *r)
+void op_auth(req *r)
 {
     qd *d = r->d;
     conn *c = qd_conn(d, r->conn_id);
-    const msgpack_object *t = r->arg[0];
+    const msgpack_object *t = r->arg[AUTH_TOKEN];
     size_t n = d->token ? strlen(d->token) : 0;
     unsigned diff = !d->token || t->via.str.size != n;
     for (size_t i = 0; i < t->via.str.size && i < n; i++) /* constant time in the token's bytes */
         diff |= (unsigned)(d->token[i] ^ t->via.str.ptr[i]);
     if (c && c->tcp && diff) {
         qd_log(LOG_INFO, "connection %llu: wrong token; closing it", (unsigned long long)c->id);
-        reply_error(r, "unauthorized", "token: does not match");
+        reply_error(r, ERR_UNAUTHORIZED, "token: does not match");
         conn_abort(c);
         return;
     }
@@ -344,15 +379,55 @@ static void op_auth(req *r)
     reply_end(r, &o);
 }
 
-static void op_ping(req *r)
+typedef struct {
+    uint64_t protocol;
+    double uptime_s;
+} ping_result;
+static const schema_field ping_fields[] = {
+    S_CONST("version", QLORAD_VERSION),
+    S_FIELD(ping_result, "protocol", SK_UINT, protocol, 0),
+    S_FIELD(ping_result, "uptime_s", SK_REAL, uptime_s, 0),
+};
+static const schema ping_record = SCHEMA(ping_fields);
+
+void op_ping(req *r)
 {
+    ping_result p = {QLORAD_PROTOCOL, now_s() - r->d->started};
     mp_out o;
     reply_begin(r, &o);
-    msgpack_pack_map(&o.pk, 3);
-    mp_kv_str(&o.pk, "version", QLORAD_VERSION);
-    mp_kv_u64(&o.pk, "protocol", QLORAD_PROTOCOL);
-    mp_kv_f64(&o.pk, "uptime_s", now_s() - r->d->started);
+    schema_pack(&o.pk, &ping_record, &p, SCHEMA_WIRE);
     reply_end(r, &o);
+}
+
+static const schema_field arg_fields[] = {
+    S_FIELD(arg_spec, "name", SK_STR, name, 0),
+    S_BITS(arg_spec, "types", types, type_names, T_N_BITS),
+    S_FIELD(arg_spec, "required", SK_BOOL, required, 0), /* REQUIRED is 1 */
+};
+static const schema arg_record = SCHEMA(arg_fields);
+
+/* An op's args: its schema up to the NULL name. */
+static void pack_args(msgpack_packer *pk, const void *value)
+{
+    const arg_spec *args = value;
+    size_t n = 0;
+    while (n < MAX_ARGS && args[n].name)
+        n++;
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++)
+        schema_pack(pk, &arg_record, &args[i], SCHEMA_WIRE);
+}
+static const schema_field op_fields[] = {
+    S_FIELD(op_row, "name", SK_STR, name, 0),
+    S_CUSTOM(op_row, "args", args, pack_args, NULL, 0),
+};
+static const schema op_record = SCHEMA(op_fields);
+
+/* Every op with its arguments as the dispatcher checks them, so that a client can learn
+ * what this daemon offers before it asks. */
+void op_op_list(req *r)
+{
+    reply_records(r, "ops", &op_record, op_table, sizeof op_table / sizeof op_table[0], sizeof op_table[0]);
 }
 
 static size_t rss_bytes(void)
@@ -367,66 +442,102 @@ static size_t rss_bytes(void)
     return rss * 4096;
 }
 
-static void op_status(req *r)
+/* What status tells, gathered first: the table below packs it. */
+typedef struct {
+    int connections, requests_in_flight;
+    const char *name, *path;
+    size_t n_params;
+    int dim, n_layers, vocab_size, seq_len;
+    const char *format;
+    int block_size, double_quant;
+    double bits_per_param;
+    size_t base_bytes, adapters_bytes, rss_bytes;
+    int jobs[JOB_N_STATES];
+    size_t stored, loaded;
+    char active[80]; /* NAME@VERSION, "": none */
+} status_view;
+
+#define S(key, kind, member) S_FIELD(status_view, key, kind, member, 0)
+static const schema_field server_fields[] = {
+    S("connections", SK_INT, connections),
+    S("requests_in_flight", SK_INT, requests_in_flight),
+};
+static const schema_field model_fields[] = {
+    S("name", SK_STR, name),
+    S("path", SK_STR, path),
+    S_CONST("arch", "llama"),
+    S("n_params", SK_UINT, n_params),
+    S("dim", SK_INT, dim),
+    S("n_layers", SK_INT, n_layers),
+    S("vocab_size", SK_INT, vocab_size),
+    S("seq_len", SK_INT, seq_len),
+};
+static const schema_field quant_fields[] = {
+    S("format", SK_STR, format),
+    S("block_size", SK_INT, block_size),
+    S("double_quant", SK_BOOL, double_quant),
+    S("bits_per_param", SK_REAL, bits_per_param),
+};
+static const schema_field memory_fields[] = {
+    S("base_bytes", SK_UINT, base_bytes),
+    S("adapters_bytes", SK_UINT, adapters_bytes),
+    S("rss_bytes", SK_UINT, rss_bytes),
+};
+static const schema_field job_count_fields[] = {
+#define JOB_COUNT(e, name) S(name, SK_INT, jobs[JOB_##e]),
+    JOB_STATES(JOB_COUNT)
+#undef JOB_COUNT
+};
+static const schema_field adapters_fields[] = {
+    S("stored", SK_UINT, stored),
+    S("loaded", SK_UINT, loaded),
+    S_FIELD(status_view, "active", SK_CHARS, active, SF_NIL_IF_ZERO),
+};
+#undef S
+static const schema server_part = SCHEMA(server_fields), model_part = SCHEMA(model_fields),
+                    quant_part = SCHEMA(quant_fields), memory_part = SCHEMA(memory_fields),
+                    jobs_part = SCHEMA(job_count_fields), adapters_part = SCHEMA(adapters_fields);
+static const schema_field status_fields[] = {
+    S_GROUP("server", &server_part), S_GROUP("model", &model_part),   S_GROUP("quant", &quant_part),
+    S_GROUP("memory", &memory_part), S_GROUP("jobs", &jobs_part),     S_GROUP("adapters", &adapters_part),
+};
+static const schema status_record = SCHEMA(status_fields);
+
+void op_status(req *r)
 {
     qd *d = r->d;
     const llama_model *m = &d->model;
     const llama_config *c = &m->cfg;
-    size_t quantized, n_params = llama_n_params(c, m->tied, &quantized), cached, cached_bytes, used, stored = 0;
+    size_t quantized, used;
     char err[256];
-    int counts[5];
-    jobs_counts(d, counts);
-    cache_stats(d, &cached, &cached_bytes);
-    if (store_stat(d->db, &used, &stored, err, sizeof err) < 0)
-        qd_log(LOG_WARN, "status: %s", err);
+    status_view s = {
+        .connections = d->n_conns,
+        .requests_in_flight = d->inflight,
+        .path = d->model_dir,
+        .n_params = llama_n_params(c, m->tied, &quantized),
+        .dim = c->dim,
+        .n_layers = c->n_layers,
+        .vocab_size = c->vocab_size,
+        .seq_len = c->seq_len,
+        .format = qt_format_name(m->spec.format),
+        .block_size = m->spec.block,
+        .double_quant = m->spec.double_quant,
+        .bits_per_param = llama_linear_bits(m),
+        .base_bytes = llama_weight_bytes(m),
+        .rss_bytes = rss_bytes(),
+    };
     const char *name = strrchr(d->model_dir, '/');
-    name = name && name[1] ? name + 1 : d->model_dir;
+    s.name = name && name[1] ? name + 1 : d->model_dir;
+    jobs_counts(d, s.jobs);
+    cache_stats(d, &s.loaded, &s.adapters_bytes);
+    if (store_stat(d->db, &used, &s.stored, err, sizeof err) < 0)
+        qd_log(LOG_WARN, "status: %s", err);
+    pthread_mutex_lock(&d->active_lock);
+    if (d->active_name[0])
+        snprintf(s.active, sizeof s.active, "%s@%u", d->active_name, d->active_version);
+    pthread_mutex_unlock(&d->active_lock);
     mp_out o;
     reply_begin(r, &o);
-    msgpack_packer *pk = &o.pk;
-    msgpack_pack_map(pk, 6);
-    mp_str(pk, "server");
-    msgpack_pack_map(pk, 2);
-    mp_kv_u64(pk, "connections", (uint64_t)d->n_conns);
-    mp_kv_u64(pk, "requests_in_flight", (uint64_t)d->inflight);
-    mp_str(pk, "model");
-    msgpack_pack_map(pk, 8);
-    mp_kv_str(pk, "name", name);
-    mp_kv_str(pk, "path", d->model_dir);
-    mp_kv_str(pk, "arch", "llama");
-    mp_kv_u64(pk, "n_params", n_params);
-    mp_kv_u64(pk, "dim", (uint64_t)c->dim);
-    mp_kv_u64(pk, "n_layers", (uint64_t)c->n_layers);
-    mp_kv_u64(pk, "vocab_size", (uint64_t)c->vocab_size);
-    mp_kv_u64(pk, "seq_len", (uint64_t)c->seq_len);
-    mp_str(pk, "quant");
-    msgpack_pack_map(pk, 4);
-    mp_kv_str(pk, "format", qt_format_name(m->spec.format));
-    mp_kv_u64(pk, "block_size", (uint64_t)m->spec.block);
-    mp_kv_bool(pk, "double_quant", m->spec.double_quant);
-    mp_kv_f64(pk, "bits_per_param", llama_linear_bits(m));
-    mp_str(pk, "memory");
-    msgpack_pack_map(pk, 3);
-    mp_kv_u64(pk, "base_bytes", llama_weight_bytes(m));
-    mp_kv_u64(pk, "adapters_bytes", cached_bytes);
-    mp_kv_u64(pk, "rss_bytes", rss_bytes());
-    mp_str(pk, "jobs");
-    msgpack_pack_map(pk, 5);
-    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
-    for (int i = 0; i < 5; i++)
-        mp_kv_u64(pk, states[i], (uint64_t)counts[i]);
-    mp_str(pk, "adapters");
-    msgpack_pack_map(pk, 3);
-    mp_kv_u64(pk, "stored", stored);
-    mp_kv_u64(pk, "loaded", cached);
-    pthread_mutex_lock(&d->active_lock);
-    if (d->active_name[0]) {
-        char active[80];
-        snprintf(active, sizeof active, "%s@%u", d->active_name, d->active_version);
-        mp_kv_str(pk, "active", active);
-    } else {
-        mp_kv_nil(pk, "active");
-    }
-    pthread_mutex_unlock(&d->active_lock);
+    schema_pack(&o.pk, &status_record, &s, SCHEMA_WIRE);
     reply_end(r, &o);
 }

@@ -16,6 +16,8 @@
 
 #include "model.h"
 #include "mp.h"
+#include "protocol.h"
+#include "schema.h"
 #include "store.h"
 #include "tokenizer.h"
 
@@ -157,6 +159,11 @@ typedef struct req {
     uv_work_t work;
 } req;
 
+/* The handler of every op in QD_OPS (protocol.h): void op_x(req *r). */
+#define OP_HANDLER(op, name, fn, where, ARGS) void fn(req *r);
+QD_OPS(OP_HANDLER)
+#undef OP_HANDLER
+
 void ops_dispatch(qd *d, conn *c, const char *frame, size_t len);
 /* The client of a pooled request has gone (its connection closed): stop computing. */
 int req_abandoned(const req *r);
@@ -166,28 +173,26 @@ void conn_life_put(conn_life *l);
  * result, which the caller packs before reply_end. */
 void reply_begin(req *r, mp_out *o);
 void reply_end(req *r, mp_out *o);
-void reply_error(req *r, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void reply_error(req *r, qd_error code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* An error with no request to answer (bad frames: id 0). */
-void send_error(qd *d, uint64_t conn_id, uint64_t id, const char *code, const char *fmt, ...)
+void send_error(qd *d, uint64_t conn_id, uint64_t id, qd_error code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* The result {key: [records]}: the n items at items, stride bytes apart, through s. */
+void reply_records(req *r, const char *key, const schema *s, const void *items, size_t n, size_t stride);
+/* The result {deleted: n} of the delete ops. */
+void reply_deleted(req *r, int n);
 /* A stream event {id, event: <packed map>}. */
 void reply_event(qd *d, uint64_t conn_id, uint64_t id, const char *packed, size_t len);
 
-/* ---- infer.c: eval, generate, tokenize, adapters (thread pool) ---- */
-void op_tokenize(req *r);
-void op_eval(req *r);
-void op_generate(req *r);
-void op_adapter_list(req *r);
-void op_adapter_get(req *r);
-void op_adapter_delete(req *r);
-void op_adapter_activate(req *r);
-void op_adapter_export(req *r);
-void op_adapter_import(req *r);
-/* "name" or "name@version" into name (65 bytes) and version (0: latest); 0 or -1. */
-int parse_adapter_ref(const char *s, char *name, uint32_t *version);
-void pack_adapter(msgpack_packer *pk, const store_adapter_info *a);
-/* LoRA targets as an array of short names (q, k, v, o, gate, up, down). */
-void pack_targets(msgpack_packer *pk, unsigned targets);
+/* ---- adapter_ops.c: adapter.* and the names of adapters ---- */
+/* The adapter a str object names, "NAME" or (versioned) also "NAME@VERSION", into name and
+ * version (0: none given). 0, or -1 when it names none. */
+int adapter_ref_parse(const msgpack_object *o, int versioned, char name[STORE_NAME_MAX + 1], uint32_t *version);
+/* The adapter name of argument field (a str object) into name; -1 after replying
+ * invalid_argument when it is not one. */
+int adapter_name_arg(req *r, const char *field, const msgpack_object *o, char name[STORE_NAME_MAX + 1]);
+/* The short names of LoRA targets (q, k, v, o, gate, up, down) by llama_linear. */
+extern const char *const lora_target_names[LIN_COUNT];
 
 /* ---- cache.c: adapters loaded from the store, LRU within a byte budget ---- */
 typedef struct cached_adapter {
@@ -203,34 +208,28 @@ typedef struct cached_adapter {
 
 adapter_cache *cache_new(size_t budget_bytes);
 void cache_free(adapter_cache *c);
-/* The adapter name@version (0: latest) held for use, loading it when missing. Returns 0,
- * or an error code ("not_found", "conflict", "internal") with a message. */
-const char *cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err,
-                          size_t errlen);
+/* The adapter name@version (0: latest) held for use, loading it when missing. ERR_NONE,
+ * or the error (ERR_NOT_FOUND, ERR_CONFLICT, ERR_INTERNAL, ERR_BUSY) with a message. */
+qd_error cache_acquire(qd *d, const char *name, uint32_t version, cached_adapter **out, char *err,
+                       size_t errlen);
 void cache_release(qd *d, cached_adapter *a);
 /* A version (0: all) was deleted: drop it once nobody uses it. */
 void cache_forget(qd *d, const char *name, uint32_t version);
 void cache_stats(qd *d, size_t *count, size_t *bytes);
 
-/* ---- jobs.c: the persistent queue and the runner thread ---- */
+/* ---- jobs*.c: the persistent queue (jobs.c), its runner threads (jobs_runner.c), the
+ * job.* ops and their watchers (jobs_ops.c) ---- */
 int jobs_start(qd *d, char *err, size_t errlen);
 /* Stops the runners at the next step boundary (running jobs checkpoint and stay
  * `running`, to resume at the next start); done(d) runs on the loop once they have. */
 void jobs_stop(qd *d, void (*done)(qd *d));
 void jobs_free(qd *d);
-void jobs_counts(qd *d, int counts[5]);
-void op_job_submit(req *r);
-void op_job_get(req *r);
-void op_job_list(req *r);
-void op_job_cancel(req *r);
-void op_job_watch(req *r);
+void jobs_counts(qd *d, int counts[JOB_N_STATES]);
 /* A connection went away: forget its watchers. */
 void jobs_conn_closed(qd *d, uint64_t conn_id);
 /* How many job.watch a connection has open. */
 int jobs_conn_watches(qd *d, uint64_t conn_id);
 
-/* Deletes a finished job's record and checkpoint (job.delete). */
-void op_job_delete(req *r);
 /* With files_hold(): the id of a queued or running job whose data or eval_data is the file,
  * else 0. */
 uint64_t jobs_file_user(qd *d, const char *file_id);
@@ -244,18 +243,14 @@ typedef struct {
     int tokens;
 } job_data;
 
-void op_file_upload(req *r);
-void op_file_list(req *r);
-void op_file_get(req *r);
-void op_file_delete(req *r);
 /* Held around "the job's files exist, queue it" and "no job uses the file, delete it". */
 void files_hold(void);
 void files_release(void);
 /* A data spec of job.submit ({file_id}, {text}, {tokens} or, with --data-dir, {path}) as a
- * stored file; field names it in messages. NULL, or the error code with err. Off the loop:
+ * stored file; field names it in messages. ERR_NONE, or the error code with err. Off the loop:
  * it hashes and stores up to max_frame bytes. */
-const char *files_resolve(qd *d, const msgpack_object *spec, const char *field, job_data *out, char *err,
-                          size_t errlen);
+qd_error files_resolve(qd *d, const msgpack_object *spec, const char *field, job_data *out, char *err,
+                       size_t errlen);
 /* 0 when the files of a and b (each may be NULL or "") are stored, else -1 with err. */
 int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t errlen);
 /* The token stream of a job's data, its bytes verified against the file id (runner). */

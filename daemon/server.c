@@ -247,7 +247,10 @@ void qd_send(qd *d, uint64_t conn_id, mp_out *o)
 void qd_call(qd *d, void (*fn)(qd *d, void *arg), void *arg)
 {
     mail *m = calloc(1, sizeof *m);
-    if (!m) { /* nothing else can carry it: run it late rather than lose it */
+    if (!m) {
+        /* a call cannot be dropped (a runner's stop that never arrives hangs the shutdown, a
+         * final event lost leaves its watch open forever) and nothing else can carry it:
+         * out of memory for these few bytes, the daemon aborts, saying so */
         qd_log(LOG_ERROR, "out of memory posting to the loop");
         abort();
     }
@@ -305,13 +308,13 @@ static void conn_take_frames(conn *c)
         }
         size_t len = frame_length(c->in + used);
         if (!c->authed && len > PREAUTH_MAX_FRAME) {
-            send_error(d, c->id, 0, "unauthorized", "a frame of %zu bytes before auth (at most %d)", len,
+            send_error(d, c->id, 0, ERR_UNAUTHORIZED, "a frame of %zu bytes before auth (at most %d)", len,
                        PREAUTH_MAX_FRAME);
             conn_abort(c);
             return;
         }
         if (len == 0 || len > d->max_frame) {
-            send_error(d, c->id, 0, "bad_frame", "frame length %zu is not in 1..%zu (max_frame)", len, d->max_frame);
+            send_error(d, c->id, 0, ERR_BAD_FRAME, "frame length %zu is not in 1..%zu (max_frame)", len, d->max_frame);
             conn_close(c);
             return;
         }
@@ -386,7 +389,7 @@ static void on_timer(uv_timer_t *t)
     if (!c->authed) {
         qd_log(LOG_INFO, "connection %llu: no auth within %llu ms; closing it", (unsigned long long)c->id,
                (unsigned long long)d->auth_timeout_ms);
-        send_error(d, c->id, 0, "unauthorized", "no auth within %llu ms", (unsigned long long)d->auth_timeout_ms);
+        send_error(d, c->id, 0, ERR_UNAUTHORIZED, "no auth within %llu ms", (unsigned long long)d->auth_timeout_ms);
         conn_abort(c);
         return;
     }
@@ -426,7 +429,7 @@ static void conn_start(qd *d, conn *c)
         /* accepted, told and closed at once, so that the backlog does not fill */
         qd_log(LOG_WARN, "connection %llu refused: %d connections open (--max-connections)",
                (unsigned long long)c->id, d->n_conns - 1);
-        send_error(d, c->id, 0, "busy", "%d connections are open already (--max-connections)", d->n_conns - 1);
+        send_error(d, c->id, 0, ERR_BUSY, "%d connections are open already (--max-connections)", d->n_conns - 1);
         conn_abort(c);
         return;
     }

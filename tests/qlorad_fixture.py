@@ -7,6 +7,7 @@ The daemon runs stories260K quantized to nf4; stop() sends SIGTERM and returns t
 status (a clean stop is 0). Conn speaks raw frames, so that broken ones can be sent too."""
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,23 @@ def frame(obj):
     """obj as one frame: 4-byte big-endian length, then msgpack."""
     b = msgpack.packb(obj, use_bin_type=True)
     return struct.pack('>I', len(b)) + b
+
+
+def peft_files(model_dir, alpha='8', fill=0.01, r=2):
+    """A PEFT adapter of q_proj for the llama2.c model in model_dir, made here: its config
+    (lora_alpha written as given) and safetensors, as adapter.import takes them."""
+    dim, _, layers = struct.unpack('3i', open(os.path.join(model_dir, 'model.bin'), 'rb').read(12))
+    header, body = {}, b''
+    for i in range(layers):
+        for part, shape in (('lora_A', [r, dim]), ('lora_B', [dim, r])):
+            name = 'base_model.model.model.layers.%d.self_attn.q_proj.%s.weight' % (i, part)
+            data = struct.pack('<%df' % (shape[0] * shape[1]), *[fill] * (shape[0] * shape[1]))
+            header[name] = {'dtype': 'F32', 'shape': shape, 'data_offsets': [len(body), len(body) + len(data)]}
+            body += data
+    h = json.dumps(header).encode()
+    h += b' ' * (-len(h) % 8)
+    config = '{"peft_type": "LORA", "r": %d, "lora_alpha": %s, "target_modules": ["q_proj"]}' % (r, alpha)
+    return {'adapter_config.json': config, 'adapter_model.safetensors': struct.pack('<Q', len(h)) + h + body}
 
 
 def rss(pid):

@@ -1,8 +1,10 @@
 /* store_peek.c: what the daemon tests need to see or break in a store that no daemon has
- * open: the size of a job's stored record, a file deleted or corrupted behind the daemon's
- * back (to check that a resumed job verifies its data).
+ * open: the size of a job's stored record, the record itself, a record as an earlier
+ * daemon wrote it, a file deleted or corrupted behind the daemon's back (to check that a
+ * resumed job verifies its data).
  *
- * usage: store_peek DB job-bytes ID | file-rm FILE_ID | file-corrupt FILE_ID */
+ * usage: store_peek DB job-bytes ID | job-get ID (the record to stdout) | job-put ID (the
+ *        record from stdin) | file-rm FILE_ID | file-corrupt FILE_ID */
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +47,8 @@ static int corrupt(const char *dir, const char *id)
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: store_peek DB job-bytes ID | file-rm FILE_ID | file-corrupt FILE_ID\n");
+        fprintf(stderr, "usage: store_peek DB job-bytes ID | job-get ID | job-put ID | file-rm FILE_ID | "
+                        "file-corrupt FILE_ID\n");
         return 2;
     }
     if (!strcmp(argv[2], "file-corrupt"))
@@ -57,14 +60,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "store_peek: %s\n", err);
         return 1;
     }
-    if (!strcmp(argv[2], "job-bytes")) {
+    if (!strcmp(argv[2], "job-bytes") || !strcmp(argv[2], "job-get")) {
         void *rec;
         size_t len;
         if (store_job_get(s, strtoull(argv[3], NULL, 10), &rec, &len, &nf, err, sizeof err) == 0) {
-            printf("%zu\n", len);
+            if (!strcmp(argv[2], "job-bytes"))
+                printf("%zu\n", len);
+            else
+                fwrite(rec, 1, len, stdout);
             free(rec);
             rc = 0;
         }
+    } else if (!strcmp(argv[2], "job-put")) {
+        static char rec[1 << 20];
+        size_t len = fread(rec, 1, sizeof rec, stdin);
+        rc = store_job_put(s, strtoull(argv[3], NULL, 10), rec, len, err, sizeof err) < 0;
     } else if (!strcmp(argv[2], "file-rm")) {
         int deleted;
         rc = store_file_delete(s, argv[3], &deleted, err, sizeof err) < 0 || !deleted;

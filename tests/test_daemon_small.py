@@ -2,13 +2,13 @@
 """qlorad against careless and hostile strings and races (issue 15, "smaller ones"): every
 str it sends is valid UTF-8, client strings cannot forge log lines, PEFT import refuses a
 non-finite lora_alpha, a version deleted while the cache loads it stays deleted, a huge
-prompt is refused before it is tokenized. Each case runs its own daemon (stories260K, nf4)
-from tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP output.
+prompt is refused before it is tokenized, adapter names are read exactly; op.list lists
+what the dispatcher serves. Each case runs its own daemon (stories260K, nf4) from
+tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP output.
 
 usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
 
 import codecs
-import json
 import os
 import socket
 import struct
@@ -19,7 +19,7 @@ import time
 import msgpack
 
 from tap import case, report
-from qlorad_fixture import Daemon
+from qlorad_fixture import Daemon, peft_files as fixture_peft_files
 
 QLORAD, SHARED, CLIENT_DIR = sys.argv[1:4]
 sys.path.insert(0, CLIENT_DIR)
@@ -80,18 +80,56 @@ def pieces():
 
 
 def peft_files(alpha, fill=0.01, r=2):
-    """A PEFT adapter of q_proj for stories260K, made here: config and safetensors."""
-    header, body = {}, b''
-    for i in range(LAYERS):
-        for part, shape in (('lora_A', [r, DIM]), ('lora_B', [DIM, r])):
-            name = 'base_model.model.model.layers.%d.self_attn.q_proj.%s.weight' % (i, part)
-            data = struct.pack('<%df' % (shape[0] * shape[1]), *[fill] * (shape[0] * shape[1]))
-            header[name] = {'dtype': 'F32', 'shape': shape, 'data_offsets': [len(body), len(body) + len(data)]}
-            body += data
-    h = json.dumps(header).encode()
-    h += b' ' * (-len(h) % 8)
-    config = '{"peft_type": "LORA", "r": %d, "lora_alpha": %s, "target_modules": ["q_proj"]}' % (r, alpha)
-    return {'adapter_config.json': config, 'adapter_model.safetensors': struct.pack('<Q', len(h)) + h + body}
+    return fixture_peft_files(MODEL, alpha, fill, r)
+
+
+@case('op.list: every op with the arguments the dispatcher checks, and each one it lists is served')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        ops = c.call('op.list')['ops']
+        names = [o['name'] for o in ops]
+        assert names[:4] == ['auth', 'ping', 'status', 'op.list'] and 'adapter.import' in names, names
+        assert len(set(names)) == len(names) >= 23, names
+        args = {o['name']: o['args'] for o in ops}
+        assert args['ping'] == [] and args['job.get'] == [{'name': 'job_id', 'types': ['uint'], 'required': True}]
+        assert [a['name'] for a in args['generate']] == ['prompt', 'tokens', 'max_tokens', 'temperature', 'top_p',
+                                                         'seed', 'adapter', 'stream'], args['generate']
+        assert args['generate'][6] == {'name': 'adapter', 'types': ['str', 'nil'], 'required': False}
+        assert args['file.upload'][0] == {'name': 'data', 'types': ['str', 'bin'], 'required': True}
+        for name in names:
+            # the dispatcher's own list: a listed op is found, and refuses an argument it does not list
+            try:
+                c.call(name, no_such_arg=1)
+                raise AssertionError('%s took no_such_arg' % name)
+            except QloraError as e:
+                assert e.code == 'bad_request' and 'args.no_such_arg' in e.message and name in e.message, (name, e)
+            required = [a['name'] for a in args[name] if a['required']]
+            if required:
+                try:
+                    c.call(name)
+                    raise AssertionError('%s ran without %s' % (name, required))
+                except QloraError as e:
+                    assert e.code == 'bad_request' and 'args.%s: missing' % required[0] in e.message, (name, e)
+
+
+@case('an adapter is named exactly NAME or NAME@VERSION: a NUL, a sign or a space is refused, not read past')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        assert c.import_adapter('st', peft_files('8'))['version'] == 1
+        for ref in ('st\x00ry', 'st\x00', 'st@+1', 'st@ 1', 'st@1 ', 'st@', 'st@0', 'st@4294967296', 'st@1@1'):
+            try:
+                c.generate(prompt='x', max_tokens=1, adapter=ref)
+                raise AssertionError('%r was served' % ref)
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and 'NAME@VERSION' in e.message, (ref, e.code, e.message)
+        for field, call in (('adapter', lambda: c.submit('st\x00', {'text': 'x' * 100})),
+                            ('name', lambda: c.adapter('st\x00'))):
+            try:
+                call()
+                raise AssertionError('a name with a NUL was taken')
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and e.message.startswith(field + ':'), e
+        assert c.generate(prompt='x', max_tokens=1, adapter='st@01')['adapter'] == 'st@1'
 
 
 @case('invalid UTF-8 in an op name and an adapter name: the error quotes it as U+FFFD')

@@ -254,17 +254,23 @@ def _():
     d = Daemon(db, name='clean')
     c = d.conn()
     jid = submit(c, 'clean', steps=100000, checkpoint_every=0, eval_every=0)
+
+    def claimed(n):
+        """The record once this daemon's runner has claimed the job (its nth start): a
+        restarted daemon answers before that, with the record of the last run."""
+        deadline = time.time() + 60
+        r = wait_state(c, jid, ('running',), step=1)
+        while r['starts'] < n and time.time() < deadline:
+            time.sleep(0.02)
+            r = c.ok('job.get', job_id=jid)
+        return r
+
     for n in range(4):
-        wait_state(c, jid, ('running',), step=1)
+        claimed(n + 1)
         d.stop()
         d = Daemon(db, name='clean')
         c = d.conn()
-    # the fifth start is counted when a runner claims the job, after the daemon answers
-    deadline = time.time() + 60
-    r = c.ok('job.get', job_id=jid)
-    while r['starts'] < 5 and time.time() < deadline:
-        time.sleep(0.02)
-        r = c.ok('job.get', job_id=jid)
+    r = claimed(5)
     assert r['state'] == 'running' and r['crashes'] == 0 and r['starts'] == 5, r
     c.ok('job.cancel', job_id=jid)
     assert wait_state(c, jid, FINAL)['state'] == 'cancelled'

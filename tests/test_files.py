@@ -326,4 +326,62 @@ def _():
         shutil.rmtree(root)
 
 
+
+def old_record(jid, state, **changes):
+    """A job record as the first daemon with stored files wrote it (git 1f72e13): no starts,
+    crashes, base or clean_stop, which later daemons added."""
+    rec = {'job_id': jid, 'adapter': 'old%d' % jid, 'adapter_version': None, 'method': 'lora', 'state': state,
+           'created_at': 1.75e9, 'started_at': None, 'finished_at': None, 'step': 0, 'total_steps': 12,
+           'loss': None, 'eval_loss': None, 'tokens_per_s': None, 'error': None,
+           'hyper': {'rank': 4, 'alpha': 8.0, 'steps': 12, 'batch_size': 2, 'seq_len': 64, 'seed': 5,
+                     'targets': ['q', 'v'], 'schedule': 'constant', 'init': 'default'},
+           'resumed': 0, 'metrics': {'ppl_base': None, 'ppl_adapter': None},
+           'data': {'file_id': sha_id(b'gone'), 'bytes': 4, 'format': 'text'}, 'eval_data': None}
+    rec.update(changes)
+    return rec
+
+
+@case('job records of an earlier layout load, and are stored again in this one')
+def _():
+    import msgpack
+    root = tempfile.mkdtemp(prefix='qlora-files-')
+    db = os.path.join(root, 'db')
+    done = dict(adapter_version=3, started_at=1.75e9 + 1, finished_at=1.75e9 + 60, step=12, loss=2.5, eval_loss=2.25,
+                tokens_per_s=1000.0, metrics={'ppl_base': 11.5, 'ppl_adapter': 9.5},
+                eval_data={'file_id': sha_id(b'eval'), 'bytes': 4, 'format': 'tokens'})
+    records = {1: old_record(1, 'succeeded', **done), 2: old_record(2, 'paused'), 3: old_record(3, 'failed'),
+               4: old_record(4, 'queued')}
+    del records[3]['data']  # unreadable: left in the store as it is, and not listed
+    try:
+        os.makedirs(db)
+        for jid, rec in records.items():
+            p = subprocess.run([STORE_PEEK, db, 'job-put', str(jid)], input=msgpack.packb(rec, use_bin_type=True),
+                               capture_output=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+        with Daemon(QLORAD, SHARED, db=db) as d:
+            with Client(socket=d.socket, timeout=60) as c:
+                r = c.job(1)
+                for key, value in records[1].items():
+                    if key != 'hyper':
+                        assert r[key] == value, (key, r[key], value)
+                h = r['hyper']
+                assert (h['rank'], h['alpha'], h['seed'], h['targets'], h['schedule']) == (4, 8.0, 5, ['q', 'v'],
+                                                                                           'constant'), h
+                assert (r['starts'], r['crashes'], r['base']) == (0, 0, {'fingerprint': 0, 'quant': '', 'model': None})
+                assert c.job(2)['state'] == 'failed', 'a state it does not know is read as failed'
+                expect(lambda: c.job(3), 'not_found', 'no job 3')
+                # queued: it runs, and fails for its data, which was never stored here
+                r = c.watch(4).wait()
+                assert r['state'] == 'failed' and sha_id(b'gone') in r['error'] and r['starts'] == 1, r
+                assert [j['job_id'] for j in c.jobs()] == [1, 2, 4]
+            assert d.stop() == 0
+            assert 'job 3: unreadable record (data: missing)' in d.log_text(), d.log_text()
+        stored = msgpack.unpackb(subprocess.run([STORE_PEEK, db, 'job-get', '4'], capture_output=True,
+                                                timeout=60).stdout, raw=False)
+        assert list(stored) == list(r) + ['clean_stop'], list(stored)
+        assert stored['state'] == 'failed' and stored['clean_stop'] is False, stored
+    finally:
+        shutil.rmtree(root)
+
+
 report()

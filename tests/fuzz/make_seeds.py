@@ -38,7 +38,7 @@ peft_model = st({'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
 hyper = {'steps': 2, 'batch_size': 1, 'seq_len': 16, 'rank': 2, 'alpha': 4, 'eval_every': 0,
          'checkpoint_every': 0, 'warmup': 1}
 seeds = {
-    'ping': f('ping') + f('status', 2),
+    'ping': f('ping') + f('status', 2) + f('op.list', 3),
     'tokenize': f('tokenize', text='Once upon a time'),
     'eval_tokens': f('eval', tokens=[[1, 403, 407, 261], [1, 5, 6]], adapter=None),
     'eval_text': f('eval', text='Once upon a time there was a cat.'),
