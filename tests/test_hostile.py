@@ -247,9 +247,10 @@ def _():
         # not read, not closed by us: the daemon must let go by itself
         wait_for(lambda: n_fds(d.proc.pid) < fds, 30, 'the fd of a client that does not read released')
         # unbounded, ~14000 event frames would be held (8 KiB each as msgpack-c allocates
-        # them): over 100 MiB; the bound leaves room for the sanitizers' quarantine
+        # them): over 100 MiB. The bound leaves room for the sanitizers' quarantine of what
+        # the 48 generates freed (33 MiB was seen under ASan; 32 was too tight)
         grew = rss(d.proc.pid) - before
-        assert grew < 32 << 20, 'RSS grew by %.1f MiB' % (grew / 2**20)
+        assert grew < 64 << 20, 'RSS grew by %.1f MiB' % (grew / 2**20)
         assert 'does not read; closing it' in d.log_text(), d.log_text()[-2000:]
         assert Conn(d.socket).ok('ping')['protocol'] == 1
         slow.close()
