@@ -17,11 +17,31 @@ static const char *const method_names[] = {TRAIN_METHODS(TRAIN_NAME)};
 static const char *const schedule_names[] = {TRAIN_SCHEDULES(TRAIN_NAME)};
 static const char *const init_names[] = {TRAIN_INITS(TRAIN_NAME)};
 #undef TRAIN_NAME
-#define VOCAB(field, names) {field, names, (int)(sizeof names / sizeof names[0])}
-const train_vocab train_methods = VOCAB("method", method_names);
-const train_vocab train_schedules = VOCAB("schedule", schedule_names);
-const train_vocab train_inits = VOCAB("init", init_names);
+#define VOCAB(field, names, member) {field, names, (int)(sizeof names / sizeof names[0]), offsetof(train_hyper, member)}
+const train_vocab train_methods = VOCAB("method", method_names, method);
+const train_vocab train_schedules = VOCAB("schedule", schedule_names, schedule);
+const train_vocab train_inits = VOCAB("init", init_names, init);
 #undef VOCAB
+/* train_vocab_set stores a value as an int into any of the three */
+_Static_assert(sizeof(train_method) == sizeof(int) && sizeof(train_schedule) == sizeof(int) &&
+                   sizeof(train_init) == sizeof(int), "the vocabularies' enums are int-sized");
+
+const train_vocab *train_vocab_of(const char *field, size_t n)
+{
+    static const train_vocab *const all[] = {&train_methods, &train_schedules, &train_inits};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strlen(all[i]->field) == n && !memcmp(field, all[i]->field, n))
+            return all[i];
+    return NULL;
+}
+
+int train_vocab_set(const train_vocab *v, train_hyper *h, const char *s, size_t n)
+{
+    int value = train_vocab_parse(v, s, n);
+    if (value >= 0)
+        memcpy((char *)h + v->offset, &value, sizeof value);
+    return value;
+}
 
 int train_vocab_parse(const train_vocab *v, const char *s, size_t n)
 {

@@ -109,24 +109,18 @@ qd_error job_parse_hyper(const msgpack_object *m, const llama_config *c, train_h
                 snprintf(err, errlen, "%s", tmp);
                 return ERR_INVALID_ARGUMENT;
             }
-        } else if (mp_is_str(k, "schedule") || mp_is_str(k, "init")) {
-            int sched = mp_is_str(k, "schedule");
+        } else if (mp_is_str(k, "schedule") || mp_is_str(k, "init")) { /* method is job.submit's own */
+            const train_vocab *vocab = train_vocab_of(k->via.str.ptr, k->via.str.size);
             if (v->type != MSGPACK_OBJECT_STR) {
                 snprintf(err, errlen, "hyper.%s: must be a string", key);
                 return ERR_BAD_REQUEST;
             }
-            const train_vocab *vocab = sched ? &train_schedules : &train_inits;
-            int value = train_vocab_parse(vocab, v->via.str.ptr, v->via.str.size);
-            if (value < 0) {
+            if (train_vocab_set(vocab, h, v->via.str.ptr, v->via.str.size) < 0) {
                 char choices[128];
                 train_vocab_choices(vocab, choices, sizeof choices);
                 snprintf(err, errlen, "hyper.%s: must be %s", key, choices);
                 return ERR_INVALID_ARGUMENT;
             }
-            if (sched)
-                h->schedule = (train_schedule)value;
-            else
-                h->init = (train_init)value;
         } else {
             snprintf(err, errlen, "hyper.%s: no such hyper-parameter", key);
             return ERR_BAD_REQUEST;

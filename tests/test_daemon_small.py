@@ -41,6 +41,24 @@ class Checked(Daemon):
             assert status == 0, 'qlorad exited with %r: %s' % (status, tail)
 
 
+@case('job.submit: method, hyper.schedule and hyper.init take their words only, each named in the error')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        data = {'text': 'Once upon a time ' * 20}
+        for kw, field, choices in ((dict(method='dpo'), 'method', '"lora" or "recovery"'),
+                                   (dict(schedule='linear'), 'hyper.schedule', '"cosine" or "constant"'),
+                                   (dict(init='pissa'), 'hyper.init', '"default" or "loftq"')):
+            try:
+                c.submit('w', data, **kw)
+                raise AssertionError('%r was taken' % kw)
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and e.message == '%s: must be %s' % (field, choices), (kw, e)
+        job = c.submit('w', data, method='recovery', schedule='constant', init='loftq', steps=1, seq_len=16,
+                       batch_size=1)
+        rec = c.job(job['job_id'])
+        assert (rec['method'], rec['hyper']['schedule'], rec['hyper']['init']) == ('recovery', 'constant', 'loftq'), rec
+
+
 def raw_call(sock_path, op, args=None, rid=1):
     """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
     its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""

@@ -85,17 +85,13 @@ int cmd_train(int argc, char **argv)
         if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--eval-data")) eval_data = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--method") || !strcmp(a, "--schedule") || !strcmp(a, "--init")) {
-            const train_vocab *vocab = a[2] == 'm' ? &train_methods : a[2] == 's' ? &train_schedules : &train_inits;
-            int value = train_vocab_parse(vocab, v, strlen(v));
-            if (value < 0) {
+        else if (!strncmp(a, "--", 2) && train_vocab_of(a + 2, strlen(a + 2))) { /* --method, --schedule, --init */
+            const train_vocab *vocab = train_vocab_of(a + 2, strlen(a + 2));
+            if (train_vocab_set(vocab, &h, v, strlen(v)) < 0) {
                 char choices[128];
                 train_vocab_choices(vocab, choices, sizeof choices);
                 return tool_fail(cmd, "%s: '%s' is not %s", a, v, choices);
             }
-            if (vocab == &train_methods) h.method = (train_method)value;
-            else if (vocab == &train_schedules) h.schedule = (train_schedule)value;
-            else h.init = (train_init)value;
         } else if (!strcmp(a, "--targets")) {
             char err[256];
             if (train_parse_targets(v, &h.targets, err, sizeof err) < 0)

@@ -30,8 +30,11 @@ typedef struct {
     const char *field;         /* "method", "schedule", "init" */
     const char *const *names;  /* indexed by the enum value */
     int count;
+    size_t offset;             /* of its member in train_hyper */
 } train_vocab;
 extern const train_vocab train_methods, train_schedules, train_inits;
+/* The vocabulary of the field the n bytes at field name, or NULL. */
+const train_vocab *train_vocab_of(const char *field, size_t n);
 /* The value the n bytes at s name, or -1. */
 int train_vocab_parse(const train_vocab *v, const char *s, size_t n);
 /* The name of value ("?" out of range). */
@@ -68,6 +71,10 @@ typedef struct {
 } train_hyper_field;
 extern const train_hyper_field train_hyper_fields[];
 extern const size_t train_hyper_n_fields;
+
+/* Sets v's member of h to the value the n bytes at s name; returns it, or -1 (h as it
+ * was) if they name none. */
+int train_vocab_set(const train_vocab *v, train_hyper *h, const char *s, size_t n);
 
 /* The defaults of the wire protocol; lr is 2e-4 scaled by max(1, 2048 / dim) because
  * small models need larger steps (docs/training.md). */
