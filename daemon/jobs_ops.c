@@ -273,6 +273,13 @@ void op_job_get(req *r)
         reply_job(r, j);
 }
 
+/* Whether job.list's page may hold j: its state passes the filter (-1: any) and its id is
+ * above the cursor. */
+static int listed(const job *j, int filter, uint64_t after)
+{
+    return (filter < 0 || (int)j->state == filter) && j->id > after;
+}
+
 void op_job_list(req *r)
 {
     jobs *J = r->d->jobs;
@@ -303,7 +310,7 @@ void op_job_list(req *r)
     pthread_mutex_lock(&J->lock);
     size_t n = 0, more = 0;
     for (job *j = J->head; j; j = j->next)
-        if ((filter < 0 || (int)j->state == filter) && j->id > after) {
+        if (listed(j, filter, after)) {
             if (n < limit)
                 n++;
             else
@@ -312,7 +319,7 @@ void op_job_list(req *r)
     msgpack_pack_array(&o.pk, n);
     size_t packed = 0;
     for (job *j = J->head; j && packed < n; j = j->next)
-        if ((filter < 0 || (int)j->state == filter) && j->id > after)
+        if (listed(j, filter, after))
             schema_pack(&o.pk, &job_record, j, SCHEMA_WIRE), packed++;
     pthread_mutex_unlock(&J->lock);
     mp_kv_bool(&o.pk, "has_more", more > 0);

@@ -65,53 +65,21 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static int hf_config_exact(const json_value *j, const char *path, int head_size, char *err, size_t errlen);
+/* The integers of config.json that give the shape: key, member, largest value. */
+static const struct {
+    const char *key;
+    size_t offset;
+    long max;
+} shape_keys[] = {
+    {"hidden_size", offsetof(llama_config, dim), 1 << 16},
+    {"intermediate_size", offsetof(llama_config, hidden_dim), 1 << 18},
+    {"num_hidden_layers", offsetof(llama_config, n_layers), 1024},
+    {"num_attention_heads", offsetof(llama_config, n_heads), 1024},
+    {"vocab_size", offsetof(llama_config, vocab_size), 1 << 22},
+    {"max_position_embeddings", offsetof(llama_config, seq_len), 1 << 20},
+};
 
-static int hf_config(source *s, const json_value *j, const char *path, char *err, size_t errlen)
-{
-    static const struct {
-        const char *key;
-        size_t offset;
-        long max;
-    } fields[] = {
-        {"hidden_size", offsetof(llama_config, dim), 1 << 16},
-        {"intermediate_size", offsetof(llama_config, hidden_dim), 1 << 18},
-        {"num_hidden_layers", offsetof(llama_config, n_layers), 1024},
-        {"num_attention_heads", offsetof(llama_config, n_heads), 1024},
-        {"vocab_size", offsetof(llama_config, vocab_size), 1 << 22},
-        {"max_position_embeddings", offsetof(llama_config, seq_len), 1 << 20},
-    };
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        long v;
-        if (json_get_int(j, fields[i].key, 1, fields[i].max, &v) < 0) {
-            snprintf(err, errlen, "%s: '%s' missing or not an integer in 1..%ld", path,
-                     fields[i].key, fields[i].max);
-            return -1;
-        }
-        *(int *)((char *)&s->cfg + fields[i].offset) = (int)v;
-    }
-    long kv = s->cfg.n_heads;
-    if (json_get(j, "num_key_value_heads") &&
-        json_get_int(j, "num_key_value_heads", 1, 1024, &kv) < 0) {
-        snprintf(err, errlen, "%s: 'num_key_value_heads' is not an integer in 1..1024", path);
-        return -1;
-    }
-    s->cfg.n_kv_heads = (int)kv;
-    const json_value *eps = json_get(j, "rms_norm_eps"), *theta = json_get(j, "rope_theta");
-    s->cfg.norm_eps = eps && eps->type == JSON_NUMBER ? (float)eps->number : 1e-5f;
-    s->cfg.rope_theta = theta && theta->type == JSON_NUMBER ? (float)theta->number : 10000.0f;
-    const json_value *act = json_get(j, "hidden_act");
-    if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0)) {
-        snprintf(err, errlen, "%s: hidden_act must be \"silu\" (Llama's SwiGLU)", path);
-        return -1;
-    }
-    /* as LlamaConfig: untied unless the config says so */
-    const json_value *tie = json_get(j, "tie_word_embeddings");
-    s->tied = tie && tie->type == JSON_BOOL && tie->boolean;
-    return hf_config_exact(j, path, s->cfg.dim / s->cfg.n_heads, err, errlen);
-}
-
-/* What a config.json may hold beyond the shape read above: keys that change nothing in
+/* What a config.json may hold beyond the shape (shape_keys): keys that change nothing in
  * the computation, and keys whose only value runnable here is the one they have in a
  * plain Llama. Anything else (another architecture, rope_scaling, biases, an unknown key)
  * is refused by name, since running it as a plain Llama would give plausible wrong
@@ -119,10 +87,8 @@ static int hf_config(source *s, const json_value *j, const char *path, char *err
 static int hf_config_exact(const json_value *j, const char *path, int head_size, char *err, size_t errlen)
 {
     static const char *const inert[] = {
-        /* read above */
-        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
-        "tie_word_embeddings",
+        /* read by hf_config besides the shape */
+        "num_key_value_heads", "rms_norm_eps", "rope_theta", "hidden_act", "tie_word_embeddings",
         /* metadata, token ids (the tokenizer's files decide), loading and caching switches */
         "_name_or_path", "transformers_version", "torch_dtype", "initializer_range", "use_cache", "bos_token_id",
         "eos_token_id", "pad_token_id",
@@ -133,6 +99,8 @@ static int hf_config_exact(const json_value *j, const char *path, int head_size,
         const char *key = j->keys[i];
         const json_value *v = &j->items[i];
         int known = 0;
+        for (size_t k = 0; k < sizeof shape_keys / sizeof shape_keys[0]; k++)
+            known |= !strcmp(key, shape_keys[k].key);
         for (size_t k = 0; k < sizeof inert / sizeof inert[0]; k++)
             known |= !strcmp(key, inert[k]);
         if (known)
@@ -166,6 +134,38 @@ static int hf_config_exact(const json_value *j, const char *path, int head_size,
         }
     }
     return 0;
+}
+
+static int hf_config(source *s, const json_value *j, const char *path, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof shape_keys / sizeof shape_keys[0]; i++) {
+        long v;
+        if (json_get_int(j, shape_keys[i].key, 1, shape_keys[i].max, &v) < 0) {
+            snprintf(err, errlen, "%s: '%s' missing or not an integer in 1..%ld", path,
+                     shape_keys[i].key, shape_keys[i].max);
+            return -1;
+        }
+        *(int *)((char *)&s->cfg + shape_keys[i].offset) = (int)v;
+    }
+    long kv = s->cfg.n_heads;
+    if (json_get(j, "num_key_value_heads") &&
+        json_get_int(j, "num_key_value_heads", 1, 1024, &kv) < 0) {
+        snprintf(err, errlen, "%s: 'num_key_value_heads' is not an integer in 1..1024", path);
+        return -1;
+    }
+    s->cfg.n_kv_heads = (int)kv;
+    const json_value *eps = json_get(j, "rms_norm_eps"), *theta = json_get(j, "rope_theta");
+    s->cfg.norm_eps = eps && eps->type == JSON_NUMBER ? (float)eps->number : 1e-5f;
+    s->cfg.rope_theta = theta && theta->type == JSON_NUMBER ? (float)theta->number : 10000.0f;
+    const json_value *act = json_get(j, "hidden_act");
+    if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0)) {
+        snprintf(err, errlen, "%s: hidden_act must be \"silu\" (Llama's SwiGLU)", path);
+        return -1;
+    }
+    /* as LlamaConfig: untied unless the config says so */
+    const json_value *tie = json_get(j, "tie_word_embeddings");
+    s->tied = tie && tie->type == JSON_BOOL && tie->boolean;
+    return hf_config_exact(j, path, s->cfg.dim / s->cfg.n_heads, err, errlen);
 }
 
 static int open_shards(source *s, char *err, size_t errlen)

@@ -592,6 +592,8 @@ done:
     return status;
 }
 
+_Static_assert(TOK_MAX_RUN == 1048576, "tok_strerror's message spells TOK_MAX_RUN");
+
 const char *tok_strerror(int status)
 {
     switch (status) {
