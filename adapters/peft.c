@@ -249,7 +249,7 @@ static int decode_tensor(void *p, const peft_tensor *t)
 static int decode(const st_file *f, const peft_params *p, const llama_config *c, llama_lora *ad, char *err,
                   size_t errlen)
 {
-    int in_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    int in_max = llama_config_widest(c);
     decoder d = {f, ad, c, calloc(f->count ? f->count : 1, 1), malloc((size_t)in_max * p->rank * sizeof(float)),
                  err, errlen};
     int rc = -1;

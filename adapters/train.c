@@ -300,7 +300,7 @@ size_t trainer_memory_bytes(const llama_model *m, const train_hyper *h)
             llama_linear_shape(c, (llama_linear)k, &out, &in);
             adapter += (size_t)c->n_layers * h->rank * (size_t)(in + out);
         }
-    size_t widest = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
+    size_t widest = (size_t)llama_config_widest(c);
     if ((size_t)c->vocab_size > widest)
         widest = (size_t)c->vocab_size;
     size_t cache = 2 * (size_t)c->n_layers * M * c->kv_dim * F;

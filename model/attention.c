@@ -79,7 +79,7 @@ static void attention_forward_task(void *p, int task, int thread)
     (void)thread;
     const attn_ctx *c = p;
     const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, S = c->S;
+    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->q_dim, KV = cfg->kv_dim, S = c->S;
     const int b = task / H, h = task % H, kvh = h / (H / cfg->n_kv_heads);
     const float scale = 1.0f / sqrtf((float)hs);
     const float *kt = c->kt + ((size_t)b * KV + (size_t)kvh * hs) * S;
@@ -136,7 +136,7 @@ static void attention_backward_task(void *p, int task, int thread)
 {
     const attn_bwd_ctx *c = p;
     const llama_config *cfg = c->cfg;
-    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->dim, KV = cfg->kv_dim, T = c->T;
+    const int H = cfg->n_heads, hs = cfg->head_size, D = cfg->q_dim, KV = cfg->kv_dim, T = c->T;
     const int group = H / cfg->n_kv_heads, b = task / cfg->n_kv_heads, kvh = task % cfg->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hs);
     float *ds = c->scratch + (size_t)thread * T * T;

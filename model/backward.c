@@ -14,8 +14,8 @@
 typedef struct {
     float *dx;           /* [M x dim] gradient of the residual stream: of x[l+1] in, x[l] out */
     float *dx2;          /* [M x dim] of x2 */
-    float *dq, *dk, *dv; /* [M x dim], [M x kv_dim] x 2 */
-    float *d1, *d2, *d3; /* [M x max(dim, hidden)] each, for the gradients within a block */
+    float *dq, *dk, *dv; /* [M x q_dim], [M x kv_dim] x 2 */
+    float *d1, *d2, *d3; /* [M x widest] each (llama_config_widest), for the gradients within a block */
     float *du;           /* [M x rank] the adapter's inner gradient */
     float *att;          /* [threads x T x T] the attention's */
 } bwd_bufs;
@@ -44,13 +44,21 @@ static int llama_layer_backward(const llama_model *m, const llama_lora *ad, llam
     rc |= linear_backward(m, ad, a, &la, l, LIN_UP, la.xn2, dh3, (int)M, dxn2, 1, grads, du);
     rmsnorm_backward(dx2, dxn2, la.x2, ly->rms_ffn, la.rstd2, (int)M, D);
 
-    /* x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))),  xn1 = rmsnorm(x) */
+    /* x2 = x + o(attention(rope(qn(q(xn1))), rope(kn(k(xn1))), v(xn1))),  xn1 = rmsnorm(x) */
     llama_copy(dx, dx2, sMD);
     float *dao = w->d1;
     rc |= linear_backward(m, ad, a, &la, l, LIN_O, la.ao, dx2, (int)M, dao, 0, grads, du);
     attention_backward(c, dq, dk, dv, dao, la.q, kc, vc, la.att, w->att, B, T);
-    rope_backward(m, dq, D, M, T, 0);
+    rope_backward(m, dq, c->q_dim, M, T, 0);
     rope_backward(m, dk, KV, M, T, 0);
+    if (c->qk_norm) { /* through the norms of each head, into d1 (dao is consumed) and d3 */
+        float *dqr = w->d1, *dkr = w->d3;
+        memset(dqr, 0, M * c->q_dim * sizeof(float));
+        memset(dkr, 0, M * KV * sizeof(float));
+        rmsnorm_backward(dqr, dq, la.qr, ly->q_norm, la.rstdq, (int)M * c->n_heads, c->head_size);
+        rmsnorm_backward(dkr, dk, la.kr, ly->k_norm, la.rstdk, (int)M * c->n_kv_heads, c->head_size);
+        dq = dqr, dk = dkr;
+    }
     float *dxn1 = l > 0 ? w->d2 : NULL; /* below layer 0 only the frozen embedding */
     rc |= linear_backward(m, ad, a, &la, l, LIN_Q, la.xn1, dq, (int)M, dxn1, 0, grads, du);
     rc |= linear_backward(m, ad, a, &la, l, LIN_K, la.xn1, dk, (int)M, dxn1, 1, grads, du);
@@ -65,18 +73,18 @@ int llama_backward(const llama_model *m, const llama_lora *ad, llama_acts *a, ll
                    int B, int T, float *dlogits, float *grads)
 {
     const llama_config *c = &m->cfg;
-    const int D = c->dim, KV = c->kv_dim, HD = c->hidden_dim, L = c->n_layers;
-    const size_t M = (size_t)B * T, sMD = M * D;
-    const size_t wide = D > HD ? D : HD;
+    const int D = c->dim, KV = c->kv_dim, L = c->n_layers;
+    const size_t M = (size_t)B * T, sMD = M * D, sMQ = M * c->q_dim;
+    const size_t wide = (size_t)llama_config_widest(c);
     if (cache->S != T || cache->B != B) /* the attention reads the cache as [B][..][T] */
         return -1;
     /* kept by the thread between steps: workspace.h */
-    size_t floats = 3 * sMD + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
+    size_t floats = 2 * sMD + sMQ + 2 * M * KV + 3 * M * wide + M * (size_t)(ad ? ad->rank : 1) +
                     (size_t)rt_threads() * T * T;
     float *buf = rt_workspace(RT_WS_CALLER, floats * sizeof(float));
     if (!buf)
         return -1;
-    float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMD, *dv = dk + M * KV;
+    float *dx = buf, *dx2 = dx + sMD, *dq = dx2 + sMD, *dk = dq + sMQ, *dv = dk + M * KV;
     float *d1 = dv + M * KV, *d2 = d1 + M * wide, *d3 = d2 + M * wide, *du = d3 + M * wide;
     const bwd_bufs w = {dx, dx2, dq, dk, dv, d1, d2, d3, du, du + M * (size_t)(ad ? ad->rank : 1)};
     int rc = 0;

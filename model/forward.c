@@ -69,23 +69,26 @@ static void cache_store_values(float *v, const float *rows, int B, int T, int S,
 
 /* ---- the activations ---- */
 
-#define N_ACTS 17
+#define N_ACTS 21
 
 /* Floats of each array for M = B*T rows, in allocation order. */
 static void acts_sizes(const llama_config *c, int B, int T, int S, int rank, int slots, size_t n[N_ACTS])
 {
-    size_t M = (size_t)B * T, L = slots, D = c->dim, H = c->hidden_dim;
+    size_t M = (size_t)B * T, L = slots, D = c->dim, H = c->hidden_dim, QD = c->q_dim;
+    size_t QN = c->qk_norm ? 1 : 0; /* Qwen3's pre-norm q and k, and their rstd per head */
     size_t sizes[N_ACTS] = {
         ((size_t)c->n_layers + 1) * M * D, /* x */
         L * M * D, L * M,                /* xn1, rstd1 */
-        L * M * D,                       /* q */
+        L * M * QD,                      /* q */
         L * B * c->n_heads * T * (size_t)S, /* att */
-        L * M * D, L * M * D,            /* ao, x2 */
+        L * M * QD, L * M * D,           /* ao, x2 */
         L * M * D, L * M,                /* xn2, rstd2 */
         L * M * H, L * M * H, L * M * H, /* h1, h3, g */
         M * D, M, M * c->vocab_size,     /* xf, rstdf, logits */
         L * LIN_COUNT * M * rank,        /* u */
-        rank ? M * (D > H ? D : H) : 0,  /* scratch */
+        rank ? M * (size_t)llama_config_widest(c) : 0, /* scratch */
+        QN * L * M * QD, QN * L * M * c->kv_dim,        /* qr, kr */
+        QN * L * M * c->n_heads, QN * L * M * c->n_kv_heads, /* rstdq, rstdk */
     };
     memcpy(n, sizes, sizeof sizes);
 }
@@ -112,7 +115,7 @@ int llama_acts_alloc(llama_acts *a, const llama_config *cfg, int B, int T, int S
         return -1;
     float **ptrs[N_ACTS] = {&a->x, &a->xn1, &a->rstd1, &a->q, &a->att, &a->ao, &a->x2, &a->xn2,
                             &a->rstd2, &a->h1, &a->h3, &a->g, &a->xf, &a->rstdf, &a->logits,
-                            &a->u, &a->scratch};
+                            &a->u, &a->scratch, &a->qr, &a->kr, &a->rstdq, &a->rstdk};
     for (int i = 0; i < N_ACTS; i++) {
         *ptrs[i] = p;
         p += n[i];
@@ -130,14 +133,18 @@ llama_layer_acts llama_layer_acts_of(const llama_acts *a, const llama_config *c,
 {
     /* strides of this call's M, so that a call smaller than the allocation stays dense */
     const size_t M = (size_t)B * T, slot = a->slots == 1 ? 0 : (size_t)layer;
-    const size_t sMD = M * c->dim, sMH = M * c->hidden_dim, sAtt = (size_t)B * c->n_heads * T * a->S;
+    const size_t sMD = M * c->dim, sMQ = M * c->q_dim, sMH = M * c->hidden_dim,
+                 sAtt = (size_t)B * c->n_heads * T * a->S;
+    const size_t qn = c->qk_norm ? slot : 0; /* arrays of size 0 otherwise */
     return (llama_layer_acts){
         .x = a->x + layer * sMD, .next = a->x + (layer + 1) * sMD,
-        .xn1 = a->xn1 + slot * sMD, .rstd1 = a->rstd1 + slot * M, .q = a->q + slot * sMD,
-        .att = a->att + slot * sAtt, .ao = a->ao + slot * sMD, .x2 = a->x2 + slot * sMD,
+        .xn1 = a->xn1 + slot * sMD, .rstd1 = a->rstd1 + slot * M, .q = a->q + slot * sMQ,
+        .att = a->att + slot * sAtt, .ao = a->ao + slot * sMQ, .x2 = a->x2 + slot * sMD,
         .xn2 = a->xn2 + slot * sMD, .rstd2 = a->rstd2 + slot * M,
         .h1 = a->h1 + slot * sMH, .h3 = a->h3 + slot * sMH, .g = a->g + slot * sMH,
         .u = a->u + slot * LIN_COUNT * M * a->rank,
+        .qr = a->qr + qn * sMQ, .kr = a->kr + qn * M * c->kv_dim,
+        .rstdq = a->rstdq + qn * M * c->n_heads, .rstdk = a->rstdk + qn * M * c->n_kv_heads,
     };
 }
 
@@ -159,7 +166,11 @@ int llama_check_tokens(const llama_config *c, const int *tokens, size_t n, char 
         return -1;
     }
     if (n > (size_t)c->seq_len) {
-        snprintf(err, errlen, "tokens: %zu tokens exceed the model's seq_len %d", n, c->seq_len);
+        if (c->sliding_window) /* the seq_len model_config.c cut to the window */
+            snprintf(err, errlen, "tokens: %zu tokens exceed the model's sliding_window %d (attention beyond it "
+                     "slides, which is not implemented)", n, c->seq_len);
+        else
+            snprintf(err, errlen, "tokens: %zu tokens exceed the model's seq_len %d", n, c->seq_len);
         return -1;
     }
     for (size_t i = 0; i < n; i++)
@@ -202,17 +213,25 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
     float *kc = cache->k + (size_t)l * cache->B * S * KV, *vc = cache->v + (size_t)l * cache->B * S * KV;
     int rc = 0;
 
-    /* x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))),  xn1 = rmsnorm(x) */
+    /* x2 = x + o(attention(rope(qn(q(xn1))), rope(kn(k(xn1))), v(xn1))),  xn1 = rmsnorm(x),
+     * with qn, kn Qwen3's norms of each head (else nothing) */
     rmsnorm_forward(la.xn1, la.rstd1, la.x, ly->rms_att, (int)M, D, c->norm_eps);
-    rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.q, 0);
-    /* keys (rotated) and values into the cache at their positions */
     float *kv_new = la.ao; /* scratch until the attention output overwrites it */
-    rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
+    if (c->qk_norm) {
+        rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.qr, 0);
+        rmsnorm_forward(la.q, la.rstdq, la.qr, ly->q_norm, (int)M * c->n_heads, c->head_size, c->norm_eps);
+        rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, la.kr, 0);
+        rmsnorm_forward(kv_new, la.rstdk, la.kr, ly->k_norm, (int)M * c->n_kv_heads, c->head_size, c->norm_eps);
+    } else {
+        rc |= linear_forward(m, ad, a, &la, l, LIN_Q, la.xn1, (int)M, la.q, 0);
+        rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
+    }
+    /* keys (rotated) and values into the cache at their positions */
     rope_forward(m, kv_new, KV, M, T, pos0);
     cache_store_keys(kc, kv_new, B, T, S, KV, pos0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
     cache_store_values(vc, kv_new, B, T, S, KV, pos0);
-    rope_forward(m, la.q, D, M, T, pos0);
+    rope_forward(m, la.q, c->q_dim, M, T, pos0);
     attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode);
     llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);

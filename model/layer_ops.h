@@ -12,7 +12,8 @@
 
 #include "forward.h"
 
-/* rmsnorm.c, over each row of D:
+/* rmsnorm.c, over each row of D (a layer's norms: rows of dim; Qwen3's q and k norms:
+ * each head of each row, M x heads rows of head_size):
  *   forward:  y = w . x * rstd,  rstd = 1 / sqrt(sum(x^2) / D + eps)   (rstd [M] kept)
  *   backward: dx += rstd * (w . dy) - rstd^3 / D * x * sum(w . dy . x) */
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int M, int D, float eps);
@@ -37,7 +38,7 @@ void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int 
  *   forward:  P = softmax(Q K^T / sqrt(hs)), row t over keys 0 .. pos0 + t;   O = P V
  *   backward: dP = dO V^T,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),  dQ = dS K,
  *             dK = sum of dS^T Q,  dV = sum of P^T dO  (sums over the heads of a kv head)
- * q, out, dout, dq [M x dim]; kt [B x kv_dim x S] and v [B x S x kv_dim] (this layer's
+ * q, out, dout, dq [M x q_dim]; kt [B x kv_dim x S] and v [B x S x kv_dim] (this layer's
  * cache); att [B x H x T x S] holds P; dk, dv [M x kv_dim]. The backward follows a training
  * forward (pos0 = 0, S = T) and writes dq, dk, dv; scratch [threads x T x T]. mode:
  * LLAMA_INFER sums in run.c's order, LLAMA_TRAIN by blocked sgemm (forward.h). */
@@ -47,10 +48,11 @@ void attention_backward(const llama_config *cfg, float *dq, float *dk, float *dv
                         const float *q, const float *kt, const float *v, const float *att, float *scratch, int B,
                         int T);
 
-/* linear.c, linear k of a layer: W [out x in] the frozen quantized weight, and where
- * (layer, k) has an adapter, its A [r x in], B [out x r], scale s and dropout mask d
- * (elementwise, so its own transpose; training only), with u [M x r] kept in acts:
- *   forward:  u = d(x) A^T,  y (+)= x W^T + s u B^T
+/* linear.c, linear k of a layer: W [out x in] the frozen quantized weight, b [out] its
+ * frozen bias if it has one (else 0), and where (layer, k) has an adapter, its A [r x in],
+ * B [out x r], scale s and dropout mask d (elementwise, so its own transpose; training
+ * only), with u [M x r] kept in acts:
+ *   forward:  u = d(x) A^T,  y (+)= x W^T + b + s u B^T
  *   backward: dB += s dy^T u,  du = s dy B,  dA += du^T d(x),  dx (+)= dy W + d(du A)
  * accumulate: add into y (dx) rather than write it; grads: the adapter's gradients (ad's
  * layout), added into; du [M x r] scratch; dx NULL: only the adapter's gradients. */

@@ -2,6 +2,7 @@
  * has one (LoRA, dropout on the adapter's input), forward and backward (the math:
  * layer_ops.h). */
 #include "layer_ops.h"
+#include "parallel.h"
 #include "pool_sgemm.h"
 
 /* Dropout applies in training only, to the adapter's input (PEFT's lora_dropout). */
@@ -22,15 +23,35 @@ static const float *dropped(const llama_lora *ad, const llama_acts *a, int layer
     return a->scratch;
 }
 
-/* The base's product, then the adapter's when (layer, k) has one. */
+typedef struct {
+    float *y;
+    const float *b;
+    int out;
+} bias_ctx;
+
+static void add_bias_rows(void *p, size_t r0, size_t r1)
+{
+    const bias_ctx *c = p;
+    for (size_t r = r0; r < r1; r++)
+        for (int j = 0; j < c->out; j++)
+            c->y[r * c->out + j] += c->b[j];
+}
+
+/* The base's product and bias, then the adapter's product when (layer, k) has one. */
 int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
                    int layer, llama_linear k, const float *x, int M, float *y, int accumulate)
 {
     int rc = qt_matmul(&m->layers[layer].lin[k], x, M, y, accumulate);
+    int out, in;
+    llama_linear_shape(&m->cfg, k, &out, &in);
+    const float *bias = m->layers[layer].bias[k];
+    if (!rc && bias) {
+        bias_ctx c = {y, bias, out};
+        rt_parallel_for((size_t)M, (size_t)out, add_bias_rows, &c);
+    }
     if (rc || !llama_lora_has(ad, layer, k))
         return rc;
-    int out, in, r = ad->rank;
-    llama_linear_shape(&m->cfg, k, &out, &in);
+    int r = ad->rank;
     const float *xin = dropped(ad, a, layer, k, x, M, in);
     float *u = llama_layer_u(la, a, k, (size_t)M);
     pool_sgemm(CblasNoTrans, CblasTrans, M, r, in, 1.0f, xin, in,
@@ -40,7 +61,7 @@ int linear_forward(const llama_model *m, const llama_lora *ad, const llama_acts 
     return 0;
 }
 
-/* x is the linear's forward input. dx NULL: the input gradient is not wanted (layer 0's
+/* x is the linear's forward input; the bias is frozen and passes dy by. dx NULL: the input gradient is not wanted (layer 0's
  * q, k, v: nothing lies below them but the frozen embedding), only the adapter's. */
 int linear_backward(const llama_model *m, const llama_lora *ad, const llama_acts *a, const llama_layer_acts *la,
                     int layer, llama_linear k, const float *x, const float *dy, int M, float *dx, int accumulate,

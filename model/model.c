@@ -9,6 +9,7 @@
 
 #include "json.h"
 #include "llama2c.h"
+#include "model_config.h"
 #include "safetensors.h"
 
 #define LIN_NAMES(e, name, peft, module, rows, cols) {name, peft, module},
@@ -44,7 +45,7 @@ void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *c
 
 /* ---- sources: where fp32 weights come from ---- */
 
-typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_RMS_FINAL, R_HEAD } role;
+typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_BIAS, R_Q_NORM, R_K_NORM, R_RMS_FINAL, R_HEAD } role;
 
 #define MAX_SHARDS 64
 #define MAX_JSON (64u << 20) /* config.json, the shard index */
@@ -63,109 +64,6 @@ static int file_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-/* The integers of config.json that give the shape: key, member, largest value. */
-static const struct {
-    const char *key;
-    size_t offset;
-    long max;
-} shape_keys[] = {
-    {"hidden_size", offsetof(llama_config, dim), 1 << 16},
-    {"intermediate_size", offsetof(llama_config, hidden_dim), 1 << 18},
-    {"num_hidden_layers", offsetof(llama_config, n_layers), 1024},
-    {"num_attention_heads", offsetof(llama_config, n_heads), 1024},
-    {"vocab_size", offsetof(llama_config, vocab_size), 1 << 22},
-    {"max_position_embeddings", offsetof(llama_config, seq_len), 1 << 20},
-};
-
-/* What a config.json may hold beyond the shape (shape_keys): keys that change nothing in
- * the computation, and keys whose only value runnable here is the one they have in a
- * plain Llama. Anything else (another architecture, rope_scaling, biases, an unknown key)
- * is refused by name, since running it as a plain Llama would give plausible wrong
- * numbers. */
-static int hf_config_exact(const json_value *j, const char *path, int head_size, char *err, size_t errlen)
-{
-    static const char *const inert[] = {
-        /* read by hf_config besides the shape */
-        "num_key_value_heads", "rms_norm_eps", "rope_theta", "hidden_act", "tie_word_embeddings",
-        /* metadata, token ids (the tokenizer's files decide), loading and caching switches */
-        "_name_or_path", "transformers_version", "torch_dtype", "initializer_range", "use_cache", "bos_token_id",
-        "eos_token_id", "pad_token_id",
-        /* splits the products into slices that sum to the same (transformers' own comment) */
-        "pretraining_tp",
-    };
-    for (size_t i = 0; j->type == JSON_OBJECT && i < j->count; i++) {
-        const char *key = j->keys[i];
-        const json_value *v = &j->items[i];
-        int known = 0;
-        for (size_t k = 0; k < sizeof shape_keys / sizeof shape_keys[0]; k++)
-            known |= !strcmp(key, shape_keys[k].key);
-        for (size_t k = 0; k < sizeof inert / sizeof inert[0]; k++)
-            known |= !strcmp(key, inert[k]);
-        if (known)
-            continue;
-        const char *why = NULL;
-        if (!strcmp(key, "architectures")) {
-            if (v->type != JSON_ARRAY || v->count != 1 || v->items[0].type != JSON_STRING ||
-                strcmp(v->items[0].string, "LlamaForCausalLM"))
-                why = "only [\"LlamaForCausalLM\"] runs here";
-        } else if (!strcmp(key, "model_type")) {
-            if (v->type != JSON_STRING || strcmp(v->string, "llama"))
-                why = "only \"llama\" runs here";
-        } else if (!strcmp(key, "attention_bias") || !strcmp(key, "mlp_bias")) {
-            if (v->type != JSON_BOOL || v->boolean)
-                why = "biases are not supported (false only)";
-        } else if (!strcmp(key, "rope_scaling")) {
-            if (v->type != JSON_NULL)
-                why = "scaled RoPE is not supported (null only)";
-        } else if (!strcmp(key, "attention_dropout")) {
-            if (v->type != JSON_NUMBER || v->number != 0)
-                why = "dropout on the attention is not supported (0 only)";
-        } else if (!strcmp(key, "head_dim")) {
-            if (v->type != JSON_NUMBER || v->number != head_size)
-                why = "only hidden_size / num_attention_heads is supported";
-        } else {
-            why = "unknown key: it may change the computation, so it is refused rather than ignored";
-        }
-        if (why) {
-            snprintf(err, errlen, "%s: '%s': %s", path, key, why);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int hf_config(source *s, const json_value *j, const char *path, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < sizeof shape_keys / sizeof shape_keys[0]; i++) {
-        long v;
-        if (json_get_int(j, shape_keys[i].key, 1, shape_keys[i].max, &v) < 0) {
-            snprintf(err, errlen, "%s: '%s' missing or not an integer in 1..%ld", path,
-                     shape_keys[i].key, shape_keys[i].max);
-            return -1;
-        }
-        *(int *)((char *)&s->cfg + shape_keys[i].offset) = (int)v;
-    }
-    long kv = s->cfg.n_heads;
-    if (json_get(j, "num_key_value_heads") &&
-        json_get_int(j, "num_key_value_heads", 1, 1024, &kv) < 0) {
-        snprintf(err, errlen, "%s: 'num_key_value_heads' is not an integer in 1..1024", path);
-        return -1;
-    }
-    s->cfg.n_kv_heads = (int)kv;
-    const json_value *eps = json_get(j, "rms_norm_eps"), *theta = json_get(j, "rope_theta");
-    s->cfg.norm_eps = eps && eps->type == JSON_NUMBER ? (float)eps->number : 1e-5f;
-    s->cfg.rope_theta = theta && theta->type == JSON_NUMBER ? (float)theta->number : 10000.0f;
-    const json_value *act = json_get(j, "hidden_act");
-    if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0)) {
-        snprintf(err, errlen, "%s: hidden_act must be \"silu\" (Llama's SwiGLU)", path);
-        return -1;
-    }
-    /* as LlamaConfig: untied unless the config says so */
-    const json_value *tie = json_get(j, "tie_word_embeddings");
-    s->tied = tie && tie->type == JSON_BOOL && tie->boolean;
-    return hf_config_exact(j, path, s->cfg.dim / s->cfg.n_heads, err, errlen);
 }
 
 static int open_shards(source *s, char *err, size_t errlen)
@@ -220,16 +118,6 @@ static void source_close(source *s)
     s->nshards = 0;
 }
 
-static int check_config(const llama_config *c, const char *where, char *err, size_t errlen)
-{
-    if (c->dim % c->n_heads || c->n_heads % c->n_kv_heads || (c->dim / c->n_heads) % 2) {
-        snprintf(err, errlen, "%s: dim %d, %d heads and %d kv heads do not divide evenly into "
-                              "heads of even size", where, c->dim, c->n_heads, c->n_kv_heads);
-        return -1;
-    }
-    return 0;
-}
-
 /* Whether the checkpoint's tensor name is one the loader reads: nothing in it may go
  * unused (a Qwen2 bias, a LoRA left merged in another name) and run as if absent. */
 static int tensor_consumed(const source *s, const char *name)
@@ -252,9 +140,14 @@ static int tensor_consumed(const source *s, const char *name)
          * from rope_theta, as this loader does */
         !strcmp(rest, "self_attn.rotary_emb.inv_freq"))
         return 1;
+    if (s->cfg.qk_norm && (!strcmp(rest, "self_attn.q_norm.weight") || !strcmp(rest, "self_attn.k_norm.weight")))
+        return 1;
     for (int k = 0; k < LIN_COUNT; k++) {
         snprintf(want, sizeof want, "%s.weight", llama_linear_module((llama_linear)k));
         if (!strcmp(rest, want))
+            return 1;
+        snprintf(want, sizeof want, "%s.bias", llama_linear_module((llama_linear)k));
+        if (!strcmp(rest, want) && (s->cfg.biases >> k & 1))
             return 1;
     }
     return 0;
@@ -266,8 +159,8 @@ static int check_tensors(const source *s, char *err, size_t errlen)
         for (size_t t = 0; t < s->shards[i].count; t++) {
             const char *name = s->shards[i].tensors[t].name;
             if (!tensor_consumed(s, name)) {
-                snprintf(err, errlen, "%s: tensor '%s' is not part of a Llama model of this config%s",
-                         s->shards[i].path, name,
+                snprintf(err, errlen, "%s: tensor '%s' is not part of a %s of this config%s",
+                         s->shards[i].path, name, llama_arch_name(s->cfg.arch),
                          !strcmp(name, "lm_head.weight") ? " (tie_word_embeddings is true)" : "");
                 return -1;
             }
@@ -285,9 +178,14 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
         if (l2c_open(&s->l2c, path, err, errlen) < 0)
             return -1;
         const l2c_config *c = &s->l2c.cfg;
-        s->cfg = (llama_config){c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
-                                c->vocab_size, c->seq_len, 0, 0, 1e-5f, 10000.0f};
+        s->cfg = (llama_config){.dim = c->dim, .hidden_dim = c->hidden_dim, .n_layers = c->n_layers,
+                                .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .vocab_size = c->vocab_size,
+                                .seq_len = c->seq_len, .norm_eps = 1e-5f, .rope_theta = 10000.0f};
         s->tied = c->shared_classifier;
+        if (llama_config_derive(&s->cfg, path, err, errlen) < 0) {
+            source_close(s);
+            return -1;
+        }
     } else {
         snprintf(path, sizeof path, "%s/config.json", dir);
         if (!file_exists(path)) {
@@ -299,7 +197,7 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
         json_value *j = json_parse_file(path, MAX_JSON, err, errlen);
         if (!j)
             return -1;
-        int rc = hf_config(s, j, path, err, errlen);
+        int rc = hf_config_read(j, path, &s->cfg, &s->tied, err, errlen);
         json_free(j);
         if (rc < 0 || open_shards(s, err, errlen) < 0) {
             source_close(s);
@@ -310,16 +208,34 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
             return -1;
         }
     }
-    s->cfg.head_size = s->cfg.dim / s->cfg.n_heads;
-    s->cfg.kv_dim = s->cfg.head_size * s->cfg.n_kv_heads;
-    if (check_config(&s->cfg, s->hf ? "config.json" : path, err, errlen) < 0) {
-        source_close(s);
-        return -1;
-    }
     return 0;
 }
 
-/* fp32 values of one tensor, in llama2.c order, into out[n]. */
+/* The Hugging Face tensor name of (r, layer, lin). */
+static void tensor_name(char *name, size_t n, role r, int layer, llama_linear lin)
+{
+    switch (r) {
+    case R_EMBED: snprintf(name, n, "model.embed_tokens.weight"); break;
+    case R_RMS_ATT: snprintf(name, n, "model.layers.%d.input_layernorm.weight", layer); break;
+    case R_RMS_FFN: snprintf(name, n, "model.layers.%d.post_attention_layernorm.weight", layer); break;
+    case R_LINEAR: snprintf(name, n, "model.layers.%d.%s.weight", layer, llama_linear_module(lin)); break;
+    case R_BIAS: snprintf(name, n, "model.layers.%d.%s.bias", layer, llama_linear_module(lin)); break;
+    case R_Q_NORM: snprintf(name, n, "model.layers.%d.self_attn.q_norm.weight", layer); break;
+    case R_K_NORM: snprintf(name, n, "model.layers.%d.self_attn.k_norm.weight", layer); break;
+    case R_RMS_FINAL: snprintf(name, n, "model.norm.weight"); break;
+    case R_HEAD: snprintf(name, n, "lm_head.weight"); break;
+    }
+}
+
+/* Whether (r, lin) is indexed by the rows of q_proj or k_proj, in rotate-half order per
+ * head in Hugging Face's files: their weights and biases, and the per-head q/k norms. */
+static int rotate_half_rows(role r, llama_linear lin)
+{
+    return ((r == R_LINEAR || r == R_BIAS) && (lin == LIN_Q || lin == LIN_K)) || r == R_Q_NORM || r == R_K_NORM;
+}
+
+/* fp32 values of one tensor, in llama2.c order, into out[rows x cols] (a vector: rows 1,
+ * except a bias, which has a row per output). */
 static int source_read(const source *s, role r, int layer, llama_linear lin, float *out,
                        size_t rows, size_t cols, char *err, size_t errlen)
 {
@@ -339,57 +255,59 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
             base = w[lin] + (size_t)layer * n;
             break;
         }
+        case R_BIAS: case R_Q_NORM: case R_K_NORM: break; /* a llama2.c config has none */
+        }
+        if (!base) {
+            snprintf(err, errlen, "%s: llama2.c files hold no such tensor", s->dir);
+            return -1;
         }
         memcpy(out, base, n * sizeof(float));
         return 0;
     }
     char name[256];
-    switch (r) {
-    case R_EMBED: snprintf(name, sizeof name, "model.embed_tokens.weight"); break;
-    case R_RMS_ATT: snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", layer); break;
-    case R_RMS_FFN:
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", layer);
-        break;
-    case R_RMS_FINAL: snprintf(name, sizeof name, "model.norm.weight"); break;
-    case R_HEAD: snprintf(name, sizeof name, "lm_head.weight"); break;
-    case R_LINEAR: snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, llama_linear_module(lin)); break;
-    }
+    tensor_name(name, sizeof name, r, layer, lin);
     const st_tensor *t = NULL;
     const st_file *file = NULL;
     for (int i = 0; i < s->nshards && !t; i++)
         if ((t = st_find(&s->shards[i], name)))
             file = &s->shards[i];
     if (!t) {
-        snprintf(err, errlen, "%s: tensor '%s' is missing", s->dir, name);
+        snprintf(err, errlen, "%s: tensor '%s' is missing (a %s of this config has it)", s->dir, name,
+                 llama_arch_name(c->arch));
         return -1;
     }
-    int is_vector = r == R_RMS_ATT || r == R_RMS_FFN || r == R_RMS_FINAL;
+    int is_vector = r != R_EMBED && r != R_LINEAR && r != R_HEAD;
     int shape_ok = is_vector ? t->ndim == 1 && (size_t)t->shape[0] == n
                              : t->ndim == 2 && (size_t)t->shape[0] == rows && (size_t)t->shape[1] == cols;
     if (!shape_ok) {
-        snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s%lld], expected [%zu, %zu]", file->path,
-                 name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
-                 t->ndim > 1 ? (long long)t->shape[1] : 0LL, rows, cols);
+        if (is_vector)
+            snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s], expected [%zu]", file->path, name,
+                     (long long)t->shape[0], t->ndim > 1 ? ", ..." : "", n);
+        else
+            snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s%lld], expected [%zu, %zu]", file->path,
+                     name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
+                     t->ndim > 1 ? (long long)t->shape[1] : 0LL, rows, cols);
         return -1;
     }
-    if (r == R_LINEAR && (lin == LIN_Q || lin == LIN_K)) {
-        /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j) */
-        float *tmp = malloc(n * sizeof(float));
-        if (!tmp) {
-            snprintf(err, errlen, "out of memory reading '%s'", name);
-            return -1;
-        }
-        st_to_f32(t, tmp);
-        size_t hs = (size_t)c->head_size, heads = rows / hs;
-        for (size_t h = 0; h < heads; h++)
-            for (size_t i = 0; i < hs / 2; i++)
-                for (size_t j = 0; j < 2; j++)
-                    memcpy(out + (h * hs + 2 * i + j) * cols, tmp + (h * hs + j * hs / 2 + i) * cols,
-                           cols * sizeof(float));
-        free(tmp);
-    } else {
+    if (!rotate_half_rows(r, lin)) {
         st_to_f32(t, out);
+        return 0;
     }
+    /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j); a norm is one
+     * head's worth of single-float rows */
+    float *tmp = malloc(n * sizeof(float));
+    if (!tmp) {
+        snprintf(err, errlen, "out of memory reading '%s'", name);
+        return -1;
+    }
+    st_to_f32(t, tmp);
+    size_t hs = (size_t)c->head_size, width = r == R_LINEAR ? cols : 1, heads = n / width / hs;
+    for (size_t h = 0; h < heads; h++)
+        for (size_t i = 0; i < hs / 2; i++)
+            for (size_t j = 0; j < 2; j++)
+                memcpy(out + (h * hs + 2 * i + j) * width, tmp + (h * hs + j * hs / 2 + i) * width,
+                       width * sizeof(float));
+    free(tmp);
     return 0;
 }
 
@@ -413,8 +331,8 @@ static int finite_all(const float *x, size_t n)
     return 1;
 }
 
-/* Reads a small fp32 tensor into a fresh allocation. */
-static float *read_vector(const source *s, role r, int layer, size_t n, char *err, size_t errlen,
+/* Reads a small fp32 tensor (a norm, a bias) into a fresh allocation; it must be finite. */
+static float *read_vector(const source *s, role r, int layer, llama_linear lin, size_t n, char *err, size_t errlen,
                           uint64_t *h)
 {
     float *v = malloc(n * sizeof(float));
@@ -422,7 +340,14 @@ static float *read_vector(const source *s, role r, int layer, size_t n, char *er
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (source_read(s, r, layer, 0, v, 1, n, err, errlen) < 0) {
+    if (source_read(s, r, layer, lin, v, 1, n, err, errlen) < 0) {
+        free(v);
+        return NULL;
+    }
+    if (!finite_all(v, n)) {
+        char name[256];
+        tensor_name(name, sizeof name, r, layer, lin);
+        snprintf(err, errlen, "%s: tensor '%s' holds a value that is not finite", s->dir, name);
         free(v);
         return NULL;
     }
@@ -446,6 +371,19 @@ static int read_matrix(const source *s, role r, int layer, llama_linear lin, qt_
     return 0;
 }
 
+/* The fp32 vectors of a layer besides its two norms: biases and q/k norms. */
+static size_t layer_extras(const llama_config *c)
+{
+    size_t n = c->qk_norm ? 2 * (size_t)c->head_size : 0;
+    for (int l = 0; l < LIN_COUNT; l++)
+        if (c->biases >> l & 1) {
+            int r, k;
+            llama_linear_shape(c, (llama_linear)l, &r, &k);
+            n += (size_t)r;
+        }
+    return n;
+}
+
 size_t llama_n_params(const llama_config *c, int tied, size_t *quantized)
 {
     size_t per_layer = 0;
@@ -457,18 +395,45 @@ size_t llama_n_params(const llama_config *c, int tied, size_t *quantized)
     if (quantized)
         *quantized = per_layer * c->n_layers;
     size_t emb = (size_t)c->vocab_size * c->dim;
-    return per_layer * c->n_layers + (size_t)c->n_layers * 2 * c->dim + c->dim + emb + (tied ? 0 : emb);
+    return per_layer * c->n_layers + (size_t)c->n_layers * (2 * c->dim + layer_extras(c)) + c->dim + emb +
+           (tied ? 0 : emb);
 }
 
 size_t llama_weight_bytes(const llama_model *m)
 {
     const llama_config *c = &m->cfg;
     size_t bytes = qt_bytes(&m->embed) + (m->tied ? 0 : qt_bytes(&m->head)) +
-                   ((size_t)c->n_layers * 2 + 1) * c->dim * sizeof(float);
+                   ((size_t)c->n_layers * (2 * c->dim + layer_extras(c)) + c->dim) * sizeof(float);
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < LIN_COUNT; k++)
             bytes += qt_bytes(&m->layers[l].lin[k]);
     return bytes;
+}
+
+/* Frequency i of head_size / 2, as transformers computes it in float32: the default
+ * (_compute_default_rope_parameters, which is also llama2.c's formula in float), then
+ * rescaled by rope_scaling (_compute_linear_scaling_rope_parameters,
+ * _compute_llama3_parameters: their attention factor is 1). */
+static float rope_freq(const llama_config *c, int i)
+{
+    float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_size);
+    const llama_rope *r = &c->rope;
+    if (r->type == LLAMA_ROPE_LINEAR)
+        return freq / r->factor;
+    if (r->type != LLAMA_ROPE_LLAMA3)
+        return freq;
+    /* long wavelengths (low frequencies) are divided by factor, short ones kept, and the
+     * ones between blended by where the wavelength falls */
+    const float old = (float)r->original_max_positions;
+    const float low_wavelen = (float)((double)r->original_max_positions / r->low_freq_factor);
+    const float high_wavelen = (float)((double)r->original_max_positions / r->high_freq_factor);
+    const float wavelen = (float)(2 * M_PI) / freq;
+    float scaled = wavelen > low_wavelen ? freq / r->factor : freq;
+    if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+        float smooth = (old / wavelen - r->low_freq_factor) / (float)((double)r->high_freq_factor - r->low_freq_factor);
+        scaled = (1 - smooth) * scaled / r->factor + smooth * scaled;
+    }
+    return scaled;
 }
 
 static int build_rope(llama_model *m)
@@ -477,17 +442,39 @@ static int build_rope(llama_model *m)
     int half = c->head_size / 2;
     m->rope_cos = malloc((size_t)c->seq_len * half * sizeof(float));
     m->rope_sin = malloc((size_t)c->seq_len * half * sizeof(float));
-    if (!m->rope_cos || !m->rope_sin)
+    float *freq = malloc((size_t)half * sizeof(float));
+    if (!m->rope_cos || !m->rope_sin || !freq) {
+        free(freq);
         return -1;
-    /* llama2.c's formula in float, so that both give the same rotations */
+    }
+    for (int i = 0; i < half; i++)
+        freq[i] = rope_freq(c, i);
     for (int pos = 0; pos < c->seq_len; pos++)
         for (int i = 0; i < half; i++) {
-            float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_size);
-            float val = (float)pos * freq;
+            float val = (float)pos * freq[i];
             m->rope_cos[(size_t)pos * half + i] = cosf(val);
             m->rope_sin[(size_t)pos * half + i] = sinf(val);
         }
+    free(freq);
     return 0;
+}
+
+/* The parts of the config that change the computation beyond the weights (which the
+ * fingerprint hashes as read), for a model other than llama2.c's plain one: a plain Llama
+ * keeps the fingerprint it had before these existed. */
+static uint64_t hash_config(uint64_t h, const llama_config *c)
+{
+    if (c->arch == LLAMA_ARCH_LLAMA && c->rope.type == LLAMA_ROPE_DEFAULT && !c->biases && !c->qk_norm &&
+        c->rope_theta == 10000.0f && c->head_size * c->n_heads == c->dim)
+        return h;
+    const float f[] = {c->rope_theta, c->rope.factor, c->rope.low_freq_factor, c->rope.high_freq_factor,
+                       c->norm_eps};
+    const uint32_t u[] = {(uint32_t)c->arch, (uint32_t)c->rope.type, (uint32_t)c->rope.original_max_positions,
+                          c->biases, (uint32_t)c->qk_norm, (uint32_t)c->head_size};
+    h = hash_floats(h, f, sizeof f / sizeof f[0]);
+    for (size_t i = 0; i < sizeof u / sizeof u[0]; i++)
+        h = (h ^ u[i]) * 0x100000001b3ull;
+    return h;
 }
 
 int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen)
@@ -524,8 +511,11 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
         goto done;
     for (int l = 0; l < c->n_layers; l++) {
         llama_layer *L = &m->layers[l];
-        if (!(L->rms_att = read_vector(&s, R_RMS_ATT, l, c->dim, err, errlen, &h)) ||
-            !(L->rms_ffn = read_vector(&s, R_RMS_FFN, l, c->dim, err, errlen, &h)))
+        if (!(L->rms_att = read_vector(&s, R_RMS_ATT, l, 0, c->dim, err, errlen, &h)) ||
+            !(L->rms_ffn = read_vector(&s, R_RMS_FFN, l, 0, c->dim, err, errlen, &h)))
+            goto done;
+        if (c->qk_norm && (!(L->q_norm = read_vector(&s, R_Q_NORM, l, 0, c->head_size, err, errlen, &h)) ||
+                           !(L->k_norm = read_vector(&s, R_K_NORM, l, 0, c->head_size, err, errlen, &h))))
             goto done;
         for (int k = 0; k < LIN_COUNT; k++) {
             int rows, cols;
@@ -533,18 +523,17 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
             if (read_matrix(&s, R_LINEAR, l, (llama_linear)k, spec, &L->lin[k], rows, cols, buf,
                             err, errlen, &h) < 0)
                 goto done;
+            if ((c->biases >> k & 1) &&
+                !(L->bias[k] = read_vector(&s, R_BIAS, l, (llama_linear)k, (size_t)rows, err, errlen, &h)))
+                goto done;
         }
     }
-    if (!(m->rms_final = read_vector(&s, R_RMS_FINAL, 0, c->dim, err, errlen, &h)))
+    if (!(m->rms_final = read_vector(&s, R_RMS_FINAL, 0, 0, c->dim, err, errlen, &h)))
         goto done;
     if (!m->tied &&
         read_matrix(&s, R_HEAD, 0, 0, f32, &m->head, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
         goto done;
-    for (int l = 0; l < c->n_layers; l++)
-        if (!finite_all(m->layers[l].rms_att, c->dim) || !finite_all(m->layers[l].rms_ffn, c->dim)) {
-            snprintf(err, errlen, "%s: layer %d: non-finite norm weight", dir, l);
-            goto done;
-        }
+    h = hash_config(h, c);
     uint32_t tag[3] = {(uint32_t)spec.format, (uint32_t)spec.block, (uint32_t)spec.double_quant};
     for (int i = 0; i < 3; i++)
         h = (h ^ tag[i]) * 0x100000001b3ull;
@@ -564,8 +553,12 @@ void llama_free(llama_model *m)
         for (int l = 0; l < m->cfg.n_layers; l++) {
             for (int k = 0; k < LIN_COUNT; k++)
                 qt_free(&m->layers[l].lin[k]);
+            for (int k = 0; k < LIN_COUNT; k++)
+                free(m->layers[l].bias[k]);
             free(m->layers[l].rms_att);
             free(m->layers[l].rms_ffn);
+            free(m->layers[l].q_norm);
+            free(m->layers[l].k_norm);
         }
     free(m->layers);
     qt_free(&m->embed);

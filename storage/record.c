@@ -15,31 +15,35 @@ typedef struct {
 typedef enum { F_U32, F_INT, F_UINT, F_U64, F_F32, F_F64 } field_kind;
 
 /* The record's fields besides "name", in the order written. Readers ignore fields they do
- * not know, so later versions may add some. */
+ * not know, so later versions may add some; a field added later is optional (records
+ * written before it lack it: 0 then). */
 static const struct {
     const char *key;
     field_kind kind;
     size_t off;
+    int optional;
 } fields[] = {
-    {"version", F_U32, offsetof(stored, info.version)},
-    {"rank", F_INT, offsetof(stored, info.rank)},
-    {"alpha", F_F32, offsetof(stored, info.alpha)},
-    {"rslora", F_INT, offsetof(stored, info.rslora)},
-    {"targets", F_UINT, offsetof(stored, info.targets)},
-    {"dropout", F_F32, offsetof(stored, info.dropout)},
-    {"base_fingerprint", F_U64, offsetof(stored, info.base_fingerprint)},
-    {"created_at", F_F64, offsetof(stored, info.created_at)},
-    {"job_id", F_U64, offsetof(stored, info.job_id)},
-    {"eval_loss", F_F64, offsetof(stored, info.eval_loss)},
-    {"ppl_base", F_F64, offsetof(stored, info.ppl_base)},
-    {"ppl_adapter", F_F64, offsetof(stored, info.ppl_adapter)},
-    {"size_bytes", F_U64, offsetof(stored, info.size_bytes)},
-    {"dim", F_INT, offsetof(stored, info.base.dim)},
-    {"hidden_dim", F_INT, offsetof(stored, info.base.hidden_dim)},
-    {"n_layers", F_INT, offsetof(stored, info.base.n_layers)},
-    {"n_heads", F_INT, offsetof(stored, info.base.n_heads)},
-    {"n_kv_heads", F_INT, offsetof(stored, info.base.n_kv_heads)},
-    {"checksum", F_U64, offsetof(stored, checksum)},
+    {"version", F_U32, offsetof(stored, info.version), 0},
+    {"rank", F_INT, offsetof(stored, info.rank), 0},
+    {"alpha", F_F32, offsetof(stored, info.alpha), 0},
+    {"rslora", F_INT, offsetof(stored, info.rslora), 0},
+    {"targets", F_UINT, offsetof(stored, info.targets), 0},
+    {"dropout", F_F32, offsetof(stored, info.dropout), 0},
+    {"base_fingerprint", F_U64, offsetof(stored, info.base_fingerprint), 0},
+    {"created_at", F_F64, offsetof(stored, info.created_at), 0},
+    {"job_id", F_U64, offsetof(stored, info.job_id), 0},
+    {"eval_loss", F_F64, offsetof(stored, info.eval_loss), 0},
+    {"ppl_base", F_F64, offsetof(stored, info.ppl_base), 0},
+    {"ppl_adapter", F_F64, offsetof(stored, info.ppl_adapter), 0},
+    {"size_bytes", F_U64, offsetof(stored, info.size_bytes), 0},
+    {"dim", F_INT, offsetof(stored, info.base.dim), 0},
+    {"hidden_dim", F_INT, offsetof(stored, info.base.hidden_dim), 0},
+    {"n_layers", F_INT, offsetof(stored, info.base.n_layers), 0},
+    {"n_heads", F_INT, offsetof(stored, info.base.n_heads), 0},
+    {"n_kv_heads", F_INT, offsetof(stored, info.base.n_kv_heads), 0},
+    {"checksum", F_U64, offsetof(stored, checksum), 0},
+    /* Qwen3's heads are not dim / n_heads wide; before it, they always were (0: derive) */
+    {"head_size", F_INT, offsetof(stored, info.base.head_size), 1},
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 
@@ -166,7 +170,7 @@ static int unpack(const msgpack_object *map, stored *st, const char **bad)
     if (!have_name || !store_name_valid(st->info.name))
         return -1;
     for (size_t f = 0; f < N_FIELDS; f++)
-        if (!(seen >> f & 1)) {
+        if (!(seen >> f & 1) && !fields[f].optional) {
             *bad = fields[f].key;
             return -1;
         }
@@ -202,22 +206,22 @@ int record_read_value(const void *value, size_t size, const llama_config *c, sto
         return -1;
     }
     llama_config *b = &st.info.base;
-    if (b->dim < 1 || b->n_heads < 1 || b->n_kv_heads < 1 || b->dim % b->n_heads || b->n_layers < 1) {
+    char why[160];
+    if (b->n_layers < 1 || b->head_size < 0 || llama_config_derive(b, "base", why, sizeof why) < 0) {
         snprintf(err, errlen, "stored adapter is corrupt: bad base shape");
         return -1;
     }
-    b->head_size = b->dim / b->n_heads;
-    b->kv_dim = b->head_size * b->n_kv_heads;
     *info = st.info;
     if (!ad)
         return 0;
     const char *who = st.info.name;
     if (b->dim != c->dim || b->hidden_dim != c->hidden_dim || b->n_layers != c->n_layers ||
-        b->n_heads != c->n_heads || b->n_kv_heads != c->n_kv_heads || st.info.rank < 1 ||
+        b->n_heads != c->n_heads || b->n_kv_heads != c->n_kv_heads || b->head_size != c->head_size ||
+        st.info.rank < 1 ||
         st.info.rank > c->dim || st.info.targets >> LIN_COUNT) {
         snprintf(err, errlen, "adapter '%s@%u' was stored for another model shape (dim %d, hidden %d, %d layers, "
-                 "%d heads, %d kv heads)", who, st.info.version, b->dim, b->hidden_dim, b->n_layers, b->n_heads,
-                 b->n_kv_heads);
+                 "%d heads of %d, %d kv heads)", who, st.info.version, b->dim, b->hidden_dim, b->n_layers, b->n_heads,
+                 b->head_size, b->n_kv_heads);
         return -1;
     }
     if (fnv1a(v + off, st.info.size_bytes) != st.checksum) {

@@ -433,8 +433,10 @@ int store_adapter_put(store *s, store_adapter_info *info, const llama_lora *ad, 
     /* the layout ad has is the one base gives: same layers, same parameter count */
     llama_lora probe;
     const llama_config *b = &info->base;
-    if (b->dim < 1 || b->n_heads < 1 || b->n_kv_heads < 1 || b->dim % b->n_heads || b->n_layers != ad->n_layers ||
-        b->head_size != b->dim / b->n_heads || b->kv_dim != b->head_size * b->n_kv_heads) {
+    llama_config derived = *b;
+    char why[160];
+    if (b->n_layers != ad->n_layers || b->head_size < 1 || llama_config_derive(&derived, "base", why, sizeof why) < 0 ||
+        derived.q_dim != b->q_dim || derived.kv_dim != b->kv_dim) {
         snprintf(err, errlen, "adapter '%s': info.base is not the shape of the base the adapter was made for",
                  info->name);
         return -1;

@@ -2,11 +2,15 @@
  * stories260K with an f32 and an nf4 base, for every target linear (A and B), with and
  * without dropout, at T = 12 and at T = 150 (several of training attention's blocks); training's
  * attention agrees with inference's; and a fresh adapter (B = 0) leaves the logits unchanged.
- * argv[1] is the shared directory. */
+ * The same on random checkpoints of the other architectures' pieces, written by
+ * make-model: Qwen3 (q/k norms, head_dim of its own, biases on q, k, v, o, a separate
+ * head), Qwen2 (biases on q, k, v) and Llama with every bias and llama3-scaled RoPE.
+ * argv[1] is the shared directory, argv[2] qlora-tool. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "forward.h"
 #include "tap.h"
@@ -65,16 +69,16 @@ static float uniform_pm(float a)
     return (float)(((rng >> 11) * (1.0 / 9007199254740992.0) * 2 - 1) * a);
 }
 
-static void check_gradients(const char *shared, qt_format f, float dropout)
+static void check_gradients(const char *dir, qt_format f, float dropout)
 {
-    char dir[4200], err[512];
-    snprintf(dir, sizeof dir, "%s/models/stories260K", shared);
+    char err[512];
     llama_model m;
     if (llama_load(&m, dir, qt_spec_default(f), err, sizeof err) < 0) {
         CHECK(0, "%s", err);
-        test_case("load");
+        test_case("load %s", dir);
         return;
     }
+    const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
     const llama_config *c = &m.cfg;
     llama_lora ad;
     CHECK(llama_lora_alloc(&ad, c, 4, 8.0f, 0, (1u << LIN_COUNT) - 1, dropout) == 0, "alloc");
@@ -106,9 +110,9 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
         CHECK(l_all == l_one && differ == 0, "recomputed: loss %.9g vs %.9g, %zu of %zu gradients differ", l_one,
               l_all, differ, ad.n_params);
         CHECK(one_b * 2 < all_b, "one slot %zu bytes vs every layer %zu", one_b, all_b);
-        test_case("%s base%s, T %d: recomputing each layer in backward gives the same gradients bit for bit with "
-                  "%.0f%% of the activation memory", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", T_LEN,
-                  100.0 * one_b / all_b);
+        test_case("%s, %s base%s, T %d: recomputing each layer in backward gives the same gradients bit for bit "
+                  "with %.0f%% of the activation memory", name, qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "",
+                  T_LEN, 100.0 * one_b / all_b);
         free(g1);
         free(one.dlogits);
         llama_acts_free(&one.a);
@@ -117,7 +121,7 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
 
     /* For each (layer, linear, A/B): the 3 largest analytic gradients and 2 random ones
      * with a gradient large enough to rise above float noise. */
-    int checked = 0, bad = 0;
+    int checked = 0, bad = 0, strong = 0;
     double worst = 0;
     const float eps = 2e-2f;
     for (int l = 0; l < c->n_layers; l += 2)
@@ -151,6 +155,7 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
                     double fd = (lp - lm) / (2 * eps), an = g[i];
                     double rel = fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-6);
                     checked++;
+                    strong += fabs(fd) > 20 * 5e-5; /* far above the noise: the check has teeth */
                     if (rel > 0.03 && fabs(fd - an) > 5e-5) { /* 5e-5: float noise of the loss over 2 eps */
                         if (bad++ < 5)
                             printf("# layer %d %s %s[%zu]: analytic %.6g, numeric %.6g\n", l,
@@ -161,8 +166,10 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
                 }
             }
     CHECK(bad == 0, "%d of %d gradients disagree (worst relative difference %.3g)", bad, checked, worst);
-    test_case("%s base%s, T %d: %d LoRA gradients (every target, A and B) match central differences "
-              "(worst rel. diff %.2g)", qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "", T_LEN, checked, worst);
+    CHECK(strong * 2 >= checked, "only %d of %d gradients rise far above the loss's float noise", strong, checked);
+    test_case("%s, %s base%s, T %d: %d LoRA gradients (every target, A and B; %d far above float noise) match "
+              "central differences (worst rel. diff %.2g)", name, qt_format_name(f), dropout > 0 ? ", dropout 0.1" : "",
+              T_LEN, checked, strong, worst);
 
     const size_t n_logits = (size_t)B_SEQ * T_LEN * c->vocab_size;
     float *base = malloc(n_logits * sizeof(float));
@@ -183,8 +190,8 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
         }
         CHECK(worst_diff <= 1e-5 * largest, "training and inference logits differ by %.3g (largest %.3g)",
               worst_diff, largest);
-        test_case("%s base, T %d: training's attention (sgemm) and inference's (run.c order) agree to %.2g of "
-                  "the largest logit", qt_format_name(f), T_LEN, worst_diff / largest);
+        test_case("%s, %s base, T %d: training's attention (sgemm) and inference's (run.c order) agree to %.2g "
+                  "of the largest logit", name, qt_format_name(f), T_LEN, worst_diff / largest);
     }
 
     /* A fresh adapter (B = 0) changes nothing. */
@@ -199,7 +206,8 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     llama_forward(&m, &ad, &r.a, &r.cache, tokens, B_SEQ, T_LEN, 0, LLAMA_INFER);
     CHECK(memcmp(base, r.a.logits, (size_t)B_SEQ * T_LEN * c->vocab_size * sizeof(float)) == 0,
           "logits changed");
-    test_case("%s base, T %d: an adapter with B = 0 leaves the logits bit-identical", qt_format_name(f), T_LEN);
+    test_case("%s, %s base, T %d: an adapter with B = 0 leaves the logits bit-identical", name, qt_format_name(f),
+              T_LEN);
     free(base);
     free(grads);
     free(r.dlogits);
@@ -209,17 +217,56 @@ static void check_gradients(const char *shared, qt_format f, float dropout)
     llama_free(&m);
 }
 
+/* A random checkpoint of make-model's into dir (under the temporary root); 0 or -1. */
+static int make_model(const char *tool, const char *dir, const char *args)
+{
+    char cmd[8600];
+    snprintf(cmd, sizeof cmd, "'%s' make-model --dim 64 --hidden 160 --layers 4 --heads 4 --kv-heads 2 --vocab 512 "
+             "--seq-len 256 --seed 7 --init-std 0.15 %s --out '%s' >/dev/null", tool, args, dir);
+    int rc = system(cmd);
+    CHECK(rc == 0, "%s: exit status %d", cmd, rc);
+    return rc == 0 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
-    const char *shared = argc > 1 ? argv[1] : "../shared";
-    check_gradients(shared, QT_F32, 0);
+    const char *shared = argc > 1 ? argv[1] : "../shared", *tool = argc > 2 ? argv[2] : "qlora-tool";
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared);
+    check_gradients(dir, QT_F32, 0);
     long_tokens[0] = 1;
     for (int t = 1; t < LONG_T; t++)
         long_tokens[t] = short_tokens[t % 24 ? t % 24 : 1] ^ (t & 7);
     B_SEQ = 1, T_LEN = LONG_T, tokens = long_tokens;
-    check_gradients(shared, QT_NF4, 0);
+    check_gradients(dir, QT_NF4, 0);
     B_SEQ = 2, T_LEN = 12, tokens = short_tokens;
-    check_gradients(shared, QT_NF4, 0);
-    check_gradients(shared, QT_NF4, 0.1f);
+    check_gradients(dir, QT_NF4, 0);
+    check_gradients(dir, QT_NF4, 0.1f);
+
+    /* the other architectures' pieces */
+    char root[] = "/tmp/qlora-backward-XXXXXX";
+    if (!mkdtemp(root)) {
+        CHECK(0, "mkdtemp");
+        return tap_done();
+    }
+    static const struct {
+        const char *name, *args;
+        qt_format f;
+        float dropout;
+    } archs[] = {
+        {"qwen3", "--arch qwen3 --head-dim 24 --bias --untied", QT_F32, 0},
+        {"qwen3", "--arch qwen3 --head-dim 24 --bias --untied", QT_NF4, 0.1f},
+        {"qwen2", "--arch qwen2", QT_NF4, 0},
+        {"llama-bias-rope-llama3", "--arch llama --bias --rope-scaling llama3 --rope-factor 8 --rope-theta 500000",
+         QT_F32, 0},
+    };
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) {
+        snprintf(dir, sizeof dir, "%s/%s", root, archs[i].name);
+        if (access(dir, F_OK) == 0 || make_model(tool, dir, archs[i].args) == 0)
+            check_gradients(dir, archs[i].f, archs[i].dropout);
+    }
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    CHECK(system(cmd) == 0, "%s", cmd);
     return tap_done();
 }

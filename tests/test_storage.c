@@ -21,7 +21,8 @@
 
 /* A small Llama shape: q, o [64 x 64], k, v [32 x 64], gate, up [160 x 64], down [64 x 160]. */
 static const llama_config cfg = {.dim = 64, .hidden_dim = 160, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-                                 .vocab_size = 32, .seq_len = 16, .head_size = 16, .kv_dim = 32};
+                                 .vocab_size = 32, .seq_len = 16, .head_size = 16, .kv_dim = 32,
+                                 .q_dim = 64};
 
 static float value_of(uint64_t seed, size_t i)
 {
@@ -807,6 +808,7 @@ static void test_peft_import(void)
     other.dim = 128;
     other.head_size = 32;
     other.kv_dim = 64;
+    other.q_dim = 128;
     CHECK(peft_import(config, strlen(config), st, st_len, &other, &back, &fp, err, sizeof err) < 0 &&
               strstr(err, q_a) && strstr(err, "shape"), "other shape: %s", err);
     test_case("PEFT import refuses %d malformed inputs, naming the file (and tensor); store unchanged", refused);

@@ -110,20 +110,38 @@ def _():
                  'model.layers.0.mlp.gate_proj.weight', 'shape')
 
 
-@case('a config or checkpoint that is not a plain Llama is refused, naming the key or tensor')
+@case('a config or checkpoint other than the architectures that run is refused, naming the key or tensor')
 def _():
-    # each would run as a plain Llama with other math than transformers' (Qwen2's biases,
-    # Llama 3's scaled RoPE...) and give a plausible wrong perplexity
-    for key, value, needle in [('architectures', ['Qwen2ForCausalLM'], 'LlamaForCausalLM'),
-                               ('model_type', 'mistral', 'llama'), ('rope_scaling', {'rope_type': 'llama3', 'factor': 8.0}, 'RoPE'),
-                               ('attention_bias', True, 'biases'), ('mlp_bias', True, 'biases'),
-                               ('head_dim', 32, 'hidden_size / num_attention_heads'),
-                               ('attention_dropout', 0.1, 'dropout'), ('sliding_window', 4096, 'unknown key')]:
+    # each would run with other math than transformers' and give a plausible wrong
+    # perplexity: refused by key (config.json) or by the tensor it then needs or lacks
+    for key, value, needle in [('architectures', ['GPT2LMHeadModel'], 'not one that runs here'),
+                               ('model_type', 'mistral', 'disagrees'),
+                               ('rope_scaling', {'rope_type': 'yarn', 'factor': 8.0}, '"yarn" is not implemented'),
+                               ('rope_scaling', {'rope_type': 'llama3', 'factor': 8.0}, 'low_freq_factor'),
+                               ('rope_scaling', {'rope_type': 'linear', 'factor': 2.0, 'beta': 1}, "'rope_scaling.beta'"),
+                               ('attention_dropout', 0.1, 'dropout'),
+                               ('sliding_window', 4096, 'not a key of LlamaForCausalLM'),
+                               ('use_sliding_window', False, 'not a key of LlamaForCausalLM'),
+                               ('rope_interleaved', True, 'rotate-half'),
+                               ('num_experts', 8, 'unknown key')]:
+        d = variant('cfg-%s-%d' % (key, len(os.listdir(os.path.dirname(base)))))
+        cfg = json.load(open(os.path.join(d, 'config.json')))
+        cfg[key] = value
+        json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
+        expect_error(['eval', '--model', d, '--tokens', tokens], 'config.json', "'%s" % key, needle)
+    # switches that make the model need tensors this checkpoint lacks, or another shape
+    for key, value, needle in [('attention_bias', True, 'model.layers.0.self_attn.q_proj.bias'),
+                               ('mlp_bias', True, 'model.layers.0.mlp.gate_proj.bias')]:
         d = variant('cfg-' + key)
         cfg = json.load(open(os.path.join(d, 'config.json')))
         cfg[key] = value
         json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
-        expect_error(['eval', '--model', d, '--tokens', tokens], 'config.json', "'%s'" % key, needle)
+        expect_error(['eval', '--model', d, '--tokens', tokens], needle, 'missing')
+    d = variant('cfg-head_dim')
+    cfg = json.load(open(os.path.join(d, 'config.json')))
+    cfg['head_dim'] = 2 * cfg['hidden_size'] // cfg['num_attention_heads']
+    json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'))
+    expect_error(['eval', '--model', d, '--tokens', tokens], 'model.layers.0.self_attn.q_proj.weight', 'shape')
     d = variant('cfg-inert')  # keys that change nothing are read as they are
     cfg = json.load(open(os.path.join(d, 'config.json')))
     cfg.update({'head_dim': cfg['hidden_size'] // cfg['num_attention_heads'], 'rope_scaling': None,
@@ -136,7 +154,7 @@ def _():
                                                'data_offsets': [len(b), len(b) + n]}}), b + bytes(n))
     d = corrupt('bias', extra('model.layers.0.self_attn.q_proj.bias', [64]))
     expect_error(['eval', '--model', d, '--tokens', tokens], 'model.safetensors',
-                 'model.layers.0.self_attn.q_proj.bias', 'not part of')
+                 'model.layers.0.self_attn.q_proj.bias', 'not part of a LlamaForCausalLM')
     d = corrupt('layer9', extra('model.layers.9.input_layernorm.weight', [64]))
     expect_error(['eval', '--model', d, '--tokens', tokens], 'model.layers.9.input_layernorm.weight', 'not part of')
     d = corrupt('head', extra('lm_head.weight', [512, 64]))

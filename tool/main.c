@@ -31,7 +31,9 @@ static const struct {
                              "quantization error per layer and format, memory)"},
     {"make-model", cmd_make_model,
      "make-model --dim D --hidden H --layers L --heads N --kv-heads N --vocab V [--seq-len S] "
-     "[--seed S] --out DIR  (random weights, Hugging Face layout)"},
+     "[--seed S] [--arch llama|mistral|qwen2|qwen3] [--head-dim N] [--bias] [--untied] "
+     "[--rope-theta N] [--rope-scaling linear|llama3 [--rope-factor F]] [--init-std S] --out DIR  "
+     "(random weights, Hugging Face layout)"},
     {"export", cmd_export,
      "export --db DIR NAME[@VERSION] OUTDIR  (a stored adapter as a PEFT directory: "
      "adapter_config.json + adapter_model.safetensors)"},

@@ -29,12 +29,14 @@ typedef struct {
 
 /* Activations of one forward call for up to B x T rows (M = B*T). x[l] [M x dim] is the
  * input of layer l (x[L] the final residual), kept for every layer. Per layer slot:
- * xn1/rstd1 the attention norm, q [M x dim] (after RoPE), att [B x H x T x S] attention
- * probabilities, ao [M x dim] the attention output before wo, x2 [M x dim] the residual
+ * xn1/rstd1 the attention norm, q [M x q_dim] (after RoPE), att [B x H x T x S] attention
+ * probabilities, ao [M x q_dim] the attention output before wo, x2 [M x dim] the residual
  * after attention, xn2/rstd2 the feed-forward norm, h1 (gate) h3 (up) [M x hidden],
  * g = silu(h1) * h3, and with an adapter of rank r u [LIN_COUNT][M x r], the adapters'
- * inner activations. Then the final norm xf/rstdf, logits [M x vocab], and scratch
- * [M x max(dim, hidden)] for dropout. */
+ * inner activations; with Qwen3's q/k norms, qr [M x q_dim] and kr [M x kv_dim] the
+ * projections before them and rstdq [M x H], rstdk [M x kv heads] their rstd (else
+ * empty). Then the final norm xf/rstdf, logits [M x vocab], and scratch [M x widest]
+ * (llama_config_widest) for dropout. */
 /* What a forward call is for. LLAMA_TRAIN: a backward pass follows; dropout applies to
  * the adapter's inputs, and the attention runs as blocked single-threaded sgemm (another
  * order of summation, at sgemm's speed). LLAMA_INFER: no dropout, and the attention sums
@@ -48,11 +50,13 @@ typedef struct {
     int held;   /* the layer whose intermediates the single slot holds */
     float *x, *xn1, *rstd1, *q, *att, *ao, *x2, *xn2, *rstd2, *h1, *h3, *g;
     float *xf, *rstdf, *logits, *u, *scratch;
+    float *qr, *kr, *rstdq, *rstdk;
 } llama_acts;
 
 /* One layer's intermediates within acts, for a call of M = B*T rows. */
 typedef struct {
     float *x, *xn1, *rstd1, *q, *att, *ao, *x2, *xn2, *rstd2, *h1, *h3, *g, *u, *next;
+    float *qr, *kr, *rstdq, *rstdk;
 } llama_layer_acts;
 llama_layer_acts llama_layer_acts_of(const llama_acts *a, const llama_config *c, int layer, int B, int T);
 /* The adapter's inner activations [M x rank] of linear k within a layer's. */

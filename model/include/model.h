@@ -1,12 +1,22 @@
-/* model.h: a Llama model with its seven linear weights per layer quantized.
+/* model.h: a decoder of the Llama family with its seven linear weights per layer quantized.
  *
  * Loads either layout of the same weights: llama2.c (`model.bin`) or Hugging Face
  * (`config.json` + `model.safetensors`, or shards listed in
- * `model.safetensors.index.json`; F32, F16 or BF16). Hugging Face keeps the rows of q_proj
- * and k_proj in rotate-half order; they are put back in llama2.c's interleaved order at
- * load (a row permutation, which commutes with row-wise quantization), so both layouts give
- * the same model bit for bit. Embeddings, norms and the output head stay fp32; the fp32
- * source of the quantized weights is read through mmap and released after load. */
+ * `model.safetensors.index.json`; F32, F16 or BF16). From Hugging Face, exactly the
+ * architectures below run, as transformers runs them (model_config.c reads and checks
+ * config.json; anything it does not know is refused by file and key):
+ *   LlamaForCausalLM   (SmolLM, TinyLlama, Llama 2/3): rope_scaling "llama3" or "linear",
+ *                      attention_bias (q, k, v, o) and mlp_bias (gate, up, down), head_dim;
+ *   MistralForCausalLM sequences up to sliding_window (no sliding attention beyond it);
+ *   Qwen2ForCausalLM   biases on q, k, v;
+ *   Qwen3ForCausalLM   per-head RMSNorm of q and k (q_norm, k_norm) before RoPE, head_dim
+ *                      of its own, attention_bias (q, k, v, o).
+ * Hugging Face keeps the rows of q_proj and k_proj (and their biases and q/k norms) in
+ * rotate-half order; they are put back in llama2.c's interleaved order at load (a row
+ * permutation, which commutes with row-wise quantization and with a per-head norm), so
+ * both layouts give the same model bit for bit. Embeddings, norms, biases and the output
+ * head stay fp32 and frozen; the fp32 source of the quantized weights is read through mmap
+ * and released after load. */
 #ifndef QLORA_MODEL_H
 #define QLORA_MODEL_H
 
@@ -18,10 +28,10 @@
  * short name, PEFT target name, Hugging Face module under model.layers.N, rows, columns)
  * with rows and columns as members of llama_config. */
 #define LLAMA_LINEARS(X)                                                    \
-    X(Q, "q", "q_proj", "self_attn.q_proj", dim, dim)                       \
+    X(Q, "q", "q_proj", "self_attn.q_proj", q_dim, dim)                     \
     X(K, "k", "k_proj", "self_attn.k_proj", kv_dim, dim)                    \
     X(V, "v", "v_proj", "self_attn.v_proj", kv_dim, dim)                    \
-    X(O, "o", "o_proj", "self_attn.o_proj", dim, dim)                       \
+    X(O, "o", "o_proj", "self_attn.o_proj", dim, q_dim)                     \
     X(GATE, "gate", "gate_proj", "mlp.gate_proj", hidden_dim, dim)          \
     X(UP, "up", "up_proj", "mlp.up_proj", hidden_dim, dim)                  \
     X(DOWN, "down", "down_proj", "mlp.down_proj", dim, hidden_dim)
@@ -33,16 +43,46 @@ typedef enum {
     LIN_COUNT
 } llama_linear;
 
+/* The architectures config.json may name (model_config.c has what each one reads). */
+typedef enum { LLAMA_ARCH_LLAMA, LLAMA_ARCH_MISTRAL, LLAMA_ARCH_QWEN2, LLAMA_ARCH_QWEN3 } llama_arch;
+
+/* RoPE's frequencies: theta ** (-2i / head_size), then rescaled (modeling_rope_utils.py):
+ * linear divides each by factor; llama3 divides the low ones by factor, keeps the high
+ * ones and blends between (_compute_llama3_parameters). */
+typedef enum { LLAMA_ROPE_DEFAULT, LLAMA_ROPE_LINEAR, LLAMA_ROPE_LLAMA3 } llama_rope_type;
 typedef struct {
-    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
-    int head_size, kv_dim;
-    float norm_eps, rope_theta;
-} llama_config;
+    llama_rope_type type;
+    float factor, low_freq_factor, high_freq_factor;
+    int original_max_positions;
+} llama_rope;
 
 typedef struct {
-    qt_matrix lin[LIN_COUNT];  /* wq [dim x dim], wk, wv [kv_dim x dim], wo [dim x dim],
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+    int head_size, kv_dim, q_dim;  /* derived by llama_config_derive unless head_size is set */
+    float norm_eps, rope_theta;
+    llama_arch arch;
+    llama_rope rope;
+    unsigned biases;     /* bit k: linear k adds a frozen bias (Qwen2's q, k, v; *_bias keys) */
+    int qk_norm;         /* Qwen3: q and k RMS-normed per head (weights [head_size]) */
+    int sliding_window;  /* Mistral's, when seq_len was cut to it (0: none): for messages */
+} llama_config;
+
+/* The architecture's name in Hugging Face ("LlamaForCausalLM" ...; "?" out of range). */
+const char *llama_arch_name(llama_arch a);
+
+/* Sets q_dim and kv_dim from the heads (and head_size from dim / n_heads when it is 0),
+ * and checks that the heads divide evenly and are of even size: -1 with a message naming
+ * where (the config's file) otherwise. Every producer of a llama_config calls it. */
+int llama_config_derive(llama_config *c, const char *where, char *err, size_t errlen);
+/* The widest row a layer's linears read or write: max(dim, hidden_dim, q_dim). */
+int llama_config_widest(const llama_config *c);
+
+typedef struct {
+    qt_matrix lin[LIN_COUNT];  /* wq [q_dim x dim], wk, wv [kv_dim x dim], wo [dim x q_dim],
                                   gate, up [hidden x dim], down [dim x hidden] */
     float *rms_att, *rms_ffn;  /* [dim] */
+    float *bias[LIN_COUNT];    /* [rows of linear k] or NULL (cfg.biases) */
+    float *q_norm, *k_norm;    /* [head_size] or NULL (cfg.qk_norm) */
 } llama_layer;
 
 typedef struct {
@@ -75,7 +115,8 @@ static inline const qt_matrix *llama_head(const llama_model *m)
 {
     return m->tied ? &m->embed : &m->head;
 }
-/* Parameters of the model (all tensors) and of the quantized linears alone. */
+/* Parameters of the model (all tensors, biases and norms too) and of the quantized linears
+ * alone. */
 size_t llama_n_params(const llama_config *c, int tied, size_t *quantized);
 /* Bytes held by the model's weights (quantized linears + fp32 rest). */
 size_t llama_weight_bytes(const llama_model *m);

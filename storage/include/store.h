@@ -52,8 +52,9 @@ typedef struct {
     float dropout;
     uint64_t base_fingerprint;
     llama_config base;         /* the base's shape, set by the caller of put (dim, hidden_dim,
-                                  n_layers, n_heads, n_kv_heads are stored; head_size and
-                                  kv_dim derived): loads check it, exports lay tensors out by it */
+                                  n_layers, n_heads, n_kv_heads, head_size are stored; q_dim
+                                  and kv_dim derived): loads check it, exports lay tensors out
+                                  by it */
     double created_at;         /* Unix seconds, set by store_adapter_put */
     uint64_t job_id;           /* 0: imported */
     double eval_loss, ppl_base, ppl_adapter; /* NAN when absent */
