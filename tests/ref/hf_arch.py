@@ -387,12 +387,14 @@ def rope_inv_freq(c):
     dim = c['head_dim']  # partial_rotary_factor is 1.0 for all four families
     # _compute_default_rope_parameters:
     #   inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim))
-    # f32: the int64 arange becomes float32, / dim is a float32 division, base (a Python float)
-    # meets a float32 tensor so ** is float32 pow (base rounded to float32: exact for 1e4, 5e5,
-    # 1e6), and 1.0 / is a float32 division. In float64 the low frequencies differ in the 8th
-    # digit, enough to move logits by ~1e-7 at the positions tested.
+    # f32: the int64 arange becomes float32 and / dim is a float32 division; base ** tensor
+    # gives a float32 tensor whose values are the correctly rounded pow (torch evaluates
+    # Python-scalar ** float32-tensor as pow(double, double) rounded to float32: checked with
+    # torch 1.13 on CPU, bit for bit; numpy's own float32 np.power is off by one ulp for e.g.
+    # 100000 ** 0.125, glibc's powf is correctly rounded and agrees); 1.0 / is float32. All in
+    # float64 instead, inv_freq differs in the 8th digit (up to 1.2e-7 relative).
     exps = np.arange(0, dim, 2, dtype=np.int64).astype(F32) / F32(dim)
-    inv_freq = F32(1.0) / np.power(F32(c['rope_theta']), exps, dtype=F32)
+    inv_freq = F32(1.0) / np.power(np.float64(c['rope_theta']), exps.astype(np.float64)).astype(F32)
     r = c['rope']
     if r['rope_type'] == 'linear':
         # _compute_linear_scaling_rope_parameters: inv_freq /= factor (float32 by a Python float)
