@@ -289,7 +289,15 @@ def _():
 
 # ---- make-model (the C writer) read alike by both ------------------------------------------
 
-MAKE_MODEL = [('llama', [])]  # the other engineer's --arch adds rows here
+MAKE_MODEL = [
+    ('llama', []),
+    ('llama-bias-llama3', ['--arch', 'llama', '--bias', '--untied', '--rope-scaling', 'llama3', '--rope-factor', '8',
+                           '--rope-theta', '500000', '--init-std', '0.15']),
+    ('llama-linear', ['--arch', 'llama', '--rope-scaling', 'linear', '--rope-factor', '4', '--init-std', '0.15']),
+    ('mistral', ['--arch', 'mistral', '--init-std', '0.15']),
+    ('qwen2', ['--arch', 'qwen2', '--init-std', '0.15']),
+    ('qwen3', ['--arch', 'qwen3', '--head-dim', '24', '--bias', '--untied', '--init-std', '0.15']),
+]
 
 
 for name, extra in MAKE_MODEL:
