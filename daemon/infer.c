@@ -178,7 +178,8 @@ void op_eval(req *r)
         size_t np = 0;
         char err[512];
         const llama_lora *ad = a ? &a->lora : NULL;
-        if ((text ? llama_eval_stream(&r->d->model, ad, ids, n_ids, S, &nll, &np, err, sizeof err)
+        if ((text ? llama_eval_stream(&r->d->model, ad, ids, n_ids, llama_eval_window(&r->d->model.cfg), &nll, &np,
+                                      err, sizeof err)
                   : llama_eval(&r->d->model, ad, seqs, lens, n_seqs, &nll, &np, err, sizeof err)) < 0) {
             reply_error(r, ERR_INVALID_ARGUMENT, "%s", err);
         } else {

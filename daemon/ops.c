@@ -445,7 +445,7 @@ static size_t rss_bytes(void)
 /* What status tells, gathered first: the table below packs it. */
 typedef struct {
     int connections, requests_in_flight;
-    const char *name, *path;
+    const char *name, *path, *arch;
     size_t n_params;
     int dim, n_layers, vocab_size, seq_len;
     const char *format;
@@ -465,7 +465,7 @@ static const schema_field server_fields[] = {
 static const schema_field model_fields[] = {
     S("name", SK_STR, name),
     S("path", SK_STR, path),
-    S_CONST("arch", "llama"),
+    S("arch", SK_STR, arch),
     S("n_params", SK_UINT, n_params),
     S("dim", SK_INT, dim),
     S("n_layers", SK_INT, n_layers),
@@ -514,6 +514,7 @@ void op_status(req *r)
         .connections = d->n_conns,
         .requests_in_flight = d->inflight,
         .path = d->model_dir,
+        .arch = llama_arch_type(c->arch),
         .n_params = llama_n_params(c, m->tied, &quantized),
         .dim = c->dim,
         .n_layers = c->n_layers,

@@ -100,7 +100,10 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
     }
     llama_cache cache;
     llama_acts prefill, step;
-    int S = c->seq_len;
+    /* the cache and the attention rows hold what this request can reach, not the model's
+     * whole context (Llama 3.2's 131072 positions would be 8 GiB of cache per request) */
+    long reach = (long)n_prompt + max_new;
+    int S = reach < c->seq_len ? (int)reach : c->seq_len;
     memset(&prefill, 0, sizeof prefill);
     memset(&step, 0, sizeof step);
     if (llama_cache_alloc(&cache, c, 1, S) < 0) {
@@ -193,6 +196,11 @@ int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seq
     llama_acts_free(&a);
     llama_cache_free(&cache);
     return rc;
+}
+
+int llama_eval_window(const llama_config *c)
+{
+    return c->seq_len < 2048 ? c->seq_len : 2048;
 }
 
 int llama_eval_stream(const llama_model *m, const llama_lora *ad, const int *ids, size_t n, int seq_len,

@@ -63,6 +63,11 @@ const char *llama_arch_name(llama_arch a)
     return (unsigned)a < N_ARCHS ? archs[a].architecture : "?";
 }
 
+const char *llama_arch_type(llama_arch a)
+{
+    return (unsigned)a < N_ARCHS ? archs[a].model_type : "?";
+}
+
 /* The integers of config.json that give the shape: key, member, largest value. */
 static const struct {
     const char *key;

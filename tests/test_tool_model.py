@@ -7,6 +7,7 @@ usage: test_tool_model.py TOOL SHARED_DIR"""
 
 import json
 import os
+import subprocess
 import shutil
 import struct
 import sys
@@ -262,6 +263,28 @@ def _():
     assert a[1].startswith('Once upon a time'), a[1]
     rc, out, err = run('generate', '--model', m, '-n', '63')
     assert rc == 0 and out.startswith('Once upon a time, there was a little girl named Lily.'), out
+
+
+@case('generate on a model of a long context holds the cache of what the request reaches')
+def _():
+    # 262144 positions x 2 layers x 64 floats of keys and of values: 256 MiB of cache if
+    # generation sized it by the model's context (as Llama 3.2's 131072 would be 8 GiB)
+    d = os.path.join(tmp, 'long-context')
+    rc, out, err = run('make-model', '--dim', '64', '--hidden', '160', '--layers', '2', '--heads', '4',
+                       '--kv-heads', '4', '--vocab', '512', '--seq-len', '262144', '--out', d)
+    assert rc == 0, err
+    shutil.copy(os.path.join(SHARED, 'models/stories260K/tokenizer.bin'), d)
+    # a fresh process around the run, so that its children's peak is this run's alone
+    probe = ('import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); '
+             'print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); '
+             'sys.stdout.write(r.stdout)')
+    got = subprocess.run([sys.executable, '-c', probe, TOOL, 'generate', '--model', d, '--prompt',
+                          'Once upon a time', '-n', '8'], capture_output=True, text=True, check=True).stdout
+    peak, rc, out = got.split('\n', 2)
+    assert rc == '0' and out.startswith('Once upon a time'), got
+    # the weights and the RoPE tables of the whole context (16 MiB) are all it should hold
+    assert int(peak) < 96 * 1024, 'generate peaked at %.0f MiB' % (int(peak) / 1024)
+    print('# generate peaked at %.0f MiB (a cache of the whole context would add 256 MiB)' % (int(peak) / 1024))
 
 
 @case('inspect reports sizes, errors per format and memory')

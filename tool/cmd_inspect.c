@@ -1,5 +1,4 @@
 /* cmd_inspect.c: qlora-tool inspect. */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +7,7 @@
 #include <unistd.h>
 
 #include "forward.h"
+#include "generate.h"
 #include "tool.h"
 
 /* ---- inspect ---- */
@@ -92,18 +92,21 @@ int cmd_inspect(int argc, char **argv)
 
     double bits = llama_linear_bits(&m);
     size_t fp32_rest = (params - quantized) * sizeof(float);
-    size_t cache = 2 * (size_t)c->n_layers * c->seq_len * c->kv_dim * sizeof(float);
+    /* a request's cache holds the positions it reaches: one of a full context, up to the
+     * window eval scores text in (Llama 3.2's whole 131072 would be 8 GiB) */
+    const int positions = llama_eval_window(c);
+    size_t cache = 2 * (size_t)c->n_layers * positions * c->kv_dim * sizeof(float);
     llama_cache kv;
-    if (llama_cache_alloc(&kv, c, 1, c->seq_len) == 0) /* touch it, so RSS includes it */
+    if (llama_cache_alloc(&kv, c, 1, positions) == 0) /* touch it, so RSS includes it */
         memset(kv.k, 0, cache / 2), memset(kv.v, 0, cache / 2);
     size_t rss = rss_bytes() - rss0;
     size_t expect = (size_t)(bits * quantized / 8) + fp32_rest + cache;
     printf("\nquantization %s, block %d%s: %.3f bits/param over the linears\n",
            qt_format_name(o.spec.format), o.spec.block, o.spec.double_quant ? ", double quant" : "",
            bits);
-    printf("memory: quantized linears %.2f MiB + fp32 embeddings, norms, head %.2f MiB + KV cache "
-           "(seq_len %d) %.2f MiB = %.2f MiB expected\n", bits * quantized / 8 / 1048576.0, fp32_rest / 1048576.0,
-           c->seq_len, cache / 1048576.0, expect / 1048576.0);
+    printf("memory: quantized linears %.2f MiB + fp32 embeddings, norms, biases, head %.2f MiB + KV cache "
+           "(%d positions) %.2f MiB = %.2f MiB expected\n", bits * quantized / 8 / 1048576.0,
+           fp32_rest / 1048576.0, positions, cache / 1048576.0, expect / 1048576.0);
     printf("resident (RSS growth from load to here): %.2f MiB (%.1f%% of expected)\n",
            rss / 1048576.0, 100.0 * rss / expect);
     error_table t = {.n_layers = c->n_layers, .block = o.spec.block};

@@ -119,9 +119,8 @@ static int write_config(const char *path, const llama_config *c, int tied, const
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
-    static const char *const types[] = {"llama", "mistral", "qwen2", "qwen3"};
     fprintf(f, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n", llama_arch_name(c->arch),
-            types[c->arch]);
+            llama_arch_type(c->arch));
     fprintf(f, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
                "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"vocab_size\": %d,\n"
                "  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": %.1f,\n"
@@ -201,10 +200,9 @@ int cmd_make_model(int argc, char **argv)
     llama_config c = {.dim = dim, .hidden_dim = hidden, .n_layers = layers, .n_heads = heads,
                       .n_kv_heads = kv_heads, .vocab_size = vocab, .seq_len = seq_len, .head_size = head_dim,
                       .rope_theta = (float)theta};
-    static const char *const archs[] = {"llama", "mistral", "qwen2", "qwen3"};
     int found = -1;
     for (int a = 0; a < 4; a++)
-        if (!strcmp(arch, archs[a]))
+        if (!strcmp(arch, llama_arch_type((llama_arch)a)))
             found = a;
     if (found < 0)
         return tool_fail(cmd, "--arch: '%s' is not llama, mistral, qwen2 or qwen3", arch);

@@ -198,7 +198,8 @@ int cmd_eval(int argc, char **argv)
         const llama_lora *a = adapter ? &ad : NULL;
         int n_seqs;
         if (text)
-            n_seqs = llama_eval_stream(&m, a, ids, n_ids, m.cfg.seq_len, &nll, &npred, err, sizeof err);
+            n_seqs = llama_eval_stream(&m, a, ids, n_ids, llama_eval_window(&m.cfg), &nll, &npred, err,
+                                       sizeof err);
         else
             n_seqs = llama_eval(&m, a, (const int *const *)set.seqs, set.lens, set.n, &nll, &npred, err, sizeof err) < 0
                          ? -1 : (int)set.n;

@@ -36,6 +36,11 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
 int llama_eval(const llama_model *m, const llama_lora *ad, const int *const *seqs, const size_t *lens, size_t n_seqs,
                double *nll_sum, size_t *n_predicted, char *err, size_t errlen);
 
+/* The window in which eval scores a text: the model's context, up to 2048 tokens (a
+ * window's attention takes heads x window^2 floats: a 32768-token Qwen2.5 context would
+ * be 56 GiB). Every caller that scores text against the model's own context uses it. */
+int llama_eval_window(const llama_config *c);
+
 /* llama_eval over a token stream cut into consecutive windows of at most seq_len tokens, as
  * `eval` scores a text; a last window of a single token predicts nothing and is left out.
  * Sets (not adds to) *nll_sum and *n_predicted. Returns the number of windows (0 when the

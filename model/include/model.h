@@ -67,8 +67,10 @@ typedef struct {
     int sliding_window;  /* Mistral's, when seq_len was cut to it (0: none): for messages */
 } llama_config;
 
-/* The architecture's name in Hugging Face ("LlamaForCausalLM" ...; "?" out of range). */
+/* The architecture's name in Hugging Face ("LlamaForCausalLM" ...) and its model_type
+ * ("llama", "mistral", "qwen2", "qwen3"); "?" out of range. */
 const char *llama_arch_name(llama_arch a);
+const char *llama_arch_type(llama_arch a);
 
 /* Sets q_dim and kv_dim from the heads (and head_size from dim / n_heads when it is 0),
  * and checks that the heads divide evenly and are of even size: -1 with a message naming
