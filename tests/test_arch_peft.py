@@ -251,6 +251,37 @@ for arch, opts in HAND:
         assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
 
 
+# ---- LoraConfig keys that change the math: refused by both --------------------------------
+
+# (key, value): each a LoRA other than x W^T + b + alpha / r * (x A^T) B^T on these tensors
+# (alpha_pattern: another scaling for q_proj; pissa: peft rewrites the base at load; ...)
+NOT_PLAIN = [('alpha_pattern', {'q_proj': 64}), ('rank_pattern', {'k_proj': 4}), ('use_dora', True),
+             ('init_lora_weights', 'pissa'), ('alora_invocation_tokens', [5, 6]), ('fan_in_fan_out', True),
+             ('layers_to_transform', [0]), ('modules_to_save', ['lm_head']), ('lora_bias', True)]
+
+
+@case('qwen3: an adapter whose adapter_config.json is not plain LoRA (%s) is refused by qlora-tool '
+      'import and by the reference, naming the key' % ', '.join(k for k, _ in NOT_PLAIN))
+def _():
+    d, _, _ = prepared('qwen3')
+    bad = []
+    for key, value in NOT_PLAIN:
+        a = os.path.join(tmp, 'qwen3-not-plain-' + key)
+        hf_arch.write_adapter(d, a, r=RANK, seed=9)
+        p = os.path.join(a, 'adapter_config.json')
+        json.dump(dict(json.load(open(p)), **{key: value}), open(p, 'w'))
+        rc, out, err = tap.run(TOOL, 'import', '--db', db, '--model', d, '--quant', 'f32', 'not-plain', a)
+        if rc != 1 or key not in err:
+            bad.append('qlora-tool import %s=%r: exit %d, %r' % (key, value, rc, (out + err).strip()))
+        try:
+            ref_eval(d, a)
+            bad.append('reference accepted %s=%r' % (key, value))
+        except hf_arch.Refused as e:
+            if key not in str(e):
+                bad.append('reference: %s' % e)
+    assert not bad, '; '.join(bad)
+
+
 # ---- a quantized base: linears quantized, biases and norms fp32 ----------------------------
 
 NF4 = ['--quant', 'nf4', '--no-double-quant']
