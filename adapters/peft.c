@@ -344,6 +344,34 @@ int peft_read(const char *path, llama_lora *ad, const llama_config *c, uint64_t 
     return rc;
 }
 
+/* LoraConfig keys (peft tuners/lora/config.py) that change what peft builds or computes,
+ * accepted at their defaults only: each allowed value as "null", "true", "false", "[]",
+ * "{}" or a string. Their tensors alone would not always tell: alpha_pattern changes only
+ * the scaling, alora_invocation_tokens only where the delta applies, init_lora_weights
+ * "pissa", "olora", "loftq"... rewrite the base weights when peft loads the adapter. */
+static const struct {
+    const char *key, *allowed[3];
+} lora_defaults[] = {
+    {"use_dora", {"false"}},          {"lora_bias", {"false"}},
+    {"use_qalora", {"false"}},        {"fan_in_fan_out", {"false"}},
+    {"alpha_pattern", {"{}", "null"}}, {"rank_pattern", {"{}", "null"}},
+    {"modules_to_save", {"null", "[]"}}, {"layers_to_transform", {"null", "[]"}},
+    {"exclude_modules", {"null", "[]"}}, {"layer_replication", {"null"}},
+    {"trainable_token_indices", {"null"}}, {"alora_invocation_tokens", {"null"}},
+    {"target_parameters", {"null", "[]"}}, {"init_lora_weights", {"true", "false", "gaussian"}},
+};
+
+static int json_is(const json_value *v, const char *lit)
+{
+    if (!strcmp(lit, "null"))
+        return v->type == JSON_NULL;
+    if (!strcmp(lit, "true") || !strcmp(lit, "false"))
+        return v->type == JSON_BOOL && v->boolean == (lit[0] == 't');
+    if (!strcmp(lit, "[]") || !strcmp(lit, "{}"))
+        return v->type == (lit[0] == '[' ? JSON_ARRAY : JSON_OBJECT) && v->count == 0;
+    return v->type == JSON_STRING && !strcmp(v->string, lit);
+}
+
 /* adapter_config.json's fields into p. */
 static int config_params(const json_value *j, peft_params *p, char *err, size_t errlen)
 {
@@ -364,6 +392,20 @@ static int config_params(const json_value *j, peft_params *p, char *err, size_t 
     if (bias && (bias->type != JSON_STRING || strcmp(bias->string, "none"))) {
         snprintf(err, errlen, "%s: bias must be \"none\" (adapters carry no bias terms)", file);
         return -1;
+    }
+    for (size_t i = 0; i < sizeof lora_defaults / sizeof lora_defaults[0]; i++) {
+        const json_value *v = json_get(j, lora_defaults[i].key);
+        int ok = !v;
+        for (int k = 0; k < 3 && lora_defaults[i].allowed[k] && !ok; k++)
+            ok = json_is(v, lora_defaults[i].allowed[k]);
+        if (!ok) {
+            char choices[64] = "";
+            for (int k = 0; k < 3 && lora_defaults[i].allowed[k]; k++)
+                snprintf(choices + strlen(choices), sizeof choices - strlen(choices), "%s%s", k ? " or " : "",
+                         lora_defaults[i].allowed[k]);
+            snprintf(err, errlen, "%s: %s must be %s (plain LoRA only)", file, lora_defaults[i].key, choices);
+            return -1;
+        }
     }
     if (json_get_int(j, "r", 1, 1 << 20, &r) < 0) {
         snprintf(err, errlen, "%s: r must be a positive integer", file);

@@ -32,7 +32,9 @@ int peft_config_encode(const llama_lora *ad, const char *base_model, char **json
 /* adapter_config.json (r, lora_alpha, use_rslora, target_modules, lora_dropout) and
  * adapter_model.safetensors (F32, F16 or BF16) checked against each other and against c;
  * NaN/Inf, bad header length, offsets out of range or overlapping, unknown dtype, missing
- * or extra tensors are refused with a message naming the file and tensor. *fingerprint is
+ * or extra tensors are refused with a message naming the file and tensor, and so is a
+ * LoraConfig key that is not plain LoRA at its value (use_dora, alpha_pattern, a PiSSA
+ * init_lora_weights...; docs/storage.md lists them). *fingerprint is
  * 0 when the safetensors metadata has none. */
 int peft_import(const char *config_json, size_t config_len, const void *st, size_t st_len, const llama_config *c,
                 llama_lora *ad, uint64_t *fingerprint, char *err, size_t errlen);

@@ -4,7 +4,9 @@ read line by line from transformers' modeling code, and a writer of tiny random 
 whose config.json carries the key set of a real published model of each family.
 
     hf_arch.py write ARCH OUTDIR [--seed S] [--dtype F32|BF16|F16] [--shards N] [shape options]
-    hf_arch.py eval DIR TOKENS.json [--logits N] [--no-window]
+    hf_arch.py eval DIR TOKENS.json [--logits N] [--no-window] [--adapter PEFT_DIR]
+    hf_arch.py write-adapter DIR OUTDIR [--rank R] [--alpha A] [--targets q_proj,...|all-linear]
+                             [--seed S] [--rslora] [--dtype F32|BF16|F16]
     hf_arch.py archs            (the ARCH names, one a line, with the model each follows)
 
 `eval` prints JSON: nll_sum, n_predicted and ppl over the whole file exactly as
@@ -12,7 +14,14 @@ whose config.json carries the key set of a real published model of each family.
 model/generate.c: every sequence predicts its tokens 1..T-1 from the positions before; the
 NLL of each is -log_softmax(logits[t])[ids[t+1]]; nll_sum sums over all sequences and
 ppl = exp(nll_sum / n_predicted)), and per sequence its mean NLL, perplexity and the first N
-logits of every position.
+logits of every position. With --adapter, the PEFT LoRA adapter of that directory
+(adapter_config.json + adapter_model.safetensors, as peft's save_pretrained writes them) is
+applied as peft runs it on the Hugging Face model: every targeted nn.Linear computes
+x W^T + b + scaling * (x A^T) B^T in the checkpoint's own (rotate-half) row order, scaling
+lora_alpha / r (lora_alpha / sqrt(r) with use_rslora). A LoraConfig key that would change
+that (use_dora, alpha_pattern, modules_to_save, fan_in_fan_out, layers_to_transform...),
+an unknown target module, a missing or extra tensor are refused. `write-adapter` writes a
+random one (B nonzero) in that same order.
 
 What it follows (transformers, the current main-branch files):
   models/llama/modeling_llama.py   LlamaRMSNorm, LlamaRotaryEmbedding.forward, rotate_half,
@@ -106,9 +115,10 @@ def to_bf16_bits(a):
     return u.astype(np.uint16)
 
 
-def st_write(path, tensors, dtype):
-    """Writes {name: float32 array} in one dtype; tensors in the order given."""
-    header, parts, off = {}, [], 0
+def st_write(path, tensors, dtype, metadata=None):
+    """Writes {name: float32 array} in one dtype; tensors in the order given; metadata (a
+    {str: str}) as __metadata__ when given."""
+    header, parts, off = ({'__metadata__': metadata} if metadata is not None else {}), [], 0
     for name, a in tensors.items():
         if dtype == 'F32':
             raw = np.ascontiguousarray(a, dtype='<f4').tobytes()
@@ -463,10 +473,11 @@ def attention_mask(T, window):
     return allowed
 
 
-def forward(c, w, ids, window=True):
+def forward(c, w, ids, window=True, adapter=None):
     """Logits [T, vocab] (float32) of one sequence: LlamaForCausalLM.forward with the
     attention of the family. window=False ignores a sliding window (for tests that show it
-    matters)."""
+    matters). adapter (load_adapter's) adds its LoRA to the linears it targets, as a
+    PeftModelForCausalLM over this model runs them."""
     T = len(ids)
     nh, nkv, hd, eps = c['num_attention_heads'], c['num_key_value_heads'], c['head_dim'], c['rms_norm_eps']
     n_rep = nh // nkv
@@ -478,7 +489,14 @@ def forward(c, w, ids, window=True):
         p = 'model.layers.%d.' % layer
 
         def lin(short, mod, h):
-            return linear(h, w[p + mod + '.weight'], w.get(p + mod + '.bias'))
+            y = linear(h, w[p + mod + '.weight'], w.get(p + mod + '.bias'))
+            if adapter is not None and (layer, mod) in adapter['lora']:
+                # peft tuners/lora/layer.py Linear.forward: result = self.base_layer(x) (bias
+                # included), then result + lora_B(lora_A(dropout(x))) * scaling; dropout is
+                # the identity in eval mode; scaling a Python float meeting a float32 tensor
+                a, b = adapter['lora'][(layer, mod)]
+                y = (y + linear(linear(h, a), b) * F32(adapter['scaling'])).astype(F32)
+            return y
 
         # LlamaDecoderLayer: residual + self_attn(input_layernorm(x))
         h = rms_norm(x, w[p + 'input_layernorm.weight'], eps)
@@ -513,15 +531,16 @@ def forward(c, w, ids, window=True):
     return linear(x, head)
 
 
-def evaluate(c, w, seqs, n_logits=8, window=True):
-    """What `qlora-tool eval --tokens --json` reports, plus per-sequence detail."""
+def evaluate(c, w, seqs, n_logits=8, window=True, adapter=None):
+    """What `qlora-tool eval --tokens --json` reports (with --adapter: adapter, from
+    load_adapter), plus per-sequence detail."""
     out, nll_sum, npred = [], 0.0, 0
     for i, ids in enumerate(seqs):
         if len(ids) < 2:
             raise ValueError('tokens[%d]: a sequence needs at least 2 tokens' % i)
         if max(ids) >= c['vocab_size'] or min(ids) < 0:
             raise ValueError('tokens[%d]: an id outside 0..%d' % (i, c['vocab_size'] - 1))
-        logits = forward(c, w, ids, window)
+        logits = forward(c, w, ids, window, adapter)
         lg = logits[:-1].astype(np.float64)
         mx = lg.max(axis=-1, keepdims=True)
         logp = lg - mx - np.log(np.exp(lg - mx).sum(axis=-1, keepdims=True))
@@ -535,6 +554,185 @@ def evaluate(c, w, seqs, n_logits=8, window=True):
                     'logits': [[float(v) for v in row[:n_logits]] for row in logits]})
     return {'nll_sum': nll_sum, 'n_predicted': npred, 'ppl': math.exp(nll_sum / npred),
             'arch': c['arch'], 'sequences': out}
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT LoRA adapters, as peft loads them onto this model and runs them
+# (peft, main branch: tuners/lora/config.py LoraConfig, config.py PeftConfig,
+# tuners/lora/layer.py LoraLayer.update_layer and Linear.forward,
+# tuners/tuners_utils.py check_target_module_exists, utils/save_and_load.py)
+
+# adapter_config.json. Keys read here: peft_type, task_type, r, lora_alpha, lora_dropout
+# (the identity in eval mode), use_rslora, target_modules, bias.
+ADAPTER_INERT = {
+    # PeftConfig bookkeeping: where the base came from, train/inference switch, versions
+    'base_model_name_or_path', 'revision', 'inference_mode', 'auto_mapping', 'peft_version',
+    # megatron_core only names a module for megatron_config (null here); qalora_group_size
+    # only matters with use_qalora (false here); runtime_config is ephemeral_gpu_offload
+    'megatron_core', 'qalora_group_size', 'runtime_config'}
+# Keys that change what peft builds or computes: accepted at their defaults only (the
+# values LoraConfig's own defaults, and save_pretrained, write), refused otherwise.
+ADAPTER_DEFAULT_ONLY = {
+    'fan_in_fan_out': (False,),                # nn.Linear would reset it, with a warning
+    'modules_to_save': (None, []),             # full copies of other modules
+    'layers_to_transform': (None, []),         # only some layers
+    'layers_pattern': (None, [], ''),
+    'exclude_modules': (None, []),
+    'rank_pattern': ({}, None),                # per-module r
+    'alpha_pattern': ({}, None),               # per-module lora_alpha: another scaling
+    'init_lora_weights': (True, False, 'gaussian'),  # the others (pissa, olora, loftq, corda, eva...)
+                                               # change the base weights at load
+    'use_dora': (False,), 'lora_bias': (False,), 'use_qalora': (False,), 'layer_replication': (None,),
+    'trainable_token_indices': (None,), 'target_parameters': (None, []), 'alora_invocation_tokens': (None,),
+    'megatron_config': (None,), 'loftq_config': ({}, None), 'eva_config': (None,), 'corda_config': (None,),
+    'lora_ga_config': (None,), 'velora_config': (None,), 'monteclora_config': (None,), 'arrow_config': (None,),
+    'kasa_config': (None,), 'use_bdlora': (None,), 'ensure_weight_tying': (False,),
+}
+ADAPTER_READ = {'peft_type', 'task_type', 'r', 'lora_alpha', 'lora_dropout', 'use_rslora', 'target_modules', 'bias'}
+# target_modules: names matched as peft does for a list (the module's full name, or its
+# last dotted components: key.endswith('.' + name)); a string is a regular expression
+# (re.fullmatch of the full name), of which only "all-linear" (every linear but the
+# output layer) is modelled.
+PEFT_TARGETS = {mod.split('.')[-1]: mod for _, mod in LINEARS}  # q_proj -> self_attn.q_proj
+PEFT_PREFIX = 'base_model.model.'  # PeftModelForCausalLM.base_model (LoraModel) .model (the CausalLM)
+
+
+def _same(v, allowed):
+    """v is one of allowed, bool and int told apart (True == 1 in Python)."""
+    return any(type(v) is type(a) and v == a for a in allowed)
+
+
+def adapter_tensors(c, r, modules):
+    """{name: shape} of the PEFT state dict (get_peft_model_state_dict: the adapter name
+    removed) for rank r on the modules given (self_attn.q_proj ...): nn.Linear(in, r) and
+    nn.Linear(r, out), weights [r x in] and [out x r]."""
+    want = expected_tensors(c)
+    t = {}
+    for layer in range(c['num_hidden_layers']):
+        for mod in (m for _, m in LINEARS if m in modules):
+            out_f, in_f = want['model.layers.%d.%s.weight' % (layer, mod)]
+            key = '%smodel.layers.%d.%s' % (PEFT_PREFIX, layer, mod)
+            t[key + '.lora_A.weight'] = (r, in_f)
+            t[key + '.lora_B.weight'] = (out_f, r)
+    return t
+
+
+def parse_adapter_config(path):
+    """(r, scaling, modules) of adapter_config.json, or Refused naming the file and key."""
+    with open(path) as f:
+        try:
+            j = json.load(f)
+        except ValueError as e:
+            raise Refused('%s: not JSON: %s' % (path, e))
+    if not isinstance(j, dict):
+        raise Refused('%s: not a JSON object' % path)
+
+    def bad(key, why):
+        return Refused("%s: '%s': %s" % (path, key, why))
+
+    for k, v in j.items():
+        if k in ADAPTER_DEFAULT_ONLY:
+            if not _same(v, ADAPTER_DEFAULT_ONLY[k]):
+                raise bad(k, '%r is not modelled (%s only)' % (v, ' or '.join(
+                    json.dumps(a) for a in ADAPTER_DEFAULT_ONLY[k])))
+        elif k not in ADAPTER_INERT and k not in ADAPTER_READ:
+            raise bad(k, 'not a LoraConfig key this reference models')
+    if j.get('peft_type') != 'LORA':  # PeftConfig.from_pretrained dispatches on it
+        raise bad('peft_type', '"LORA" expected, got %r' % j.get('peft_type'))
+    if j.get('task_type') not in ('CAUSAL_LM', None):
+        raise bad('task_type', '"CAUSAL_LM" or null only (PeftModelForCausalLM)')
+    r, alpha = j.get('r'), j.get('lora_alpha')
+    if not (_is_int(r) and r > 0):
+        raise bad('r', 'missing or not a positive integer')
+    if not (_is_num(alpha) and alpha > 0):
+        raise bad('lora_alpha', 'missing or not a positive number')
+    drop = j.get('lora_dropout', 0.0)
+    if not (_is_num(drop) and 0 <= drop < 1):
+        raise bad('lora_dropout', 'not a number in [0, 1)')
+    rs = j.get('use_rslora', False)
+    if not isinstance(rs, bool):
+        raise bad('use_rslora', 'not a boolean')
+    if j.get('bias', 'none') != 'none':
+        raise bad('bias', '"none" only (trained biases are not modelled)')
+    tm = j.get('target_modules')
+    if tm == 'all-linear':
+        modules = set(PEFT_TARGETS.values())
+    elif isinstance(tm, list) and tm and all(isinstance(n, str) for n in tm):
+        unknown = [n for n in tm if n not in PEFT_TARGETS]
+        if unknown:
+            raise bad('target_modules', '%r: not among %s' % (unknown, sorted(PEFT_TARGETS)))
+        modules = {PEFT_TARGETS[n] for n in tm}
+    else:
+        raise bad('target_modules', 'a non-empty list of module names or "all-linear" (a regular '
+                  'expression is not modelled), got %r' % (tm,))
+    # LoraLayer.update_layer: scaling = lora_alpha / math.sqrt(r) with use_rslora, else / r
+    scaling = alpha / math.sqrt(r) if rs else alpha / r
+    return r, scaling, modules
+
+
+def load_adapter(c, d):
+    """The PEFT adapter in directory d for the model of config c: {'r', 'scaling',
+    'modules', 'lora': {(layer, module): (A [r x in], B [out x r])}}, every tensor of the
+    state dict checked by name and shape, none missing or extra (peft itself only warns),
+    rows in the Hugging Face order of the base's weights."""
+    r, scaling, modules = parse_adapter_config(os.path.join(d, 'adapter_config.json'))
+    path = os.path.join(d, 'adapter_model.safetensors')
+    if not os.path.isfile(path):
+        raise Refused('%s: no adapter_model.safetensors' % d)
+    have = st_read(path)
+    want = adapter_tensors(c, r, modules)
+    for name, a in have.items():
+        if name not in want:
+            raise Refused("%s: tensor '%s' is not a LoRA tensor of r/target_modules for this %s" %
+                          (path, name, c['arch']))
+        if tuple(a.shape) != want[name]:
+            raise Refused("%s: tensor '%s' has shape %s, expected %s" % (path, name, list(a.shape), list(want[name])))
+        if not np.isfinite(a).all():
+            raise Refused("%s: tensor '%s' holds a non-finite value" % (path, name))
+    for name in want:
+        if name not in have:
+            raise Refused("%s: tensor '%s' is missing" % (path, name))
+    lora = {}
+    for layer in range(c['num_hidden_layers']):
+        for mod in modules:
+            key = '%smodel.layers.%d.%s' % (PEFT_PREFIX, layer, mod)
+            lora[(layer, mod)] = (have[key + '.lora_A.weight'], have[key + '.lora_B.weight'])
+    return {'r': r, 'scaling': scaling, 'modules': modules, 'lora': lora}
+
+
+# LoraConfig's keys at their defaults, as save_pretrained writes them (every one of them,
+# so that a reader is met by the whole set; those added by later versions of peft are
+# ADAPTER_DEFAULT_ONLY too)
+PEFT_CONFIG_DEFAULTS = {
+    'alpha_pattern': {}, 'auto_mapping': None, 'base_model_name_or_path': None, 'bias': 'none',
+    'corda_config': None, 'eva_config': None, 'exclude_modules': None, 'fan_in_fan_out': False,
+    'inference_mode': True, 'init_lora_weights': True, 'layer_replication': None, 'layers_pattern': None,
+    'layers_to_transform': None, 'loftq_config': {}, 'lora_bias': False, 'lora_dropout': 0.05,
+    'megatron_config': None, 'megatron_core': 'megatron.core', 'modules_to_save': None, 'peft_type': 'LORA',
+    'rank_pattern': {}, 'revision': None, 'task_type': 'CAUSAL_LM', 'trainable_token_indices': None,
+    'use_dora': False, 'use_rslora': False}
+
+
+def write_adapter(model_dir, outdir, r=4, alpha=8.0, targets=None, seed=1, rslora=False, dtype='F32', b_std=0.1):
+    """A random PEFT adapter for the checkpoint in model_dir, in Hugging Face's own row order
+    (nothing here knows of any other): adapter_config.json with LoraConfig's whole key set,
+    adapter_model.safetensors with metadata {"format": "pt"} as save_pretrained writes it.
+    A ~ N(0, 1/in), B ~ N(0, b_std^2): unlike peft's initialisation (B = 0), a B that shows."""
+    c = parse_config(os.path.join(model_dir, 'config.json'))
+    names = targets or sorted(PEFT_TARGETS)
+    cfg = dict(PEFT_CONFIG_DEFAULTS, r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=names)
+    modules = set(PEFT_TARGETS.values()) if names == 'all-linear' else {PEFT_TARGETS[n] for n in names}
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in adapter_tensors(c, r, modules).items():
+        sd = 1 / math.sqrt(shape[1]) if '.lora_A.' in name else b_std
+        tensors[name] = rng.normal(0, sd, shape).astype(F32)
+    os.makedirs(outdir, exist_ok=True)
+    with open(os.path.join(outdir, 'adapter_config.json'), 'w') as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write('\n')
+    st_write(os.path.join(outdir, 'adapter_model.safetensors'), tensors, dtype, {'format': 'pt'})
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -725,6 +923,16 @@ def main(argv):
     e.add_argument('tokens')
     e.add_argument('--logits', type=int, default=8, help='logits kept per position (default 8)')
     e.add_argument('--no-window', action='store_true', help='ignore a sliding window (diagnostics)')
+    e.add_argument('--adapter', metavar='PEFT_DIR', help='with this PEFT LoRA adapter applied')
+    wa = sub.add_parser('write-adapter', help='a random PEFT LoRA adapter for the checkpoint in DIR')
+    wa.add_argument('dir')
+    wa.add_argument('outdir')
+    wa.add_argument('--rank', type=int, default=4)
+    wa.add_argument('--alpha', type=float, default=8.0)
+    wa.add_argument('--targets', help='comma-separated peft names (q_proj,...) or all-linear (default: all seven)')
+    wa.add_argument('--seed', type=int, default=1)
+    wa.add_argument('--rslora', action='store_true')
+    wa.add_argument('--dtype', choices=('F32', 'BF16', 'F16'), default='F32')
     sub.add_parser('archs', help='the ARCH names')
     a = ap.parse_args(argv)
     try:
@@ -734,9 +942,13 @@ def main(argv):
         elif a.cmd == 'write':
             write(a.arch, a.outdir, a.seed, a.dtype, a.shards, a.hidden, a.intermediate, a.layers, a.heads,
                   a.kv_heads, a.vocab, a.max_pos, a.head_dim, a.window)
+        elif a.cmd == 'write-adapter':
+            targets = None if a.targets is None else a.targets if a.targets == 'all-linear' else a.targets.split(',')
+            write_adapter(a.dir, a.outdir, a.rank, a.alpha, targets, a.seed, a.rslora, a.dtype)
         else:
             c, weights = load(a.dir)
-            print(json.dumps(evaluate(c, weights, read_tokens(a.tokens), a.logits, not a.no_window)))
+            adapter = load_adapter(c, a.adapter) if a.adapter else None
+            print(json.dumps(evaluate(c, weights, read_tokens(a.tokens), a.logits, not a.no_window, adapter)))
     except Refused as err:
         print('hf_arch.py %s: %s' % (a.cmd, err), file=sys.stderr)
         return 1
