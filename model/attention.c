@@ -14,6 +14,7 @@ typedef struct {
     const float *v;     /* this layer's values [B x S x kv_dim] */
     float *att;         /* [B x H x T x S] */
     float *out;         /* [B*T x dim] */
+    const int *start;   /* [B*T] packing (forward.h), or NULL */
     int B, T, S, pos0;
     int by_sgemm;       /* LLAMA_TRAIN: see attention_forward_task */
 } attn_ctx;
@@ -49,19 +50,21 @@ static void dot_columns(float *restrict out, const float *restrict a, const floa
         dot_block(out, a, bt, len, ld, s, 1);
 }
 
-/* att[0..pos] = softmax of the (scaled) scores att[0..pos]; zeros after them, up to S. */
-static void softmax_causal(float *restrict att, int pos, int S)
+/* att[lo..pos] = softmax of the (scaled) scores att[lo..pos]; zeros before and after
+ * them, up to S. */
+static void softmax_causal(float *restrict att, int lo, int pos, int S)
 {
+    memset(att, 0, (size_t)lo * sizeof(float));
     memset(att + pos + 1, 0, (size_t)(S - pos - 1) * sizeof(float));
     float max = -INFINITY;
-    for (int s = 0; s <= pos; s++)
+    for (int s = lo; s <= pos; s++)
         max = att[s] > max ? att[s] : max;
     float sum = 0;
-    for (int s = 0; s <= pos; s++) {
+    for (int s = lo; s <= pos; s++) {
         att[s] = expf(att[s] - max);
         sum += att[s];
     }
-    for (int s = 0; s <= pos; s++)
+    for (int s = lo; s <= pos; s++)
         att[s] /= sum;
 }
 
@@ -92,28 +95,28 @@ static void attention_forward_task(void *p, int task, int thread)
             int rows = c->T - r0 < LLAMA_ATT_BLOCK ? c->T - r0 : LLAMA_ATT_BLOCK, seen = c->pos0 + r0 + rows;
             float *ar = ab + (size_t)r0 * S;
             task_sgemm(CblasNoTrans, CblasNoTrans, rows, seen, hs, scale, qb + (size_t)r0 * D, D, kt, S, 0.0f, ar, S);
-            for (int t = r0; t < r0 + rows; t++)
-                softmax_causal(ab + (size_t)t * S, c->pos0 + t, S);
+            for (int t = r0; t < r0 + rows; t++) /* packed: the scores before the example are dropped */
+                softmax_causal(ab + (size_t)t * S, c->start ? c->start[(size_t)b * c->T + t] : 0, c->pos0 + t, S);
             task_sgemm(CblasNoTrans, CblasNoTrans, rows, hs, seen, 1.0f, ar, S, vb, KV, 0.0f, ob + (size_t)r0 * D, D);
         }
         return;
     }
     for (int t = 0; t < c->T; t++) {
-        const int pos = c->pos0 + t;
+        const int pos = c->pos0 + t, lo = c->start ? c->start[(size_t)b * c->T + t] : 0;
         float *restrict att = ab + (size_t)t * S;
-        dot_columns(att, qb + (size_t)t * D, kt, hs, pos + 1, (size_t)S);
-        for (int s = 0; s <= pos; s++)
+        dot_columns(att + lo, qb + (size_t)t * D, kt + lo, hs, pos + 1 - lo, (size_t)S);
+        for (int s = lo; s <= pos; s++)
             att[s] *= scale;
-        softmax_causal(att, pos, S);
+        softmax_causal(att, lo, pos, S);
         /* out[i] = sum over s of att[s] v_s[i], in s order: the columns of v */
-        dot_columns(ob + (size_t)t * D, att, vb, pos + 1, hs, (size_t)KV);
+        dot_columns(ob + (size_t)t * D, att + lo, vb + (size_t)lo * KV, pos + 1 - lo, hs, (size_t)KV);
     }
 }
 
 void attention_forward(const llama_config *cfg, float *out, float *att, const float *q, const float *kt,
-                       const float *v, int B, int T, int S, int pos0, llama_mode mode)
+                       const float *v, int B, int T, int S, int pos0, llama_mode mode, const int *start)
 {
-    attn_ctx c = {cfg, q, kt, v, att, out, B, T, S, pos0, mode == LLAMA_TRAIN};
+    attn_ctx c = {cfg, q, kt, v, att, out, start, B, T, S, pos0, mode == LLAMA_TRAIN};
     rt_parallel(B * cfg->n_heads, attention_forward_task, &c);
 }
 

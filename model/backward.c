@@ -49,8 +49,8 @@ static int llama_layer_backward(const llama_model *m, const llama_lora *ad, llam
     float *dao = w->d1;
     rc |= linear_backward(m, ad, a, &la, l, LIN_O, la.ao, dx2, (int)M, dao, 0, grads, du);
     attention_backward(c, dq, dk, dv, dao, la.q, kc, vc, la.att, w->att, B, T);
-    rope_backward(m, dq, c->q_dim, M, T, 0);
-    rope_backward(m, dk, KV, M, T, 0);
+    rope_backward(m, dq, c->q_dim, M, T, 0, a->start);
+    rope_backward(m, dk, KV, M, T, 0, a->start);
     if (c->qk_norm) { /* through the norms of each head, into d1 (dao is consumed) and d3 */
         float *dqr = w->d1, *dkr = w->d3;
         memset(dqr, 0, M * c->q_dim * sizeof(float));

@@ -227,12 +227,12 @@ int llama_layer_forward(const llama_model *m, const llama_lora *ad, llama_acts *
         rc |= linear_forward(m, ad, a, &la, l, LIN_K, la.xn1, (int)M, kv_new, 0);
     }
     /* keys (rotated) and values into the cache at their positions */
-    rope_forward(m, kv_new, KV, M, T, pos0);
+    rope_forward(m, kv_new, KV, M, T, pos0, a->start);
     cache_store_keys(kc, kv_new, B, T, S, KV, pos0);
     rc |= linear_forward(m, ad, a, &la, l, LIN_V, la.xn1, (int)M, kv_new, 0);
     cache_store_values(vc, kv_new, B, T, S, KV, pos0);
-    rope_forward(m, la.q, c->q_dim, M, T, pos0);
-    attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode);
+    rope_forward(m, la.q, c->q_dim, M, T, pos0, a->start);
+    attention_forward(c, la.ao, la.att, la.q, kc, vc, B, T, S, pos0, a->mode, a->start);
     llama_copy(la.x2, la.x, M * D);
     rc |= linear_forward(m, ad, a, &la, l, LIN_O, la.ao, (int)M, la.x2, 1);
 

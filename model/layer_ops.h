@@ -25,17 +25,19 @@ void rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w
 void swiglu_forward(float *g, const float *h1, const float *h3, size_t n);
 void swiglu_backward(float *dh1, float *dh3, const float *dg, const float *h1, const float *h3, size_t n);
 
-/* rope.c, in place over rows of width floats (row r at position pos = pos0 + r % T): each
+/* rope.c, in place over rows of width floats (row r at position pos = pos0 + r % T, less
+ * start[r] when packed: forward.h): each
  * consecutive pair (x0, x1) of a head, j-th of its head_size / 2, turns by the angle
  * a = pos * freq_j (m->rope_cos, m->rope_sin):
  *   forward:  (x0, x1) = (x0 cos a - x1 sin a,  x0 sin a + x1 cos a)
  *   backward: (d0, d1) = (d0 cos a + d1 sin a, -d0 sin a + d1 cos a)   (the transpose) */
-void rope_forward(const llama_model *m, float *x, int width, size_t rows, int T, int pos0);
-void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int T, int pos0);
+void rope_forward(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, const int *start);
+void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int T, int pos0, const int *start);
 
 /* attention.c, per sequence and head, causal, with Q [T x hs] the head's queries (after
  * RoPE), K and V [S x hs] its kv head's keys and values in the cache, and P [T x S]:
- *   forward:  P = softmax(Q K^T / sqrt(hs)), row t over keys 0 .. pos0 + t;   O = P V
+ *   forward:  P = softmax(Q K^T / sqrt(hs)), row t over keys lo .. pos0 + t, lo = 0 or,
+ *             packed, start[t] (its example's first token; P is 0 elsewhere);   O = P V
  *   backward: dP = dO V^T,  dS = P . (dP - rowsum(P . dP)) / sqrt(hs),  dQ = dS K,
  *             dK = sum of dS^T Q,  dV = sum of P^T dO  (sums over the heads of a kv head)
  * q, out, dout, dq [M x q_dim]; kt [B x kv_dim x S] and v [B x S x kv_dim] (this layer's
@@ -43,7 +45,7 @@ void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int 
  * forward (pos0 = 0, S = T) and writes dq, dk, dv; scratch [threads x T x T]. mode:
  * LLAMA_INFER sums in run.c's order, LLAMA_TRAIN by blocked sgemm (forward.h). */
 void attention_forward(const llama_config *cfg, float *out, float *att, const float *q, const float *kt,
-                       const float *v, int B, int T, int S, int pos0, llama_mode mode);
+                       const float *v, int B, int T, int S, int pos0, llama_mode mode, const int *start);
 void attention_backward(const llama_config *cfg, float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *kt, const float *v, const float *att, float *scratch, int B,
                         int T);

@@ -1,11 +1,12 @@
 /* rope.c: rotary position embedding, forward and backward (the math: layer_ops.h), both
- * in place and llama_rope_rows (forward.h) under them. */
+ * in place, one loop under them. */
 #include "layer_ops.h"
 #include "parallel.h"
 
 typedef struct {
     const llama_model *m;
     float *x;
+    const int *start;
     int width, T, pos0, inverse;
 } rope_ctx;
 
@@ -16,7 +17,10 @@ static void rope_rows(void *p, size_t r0, size_t r1)
     const rope_ctx *c = p;
     const int hs = c->m->cfg.head_size, half = hs / 2;
     for (size_t r = r0; r < r1; r++) {
-        const int pos = c->pos0 + (int)(r % (size_t)c->T);
+        /* packed: positions count from the example's start, as Hugging Face's position_ids
+         * of a packed batch; RoPE's scores depend on the distance alone, so this changes
+         * only their rounding, to that of the example run alone */
+        const int pos = c->pos0 + (int)(r % (size_t)c->T) - (c->start ? c->start[r] : 0);
         const float *cs = c->m->rope_cos + (size_t)pos * half, *sn = c->m->rope_sin + (size_t)pos * half;
         const float sign = c->inverse ? -1.0f : 1.0f;
         float *x = c->x + r * c->width;
@@ -29,18 +33,19 @@ static void rope_rows(void *p, size_t r0, size_t r1)
     }
 }
 
-void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse)
+static void rope_apply(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, const int *start,
+                       int inverse)
 {
-    rope_ctx c = {m, x, width, T, pos0, inverse};
+    rope_ctx c = {m, x, start, width, T, pos0, inverse};
     rt_parallel_for(rows, (size_t)width * 2, rope_rows, &c);
 }
 
-void rope_forward(const llama_model *m, float *x, int width, size_t rows, int T, int pos0)
+void rope_forward(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, const int *start)
 {
-    llama_rope_rows(m, x, width, rows, T, pos0, 0);
+    rope_apply(m, x, width, rows, T, pos0, start, 0);
 }
 
-void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int T, int pos0)
+void rope_backward(const llama_model *m, float *dx, int width, size_t rows, int T, int pos0, const int *start)
 {
-    llama_rope_rows(m, dx, width, rows, T, pos0, 1);
+    rope_apply(m, dx, width, rows, T, pos0, start, 1);
 }

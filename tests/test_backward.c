@@ -25,6 +25,14 @@ static const int short_tokens[2 * 12] = {
 static int long_tokens[LONG_T];
 static int B_SEQ = 2, T_LEN = 12;
 static const int *tokens = short_tokens;
+/* Packing (forward.h's start), or NULL: a position whose next token begins another
+ * example predicts nothing. */
+static const int *seg_start = NULL;
+
+static int predicts(int b, int t)
+{
+    return t < T_LEN - 1 && (!seg_start || seg_start[b * T_LEN + t + 1] == seg_start[b * T_LEN + t]);
+}
 
 typedef struct {
     const llama_model *m;
@@ -38,14 +46,17 @@ typedef struct {
 static double loss(rig *r)
 {
     const int V = r->m->cfg.vocab_size;
+    r->a.start = seg_start;
     llama_forward(r->m, r->ad, &r->a, &r->cache, tokens, B_SEQ, T_LEN, 0, LLAMA_TRAIN);
-    double total = 0;
-    const double n = B_SEQ * (T_LEN - 1);
+    double total = 0, n = 0;
+    for (int b = 0; b < B_SEQ; b++)
+        for (int t = 0; t < T_LEN; t++)
+            n += predicts(b, t);
     for (int b = 0; b < B_SEQ; b++)
         for (int t = 0; t < T_LEN; t++) {
             const float *lg = r->a.logits + ((size_t)b * T_LEN + t) * V;
             float *dl = r->dlogits + ((size_t)b * T_LEN + t) * V;
-            if (t == T_LEN - 1) {
+            if (!predicts(b, t)) {
                 memset(dl, 0, (size_t)V * sizeof(float));
                 continue;
             }
@@ -69,16 +80,25 @@ static float uniform_pm(float a)
     return (float)(((rng >> 11) * (1.0 / 9007199254740992.0) * 2 - 1) * a);
 }
 
-static void check_gradients(const char *dir, qt_format f, float dropout)
+/* 0, or -1 with a failed case naming the model. */
+static int load(llama_model *m, const char *dir, qt_format f)
 {
     char err[512];
+    if (llama_load(m, dir, qt_spec_default(f), err, sizeof err) == 0)
+        return 0;
+    CHECK(0, "%s", err);
+    test_case("load %s", dir);
+    return -1;
+}
+
+static void check_gradients(const char *dir, qt_format f, float dropout)
+{
     llama_model m;
-    if (llama_load(&m, dir, qt_spec_default(f), err, sizeof err) < 0) {
-        CHECK(0, "%s", err);
-        test_case("load %s", dir);
+    if (load(&m, dir, f) < 0)
         return;
-    }
-    const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+    char name[160];
+    snprintf(name, sizeof name, "%s%s", strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir,
+             seg_start ? " packed" : "");
     const llama_config *c = &m.cfg;
     llama_lora ad;
     CHECK(llama_lora_alloc(&ad, c, 4, 8.0f, 0, (1u << LIN_COUNT) - 1, dropout) == 0, "alloc");
@@ -217,6 +237,75 @@ static void check_gradients(const char *dir, qt_format f, float dropout)
     llama_free(&m);
 }
 
+/* A packed row of three examples against the examples one by one: the same logits at
+ * every position and the same gradients of the summed loss (to the rounding of another
+ * order of summation), since attention is confined to each example and positions
+ * restart. Then the packed row's gradients against central differences. */
+static void check_packing(const char *dir, qt_format f)
+{
+    llama_model m;
+    if (load(&m, dir, f) < 0)
+        return;
+    const llama_config *c = &m.cfg;
+    const int V = c->vocab_size, lens[3] = {7, 5, 12}, T = 24;
+    static int row[24], start[24];
+    for (int e = 0, t = 0; e < 3; e++)
+        for (int i = 0; i < lens[e]; i++, t++)
+            row[t] = short_tokens[(e * 7 + i) % 24], start[t] = t - i;
+    llama_lora ad;
+    CHECK(llama_lora_alloc(&ad, c, 4, 8.0f, 0, (1u << LIN_COUNT) - 1, 0) == 0, "alloc");
+    for (size_t i = 0; i < ad.n_params; i++)
+        ad.params[i] = uniform_pm(0.1f);
+    float *g_packed = calloc(ad.n_params, sizeof(float)), *g_one = calloc(ad.n_params, sizeof(float));
+    float *logits = malloc((size_t)T * V * sizeof(float));
+    double worst_logit = 0, largest = 0;
+    /* each example alone (summed loss: the per-example means times their counts) */
+    for (int e = 0, t0 = 0; e < 3; t0 += lens[e++]) {
+        rig r = {&m, &ad, {0}, {0}, malloc((size_t)lens[e] * V * sizeof(float))};
+        CHECK(r.dlogits && llama_cache_alloc(&r.cache, c, 1, lens[e]) == 0 &&
+                  llama_acts_alloc(&r.a, c, 1, lens[e], lens[e], ad.rank, 1) == 0, "alloc");
+        B_SEQ = 1, T_LEN = lens[e], tokens = row + t0, seg_start = NULL;
+        loss(&r);
+        for (size_t i = 0; i < (size_t)lens[e] * V; i++)
+            r.dlogits[i] *= (float)(lens[e] - 1);
+        memcpy(logits + (size_t)t0 * V, r.a.logits, (size_t)lens[e] * V * sizeof(float));
+        CHECK(llama_backward(&m, &ad, &r.a, &r.cache, 1, lens[e], r.dlogits, g_one) == 0, "backward");
+        free(r.dlogits);
+        llama_acts_free(&r.a);
+        llama_cache_free(&r.cache);
+    }
+    /* packed, with its loss times its count (21 predicted), so both are sums */
+    rig r = {&m, &ad, {0}, {0}, malloc((size_t)T * V * sizeof(float))};
+    CHECK(r.dlogits && llama_cache_alloc(&r.cache, c, 1, T) == 0 && llama_acts_alloc(&r.a, c, 1, T, T, ad.rank, 0) == 0,
+          "alloc");
+    B_SEQ = 1, T_LEN = T, tokens = row, seg_start = start;
+    loss(&r);
+    for (size_t i = 0; i < (size_t)T * V; i++) {
+        worst_logit = fmax(worst_logit, fabs((double)logits[i] - r.a.logits[i]));
+        largest = fmax(largest, fabs((double)logits[i]));
+        r.dlogits[i] *= 21.0f;
+    }
+    CHECK(llama_backward(&m, &ad, &r.a, &r.cache, 1, T, r.dlogits, g_packed) == 0, "backward");
+    double worst = 0, gmax = 0;
+    for (size_t i = 0; i < ad.n_params; i++) {
+        worst = fmax(worst, fabs((double)g_packed[i] - g_one[i]));
+        gmax = fmax(gmax, fabs((double)g_one[i]));
+    }
+    CHECK(worst_logit <= 1e-5 * largest, "logits differ by %.3g (largest %.3g)", worst_logit, largest);
+    CHECK(worst <= 1e-4 * gmax, "gradients differ by %.3g (largest %.3g)", worst, gmax);
+    test_case("%s base: a packed row of 3 examples (7 + 5 + 12 tokens, one slot recomputed) gives each example's "
+              "logits (to %.2g) and gradients (to %.2g of the largest)", qt_format_name(f), worst_logit / largest,
+              worst / gmax);
+    free(r.dlogits);
+    llama_acts_free(&r.a);
+    llama_cache_free(&r.cache);
+    free(g_packed);
+    free(g_one);
+    free(logits);
+    llama_lora_free(&ad);
+    llama_free(&m);
+}
+
 /* A random checkpoint of make-model's into dir (under the temporary root); 0 or -1. */
 static int make_model(const char *tool, const char *dir, const char *args)
 {
@@ -242,6 +331,12 @@ int main(int argc, char **argv)
     B_SEQ = 2, T_LEN = 12, tokens = short_tokens;
     check_gradients(dir, QT_NF4, 0);
     check_gradients(dir, QT_NF4, 0.1f);
+    check_packing(dir, QT_NF4);
+    /* central differences through a packed batch: two rows of examples 5 + 7 and 8 + 4 */
+    static const int packed_start[24] = {0, 0, 0, 0, 0, 5, 5, 5, 5, 5, 5, 5, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8};
+    B_SEQ = 2, T_LEN = 12, tokens = short_tokens, seg_start = packed_start;
+    check_gradients(dir, QT_F32, 0);
+    seg_start = NULL;
 
     /* the other architectures' pieces */
     char root[] = "/tmp/qlora-backward-XXXXXX";

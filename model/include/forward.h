@@ -51,6 +51,12 @@ typedef struct {
     float *x, *xn1, *rstd1, *q, *att, *ao, *x2, *xn2, *rstd2, *h1, *h3, *g;
     float *xf, *rstdf, *logits, *u, *scratch;
     float *qr, *kr, *rstdq, *rstdk;
+    /* Packing (NULL: none): start[r] for each of the B*T rows is the index within its
+     * sequence where its example begins. A token attends only to the tokens of its own
+     * example, and its position counts from that start, so that a packed row computes
+     * exactly what its examples would one by one. Set by the caller before llama_forward
+     * (training: pos0 = 0, S = T); llama_backward follows it. */
+    const int *start;
 } llama_acts;
 
 /* One layer's intermediates within acts, for a call of M = B*T rows. */
@@ -85,9 +91,6 @@ int llama_forward(const llama_model *m, const llama_lora *ad, llama_acts *a, lla
 /* dst[0..n) = src[0..n) on the kernels' pool, split as the row-wise work is (each thread
  * copies the part it produced and will read next). */
 void llama_copy(float *dst, const float *src, size_t n);
-/* Rotates `rows` rows of x (width floats each; row r at position pos0 + r % T) by their
- * positions' RoPE angles, or back (inverse: the backward pass's transpose). */
-void llama_rope_rows(const llama_model *m, float *x, int width, size_t rows, int T, int pos0, int inverse);
 
 /* Runs layer l alone (x[l] of acts in, x[l+1] out, its keys and values into the cache)
  * in acts->mode: llama_forward's step, and llama_backward's recomputation. */
