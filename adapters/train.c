@@ -75,6 +75,7 @@ const train_hyper_field train_hyper_fields[] = {
     FIELD("steps", "--steps", HYPER_INT, steps),
     FIELD("batch_size", "--batch", HYPER_INT, batch),
     FIELD("seq_len", "--seq-len", HYPER_INT, seq_len),
+    FIELD("train_on_prompt", "--train-on-prompt", HYPER_BOOL, train_on_prompt),
     FIELD("grad_accum", "--grad-accum", HYPER_INT, grad_accum),
     FIELD("warmup", "--warmup", HYPER_INT, warmup),
     FIELD("weight_decay", "--weight-decay", HYPER_FLOAT, weight_decay),
@@ -220,45 +221,30 @@ static void init_default(llama_lora *ad, const llama_config *c, uint64_t seed)
         }
 }
 
-int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
-                 size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
-                 char *err, size_t errlen)
+/* Every id of a data set inside the vocabulary; what names the set in the message. */
+static int check_ids(const llama_config *c, const int *ids, size_t n, const char *what, char *err, size_t errlen)
 {
-    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size) {
+            snprintf(err, errlen, "%s: token %d at %zu is outside the vocabulary", what, ids[i], i);
+            return -1;
+        }
+    return 0;
+}
+
+/* What both kinds of data share: the adapter, its optimizer state and the buffers. */
+static int trainer_setup(trainer *t, const llama_model *m, const llama_model *teacher, const train_hyper *h,
+                         char *err, size_t errlen)
+{
     const llama_config *c = &m->cfg;
-    if (train_hyper_check(h, c, err, errlen) < 0)
-        return -1;
-    if (n_tokens < (size_t)h->seq_len + 1) {
-        snprintf(err, errlen, "data: %zu tokens, fewer than seq_len + 1 = %d", n_tokens, h->seq_len + 1);
-        return -1;
-    }
-    if (eval_tokens && n_eval < 2) {
-        snprintf(err, errlen, "eval_data: %zu tokens, at least 2 are needed", n_eval);
-        return -1;
-    }
-    for (size_t i = 0; i < n_tokens; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
-            snprintf(err, errlen, "data: token %d at %zu is outside the vocabulary", tokens[i], i);
-            return -1;
-        }
-    for (size_t i = 0; eval_tokens && i < n_eval; i++)
-        if (eval_tokens[i] < 0 || eval_tokens[i] >= c->vocab_size) {
-            snprintf(err, errlen, "eval_data: token %d at %zu is outside the vocabulary", eval_tokens[i], i);
-            return -1;
-        }
-    if (h->method == TRAIN_RECOVERY && !teacher) {
-        snprintf(err, errlen, "method: recovery needs the full-precision model");
-        return -1;
-    }
     t->model = m;
     t->teacher = h->method == TRAIN_RECOVERY ? teacher : NULL;
-    t->tokens = tokens;
-    t->n_tokens = n_tokens;
-    t->eval_tokens = eval_tokens;
-    t->n_eval = eval_tokens ? n_eval : 0;
     t->hyper = *h;
     t->rng = h->seed * 0xD1B54A32D192ED03ull + 0x8CB92BA72F3D8DD7ull;
     const int B = h->batch, T = h->seq_len;
+    /* inputs, targets and starts of a micro-batch (SFT: of every micro-batch of a step,
+     * whose loss tokens are counted first) */
+    const size_t rows = (size_t)B * T * (t->sft ? (size_t)h->grad_accum : 1);
     if (llama_lora_alloc(&t->adapter, c, h->rank, h->alpha, h->rslora, h->targets, h->dropout) < 0)
         goto oom;
     size_t n = t->adapter.n_params;
@@ -266,7 +252,7 @@ int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, c
     t->m = calloc(n, sizeof(float));
     t->v = calloc(n, sizeof(float));
     t->dlogits = malloc((size_t)B * T * c->vocab_size * sizeof(float));
-    t->batch = malloc((size_t)B * (T + 1) * 2 * sizeof(int));
+    t->batch = malloc(3 * rows * sizeof(int));
     if (!t->grads || !t->m || !t->v || !t->dlogits || !t->batch ||
         llama_cache_alloc(&t->cache, c, B, T) < 0 || llama_acts_alloc(&t->acts, c, B, T, T, h->rank, !h->recompute) < 0)
         goto oom;
@@ -287,6 +273,72 @@ oom:
              llama_acts_bytes(c, B, T, T, h->rank, !h->recompute) / 1048576.0);
     trainer_free(t);
     return -1;
+}
+
+int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
+                 size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
+                 char *err, size_t errlen)
+{
+    memset(t, 0, sizeof *t);
+    const llama_config *c = &m->cfg;
+    if (train_hyper_check(h, c, err, errlen) < 0)
+        return -1;
+    if (n_tokens < (size_t)h->seq_len + 1) {
+        snprintf(err, errlen, "data: %zu tokens, fewer than seq_len + 1 = %d", n_tokens, h->seq_len + 1);
+        return -1;
+    }
+    if (eval_tokens && n_eval < 2) {
+        snprintf(err, errlen, "eval_data: %zu tokens, at least 2 are needed", n_eval);
+        return -1;
+    }
+    if (check_ids(c, tokens, n_tokens, "data", err, errlen) < 0 ||
+        (eval_tokens && check_ids(c, eval_tokens, n_eval, "eval_data", err, errlen) < 0))
+        return -1;
+    if (h->method == TRAIN_RECOVERY && !teacher) {
+        snprintf(err, errlen, "method: recovery needs the full-precision model");
+        return -1;
+    }
+    t->tokens = tokens;
+    t->n_tokens = n_tokens;
+    t->eval_tokens = eval_tokens;
+    t->n_eval = eval_tokens ? n_eval : 0;
+    return trainer_setup(t, m, teacher, h, err, errlen);
+}
+
+int trainer_init_sft(trainer *t, const llama_model *m, const sft_data *sft, const sft_data *eval_sft,
+                     const train_hyper *h, char *err, size_t errlen)
+{
+    memset(t, 0, sizeof *t);
+    const llama_config *c = &m->cfg;
+    if (train_hyper_check(h, c, err, errlen) < 0)
+        return -1;
+    if (h->method != TRAIN_LORA) {
+        snprintf(err, errlen, "method: %s trains on plain text, not on examples", train_vocab_name(&train_methods,
+                 h->method));
+        return -1;
+    }
+    const sft_data *sets[2] = {sft, eval_sft};
+    for (int i = 0; i < 2; i++) {
+        const char *what = i ? "eval_data" : "data";
+        if (!sets[i])
+            continue;
+        if (sets[i]->loss_tokens == 0) {
+            snprintf(err, errlen, "%s: no token carries loss (every completion empty?)", what);
+            return -1;
+        }
+        for (size_t e = 0; e < sets[i]->n; e++)
+            if (sets[i]->offset[e + 1] - sets[i]->offset[e] > (size_t)h->seq_len + 1) {
+                snprintf(err, errlen, "%s: example %zu is longer than seq_len + 1 = %d tokens (not cut)", what, e,
+                         h->seq_len + 1);
+                return -1;
+            }
+        if (check_ids(c, sets[i]->ids, sets[i]->n_tokens, what, err, errlen) < 0)
+            return -1;
+    }
+    t->sft = sft;
+    t->eval_sft = eval_sft;
+    t->n_eval = eval_sft ? eval_sft->n : 0;
+    return trainer_setup(t, m, NULL, h, err, errlen);
 }
 
 size_t trainer_memory_bytes(const llama_model *m, const train_hyper *h)
@@ -377,6 +429,11 @@ static void loss_rows(void *p, size_t r0, size_t r1)
     for (size_t r = r0; r < r1; r++) {
         const float *lg = t->acts.logits + r * V;
         float *dl = t->dlogits + r * V;
+        if (c->targets[r] < 0) { /* SFT: a prompt's token, an example's last, padding */
+            memset(dl, 0, (size_t)V * sizeof(float));
+            c->row_loss[r] = 0;
+            continue;
+        }
         double lz = log_softmax(lg, V, ps);
         if (t->teacher) { /* KL(p_teacher || p_student) */
             double lzt = log_softmax(t->teacher_acts.logits + r * V, V, pt), kl = 0;
@@ -442,15 +499,33 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     const train_hyper *h = &t->hyper;
     const llama_model *m = t->model;
     const int B = h->batch, T = h->seq_len;
-    const double norm = (double)B * T * h->grad_accum;
-    int *inputs = t->batch, *targets = t->batch + (size_t)B * (T + 1);
-    double total = 0;
+    const size_t BT = (size_t)B * T, rows = BT * (t->sft ? (size_t)h->grad_accum : 1);
+    double norm = (double)BT * h->grad_accum, total = 0;
+    if (t->sft) { /* every micro-batch first: the loss is the mean over the step's loss tokens */
+        size_t carried = 0;
+        for (int a = 0; a < h->grad_accum; a++) {
+            size_t n = sft_fill_rows(t->sft, h->seed, &t->cursor, B, T, t->batch + a * BT, t->batch + rows + a * BT,
+                                     t->batch + 2 * rows + a * BT);
+            if (n == (size_t)-1) {
+                snprintf(err, errlen, "out of memory packing the batch");
+                return -1;
+            }
+            carried += n;
+        }
+        norm = carried ? (double)carried : 1;
+    }
     memset(t->grads, 0, t->adapter.n_params * sizeof(float));
     for (int a = 0; a < h->grad_accum; a++) {
-        for (int b = 0; b < B; b++) {
-            size_t start = (size_t)(next_u64(&t->rng) % (t->n_tokens - (size_t)T));
-            memcpy(inputs + (size_t)b * T, t->tokens + start, (size_t)T * sizeof(int));
-            memcpy(targets + (size_t)b * T, t->tokens + start + 1, (size_t)T * sizeof(int));
+        int *inputs = t->batch, *targets = t->batch + rows;
+        if (t->sft) {
+            inputs += a * BT, targets += a * BT;
+            t->acts.start = t->batch + 2 * rows + a * BT;
+        } else {
+            for (int b = 0; b < B; b++) {
+                size_t start = (size_t)(next_u64(&t->rng) % (t->n_tokens - (size_t)T));
+                memcpy(inputs + (size_t)b * T, t->tokens + start, (size_t)T * sizeof(int));
+                memcpy(targets + (size_t)b * T, t->tokens + start + 1, (size_t)T * sizeof(int));
+            }
         }
         t->adapter.dropout_seed = h->seed ^ ((uint64_t)t->step << 20 ^ (uint64_t)a);
         /* the teacher's logits in inference's order, as before modes were explicit */
@@ -492,6 +567,10 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
 
 int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen)
 {
+    if (t->eval_sft) {
+        double prompts;
+        return sft_eval(t->model, &t->adapter, t->eval_sft, t->hyper.seq_len, eval_loss, &prompts, err, errlen);
+    }
     double nll;
     size_t np;
     int rc = llama_eval_stream(t->model, &t->adapter, t->eval_tokens, t->n_eval, t->hyper.seq_len, &nll, &np, err,
@@ -502,12 +581,15 @@ int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen)
 
 /* ---- checkpoints ---- */
 
-#define STATE_MAGIC 0x51544C53u /* "QTLS" */
+#define STATE_MAGIC 0x51544C53u  /* "QTLS": before SFT, without the cursor (still read) */
+#define STATE_MAGIC2 0x324C5451u /* "QTL2" */
 
 typedef struct {
     uint32_t magic, step;
     uint64_t rng, n_params;
+    uint64_t cursor; /* STATE_MAGIC2 only */
 } state_header;
+#define OLD_HEADER offsetof(state_header, cursor)
 
 size_t trainer_state_bytes(const trainer *t)
 {
@@ -516,7 +598,7 @@ size_t trainer_state_bytes(const trainer *t)
 
 void trainer_state_save(const trainer *t, void *out)
 {
-    state_header hd = {STATE_MAGIC, (uint32_t)t->step, t->rng, t->adapter.n_params};
+    state_header hd = {STATE_MAGIC2, (uint32_t)t->step, t->rng, t->adapter.n_params, t->cursor};
     char *p = out;
     size_t n = t->adapter.n_params * sizeof(float);
     memcpy(p, &hd, sizeof hd);
@@ -527,23 +609,30 @@ void trainer_state_save(const trainer *t, void *out)
 
 int trainer_state_load(trainer *t, const void *in, size_t len, char *err, size_t errlen)
 {
-    state_header hd;
-    if (len != trainer_state_bytes(t)) {
+    state_header hd = {0};
+    size_t head = sizeof hd;
+    if (len >= 4)
+        memcpy(&hd.magic, in, 4);
+    if (hd.magic == STATE_MAGIC) /* a checkpoint of a job from before SFT: no cursor */
+        head = OLD_HEADER;
+    if (len != trainer_state_bytes(t) - sizeof hd + head) {
         snprintf(err, errlen, "checkpoint: %zu bytes, expected %zu for this adapter", len, trainer_state_bytes(t));
         return -1;
     }
-    memcpy(&hd, in, sizeof hd);
-    if (hd.magic != STATE_MAGIC || hd.n_params != t->adapter.n_params || (int)hd.step > t->hyper.steps) {
+    memcpy(&hd, in, head);
+    if ((hd.magic != STATE_MAGIC && hd.magic != STATE_MAGIC2) || hd.n_params != t->adapter.n_params ||
+        (int)hd.step > t->hyper.steps) {
         snprintf(err, errlen, "checkpoint: not a state of this adapter");
         return -1;
     }
-    const char *p = in;
+    const char *p = (const char *)in - sizeof hd + head;
     size_t n = t->adapter.n_params * sizeof(float);
     memcpy(t->adapter.params, p + sizeof hd, n);
     memcpy(t->m, p + sizeof hd + n, n);
     memcpy(t->v, p + sizeof hd + 2 * n, n);
     t->step = (int)hd.step;
     t->rng = hd.rng;
+    t->cursor = hd.cursor;
     return 0;
 }
 

@@ -393,9 +393,10 @@ int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t e
     return 0;
 }
 
-int files_load_tokens(qd *d, const job_data *data, const char *field, int **ids, size_t *n, char *err,
-                      size_t errlen)
+int files_load_data(qd *d, const job_data *data, const char *field, const train_hyper *h, int **ids, size_t *n,
+                    sft_data *sft, int *is_sft, char *err, size_t errlen)
 {
+    *is_sft = 0;
     void *bytes;
     size_t len;
     store_file_info info;
@@ -426,6 +427,12 @@ int files_load_tokens(qd *d, const job_data *data, const char *field, int **ids,
         }
         *n = len / 4;
         rc = 0;
+    } else if (sft_is_jsonl(bytes, len)) {
+        char name[96];
+        snprintf(name, sizeof name, "%s.file_id %s", field, data->file_id);
+        rc = sft_parse(sft, name, bytes, len, d->tok, h->train_on_prompt, err, errlen);
+        if (rc == 0)
+            sft_cut(sft, (size_t)h->seq_len + 1), *is_sft = 1;
     } else {
         rc = tok_encode(d->tok, bytes, len, 1, 0, ids, n);
         if (rc < 0)

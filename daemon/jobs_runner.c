@@ -206,15 +206,22 @@ static void run_job(qd *d, job *j)
 {
     jobs *J = d->jobs;
     char err[1024];
-    int *ids = NULL, *eval_ids = NULL, have_teacher = 0;
+    int *ids = NULL, *eval_ids = NULL, have_teacher = 0, is_sft = 0, eval_is_sft = 0;
     size_t n = 0, n_eval = 0;
+    sft_data sft = {0}, eval_sft = {0};
     llama_model teacher;
     trainer t;
     memset(&t, 0, sizeof t);
     /* the bytes come from the store at every (re)start, checked against their id */
-    if (files_load_tokens(d, &j->data, "data", &ids, &n, err, sizeof err) < 0 ||
-        (j->eval.file_id[0] && files_load_tokens(d, &j->eval, "eval_data", &eval_ids, &n_eval, err, sizeof err) < 0)) {
+    if (files_load_data(d, &j->data, "data", &j->hyper, &ids, &n, &sft, &is_sft, err, sizeof err) < 0 ||
+        (j->eval.file_id[0] && files_load_data(d, &j->eval, "eval_data", &j->hyper, &eval_ids, &n_eval, &eval_sft,
+                                               &eval_is_sft, err, sizeof err) < 0)) {
         fail(d, j, err);
+        goto done;
+    }
+    if (j->eval.file_id[0] && is_sft != eval_is_sft) {
+        fail(d, j, is_sft ? "eval_data: plain text, while data holds examples (JSONL)"
+                          : "eval_data: examples (JSONL), while data is plain text");
         goto done;
     }
     if (j->hyper.method == TRAIN_RECOVERY) {
@@ -224,8 +231,9 @@ static void run_job(qd *d, job *j)
         }
         have_teacher = 1;
     }
-    if (trainer_init(&t, &d->model, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &j->hyper, err,
-                     sizeof err) < 0) {
+    if ((is_sft ? trainer_init_sft(&t, &d->model, &sft, eval_is_sft ? &eval_sft : NULL, &j->hyper, err, sizeof err)
+                : trainer_init(&t, &d->model, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &j->hyper, err,
+                               sizeof err)) < 0) {
         fail(d, j, err);
         goto done;
     }
@@ -291,6 +299,8 @@ done:
         llama_free(&teacher);
     free(ids);
     free(eval_ids);
+    sft_free(&sft);
+    sft_free(&eval_sft);
 }
 
 static void runner_stopped(qd *d, void *arg)

@@ -20,6 +20,7 @@
 #include "schema.h"
 #include "store.h"
 #include "tokenizer.h"
+#include "train.h"
 
 #define QLORAD_VERSION "0.1.0"
 #define QLORAD_PROTOCOL 1
@@ -253,8 +254,11 @@ qd_error files_resolve(qd *d, const msgpack_object *spec, const char *field, job
                        size_t errlen);
 /* 0 when the files of a and b (each may be NULL or "") are stored, else -1 with err. */
 int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t errlen);
-/* The token stream of a job's data, its bytes verified against the file id (runner). */
-int files_load_tokens(qd *d, const job_data *data, const char *field, int **ids, size_t *n, char *err,
+/* A job's data, its bytes verified against the file id (runner): JSONL examples into
+ * *sft (sft.h: parsed, cut to h's seq_len + 1; *is_sft 1), else the token stream into
+ * *ids, *n (a token file, or text tokenized; *is_sft 0). */
+int files_load_data(qd *d, const job_data *data, const char *field, const train_hyper *h, int **ids, size_t *n,
+                    sft_data *sft, int *is_sft, char *err,
                       size_t errlen);
 
 double now_s(void);

@@ -59,6 +59,32 @@ def _():
         assert (rec['method'], rec['hyper']['schedule'], rec['hyper']['init']) == ('recovery', 'constant', 'loftq'), rec
 
 
+@case('job.submit with JSONL examples trains on them (SFT); a bad line fails the job naming file, line and field')
+def _():
+    import json
+    lines = [json.dumps({'prompt': 'Once upon a time there was a %s.' % w, 'completion': ' The %s was happy.' % w})
+             for w in ('cat', 'dog', 'bird', 'fox', 'girl', 'boy')]
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        good = c.submit('sft', {'text': '\n'.join(lines) + '\n'}, eval_data={'text': lines[0] + '\n'}, steps=3,
+                        seq_len=64, batch_size=2, train_on_prompt=False)
+        bad = c.submit('sft-bad', {'text': lines[0] + '\n{"prompt": "x", "completion": 7}\n'}, steps=3, seq_len=64,
+                       batch_size=2)
+        plain_eval = c.submit('sft-mixed', {'text': lines[0] + '\n'}, eval_data={'text': 'Once upon a time ' * 9},
+                              steps=2, seq_len=64, batch_size=1)
+        deadline, ids = time.time() + 120, {good['job_id'], bad['job_id'], plain_eval['job_id']}
+        while True:
+            recs = {r['job_id']: r for r in c.jobs() if r['job_id'] in ids}
+            if len(recs) == 3 and all(r['state'] in ('succeeded', 'failed', 'cancelled') for r in recs.values()):
+                break
+            assert time.time() < deadline, recs
+            time.sleep(0.1)
+        g, b, m = recs[good['job_id']], recs[bad['job_id']], recs[plain_eval['job_id']]
+        assert g['state'] == 'succeeded' and g['hyper']['train_on_prompt'] is False, g
+        assert b['state'] == 'failed' and 'line 2' in b['error'] and "'completion' is not a string" in b['error'] \
+            and 'data.file_id' in b['error'], b
+        assert m['state'] == 'failed' and 'eval_data' in m['error'] and 'plain text' in m['error'], m
+
+
 def raw_call(sock_path, op, args=None, rid=1):
     """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
     its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""

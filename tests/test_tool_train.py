@@ -7,6 +7,7 @@ clear error before any work. TAP output.
 usage: test_tool_train.py TOOL SHARED_DIR"""
 
 import json
+import re
 import os
 import shutil
 import sys
@@ -176,6 +177,64 @@ def _():
         first, last = sum(kl[:5]) / 5, sum(kl[-5:]) / 5
         assert len(kl) == 40 and last < 0.95 * first, '%s: KL %.4f -> %.4f' % (arch[1], first, last)
         print('# %s: KL to the teacher %.4f -> %.4f over 40 steps' % (arch[1], first, last))
+
+
+def make_pairs(path_train, path_valid):
+    """Prompt/completion pairs from the shared stories: a fixed instruction line and a
+    story's first two sentences as the prompt, its third sentence as the completion."""
+
+    text = open(os.path.join(SHARED, 'data/tinystories_train.txt'), encoding='utf-8').read(400000)
+    with open(path_train, 'w') as tr, open(path_valid, 'w') as va:
+        for i, story in enumerate(s.strip() for s in text.split('\n\n') if s.strip()):
+            sents = re.split(r'(?<=[.!?]) ', story)
+            if len(sents) >= 3:
+                rec = {'prompt': '### Continue the story in the voice of the narrator ###\n' + ' '.join(sents[:2]),
+                       'completion': ' ' + sents[2]}
+                (va if i % 10 == 0 else tr).write(json.dumps(rec) + '\n')
+
+
+@case('SFT on prompt/completion pairs: completions learned on held-out pairs, prompts not trained')
+def _():
+    pairs, held = os.path.join(tmp, 'pairs.jsonl'), os.path.join(tmp, 'held.jsonl')
+    make_pairs(pairs, held)
+    def examples(*extra):
+        rc, out, err = run('eval', '--model', MODEL, '--quant', 'nf4', '--examples', held, *extra)
+        assert rc == 0, err
+        return json.loads(out)
+    before = examples()
+    after = {}
+    for flag in ([], ['--train-on-prompt']):
+        out_file = os.path.join(tmp, 'sft%d.safetensors' % len(flag))
+        rc, out, err = run('train', '--model', MODEL, '--data', pairs, '--eval-data', held, '--rank', '8',
+                           '--steps', '40', '--batch', '4', '--seq-len', '256', '--lr', '3e-3', '--eval-every', '20',
+                           '--seed', '3', '--out', out_file, *flag)
+        assert rc == 0, err
+        assert re.search(r'examples: \d+ \(prompt/completion\)', out), out
+        after[len(flag)] = examples('--adapter', out_file)
+    masked, whole = after[0], after[1]
+    print('# held-out completion nll %.3f -> %.3f (prompts %.3f -> %.3f); with --train-on-prompt prompts -> %.3f'
+          % (before['completion_nll'], masked['completion_nll'], before['prompt_nll'], masked['prompt_nll'],
+             whole['prompt_nll']))
+    assert masked['completion_nll'] < before['completion_nll'] - 0.5, (before, masked)
+    # the instruction line is learned only when the prompts carry loss
+    assert masked['prompt_nll'] > whole['prompt_nll'] + 1.0, (masked, whole)
+
+
+@case('SFT data: a bad line is refused with its number and field, before any work')
+def _():
+    bad = os.path.join(tmp, 'bad.jsonl')
+    for lines, needles in [(['{"prompt": "a", "completion": "b"}', '{"prompt": "a"}'], ['line 2', "'completion'"]),
+                           (['{"prompt": "a", "completion": "b"}', '{"prompt": "a", "completion": 3}'],
+                            ['line 2', "'completion' is not a string"]),
+                           (['{"prompt": "a", "completion": "b"}', '', '{"text": "c"}'], ['line 3', "'text'"]),
+                           (['{"prompt": "a", "completion": "b"}', '{oops'], ['line 2']),
+                           (['{"messages": [{"role": "user", "content": "hi"}]}'], ['line 1', "'messages'", 'template']),
+                           (['{"prompt": "a", "completion": ""}'], ['line 1', 'empty'])]:
+        open(bad, 'w').write('\n'.join(lines) + '\n')
+        rc, out, err = run('train', '--model', MODEL, '--data', bad, '--steps', '2', '--out',
+                           os.path.join(tmp, 'never.safetensors'))
+        assert rc != 0 and 'bad.jsonl' in err and all(n in err for n in needles), (lines, err)
+        assert 'step 1/' not in out, out
 
 
 @case('--help: train and eval print their usage and exit 0')

@@ -19,6 +19,7 @@
 #include "train.h"
 
 static llama_model model, teacher;
+static const sft_data *run_sft; /* run_steps trains on these examples when set */
 static int *train_ids, *valid_ids;
 static size_t n_train, n_valid;
 
@@ -109,7 +110,8 @@ static int run_steps(const train_hyper *h, const void *state, size_t state_len, 
 {
     trainer t;
     char err[512];
-    if (trainer_init(&t, &model, NULL, train_ids, n_train, valid_ids, n_valid, h, err, sizeof err) < 0) {
+    if ((run_sft ? trainer_init_sft(&t, &model, run_sft, NULL, h, err, sizeof err)
+                 : trainer_init(&t, &model, NULL, train_ids, n_train, valid_ids, n_valid, h, err, sizeof err)) < 0) {
         CHECK(0, "%s", err);
         return -1;
     }
@@ -300,6 +302,97 @@ static void test_training_helps(train_method method)
     trainer_free(&t);
 }
 
+/* SFT examples: packing into rows (starts, targets, padding, the epoch's order), and a
+ * run resumed from a checkpoint mid-epoch equal to an uninterrupted one. */
+static void test_sft(const tok_tokenizer *tok)
+{
+    static const char jsonl[] =
+        "{\"prompt\": \"Once upon a time\", \"completion\": \" there was a cat.\"}\n"
+        "{\"prompt\": \"Tom saw\", \"completion\": \" a big red ball.\"}\n"
+        "\n"
+        "{\"prompt\": \"The sun\", \"completion\": \" was warm and bright that day.\"}\n"
+        "{\"prompt\": \"Lily\", \"completion\": \" smiled.\"}\n";
+    sft_data d;
+    char err[512];
+    if (sft_parse(&d, "pairs.jsonl", jsonl, sizeof jsonl - 1, tok, 0, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        test_case("SFT parse");
+        return;
+    }
+    /* every example: BOS, its prompt's tokens carry no loss, its completion's and EOS do */
+    int layout_ok = d.n == 4 && d.format == SFT_PROMPT_COMPLETION;
+    for (size_t e = 0; e < d.n && layout_ok; e++) {
+        size_t a = d.offset[e], len = d.offset[e + 1] - a, first = len;
+        for (size_t i = 0; i < len; i++)
+            if (d.loss[a + i] && first == len)
+                first = i;
+        layout_ok = d.ids[a] == TOK_BOS && d.ids[a + len - 1] == TOK_EOS && !d.loss[a] && first > 1;
+        for (size_t i = first; i < len; i++)
+            layout_ok &= d.loss[a + i];
+    }
+    CHECK(layout_ok, "examples: BOS, prompt without loss, completion and EOS with it");
+    /* rows of 16: whole examples, each token attending from its example's first slot */
+    const int T = 16, B = 3;
+    int in[48], tg[48], st[48];
+    uint64_t cursor = 0;
+    size_t carried = sft_fill_rows(&d, 5, &cursor, B, T, in, tg, st);
+    size_t carried_seen = 0, slots = 0, bad = 0;
+    for (int r = 0; r < B * T; r++) {
+        carried_seen += tg[r] >= 0;
+        int t = r % T;
+        bad += st[r] > t;                           /* a start is at or before its token */
+        if (tg[r] >= 0) {                           /* a target is the next token of the same example */
+            bad += t + 1 < T && st[r + 1] != st[r];
+            slots++;
+        }
+    }
+    CHECK(carried == carried_seen && slots > 0 && bad == 0, "rows: %zu carried, %zu seen, %zu bad", carried,
+          carried_seen, bad);
+    CHECK(cursor >= 3, "three rows of 16 take at least three of these examples (cursor %llu)",
+          (unsigned long long)cursor);
+    /* the next epoch's order follows the seed: the same seed packs the same rows again */
+    int in2[48], tg2[48], st2[48];
+    uint64_t c1 = 100, c2 = 100;
+    sft_fill_rows(&d, 9, &c1, B, T, in, tg, st);
+    sft_fill_rows(&d, 9, &c2, B, T, in2, tg2, st2);
+    CHECK(memcmp(in, in2, sizeof in) == 0 && memcmp(tg, tg2, sizeof tg) == 0 && c1 == c2, "packing is deterministic");
+    test_case("SFT examples: BOS, unlearned prompt, learned completion + EOS; packed rows keep each target in its "
+              "example and count %zu loss tokens", carried);
+
+    /* resume mid-epoch, with 2 micro-batches a step (epochs pass every step or two) */
+    train_hyper h = small_hyper();
+    h.seq_len = 32, h.grad_accum = 2;
+    sft_cut(&d, (size_t)h.seq_len + 1);
+    run_sft = &d;
+    double a[6], r[6];
+    float *pa = NULL, *pr = NULL;
+    void *state = NULL;
+    size_t len = 0;
+    run_steps(&h, NULL, 0, 6, a, NULL, NULL, &pa);
+    run_steps(&h, NULL, 0, 3, r, &state, &len, NULL);
+    if (state)
+        run_steps(&h, state, len, 3, r + 3, NULL, NULL, &pr);
+    trainer t;
+    if (trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) == 0) {
+        CHECK(pa && pr && memcmp(pa, pr, t.adapter.n_params * sizeof(float)) == 0 && memcmp(a, r, sizeof a) == 0,
+              "resumed SFT run differs (loss at step 4: %.9g vs %.9g)", r[3], a[3]);
+        trainer_free(&t);
+    } else {
+        CHECK(0, "%s", err);
+    }
+    run_sft = NULL;
+    test_case("SFT: 3 steps, checkpoint, 3 steps in a new trainer == 6 steps straight, across epochs (%.4f -> %.4f)",
+              a[0], a[5]);
+    free(state);
+    free(pa);
+    free(pr);
+    /* a recovery job on examples is refused */
+    h.method = TRAIN_RECOVERY;
+    CHECK(trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) < 0 && strstr(err, "method"), "%s", err);
+    test_case("SFT: recovery is refused on examples (%s)", err);
+    sft_free(&d);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -322,6 +415,7 @@ int main(int argc, char **argv)
     train_ids = read_text(path, tok, 200000, &n_train);
     snprintf(path, sizeof path, "%.4000s/data/tinystories_valid.txt", argv[1]);
     valid_ids = read_text(path, tok, 20000, &n_valid);
+    test_sft(tok);
     tok_free(tok);
     if (!train_ids || !valid_ids) {
         printf("not ok 1 - cannot read the TinyStories text under %s/data\n1..1\n", argv[1]);

@@ -136,6 +136,24 @@ static int tokens_from_json(const char *cmd, const char *path, token_set *set)
     return rc;
 }
 
+int tool_sft_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, const train_hyper *h,
+                  sft_data *d, int *is_sft)
+{
+    const void *text;
+    size_t len;
+    char err[600];
+    if (map_file(path, &text, &len, err, sizeof err) < 0)
+        return tool_fail(cmd, "%s: cannot read %s", flag, err);
+    *is_sft = sft_is_jsonl(text, len);
+    int rc = *is_sft && sft_parse(d, path, text, len, tok, h->train_on_prompt, err, sizeof err) < 0;
+    unmap_file(text, len);
+    if (rc)
+        return tool_fail(cmd, "%s: %s", flag, err);
+    if (*is_sft)
+        sft_cut(d, (size_t)h->seq_len + 1);
+    return 0;
+}
+
 int tool_tokenize_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, int **ids,
                        size_t *n)
 {
@@ -151,9 +169,36 @@ int tool_tokenize_file(const char *cmd, const char *flag, const char *path, cons
     return rc < 0 ? tool_fail(cmd, "out of memory tokenizing %s", path) : 0;
 }
 
+/* eval --examples: the mean loss of the tokens that carry it (completions) and of the
+ * prompts', over rows of the eval window, as JSON. */
+static int eval_examples(const char *cmd, const char *path, const llama_model *m, const tok_tokenizer *tok,
+                         const llama_lora *ad)
+{
+    train_hyper h = {.seq_len = llama_eval_window(&m->cfg) - 1};
+    sft_data d = {0};
+    int is_sft = 0, rc = tool_sft_file(cmd, "--examples", path, tok, &h, &d, &is_sft);
+    if (rc)
+        return rc;
+    if (!is_sft)
+        return tool_fail(cmd, "--examples: %s is not JSONL", path);
+    double nll, prompts;
+    char err[512];
+    if (sft_eval(m, ad, &d, h.seq_len, &nll, &prompts, err, sizeof err) < 0)
+        rc = tool_fail(cmd, "%s", err);
+    else {
+        char p[32] = "null"; /* JSON has no NaN: a set without prompts */
+        if (!isnan(prompts))
+            snprintf(p, sizeof p, "%.17g", prompts);
+        printf("{\"examples\":%zu,\"loss_tokens\":%zu,\"completion_nll\":%.17g,\"prompt_nll\":%s}\n", d.n,
+               d.loss_tokens, nll, p);
+    }
+    sft_free(&d);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv)
 {
-    const char *cmd = "eval", *tokens = NULL, *text = NULL, *adapter = NULL;
+    const char *cmd = "eval", *tokens = NULL, *text = NULL, *adapter = NULL, *examples = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
     int json = 0, e;
     for (int i = 1; i < argc; i++) {
@@ -164,6 +209,8 @@ int cmd_eval(int argc, char **argv)
             tokens = argv[++i];
         } else if (!strcmp(argv[i], "--text") && i + 1 < argc) {
             text = argv[++i];
+        } else if (!strcmp(argv[i], "--examples") && i + 1 < argc) {
+            examples = argv[++i];
         } else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) {
             adapter = argv[++i];
         } else if (!strcmp(argv[i], "--json")) {
@@ -172,15 +219,22 @@ int cmd_eval(int argc, char **argv)
             return tool_fail(cmd, "unexpected argument '%s' (or it lacks its value)", argv[i]);
         }
     }
-    if (!tokens == !text)
-        return tool_fail(cmd, "give exactly one of --tokens FILE.json and --text FILE");
+    if (!!tokens + !!text + !!examples != 1)
+        return tool_fail(cmd, "give exactly one of --tokens FILE.json, --text FILE and --examples FILE.jsonl");
     llama_model m;
     tok_tokenizer *tok = NULL;
-    int rc = tool_load_model(cmd, &o, &m, text ? &tok : NULL);
+    int rc = tool_load_model(cmd, &o, &m, tokens ? NULL : &tok);
     if (rc)
         return rc;
     llama_lora ad = {0};
     if (adapter && (rc = tool_load_adapter(cmd, adapter, &m, &ad))) {
+        tok_free(tok);
+        llama_free(&m);
+        return rc;
+    }
+    if (examples) {
+        rc = eval_examples(cmd, examples, &m, tok, adapter ? &ad : NULL);
+        llama_lora_free(&ad);
         tok_free(tok);
         llama_free(&m);
         return rc;

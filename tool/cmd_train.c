@@ -134,17 +134,30 @@ int cmd_train(int argc, char **argv)
     if (!have_seq)
         h.seq_len = d.seq_len;
     char err[1024];
-    int *ids = NULL, *eval_ids = NULL, have_teacher = 0;
+    int *ids = NULL, *eval_ids = NULL, have_teacher = 0, is_sft = 0;
     size_t n = 0, n_eval = 0;
+    sft_data sft = {0}, eval_sft = {0};
     trainer t;
     memset(&t, 0, sizeof t);
     if (train_hyper_check(&h, &m.cfg, err, sizeof err) < 0) {
         rc = tool_fail(cmd, "%s", err);
         goto done;
     }
-    if ((rc = tool_tokenize_file(cmd, "--data", data, tok, &ids, &n)) ||
-        (eval_data && (rc = tool_tokenize_file(cmd, "--eval-data", eval_data, tok, &eval_ids, &n_eval))))
+    if ((rc = tool_sft_file(cmd, "--data", data, tok, &h, &sft, &is_sft)))
         goto done;
+    if (is_sft) { /* examples (JSONL): eval data must be examples too */
+        int eval_is_sft = 1;
+        if (eval_data && (rc = tool_sft_file(cmd, "--eval-data", eval_data, tok, &h, &eval_sft, &eval_is_sft)))
+            goto done;
+        if (!eval_is_sft) {
+            rc = tool_fail(cmd, "--eval-data: %s is plain text, --data holds examples (JSONL)", eval_data);
+            goto done;
+        }
+        n = sft.n_tokens, n_eval = eval_sft.n;
+    } else if ((rc = tool_tokenize_file(cmd, "--data", data, tok, &ids, &n)) ||
+               (eval_data && (rc = tool_tokenize_file(cmd, "--eval-data", eval_data, tok, &eval_ids, &n_eval)))) {
+        goto done;
+    }
     if (h.method == TRAIN_RECOVERY) {
         if (llama_load(&teacher, o.dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
             rc = tool_fail(cmd, "%s", err);
@@ -152,14 +165,18 @@ int cmd_train(int argc, char **argv)
         }
         have_teacher = 1;
     }
-    if (trainer_init(&t, &m, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &h, err, sizeof err) < 0) {
+    if (is_sft ? trainer_init_sft(&t, &m, &sft, eval_data ? &eval_sft : NULL, &h, err, sizeof err) < 0
+               : trainer_init(&t, &m, have_teacher ? &teacher : NULL, ids, n, eval_ids, n_eval, &h, err, sizeof err) < 0) {
         rc = tool_fail(cmd, "%s", err);
         goto done;
     }
     printf("training %s on %s (%s, %zu tokens): rank %d, alpha %g, lr %g, %d steps of %d x %d tokens\n",
            train_vocab_name(&train_methods, h.method), o.dir, qt_format_name(o.spec.format), n,
            h.rank, h.alpha, h.lr, h.steps, h.batch * h.grad_accum, h.seq_len);
-    if (eval_ids) { /* before training: the base alone (or the LoftQ start) */
+    if (is_sft)
+        printf("examples: %zu (%s), %zu tokens of which %zu carry loss, %zu cut to seq_len + 1\n", sft.n,
+               sft.format == SFT_TEXT ? "text" : "prompt/completion", sft.n_tokens, sft.loss_tokens, sft.truncated);
+    if (t.n_eval) { /* before training: the base alone (or the LoftQ start) */
         double start;
         if (trainer_eval(&t, &start, err, sizeof err) == 0)
             printf("step 0/%d  eval loss %.4f  (ppl %.4f)\n", h.steps, start, exp(start));
@@ -174,6 +191,8 @@ done:
     trainer_free(&t);
     free(ids);
     free(eval_ids);
+    sft_free(&sft);
+    sft_free(&eval_sft);
     if (have_teacher)
         llama_free(&teacher);
     tok_free(tok);

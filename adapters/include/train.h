@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "forward.h"
+#include "sft.h"
 
 /* The named choices of train_hyper, X(enum value, name), the default first. */
 #define TRAIN_METHODS(X) X(TRAIN_LORA, "lora") X(TRAIN_RECOVERY, "recovery")
@@ -57,6 +58,7 @@ typedef struct {
     int eval_every, checkpoint_every;
     train_init init;
     int recompute;      /* keep one layer's activations; recompute the others in backward */
+    int train_on_prompt; /* SFT data: the prompts' tokens carry loss too (sft.h) */
 } train_hyper;
 
 /* The hyper-parameters that hold a plain value, one row each: the key of job.submit's
@@ -93,6 +95,8 @@ typedef struct {
     size_t n_tokens;
     const int *eval_tokens;      /* held out (may be NULL) */
     size_t n_eval;
+    const sft_data *sft, *eval_sft; /* SFT examples instead of the streams (trainer_init_sft) */
+    uint64_t cursor;             /* SFT: examples taken so far (sft_fill_rows) */
     train_hyper hyper;
     llama_lora adapter;
     float *grads, *m, *v;        /* the adapter's layout */
@@ -101,7 +105,7 @@ typedef struct {
     llama_acts acts, teacher_acts;
     llama_cache cache, teacher_cache;
     float *dlogits;
-    int *batch;                  /* [batch x (seq_len + 1)] */
+    int *batch;                  /* inputs, targets [batch x seq_len] each (SFT: grad_accum of them), starts */
 } trainer;
 
 /* Checks everything before any work: hyper-parameters, data (at least seq_len + 1 tokens),
@@ -109,6 +113,11 @@ typedef struct {
 int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
                  size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
                  char *err, size_t errlen);
+/* The same on SFT examples (sft.h), packed into the rows of each micro-batch; the loss is
+ * the mean over the targets that carry it in the step. Examples longer than seq_len + 1
+ * tokens must have been cut (sft_cut). LoRA only: recovery trains on plain text. */
+int trainer_init_sft(trainer *t, const llama_model *m, const sft_data *sft, const sft_data *eval_sft,
+                     const train_hyper *h, char *err, size_t errlen);
 void trainer_free(trainer *t);
 /* Bytes a trainer for h on base m needs at its peak, beyond the base itself:
  * the adapter with its gradients and moments, a checkpoint's copy of them, the micro-batch's

@@ -1,0 +1,61 @@
+/* sft.h: supervised fine-tuning data: examples whose tokens each say whether they carry
+ * loss, packed into rows of a batch with attention confined to each example.
+ *
+ * A JSONL file holds one example per line, every line of one format:
+ *   {"prompt": str, "completion": str}  the completion's tokens (and EOS) carry loss, the
+ *                                       prompt's do not (unless train_on_prompt);
+ *   {"text": str}                       every token carries loss (and EOS is added).
+ * As TRL's SFTTrainer, prompt + completion is encoded as one text (so that the tokens at
+ * the seam are the ones the model sees), and the prompt's share is the tokens its own
+ * encoding shares with it from the start. Chat ("messages") needs the model's chat
+ * template, and is refused by name until it exists here.
+ *
+ * Packing (sft_fill_rows): examples, in an order shuffled afresh each epoch from the seed,
+ * fill each row of seq_len + 1 tokens in turn; the next example that does not fit starts
+ * the next row, and the rest of the row is padding that carries no loss. An example
+ * longer than seq_len + 1 is cut to it (sft_data.truncated counts them). */
+#ifndef QLORA_SFT_H
+#define QLORA_SFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "forward.h"
+#include "tokenizer.h"
+
+typedef enum { SFT_PROMPT_COMPLETION, SFT_TEXT } sft_format;
+
+typedef struct {
+    sft_format format;
+    int *ids;            /* every example's tokens, one after another */
+    uint8_t *loss;       /* ids[i] carries loss as a target (it is what the model should say) */
+    size_t *offset;      /* example e is ids[offset[e] .. offset[e + 1]) */
+    size_t n, n_tokens;
+    size_t truncated;    /* examples longer than a row, cut by sft_cut */
+    size_t loss_tokens;  /* targets that carry loss, over all examples */
+} sft_data;
+
+/* Parses the len bytes of a JSONL file named name (for messages) and encodes its
+ * examples with tok. -1 with a message naming the file, the line and the field at fault
+ * (nothing is kept then). */
+int sft_parse(sft_data *d, const char *name, const char *text, size_t len, const tok_tokenizer *tok,
+              int train_on_prompt, char *err, size_t errlen);
+/* Whether the len bytes look like JSONL examples (a first non-blank byte '{'). */
+int sft_is_jsonl(const char *text, size_t len);
+/* Cuts every example to at most max_len tokens (counting them in truncated). */
+void sft_cut(sft_data *d, size_t max_len);
+void sft_free(sft_data *d);
+
+/* Fills B rows of T inputs, targets (-1: no loss) and starts (forward.h's packing) from
+ * the examples at *cursor onwards of the shuffled stream (epoch = cursor / n), advancing
+ * *cursor. Returns the number of targets that carry loss. */
+size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, int B, int T, int *inputs, int *targets,
+                     int *start);
+
+/* The mean loss of the tokens that carry it over every example (packed in rows of T, one
+ * row at a time) with adapter ad, into *nll_mean, and of the tokens that do not (the
+ * prompts; NAN when none) into *other_mean. 0, or -1 with a message. */
+int sft_eval(const llama_model *m, const llama_lora *ad, const sft_data *d, int T, double *nll_mean,
+             double *other_mean, char *err, size_t errlen);
+
+#endif
