@@ -229,6 +229,7 @@ int main(int argc, char **argv)
                        r[f].load_s, r[f].rss / 1048576.0, r[f].expect / 1048576.0, 100.0 * r[f].rss / r[f].expect,
                        r[f].peak / 1048576.0);
         measure_cache(c);
+        fflush(stdout); /* the rounds of a large model take minutes */
         for (int n = 0; n < n_threads; n++) {
             rt_set_threads(threads[n]);
             for (int f = 0; f < QT_NFORMATS; f++)
