@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -38,4 +39,12 @@ void unmap_file(const void *data, size_t size)
 {
     if (data)
         munmap((void *)data, size);
+}
+
+void map_release(const void *p, size_t n)
+{
+    const long page = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p / (uintptr_t)page * (uintptr_t)page, b = (uintptr_t)p + n;
+    if (page > 0 && n > 0)
+        (void)madvise((void *)a, b - a, MADV_DONTNEED); /* advice: a failure costs memory, not data */
 }

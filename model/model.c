@@ -291,6 +291,7 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
     }
     if (!rotate_half_rows(r, lin)) {
         st_to_f32(t, out);
+        st_release(file, t);
         return 0;
     }
     /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j); a norm is one
@@ -301,6 +302,7 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
         return -1;
     }
     st_to_f32(t, tmp);
+    st_release(file, t);
     size_t hs = (size_t)c->head_size, width = r == R_LINEAR ? cols : 1, heads = n / width / hs;
     for (size_t h = 0; h < heads; h++)
         for (size_t i = 0; i < hs / 2; i++)

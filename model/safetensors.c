@@ -129,6 +129,7 @@ int st_parse(st_file *f, const char *name, const void *data, size_t size, char *
             return fail(f, err, errlen, name, "data_offsets disagree with shape x dtype size");
         }
         t->data = b + data0 + (size_t)ob;
+        t->nbytes = (size_t)(oe - ob);
         f->count++;
     }
     qsort(spans, f->count, sizeof *spans, by_begin);
@@ -200,4 +201,10 @@ void st_to_f32(const st_tensor *t, float *out)
             break;
         }
     }
+}
+
+void st_release(const st_file *f, const st_tensor *t)
+{
+    if (f->map)
+        map_release(t->data, t->nbytes);
 }

@@ -265,6 +265,17 @@ def _():
     assert rc == 0 and out.startswith('Once upon a time, there was a little girl named Lily.'), out
 
 
+def peak_rss_mib(*args):
+    """Runs qlora-tool args in a fresh process; (its stdout, its peak RSS in MiB)."""
+    probe = ('import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); '
+             'print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); '
+             'sys.stdout.write(r.stdout)')
+    got = subprocess.run([sys.executable, '-c', probe, TOOL, *args], capture_output=True, text=True, check=True).stdout
+    peak, rc, out = got.split('\n', 2)
+    assert rc == '0', got
+    return out, int(peak) / 1024
+
+
 @case('generate on a model of a long context holds the cache of what the request reaches')
 def _():
     # 262144 positions x 2 layers x 64 floats of keys and of values: 256 MiB of cache if
@@ -274,17 +285,27 @@ def _():
                        '--kv-heads', '4', '--vocab', '512', '--seq-len', '262144', '--out', d)
     assert rc == 0, err
     shutil.copy(os.path.join(SHARED, 'models/stories260K/tokenizer.bin'), d)
-    # a fresh process around the run, so that its children's peak is this run's alone
-    probe = ('import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); '
-             'print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); '
-             'sys.stdout.write(r.stdout)')
-    got = subprocess.run([sys.executable, '-c', probe, TOOL, 'generate', '--model', d, '--prompt',
-                          'Once upon a time', '-n', '8'], capture_output=True, text=True, check=True).stdout
-    peak, rc, out = got.split('\n', 2)
-    assert rc == '0' and out.startswith('Once upon a time'), got
+    out, peak = peak_rss_mib('generate', '--model', d, '--prompt', 'Once upon a time', '-n', '8')
+    assert out.startswith('Once upon a time'), out
     # the weights and the RoPE tables of the whole context (16 MiB) are all it should hold
-    assert int(peak) < 96 * 1024, 'generate peaked at %.0f MiB' % (int(peak) / 1024)
-    print('# generate peaked at %.0f MiB (a cache of the whole context would add 256 MiB)' % (int(peak) / 1024))
+    assert peak < 96, 'generate peaked at %.0f MiB' % peak
+    print('# generate peaked at %.0f MiB (a cache of the whole context would add 256 MiB)' % peak)
+
+
+@case('loading holds a tensor of the fp32 checkpoint at a time, not the whole mapped file')
+def _():
+    d = os.path.join(tmp, 'load-peak')
+    rc, out, err = run('make-model', '--dim', '1024', '--hidden', '2816', '--layers', '8', '--heads', '16',
+                       '--kv-heads', '16', '--vocab', '4096', '--seq-len', '64', '--out', d)
+    assert rc == 0, err
+    size = os.path.getsize(os.path.join(d, 'model.safetensors')) / 2**20
+    out, peak = peak_rss_mib('eval', '--model', d, '--quant', 'nf4', '--tokens', tokens, '--json')
+    assert 'nll_sum' in out, out
+    print('# nf4 load of a %.0f MiB checkpoint peaked at %.0f MiB' % (size, peak))
+    # nf4 linears ~55 MiB, fp32 embedding 16 MiB, one matrix's fp32 buffer: with the
+    # file's pages kept until the end of the load it would be above the file's size
+    assert peak < 0.5 * size, 'peak %.0f MiB for a %.0f MiB file' % (peak, size)
+    shutil.rmtree(d)
 
 
 @case('inspect reports sizes, errors per format and memory')

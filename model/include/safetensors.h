@@ -22,6 +22,7 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t nelem;
     const void *data;
+    size_t nbytes;  /* of data */
 } st_tensor;
 
 typedef struct {
@@ -43,5 +44,8 @@ void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 /* Converts a tensor to fp32 into out[nelem]. */
 void st_to_f32(const st_tensor *t, float *out);
+/* Lets go of the pages of a tensor of a file st_open mapped, once read (map_release);
+ * nothing for st_parse's images, which are the caller's memory. */
+void st_release(const st_file *f, const st_tensor *t);
 
 #endif
