@@ -324,56 +324,35 @@ static ct_node *binop(parser *p, ct_op op, ct_node *a, ct_node *b, size_t at)
     return nd;
 }
 
-static ct_node *parse_pow(parser *p)
-{
-    ct_node *a = parse_unary(p);
-    while (a && ct_is_op(p, "**")) {
-        size_t at = p->tk.start;
-        ct_node *b;
-        if (ct_lex(p) < 0 || !(b = parse_unary(p)))
-            return NULL;
-        a = binop(p, OP_POW, a, b, at);
-    }
-    return a;
-}
+/* The arithmetic levels, loosest first; each operand is the next level (the last: unary).
+ * All are left-associative, ** included, as in jinja2. */
+static const struct {
+    const char *sym[4];
+    ct_op op[4];
+} levels[] = {
+    {{"+", "-"}, {OP_ADD, OP_SUB}},
+    {{"~"}, {OP_CONCAT}},
+    {{"*", "/", "//", "%"}, {OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD}},
+    {{"**"}, {OP_POW}},
+};
+#define N_LEVELS (int)(sizeof levels / sizeof levels[0])
 
-static ct_node *parse_mul(parser *p)
+static ct_node *parse_arith(parser *p, int level)
 {
-    ct_node *a = parse_pow(p);
-    while (a && (ct_is_op(p, "*") || ct_is_op(p, "/") || ct_is_op(p, "//") || ct_is_op(p, "%"))) {
-        size_t at = p->tk.start;
-        ct_op op = ct_is_op(p, "*") ? OP_MUL : ct_is_op(p, "/") ? OP_DIV : ct_is_op(p, "//") ? OP_FLOORDIV : OP_MOD;
-        ct_node *b;
-        if (ct_lex(p) < 0 || !(b = parse_pow(p)))
-            return NULL;
-        a = binop(p, op, a, b, at);
-    }
-    return a;
-}
-
-static ct_node *parse_concat(parser *p)
-{
-    ct_node *a = parse_mul(p);
-    while (a && ct_is_op(p, "~")) {
+    if (level == N_LEVELS)
+        return parse_unary(p);
+    ct_node *a = parse_arith(p, level + 1);
+    while (a) {
+        int k = 0;
+        while (k < 4 && levels[level].sym[k] && !ct_is_op(p, levels[level].sym[k]))
+            k++;
+        if (k == 4 || !levels[level].sym[k])
+            return a;
         size_t at = p->tk.start;
         ct_node *b;
-        if (ct_lex(p) < 0 || !(b = parse_mul(p)))
+        if (ct_lex(p) < 0 || !(b = parse_arith(p, level + 1)))
             return NULL;
-        a = binop(p, OP_CONCAT, a, b, at);
-    }
-    return a;
-}
-
-static ct_node *parse_add(parser *p)
-{
-    ct_node *a = parse_concat(p);
-    while (a && (ct_is_op(p, "+") || ct_is_op(p, "-"))) {
-        size_t at = p->tk.start;
-        ct_op op = ct_is_op(p, "+") ? OP_ADD : OP_SUB;
-        ct_node *b;
-        if (ct_lex(p) < 0 || !(b = parse_concat(p)))
-            return NULL;
-        a = binop(p, op, a, b, at);
+        a = binop(p, levels[level].op[k], a, b, at);
     }
     return a;
 }
@@ -381,7 +360,7 @@ static ct_node *parse_add(parser *p)
 static ct_node *parse_compare(parser *p)
 {
     int chained = 0;
-    ct_node *a = parse_add(p);
+    ct_node *a = parse_arith(p, 0);
     while (a) {
         size_t at = p->tk.start;
         ct_op op;
@@ -406,7 +385,7 @@ static ct_node *parse_compare(parser *p)
         } else
             return a;
         ct_node *b;
-        if (ct_lex(p) < 0 || !(b = parse_add(p)))
+        if (ct_lex(p) < 0 || !(b = parse_arith(p, 0)))
             return NULL;
         if (chained++)
             return ct_pfail(p, at, "chained comparisons (a < b < c) are not supported"), NULL;
