@@ -267,15 +267,19 @@ static int exec_for(ct_ctx *c, const ct_node *nd)
         return -1;
     if (items->n == 0)
         return nd->b ? exec_list(c, nd->b) : 0;
-    ct_loop loop = {.items = items};
+    /* in the arena, not on the stack: "set ns.l = loop" may keep it past the loop */
+    ct_loop *loop = ct_new(c, nd, sizeof *loop);
+    if (!loop)
+        return -1;
+    loop->items = items;
     ct_scope s = {.up = c->scope}; /* each iteration starts empty; its arrays are reused */
     for (size_t i = 0; i < items->n; i++) {
         if (++c->steps > CHAT_MAX_STEPS)
             return ct_fail(c, nd, "more than %ld steps: the template runs away", CHAT_MAX_STEPS);
-        loop.index0 = i;
+        loop->index0 = i;
         s.vars.n = 0;
         ct_val lv = {.t = V_LOOP};
-        lv.u.loop = &loop;
+        lv.u.loop = loop;
         ct_val it = items->v[i];
         int rc = ct_dict_set(c, nd, &s.vars, "loop", 4, lv);
         if (rc == 0 && nd->name2) {

@@ -271,6 +271,8 @@ SNIPPETS = [
     '{% for k, v in {"a": 1}|items %}{{ k ~ v }}{% endfor %}{% for x in [] %}1{% else %}empty{% endfor %}',
     '{% for i in range(10) %}{% if i == 2 %}{% continue %}{% endif %}{% if i > 4 %}{% break %}'
     '{% endif %}{{ i }}{% endfor %}',
+    '{% set ns = namespace(l=none) %}{% for x in "ab" %}{% set ns.l = loop %}{% endfor %}'
+    '{{ ns.l.index }}{{ ns.l.last }}',
     '{% set ns = namespace(n=0, s="") %}{% for i in range(3) %}{% set ns.n = ns.n + i %}'
     '{% set ns.s = ns.s ~ i %}{% endfor %}{{ ns.n }} {{ ns.s }}',
     '{% set x = 1 %}{% for i in [1] %}{% set x = 2 %}{{ x }}{% endfor %}{{ x }}'
