@@ -7,6 +7,7 @@ packages=(
   gcc pkg-config meson ninja-build          # build
   libopenblas-dev libuv1-dev libmsgpack-dev liblmdb-dev nettle-dev   # libraries
   python3 python3-numpy python3-msgpack python3-torch     # references, peers, Python client
+  python3-jinja2                            # the chat templates' reference (transformers' renderer)
   valgrind
   clang libclang-rt-14-dev                  # the wire fuzzer (libFuzzer, ASan, UBSan)
 )

@@ -1,0 +1,225 @@
+/* chat_template_load.c: where a chat template comes from: a model directory (as
+ * transformers looks: chat_template.jinja, else tokenizer_config.json's chat_template), or
+ * a built-in for models without one, each copied from a real model's tokenizer_config.json. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "chat_template.h"
+#include "json.h"
+
+#define MAX_CONFIG ((size_t)64 << 20)
+
+/* The built-ins, byte for byte as the named models publish them (the Jinja escapes \\n
+ * stay escapes; a C "\n" is a newline of the template itself). */
+static const struct {
+    const char *name, *src;
+} builtins[] = {
+    /* teknium/OpenHermes-2.5-Mistral-7B (the ChatML template) */
+    {"chatml",
+     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+     "{% endif %}"},
+    /* meta-llama/Llama-2-7b-chat-hf */
+    {"llama2",
+     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set "
+     "system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set "
+     "system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == "
+     "'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+     "user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != "
+     "false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + "
+     "message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if "
+     "message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif "
+     "message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% "
+     "endfor %}"},
+    /* meta-llama/Meta-Llama-3-8B-Instruct */
+    {"llama3",
+     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+     "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+     "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ "
+     "content }}{% endfor %}{% if add_generation_prompt %}{{ "
+     "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"},
+    /* mistralai/Mistral-7B-Instruct-v0.2 */
+    {"mistral",
+     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % "
+     "2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+     "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + "
+     "message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] "
+     "+ eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% "
+     "endif %}{% endfor %}"},
+    /* HuggingFaceH4/zephyr-7b-beta */
+    {"zephyr",
+     "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + "
+     "message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + "
+     "message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ "
+     "'<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and "
+     "add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"},
+    /* google/gemma-7b-it */
+    {"gemma",
+     "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% "
+     "endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) "
+     "%}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% "
+     "endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = "
+     "message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + "
+     "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% "
+     "endif %}"},
+    /* microsoft/Phi-3-mini-4k-instruct (its first published template) */
+    {"phi3",
+     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') %}{{'<|user|>' + "
+     "'\n' + message['content'] + '<|end|>' + '\n' + '<|assistant|>' + '\n'}}{% elif (message['role'] "
+     "== 'assistant') %}{{message['content'] + '<|end|>' + '\n'}}{% endif %}{% endfor %}"},
+};
+
+const char *const chat_template_builtin_names[] = {"chatml", "llama2", "llama3", "mistral",
+                                                   "zephyr", "gemma", "phi3", NULL};
+
+const char *chat_template_builtin(const char *name)
+{
+    for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++)
+        if (!strcmp(builtins[i].name, name))
+            return builtins[i].src;
+    return NULL;
+}
+
+static char *read_text(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open", path);
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > CHAT_MAX_SOURCE + 8192) {
+                snprintf(err, errlen, "%s: more than %zu bytes", path, CHAT_MAX_SOURCE);
+                goto fail;
+            }
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                snprintf(err, errlen, "%s: out of memory", path);
+                goto fail;
+            }
+            buf = nb;
+        }
+        size_t k = fread(buf + n, 1, 4096, f);
+        n += k;
+        if (k < 4096) {
+            if (ferror(f)) {
+                snprintf(err, errlen, "%s: read error", path);
+                goto fail;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+fail:
+    free(buf);
+    fclose(f);
+    return NULL;
+}
+
+/* bos_token / eos_token: a string, or an AddedToken object {"content": ...}; NULL if absent */
+static int token_of(const json_value *cfg, const char *key, char **out, const char *path,
+                    char *err, size_t errlen)
+{
+    *out = NULL;
+    const json_value *v = json_get(cfg, key);
+    if (v && v->type == JSON_OBJECT)
+        v = json_get(v, "content");
+    if (!v || v->type == JSON_NULL)
+        return 0;
+    if (v->type != JSON_STRING) {
+        snprintf(err, errlen, "%s: %s: not a string", path, key);
+        return -1;
+    }
+    if (!(*out = strdup(v->string))) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    return 0;
+}
+
+int chat_template_load_dir(const char *dir, char **src, char **bos, char **eos,
+                           const char **name, char *err, size_t errlen)
+{
+    *src = *bos = *eos = NULL;
+    *name = NULL;
+    char path[4096], jinja[4096];
+    if (snprintf(path, sizeof path, "%s/tokenizer_config.json", dir) >= (int)sizeof path ||
+        snprintf(jinja, sizeof jinja, "%s/chat_template.jinja", dir) >= (int)sizeof jinja) {
+        snprintf(err, errlen, "%.200s: path too long", dir);
+        return -1;
+    }
+    struct stat st;
+    json_value *cfg = NULL;
+    if (stat(path, &st) == 0 && !(cfg = json_parse_file(path, MAX_CONFIG, err, errlen)))
+        return -1;
+    if (cfg && cfg->type != JSON_OBJECT) {
+        snprintf(err, errlen, "%s: not a JSON object", path);
+        goto fail;
+    }
+    if (cfg && (token_of(cfg, "bos_token", bos, path, err, errlen) < 0 ||
+                token_of(cfg, "eos_token", eos, path, err, errlen) < 0))
+        goto fail;
+    if (stat(jinja, &st) == 0) {
+        size_t len;
+        if (!(*src = read_text(jinja, &len, err, errlen)))
+            goto fail;
+        *name = "chat_template.jinja";
+        json_free(cfg);
+        return 0;
+    }
+    if (!cfg) {
+        snprintf(err, errlen, "%s: no chat_template.jinja and no tokenizer_config.json", dir);
+        goto fail;
+    }
+    const json_value *t = json_get(cfg, "chat_template");
+    if (t && t->type == JSON_ARRAY) {
+        const json_value *pick = NULL;
+        for (size_t i = 0; i < t->count; i++) {
+            const json_value *nm = json_get(&t->items[i], "name");
+            const json_value *tp = json_get(&t->items[i], "template");
+            if (t->items[i].type != JSON_OBJECT || !nm || nm->type != JSON_STRING || !tp ||
+                tp->type != JSON_STRING) {
+                snprintf(err, errlen, "%s: chat_template[%zu]: not a {name, template} object", path, i);
+                goto fail;
+            }
+            if (!strcmp(nm->string, "default"))
+                pick = tp;
+        }
+        if (!pick) {
+            snprintf(err, errlen, "%s: chat_template: a list without a \"default\" template", path);
+            goto fail;
+        }
+        t = pick;
+    }
+    if (!t || t->type == JSON_NULL) {
+        snprintf(err, errlen, "%s: chat_template: missing (the model has no chat template; name a "
+                 "built-in one)", path);
+        goto fail;
+    }
+    if (t->type != JSON_STRING) {
+        snprintf(err, errlen, "%s: chat_template: not a string or a list", path);
+        goto fail;
+    }
+    if (!(*src = strdup(t->string))) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto fail;
+    }
+    *name = "tokenizer_config.json:chat_template";
+    json_free(cfg);
+    return 0;
+fail:
+    json_free(cfg);
+    free(*bos);
+    free(*eos);
+    *bos = *eos = NULL;
+    return -1;
+}
