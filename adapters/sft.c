@@ -74,10 +74,155 @@ static const json_value *string_field(const json_value *o, const char *key, cons
     return v;
 }
 
+/* Appends n tokens as the next example, loss[i] for each (NULL: none yet). */
+static int append(sft_data *d, const int *ids, size_t n, size_t *cap_tokens, size_t *cap_examples)
+{
+    if (reserve(d, cap_tokens, cap_examples, n) < 0)
+        return -1;
+    d->offset[d->n] = d->n_tokens;
+    memcpy(d->ids + d->n_tokens, ids, n * sizeof *ids);
+    memset(d->loss + d->n_tokens, 0, n);
+    d->n_tokens += n;
+    d->offset[++d->n] = d->n_tokens;
+    return 0;
+}
+
+/* The tokens a rendering of the first k messages encodes to (as rendered: no BOS or EOS
+ * added), and its text, both malloc'd. */
+static int render_prefix(const sft_options *o, const json_value *msgs, size_t k, int gen, const tok_tokenizer *tok,
+                         char **text, size_t *len, int **ids, size_t *n, char *err, size_t errlen)
+{
+    json_value view = *msgs;
+    view.count = k;
+    chat_options co = {.add_generation_prompt = gen, .bos_token = o->bos, .eos_token = o->eos, .now = 0};
+    *ids = NULL;
+    if (chat_render(o->chat, &view, &co, text, len, err, errlen) < 0)
+        return -1;
+    int st = tok_encode(tok, *text, *len, 0, 0, ids, n);
+    if (st != TOK_OK) {
+        snprintf(err, errlen, "%s", tok_strerror(st));
+        free(*text);
+        *text = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* How many tokens the rendering of the first k messages (gen: with the generation prompt)
+ * shares from the start with the whole conversation's (full, ids) into *shared: 0; 1 when
+ * its text is not a prefix of the whole's; -1 with why. */
+static int shared_tokens(const sft_options *o, const json_value *msgs, size_t k, int gen, const tok_tokenizer *tok,
+                         const char *full, size_t full_len, const int *ids, size_t n_full, size_t *shared, char *why,
+                         size_t whylen)
+{
+    char *text;
+    size_t len, n;
+    int *part;
+    if (render_prefix(o, msgs, k, gen, tok, &text, &len, &part, &n, why, whylen) < 0)
+        return -1;
+    int rc = len > full_len || memcmp(text, full, len) ? 1 : 0;
+    for (*shared = 0; *shared < n && *shared < n_full && part[*shared] == ids[*shared]; ++*shared)
+        ;
+    free(text);
+    free(part);
+    return rc;
+}
+
+/* The messages of one line, checked (OpenAI's roles; weight 0 or 1 on assistant ones). */
+static int check_messages(const json_value *m, const char *name, size_t line, char *err, size_t errlen)
+{
+    if (m->type != JSON_ARRAY || m->count == 0)
+        return FAIL("%s: line %zu: 'messages' must be a non-empty array", name, line);
+    int assistants = 0;
+    for (size_t i = 0; i < m->count; i++) {
+        const json_value *e = &m->items[i], *role = json_get(e, "role"), *content = json_get(e, "content"),
+                         *w = json_get(e, "weight");
+        if (e->type != JSON_OBJECT)
+            return FAIL("%s: line %zu: 'messages[%zu]' is not an object", name, line, i);
+        if (!role || role->type != JSON_STRING ||
+            (strcmp(role->string, "system") && strcmp(role->string, "user") && strcmp(role->string, "assistant")))
+            return FAIL("%s: line %zu: 'messages[%zu].role' must be \"system\", \"user\" or \"assistant\"", name,
+                        line, i);
+        if (!content || content->type != JSON_STRING)
+            return FAIL("%s: line %zu: 'messages[%zu].content' must be a string", name, line, i);
+        int is_assistant = !strcmp(role->string, "assistant");
+        if (w && (!is_assistant || w->type != JSON_NUMBER || (w->number != 0 && w->number != 1)))
+            return FAIL("%s: line %zu: 'messages[%zu].weight' must be 0 or 1, on an assistant message", name, line,
+                        i);
+        for (size_t k = 0; k < e->count; k++)
+            if (strcmp(e->keys[k], "role") && strcmp(e->keys[k], "content") && strcmp(e->keys[k], "weight"))
+                return FAIL("%s: line %zu: 'messages[%zu].%s' is not a field read here (role, content, weight)", name,
+                            line, i, e->keys[k]);
+        assistants += is_assistant;
+    }
+    if (!assistants)
+        return FAIL("%s: line %zu: 'messages' has no assistant message: nothing would carry loss", name, line);
+    return 0;
+}
+
+/* A conversation: rendered whole; each assistant message's tokens are what its turn adds
+ * to the rendering of the turns before it with the generation prompt. */
+static int add_conversation(sft_data *d, const json_value *o, const char *name, size_t line, const tok_tokenizer *tok,
+                            const sft_options *opt, size_t *cap_tokens, size_t *cap_examples, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < o->count; i++)
+        if (strcmp(o->keys[i], "messages"))
+            return FAIL("%s: line %zu: '%s' is not a field of this file's format (messages)", name, line, o->keys[i]);
+    const json_value *m = json_get(o, "messages");
+    if (!m || check_messages(m, name, line, err, errlen) < 0)
+        return m ? -1 : FAIL("%s: line %zu: 'messages' is missing", name, line);
+    if (!opt->chat)
+        return FAIL("%s: line %zu: 'messages': the model has no chat template", name, line);
+    char *full = NULL, why[512];
+    size_t full_len, n_full;
+    int *ids = NULL, rc = -1;
+    if (render_prefix(opt, m, m->count, 0, tok, &full, &full_len, &ids, &n_full, why, sizeof why) < 0) {
+        rc = FAIL("%s: line %zu: %s", name, line, why);
+        goto done;
+    }
+    if (append(d, ids, n_full, cap_tokens, cap_examples) < 0) {
+        rc = FAIL("%s: line %zu: out of memory", name, line);
+        goto done;
+    }
+    uint8_t *loss = d->loss + d->offset[d->n - 1];
+    /* where each message starts and ends: the renderings up to it must be prefixes */
+    size_t prev = 0; /* tokens of the conversation up to the previous message */
+    for (size_t j = 0; j < m->count; j++) {
+        const json_value *role = json_get(&m->items[j], "role"), *w = json_get(&m->items[j], "weight");
+        int assistant = !strcmp(role->string, "assistant"), learn = !w || w->number != 0;
+        size_t begin = prev, end = 0;
+        /* an assistant's turn starts after the generation prompt */
+        int st = assistant ? shared_tokens(opt, m, j, 1, tok, full, full_len, ids, n_full, &begin, why, sizeof why) : 0;
+        if (st == 0)
+            st = shared_tokens(opt, m, j + 1, 0, tok, full, full_len, ids, n_full, &end, why, sizeof why);
+        if (st) {
+            rc = st < 0 ? FAIL("%s: line %zu: %s", name, line, why)
+                        : FAIL("%s: line %zu: 'messages[%zu]': the template renders the turns up to it differently "
+                               "once later ones follow, so no span of tokens is its own", name, line, j);
+            d->n--; /* the example appended first goes again */
+            d->n_tokens = d->offset[d->n];
+            goto done;
+        }
+        for (size_t i = begin > 0 ? begin : 1; i < end; i++) /* the first token is never a target */
+            loss[i] = assistant && learn;
+        prev = end;
+    }
+    if (opt->train_on_prompt && n_full > 1) /* every token but the first */
+        memset(loss + 1, 1, n_full - 1);
+    rc = 0;
+done:
+    free(full);
+    free(ids);
+    return rc;
+}
+
 /* One line's example: its tokens, and which of them carry loss. */
 static int add_example(sft_data *d, const json_value *o, const char *name, size_t line, const tok_tokenizer *tok,
-                       int train_on_prompt, size_t *cap_tokens, size_t *cap_examples, char *err, size_t errlen)
+                       const sft_options *opt, size_t *cap_tokens, size_t *cap_examples, char *err, size_t errlen)
 {
+    if (d->format == SFT_MESSAGES)
+        return add_conversation(d, o, name, line, tok, opt, cap_tokens, cap_examples, err, errlen);
+    const int train_on_prompt = opt->train_on_prompt;
     const int is_pc = d->format == SFT_PROMPT_COMPLETION;
     static const char *const keys[2][2] = {{"prompt", "completion"}, {"text", NULL}};
     for (size_t i = 0; i < o->count; i++) {
@@ -137,7 +282,7 @@ done:
 }
 
 int sft_parse(sft_data *d, const char *name, const char *text, size_t len, const tok_tokenizer *tok,
-              int train_on_prompt, char *err, size_t errlen)
+              const sft_options *opt, char *err, size_t errlen)
 {
     memset(d, 0, sizeof *d);
     size_t cap_tokens = 0, cap_examples = 0, line = 0;
@@ -162,17 +307,12 @@ int sft_parse(sft_data *d, const char *name, const char *text, size_t len, const
             return -1;
         }
         if (!have_format) {
-            if (json_get(o, "messages")) {
-                FAIL("%s: line %zu: 'messages' (chat) needs the model's chat template, which is not implemented "
-                     "yet; use prompt/completion or text", name, line);
-                json_free(o);
-                sft_free(d);
-                return -1;
-            }
-            d->format = json_get(o, "prompt") || json_get(o, "completion") ? SFT_PROMPT_COMPLETION : SFT_TEXT;
+            d->format = json_get(o, "messages")                                  ? SFT_MESSAGES
+                        : json_get(o, "prompt") || json_get(o, "completion") ? SFT_PROMPT_COMPLETION
+                                                                             : SFT_TEXT;
             have_format = 1;
         }
-        int rc = add_example(d, o, name, line, tok, train_on_prompt, &cap_tokens, &cap_examples, err, errlen);
+        int rc = add_example(d, o, name, line, tok, opt, &cap_tokens, &cap_examples, err, errlen);
         json_free(o);
         if (rc < 0) {
             sft_free(d);
@@ -338,4 +478,41 @@ done:
     llama_acts_free(&acts);
     llama_cache_free(&cache);
     return rc;
+}
+
+int sft_chat_load(sft_chat *c, const char *dir, const char *builtin, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    const char *where = NULL;
+    char why[512];
+    int own = chat_template_load_dir(dir, &c->src, &c->bos, &c->eos, &where, why, sizeof why) == 0;
+    if (builtin) { /* the model's bos_token and eos_token, if it names them, with the built-in */
+        const char *src = chat_template_builtin(builtin);
+        if (!src) {
+            sft_chat_free(c);
+            return FAIL("chat_template: \"%.40s\" is not a built-in template", builtin);
+        }
+        free(c->src);
+        if (!(c->src = strdup(src))) {
+            sft_chat_free(c);
+            return FAIL("out of memory");
+        }
+        where = builtin;
+    } else if (!own) {
+        return 1; /* no template: examples of messages are refused when they come */
+    }
+    if (chat_template_compile(&c->chat, c->src, strlen(c->src), where, err, errlen) < 0) {
+        sft_chat_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+void sft_chat_free(sft_chat *c)
+{
+    chat_template_free(c->chat);
+    free(c->src);
+    free(c->bos);
+    free(c->eos);
+    memset(c, 0, sizeof *c);
 }

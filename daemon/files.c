@@ -430,7 +430,12 @@ int files_load_data(qd *d, const job_data *data, const char *field, const train_
     } else if (sft_is_jsonl(bytes, len)) {
         char name[96];
         snprintf(name, sizeof name, "%s.file_id %s", field, data->file_id);
-        rc = sft_parse(sft, name, bytes, len, d->tok, h->train_on_prompt, err, errlen);
+        sft_chat chat;
+        rc = sft_chat_load(&chat, d->model_dir, NULL, err, errlen) < 0 ? -1 : 0;
+        const sft_options opt = {h->train_on_prompt, chat.chat, chat.bos, chat.eos};
+        if (rc == 0)
+            rc = sft_parse(sft, name, bytes, len, d->tok, &opt, err, errlen);
+        sft_chat_free(&chat);
         if (rc == 0)
             sft_cut(sft, (size_t)h->seq_len + 1), *is_sft = 1;
     } else {

@@ -228,7 +228,12 @@ def _():
                             ['line 2', "'completion' is not a string"]),
                            (['{"prompt": "a", "completion": "b"}', '', '{"text": "c"}'], ['line 3', "'text'"]),
                            (['{"prompt": "a", "completion": "b"}', '{oops'], ['line 2']),
-                           (['{"messages": [{"role": "user", "content": "hi"}]}'], ['line 1', "'messages'", 'template']),
+                           (['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'],
+                            ['line 1', "'messages'", 'no chat template']),
+                           (['{"messages": [{"role": "user", "content": "hi"}]}'], ['line 1', 'no assistant message']),
+                           (['{"messages": [{"role": "robot", "content": "hi"}]}'], ['line 1', "'messages[0].role'"]),
+                           (['{"messages": [{"role": "user", "content": "hi", "weight": 1}]}'],
+                            ['line 1', "'messages[0].weight'"]),
                            (['{"prompt": "a", "completion": ""}'], ['line 1', 'empty'])]:
         open(bad, 'w').write('\n'.join(lines) + '\n')
         rc, out, err = run('train', '--model', MODEL, '--data', bad, '--steps', '2', '--out',

@@ -314,7 +314,8 @@ static void test_sft(const tok_tokenizer *tok)
         "{\"prompt\": \"Lily\", \"completion\": \" smiled.\"}\n";
     sft_data d;
     char err[512];
-    if (sft_parse(&d, "pairs.jsonl", jsonl, sizeof jsonl - 1, tok, 0, err, sizeof err) < 0) {
+    const sft_options plain = {0};
+    if (sft_parse(&d, "pairs.jsonl", jsonl, sizeof jsonl - 1, tok, &plain, err, sizeof err) < 0) {
         CHECK(0, "%s", err);
         test_case("SFT parse");
         return;
@@ -386,6 +387,43 @@ static void test_sft(const tok_tokenizer *tok)
     free(state);
     free(pa);
     free(pr);
+    /* a conversation (the built-in chatml template): the assistant's words and its
+     * end-of-turn marker carry loss, a weight-0 reply, the user's and the system's do not */
+    {
+        static const char chat[] = "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+                                   "{\"role\": \"user\", \"content\": \"Tell me about a cat.\"}, "
+                                   "{\"role\": \"assistant\", \"content\": \"The cat sat.\", \"weight\": 0}, "
+                                   "{\"role\": \"user\", \"content\": \"More.\"}, "
+                                   "{\"role\": \"assistant\", \"content\": \"It was happy.\"}]}\n";
+        chat_template *ct = NULL;
+        const char *src = chat_template_builtin("chatml");
+        sft_data cd = {0};
+        int ok = src && chat_template_compile(&ct, src, strlen(src), "chatml", err, sizeof err) == 0;
+        const sft_options co = {0, ct, NULL, NULL};
+        ok = ok && sft_parse(&cd, "chat.jsonl", chat, sizeof chat - 1, tok, &co, err, sizeof err) == 0;
+        CHECK(ok, "%s", err);
+        char *learned = NULL, *all = NULL;
+        if (ok) { /* the loss-carrying tokens, decoded in runs */
+            int *run = malloc(cd.n_tokens * sizeof(int));
+            size_t k = 0;
+            for (size_t i = 0; run && i < cd.n_tokens; i++)
+                if (cd.loss[i])
+                    run[k++] = cd.ids[i];
+            learned = run ? tok_decode_all(tok, 0, run, k) : NULL;
+            all = tok_decode_all(tok, 0, cd.ids, cd.n_tokens);
+            free(run);
+        }
+        CHECK(learned && all && strstr(learned, "It was happy.<|im_end|>") && !strstr(learned, "The cat sat") &&
+                  !strstr(learned, "Tell me") && !strstr(learned, "brief") && !strstr(learned, "assistant") &&
+                  strstr(all, "<|im_start|>assistant\nThe cat sat.<|im_end|>"),
+              "learned text '%s' of '%s'", learned ? learned : "?", all ? all : "?");
+        free(learned);
+        free(all);
+        sft_free(&cd);
+        chat_template_free(ct);
+        test_case("SFT messages (chatml): only the weighted assistant reply and its <|im_end|> carry loss");
+    }
+
     /* a recovery job on examples is refused */
     h.method = TRAIN_RECOVERY;
     CHECK(trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) < 0 && strstr(err, "method"), "%s", err);

@@ -137,15 +137,17 @@ static int tokens_from_json(const char *cmd, const char *path, token_set *set)
 }
 
 int tool_sft_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, const train_hyper *h,
-                  sft_data *d, int *is_sft)
+                  const sft_chat *chat, sft_data *d, int *is_sft)
 {
+    const sft_options opt = {h->train_on_prompt, chat ? chat->chat : NULL, chat ? chat->bos : NULL,
+                             chat ? chat->eos : NULL};
     const void *text;
     size_t len;
     char err[600];
     if (map_file(path, &text, &len, err, sizeof err) < 0)
         return tool_fail(cmd, "%s: cannot read %s", flag, err);
     *is_sft = sft_is_jsonl(text, len);
-    int rc = *is_sft && sft_parse(d, path, text, len, tok, h->train_on_prompt, err, sizeof err) < 0;
+    int rc = *is_sft && sft_parse(d, path, text, len, tok, &opt, err, sizeof err) < 0;
     unmap_file(text, len);
     if (rc)
         return tool_fail(cmd, "%s: %s", flag, err);
@@ -176,7 +178,12 @@ static int eval_examples(const char *cmd, const char *path, const llama_model *m
 {
     train_hyper h = {.seq_len = llama_eval_window(&m->cfg) - 1};
     sft_data d = {0};
-    int is_sft = 0, rc = tool_sft_file(cmd, "--examples", path, tok, &h, &d, &is_sft);
+    sft_chat chat;
+    char why[512];
+    if (sft_chat_load(&chat, m->dir, NULL, why, sizeof why) < 0)
+        return tool_fail(cmd, "%s", why);
+    int is_sft = 0, rc = tool_sft_file(cmd, "--examples", path, tok, &h, &chat, &d, &is_sft);
+    sft_chat_free(&chat);
     if (rc)
         return rc;
     if (!is_sft)

@@ -57,7 +57,7 @@ static int on_event(void *p, trainer *t, train_event ev, const train_progress *p
 
 int cmd_train(int argc, char **argv)
 {
-    const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL;
+    const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL, *chat_name = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0};
     train_hyper h;
     int e, have_lr = 0, have_seq = 0, have_warmup = 0;
@@ -85,6 +85,7 @@ int cmd_train(int argc, char **argv)
         if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--eval-data")) eval_data = v;
         else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--chat-template")) chat_name = v;
         else if (!strncmp(a, "--", 2) && train_vocab_of(a + 2, strlen(a + 2))) { /* --method, --schedule, --init */
             const train_vocab *vocab = train_vocab_of(a + 2, strlen(a + 2));
             if (train_vocab_set(vocab, &h, v, strlen(v)) < 0) {
@@ -137,17 +138,22 @@ int cmd_train(int argc, char **argv)
     int *ids = NULL, *eval_ids = NULL, have_teacher = 0, is_sft = 0;
     size_t n = 0, n_eval = 0;
     sft_data sft = {0}, eval_sft = {0};
+    sft_chat chat = {0};
     trainer t;
     memset(&t, 0, sizeof t);
+    if (sft_chat_load(&chat, o.dir, chat_name, err, sizeof err) < 0) {
+        rc = tool_fail(cmd, "%s", err);
+        goto done;
+    }
     if (train_hyper_check(&h, &m.cfg, err, sizeof err) < 0) {
         rc = tool_fail(cmd, "%s", err);
         goto done;
     }
-    if ((rc = tool_sft_file(cmd, "--data", data, tok, &h, &sft, &is_sft)))
+    if ((rc = tool_sft_file(cmd, "--data", data, tok, &h, &chat, &sft, &is_sft)))
         goto done;
     if (is_sft) { /* examples (JSONL): eval data must be examples too */
         int eval_is_sft = 1;
-        if (eval_data && (rc = tool_sft_file(cmd, "--eval-data", eval_data, tok, &h, &eval_sft, &eval_is_sft)))
+        if (eval_data && (rc = tool_sft_file(cmd, "--eval-data", eval_data, tok, &h, &chat, &eval_sft, &eval_is_sft)))
             goto done;
         if (!eval_is_sft) {
             rc = tool_fail(cmd, "--eval-data: %s is plain text, --data holds examples (JSONL)", eval_data);
@@ -175,7 +181,7 @@ int cmd_train(int argc, char **argv)
            h.rank, h.alpha, h.lr, h.steps, h.batch * h.grad_accum, h.seq_len);
     if (is_sft)
         printf("examples: %zu (%s), %zu tokens of which %zu carry loss, %zu cut to seq_len + 1\n", sft.n,
-               sft.format == SFT_TEXT ? "text" : "prompt/completion", sft.n_tokens, sft.loss_tokens, sft.truncated);
+               sft.format == SFT_TEXT ? "text" : sft.format == SFT_MESSAGES ? "messages" : "prompt/completion", sft.n_tokens, sft.loss_tokens, sft.truncated);
     if (t.n_eval) { /* before training: the base alone (or the LoftQ start) */
         double start;
         if (trainer_eval(&t, &start, err, sizeof err) == 0)
@@ -193,6 +199,7 @@ done:
     free(eval_ids);
     sft_free(&sft);
     sft_free(&eval_sft);
+    sft_chat_free(&chat);
     if (have_teacher)
         llama_free(&teacher);
     tok_free(tok);

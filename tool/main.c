@@ -22,8 +22,9 @@ static const struct {
      "train --model DIR [--quant F] --data FILE [--eval-data FILE] [--method lora|recovery] "
      "[--rank R --alpha A --targets LIST --lr LR --steps N --batch B --seq-len T --grad-accum G "
      "--warmup W --schedule cosine|constant --seed S --init default|loftq --dropout P "
-     "--weight-decay WD --max-grad-norm N --rslora --eval-every N --checkpoint-every N --recompute] "
-     "--out ADAPTER.safetensors"},
+     "--weight-decay WD --max-grad-norm N --rslora --eval-every N --checkpoint-every N --recompute "
+     "--train-on-prompt --chat-template NAME] --out ADAPTER.safetensors  (--data: text, or JSONL examples: "
+     "prompt/completion, text or messages)"},
     {"generate", cmd_generate,
      "generate --model DIR [--quant F] [--adapter FILE] --prompt TEXT [-n N] [--temperature T] "
      "[--top-p P] [--seed S]"},

@@ -38,10 +38,11 @@ int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tok
  * flag and path. */
 int tool_tokenize_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, int **ids,
                        size_t *n);
-/* A JSONL file of examples (sft.h) into d, cut to h's seq_len + 1, with *is_sft 1; a file
+/* A JSONL file of examples (sft.h; conversations rendered with chat, which may be NULL)
+ * into d, cut to h's seq_len + 1, with *is_sft 1; a file
  * that is not JSONL leaves d empty with *is_sft 0 (plain text: tool_tokenize_file). */
 int tool_sft_file(const char *cmd, const char *flag, const char *path, const tok_tokenizer *tok, const train_hyper *h,
-                  sft_data *d, int *is_sft);
+                  const sft_chat *chat, sft_data *d, int *is_sft);
 
 /* Loads a PEFT adapter file for model m, refusing one trained on another base. */
 int tool_load_adapter(const char *cmd, const char *path, const llama_model *m, llama_lora *ad);

@@ -4,11 +4,21 @@
  * A JSONL file holds one example per line, every line of one format:
  *   {"prompt": str, "completion": str}  the completion's tokens (and EOS) carry loss, the
  *                                       prompt's do not (unless train_on_prompt);
- *   {"text": str}                       every token carries loss (and EOS is added).
+ *   {"text": str}                       every token carries loss (and EOS is added);
+ *   {"messages": [{"role", "content", "weight"?}]}  OpenAI's chat fine-tuning format,
+ *                                       rendered with the model's chat template as
+ *                                       transformers' apply_chat_template does; the
+ *                                       tokens of each assistant message (its end-of-turn
+ *                                       marker included) carry loss unless its weight is
+ *                                       0, the others' do not (unless train_on_prompt).
  * As TRL's SFTTrainer, prompt + completion is encoded as one text (so that the tokens at
  * the seam are the ones the model sees), and the prompt's share is the tokens its own
- * encoding shares with it from the start. Chat ("messages") needs the model's chat
- * template, and is refused by name until it exists here.
+ * encoding shares with it from the start. A conversation is encoded as rendered (the
+ * template writes BOS and its markers: nothing is added), and assistant message j's share
+ * is what the rendering of messages[..j] adds to that of messages[..j-1] with the
+ * generation prompt; a template that renders earlier turns differently once later ones
+ * follow (Qwen3 drops past reasoning) is refused for such a conversation, since no span
+ * of tokens is then the message's.
  *
  * Packing (sft_fill_rows): examples, in an order shuffled afresh each epoch from the seed,
  * fill each row of seq_len + 1 tokens in turn; the next example that does not fit starts
@@ -20,10 +30,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat_template.h"
 #include "forward.h"
 #include "tokenizer.h"
 
-typedef enum { SFT_PROMPT_COMPLETION, SFT_TEXT } sft_format;
+typedef enum { SFT_PROMPT_COMPLETION, SFT_TEXT, SFT_MESSAGES } sft_format;
+
+typedef struct {
+    int train_on_prompt;
+    const chat_template *chat; /* messages: the model's template (NULL: messages refused) */
+    const char *bos, *eos;     /* its bos_token and eos_token strings (may be NULL) */
+} sft_options;
 
 typedef struct {
     sft_format format;
@@ -35,11 +52,22 @@ typedef struct {
     size_t loss_tokens;  /* targets that carry loss, over all examples */
 } sft_data;
 
+/* A model's chat template, compiled, with its bos_token and eos_token strings. */
+typedef struct {
+    chat_template *chat;
+    char *src, *bos, *eos;
+} sft_chat;
+/* dir's own template (chat_template_load_dir), or the built-in named builtin (non-NULL)
+ * with dir's bos/eos tokens when it has them. 0; 1 when dir has none and builtin is NULL
+ * (c empty); -1 with a message for a template that does not compile or an unknown name. */
+int sft_chat_load(sft_chat *c, const char *dir, const char *builtin, char *err, size_t errlen);
+void sft_chat_free(sft_chat *c);
+
 /* Parses the len bytes of a JSONL file named name (for messages) and encodes its
  * examples with tok. -1 with a message naming the file, the line and the field at fault
  * (nothing is kept then). */
 int sft_parse(sft_data *d, const char *name, const char *text, size_t len, const tok_tokenizer *tok,
-              int train_on_prompt, char *err, size_t errlen);
+              const sft_options *opt, char *err, size_t errlen);
 /* Whether the len bytes look like JSONL examples (a first non-blank byte '{'). */
 int sft_is_jsonl(const char *text, size_t len);
 /* Cuts every example to at most max_len tokens (counting them in truncated). */
