@@ -427,7 +427,7 @@ int files_load_tokens(qd *d, const job_data *data, const char *field, int **ids,
         *n = len / 4;
         rc = 0;
     } else {
-        rc = tok_encode(d->tok, bytes, len, 1, 0, ids, n);
+        rc = tok_encode(d->tok, bytes, len, TOK_ADD_SPECIAL, ids, n);
         if (rc < 0)
             snprintf(err, errlen, "%s.file_id: %s: %s", field, data->file_id, tok_strerror(rc));
     }

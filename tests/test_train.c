@@ -32,7 +32,7 @@ static int *read_text(const char *path, const tok_tokenizer *tok, size_t limit, 
     size_t len = buf ? fread(buf, 1, limit, f) : 0;
     fclose(f);
     int *ids = NULL;
-    if (!buf || tok_encode(tok, buf, len, 1, 0, &ids, n) < 0)
+    if (!buf || tok_encode(tok, buf, len, TOK_ADD_SPECIAL, &ids, n) < 0)
         ids = NULL;
     free(buf);
     return ids;
