@@ -584,6 +584,8 @@ typedef struct {
     size_t s_cap;
     heap h;
     char *norm;         /* a stretch in NFC */
+    struct word_cache *cache; /* pre-tokens met in this text and their ids; NULL: none yet */
+    int use_cache;      /* the text is long enough (CACHE_TEXT) */
 } encoder;
 
 static int push_id(encoder *e, int id)
@@ -655,9 +657,101 @@ static int encode_word(encoder *e, const char *text, size_t n, int32_t prefix)
     return TOK_OK;
 }
 
+/* Pre-tokens repeat (words: a few thousand cover most of a text), so one tok_encode keeps
+ * the ids of the short ones it has merged, as Hugging Face's BPE keeps a cache: the same
+ * pre-token always merges to the same ids. Per call, so that threads share nothing;
+ * bounded: once full, new words are merged and not kept. */
+#define CACHE_SLOTS 4096    /* at most half of them used */
+#define CACHE_WORD 32       /* longer pre-tokens are rare and not kept */
+#define CACHE_TEXT 4096 /* a shorter text repeats too little to pay for the cache */
+
+typedef struct {
+    uint32_t hash, off, len, ids_off, n_ids; /* len 0: empty */
+} cache_slot;
+
+struct word_cache {
+    cache_slot slot[CACHE_SLOTS];
+    size_t used;
+    char bytes[CACHE_SLOTS / 2 * CACHE_WORD];
+    int32_t ids[CACHE_SLOTS / 2 * CACHE_WORD]; /* a word never merges to more ids than bytes */
+    size_t n_bytes, n_ids;
+};
+
 static int on_pretoken(void *ctx, const char *s, size_t n)
 {
-    return encode_word(ctx, s, n, -1);
+    encoder *e = ctx;
+    if (n > CACHE_WORD || !e->use_cache)
+        return encode_word(e, s, n, -1);
+    if (!e->cache && !(e->cache = calloc(1, sizeof *e->cache)))
+        return TOK_NOMEM;
+    struct word_cache *c = e->cache;
+    uint32_t h = fnv1a(FNV_BASIS, s, n), i = h & (CACHE_SLOTS - 1);
+    for (; c->slot[i].len; i = (i + 1) & (CACHE_SLOTS - 1)) {
+        const cache_slot *w = &c->slot[i];
+        if (w->hash == h && w->len == n && memcmp(c->bytes + w->off, s, n) == 0) {
+            for (uint32_t k = 0; k < w->n_ids; k++)
+                if (push_id(e, c->ids[w->ids_off + k]) < 0)
+                    return TOK_NOMEM;
+            return TOK_OK;
+        }
+    }
+    size_t before = e->n;
+    int status = encode_word(e, s, n, -1);
+    if (status != TOK_OK || c->used == CACHE_SLOTS / 2)
+        return status;
+    cache_slot *w = &c->slot[i]; /* the empty slot the probe ended on */
+    *w = (cache_slot){h, (uint32_t)c->n_bytes, (uint32_t)n, (uint32_t)c->n_ids, (uint32_t)(e->n - before)};
+    memcpy(c->bytes + c->n_bytes, s, n);
+    for (size_t k = before; k < e->n; k++)
+        c->ids[c->n_ids++] = e->ids[k];
+    c->n_bytes += n;
+    c->used++;
+    return TOK_OK;
+}
+
+/* The NFC of s[0..n) (valid UTF-8) into e->norm, its length in *len; 0 or -1 (out of
+ * memory). ASCII is its own NFC, and no character composes with an ASCII one after it, so
+ * the text is cut before each ASCII character and only the pieces that hold others (with
+ * the ASCII character before them, which may compose with them: "e" U+0301) go through
+ * utf8proc: natural text is mostly ASCII, which is then only copied. */
+static int nfc(encoder *e, const char *s, size_t n, size_t *len)
+{
+    char *out = realloc(e->norm, n ? n : 1), *grown; /* NFC may grow a piece: realloc'd below */
+    size_t k = 0, cap = n ? n : 1;
+    if (!out)
+        return -1;
+    e->norm = out;
+    for (size_t i = 0; i < n;) {
+        size_t j = i, m;
+        while (j < n && (unsigned char)s[j] < 0x80)
+            j++;
+        size_t from = j > i ? j - 1 : j; /* the ASCII character before goes with the others */
+        for (m = j; m < n && (unsigned char)s[m] >= 0x80; m++)
+            ;
+        utf8proc_uint8_t *piece = NULL;
+        utf8proc_ssize_t pl = 0;
+        if (m > j && (pl = utf8proc_map((const utf8proc_uint8_t *)s + from, (utf8proc_ssize_t)(m - from), &piece,
+                                        UTF8PROC_STABLE | UTF8PROC_COMPOSE)) < 0)
+            return -1; /* UTF8PROC_ERROR_NOMEM: the text was made valid UTF-8 */
+        size_t copy = m > j ? from - i : j - i;
+        if (k + copy + (size_t)pl > cap) {
+            cap = 2 * (k + copy + (size_t)pl);
+            if (!(grown = realloc(e->norm, cap))) {
+                free(piece);
+                return -1;
+            }
+            e->norm = grown;
+        }
+        memcpy(e->norm + k, s + i, copy);
+        k += copy;
+        if (piece)
+            memcpy(e->norm + k, piece, (size_t)pl);
+        k += (size_t)pl;
+        free(piece);
+        i = m;
+    }
+    *len = k;
+    return 0;
 }
 
 /* A stretch of text between added tokens: normalized, pre-tokenized, merged. */
@@ -669,14 +763,10 @@ static int encode_stretch(encoder *e, const char *s, size_t n)
     if (!t->byte_level) /* sentencepiece's normalizer: the dummy prefix (run.c's, too) */
         return encode_word(e, s, n, t->space_id >= 0 ? t->space_id : t->byte_id[' ']);
     if (t->nfc) {
-        utf8proc_uint8_t *out;
-        utf8proc_ssize_t len = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &out,
-                                            UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-        if (len < 0)
-            return TOK_NOMEM; /* UTF8PROC_ERROR_NOMEM: the text was made valid UTF-8 */
-        free(e->norm);
-        e->norm = (char *)out;
-        s = e->norm, n = (size_t)len;
+        size_t len;
+        if (nfc(e, s, n, &len) < 0)
+            return TOK_NOMEM;
+        s = e->norm, n = len;
     }
     /* the pre-tokens are cut from e->norm, which no pre-token replaces */
     return t->pre ? pretok_run(t->pre, s, n, on_pretoken, e) : encode_word(e, s, n, -1);
@@ -728,7 +818,7 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int flags, in
     if (n >= (size_t)UINT32_MAX - 8)
         return TOK_NOMEM;
     /* the ids grow with the output (about a quarter of the bytes in natural text) */
-    encoder e = {t, malloc(64 * sizeof(int)), 0, 64, NULL, 0, {0}, NULL};
+    encoder e = {t, malloc(64 * sizeof(int)), 0, 64, NULL, 0, {0}, NULL, NULL, n >= CACHE_TEXT};
     int nomem = 0, status = TOK_NOMEM;
     char *valid = t->byte_level ? valid_utf8(text, n, &n, &nomem) : NULL;
     if (!e.ids || nomem)
@@ -753,6 +843,7 @@ done:
     free(e.s);
     free(e.h.k);
     free(e.norm);
+    free(e.cache);
     free(valid);
     return status;
 }
