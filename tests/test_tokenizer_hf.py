@@ -162,12 +162,12 @@ def first_difference(a, b):
     return i
 
 
-def check_file(name):
-    tok = load(name)
-    path = os.path.join(TOKENIZERS, name, 'tokenizer.json')
+def check_file(name, tok=None, path=None, texts=None):
+    tok = tok or load(name)
+    path = path or os.path.join(TOKENIZERS, name, 'tokenizer.json')
     V = vocab_size(tok)
     byte_level = tok['decoder'].get('type') == 'ByteLevel'
-    texts = compared(name, tok)
+    texts = texts or compared(name, tok)
     ours = {flags: helper(path, V, texts, flags) for flags in (0, ADD, SPLIT, ADD | SPLIT)}
     strs = [t.decode('utf-8', errors='replace') for t in texts]
     decode_ids = [ids for ids, *_ in ours[ADD]]
@@ -202,6 +202,31 @@ def _():
 for _name in FILES:
     case('%s: ids (4 modes) and decodes equal Hugging Face tokenizers on data and hard cases' % _name)(
         lambda name=_name: check_file(name))
+
+
+@case('added tokens with lstrip, rstrip and single_word (a qwen3 variant): ids equal Hugging Face')
+def _():
+    tok = load('qwen3')
+    flags = {151644: ('lstrip', 'rstrip'), 151645: ('rstrip',), 151667: ('single_word',),
+             151668: ('lstrip', 'single_word'), 151657: ('single_word', 'rstrip')}
+    for a in tok['added_tokens']:
+        for f in flags.get(a['id'], ()):
+            a[f] = True
+    path = os.path.join(tmp, 'qwen3-strip.json')
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(tok, f, ensure_ascii=False)
+    marks = [a['content'] for a in tok['added_tokens'] if a['id'] in flags]
+    around = [' ', '  ', '\t', '\n', '\u3000', '\u00a0', '\u2003', 'x', 'word', '_', '9', '\u00e9', '-', '.',
+              '\u0301', '\u65e5', '\U0001f642', '']
+    texts = []
+    for m in marks:
+        for a in around:
+            for b in around:
+                texts.append((a + m + b).encode())
+                texts.append(('Hi' + a + m + b + 'there' + a + m).encode())
+    for _ in range(1500):
+        texts.append(''.join(rng.choice(marks + around) for _ in range(rng.randrange(1, 14))).encode())
+    check_file('qwen3 (lstrip, rstrip, single_word)', tok, path, texts)
 
 
 @case('no special token hides an overlapping non-special one (what the split reference assumes)')
