@@ -20,12 +20,13 @@
  * - byte-level (GPT-2, Llama 3, Qwen): byte_fallback false, pieces spelled in GPT-2's
  *   bytes_to_unicode alphabet (all 256 of its characters in the vocab), the decoder
  *   ByteLevel, model.ignore_merges (a pre-token that is itself a piece is one id) as the
- *   file says; the normalizer null or NFC (utf8proc); the pre_tokenizer a ByteLevel (its
- *   add_prefix_space; use_regex: GPT-2's regex) or a Split (pattern Regex, compiled once
- *   by Oniguruma with the syntax and options Hugging Face's onig crate uses, or String;
- *   behavior Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous; invert),
- *   or a Sequence of them. Invalid UTF-8 in a text is read as U+FFFD, one for each maximal
- *   invalid subpart (as Python, Rust and node decode bytes), before anything else.
+ *   file says; the normalizer null or NFC (utf8proc); the pre_tokenizer one ByteLevel (its
+ *   add_prefix_space; use_regex: GPT-2's regex), alone or last in a Sequence after Splits
+ *   (pattern Regex, compiled once by Oniguruma with the syntax and options Hugging Face's
+ *   onig crate uses, or String; behavior Removed, Isolated, MergedWithPrevious,
+ *   MergedWithNext or Contiguous; invert). Invalid UTF-8 in a text is read as U+FFFD, one
+ *   for each maximal invalid subpart (as Python, Rust and node decode bytes), before
+ *   anything else.
  * Both: added_tokens (id, content; special, lstrip, rstrip, single_word; normalized must be
  * false) are found in the text first, leftmost and then longest, as Hugging Face's
  * AddedVocabulary does; the text between them is normalized and pre-tokenized apart. The
