@@ -98,7 +98,7 @@ static int render_prefix(const sft_options *o, const json_value *msgs, size_t k,
     *ids = NULL;
     if (chat_render(o->chat, &view, &co, text, len, err, errlen) < 0)
         return -1;
-    int st = tok_encode(tok, *text, *len, 0, 0, ids, n);
+    int st = tok_encode(tok, *text, *len, 0, ids, n); /* as rendered: nothing added, markers matched */
     if (st != TOK_OK) {
         snprintf(err, errlen, "%s", tok_strerror(st));
         free(*text);
@@ -244,9 +244,18 @@ static int add_example(sft_data *d, const json_value *o, const char *name, size_
     memcpy(text, a->string, la);
     if (b)
         memcpy(text + la, b->string, lb);
-    int st = tok_encode(tok, text, la + lb, 1, 1, &whole, &n_whole);
+    /* as transformers' tokenizer(text): what the post-processor adds, special tokens matched */
+    int st = tok_encode(tok, text, la + lb, TOK_ADD_SPECIAL, &whole, &n_whole);
     if (st == TOK_OK && is_pc)
-        st = tok_encode(tok, text, la, 1, 0, &head, &n_head);
+        st = tok_encode(tok, text, la, TOK_ADD_SPECIAL, &head, &n_head);
+    const int eos = tok_eos_id(tok);
+    if (st == TOK_OK && eos >= 0 && (n_whole == 0 || whole[n_whole - 1] != eos)) { /* EOS ends what is said */
+        int *more = realloc(whole, (n_whole + 1) * sizeof *whole);
+        if (!more)
+            goto oom;
+        whole = more;
+        whole[n_whole++] = eos;
+    }
     if (st != TOK_OK) {
         if (st == TOK_NOMEM)
             goto oom;

@@ -439,7 +439,7 @@ int files_load_data(qd *d, const job_data *data, const char *field, const train_
         if (rc == 0)
             sft_cut(sft, (size_t)h->seq_len + 1), *is_sft = 1;
     } else {
-        rc = tok_encode(d->tok, bytes, len, 1, 0, ids, n);
+        rc = tok_encode(d->tok, bytes, len, TOK_ADD_SPECIAL, ids, n);
         if (rc < 0)
             snprintf(err, errlen, "%s.file_id: %s: %s", field, data->file_id, tok_strerror(rc));
     }

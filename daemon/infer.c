@@ -113,11 +113,15 @@ static int *read_token_list(req *r, const msgpack_object *a, const char *what, s
     return ids;
 }
 
-/* Encodes the text of argument field (BOS first) or answers why not: busy if out of
- * memory, invalid_argument for a text the tokenizer refuses. Returns 0 or -1 (answered). */
-static int encode_arg(req *r, const char *field, const char *text, size_t n, int **ids, size_t *n_ids)
+/* Encodes the text of argument field (with what the tokenizer adds: BOS for Llama), its
+ * special tokens as text if the argument special is false, or answers why not: busy if
+ * out of memory, invalid_argument for a text the tokenizer refuses. Returns 0 or -1
+ * (answered). */
+static int encode_arg(req *r, const char *field, const char *text, size_t n, const msgpack_object *special,
+                      int **ids, size_t *n_ids)
 {
-    int rc = tok_encode(r->d->tok, text, n, 1, 0, ids, n_ids);
+    int flags = TOK_ADD_SPECIAL | (special && !special->via.boolean ? TOK_SPLIT_SPECIAL : 0);
+    int rc = tok_encode(r->d->tok, text, n, flags, ids, n_ids);
     if (rc < 0)
         reply_error(r, rc == TOK_NOMEM ? ERR_BUSY : ERR_INVALID_ARGUMENT, "%s: %s", field, tok_strerror(rc));
     return rc < 0 ? -1 : 0;
@@ -128,7 +132,7 @@ void op_tokenize(req *r)
     int *ids;
     size_t n;
     const msgpack_object *text = r->arg[TOKENIZE_TEXT];
-    if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n) < 0)
+    if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, r->arg[TOKENIZE_SPECIAL], &ids, &n) < 0)
         return;
     infer_result res = {.tokens = {ids, n}};
     mp_out o;
@@ -151,7 +155,7 @@ void op_eval(req *r)
     size_t *lens = NULL;
     int *ids = NULL, **lists = NULL, ok = 1;
     if (text) {
-        if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, &ids, &n_ids) < 0)
+        if (encode_arg(r, "text", text->via.str.ptr, text->via.str.size, r->arg[EVAL_SPECIAL], &ids, &n_ids) < 0)
             return;
         if (n_ids < 2)
             ok = 0, reply_error(r, ERR_INVALID_ARGUMENT, "text: fewer than 2 tokens");
@@ -276,15 +280,21 @@ void op_generate(req *r)
     } else {
         const char *text = prompt ? prompt->via.str.ptr : "";
         size_t bytes = prompt ? prompt->via.str.size : 0, per = tok_max_token_bytes(d->tok);
-        /* BOS and at least bytes / per ids: a prompt this long cannot leave room, whatever it
-         * says, and is refused before tokenizing (which costs memory per byte) */
-        if (bytes / per + 1 >= (size_t)S) {
+        /* at least bytes / per ids (and what the tokenizer adds, BOS for Llama): a prompt this
+         * long cannot leave room, whatever it says, and is refused before tokenizing (which
+         * costs memory per byte) */
+        if (bytes / per >= (size_t)S) {
             reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu bytes are at least %zu tokens (a token covers at most %zu bytes), "
-                        "which leave no room in the context of %d", bytes, bytes / per + 1, per, S);
+                        "which leave no room in the context of %d", bytes, bytes / per, per, S);
             return;
         }
-        if (encode_arg(r, "prompt", text, bytes, &ids, &n) < 0)
+        if (encode_arg(r, "prompt", text, bytes, r->arg[GEN_SPECIAL], &ids, &n) < 0)
             return;
+        if (n == 0) { /* a tokenizer that adds no BOS, and an empty prompt */
+            reply_error(r, ERR_INVALID_ARGUMENT, "prompt: no tokens (this tokenizer adds no BOS): give some text");
+            free(ids);
+            return;
+        }
         if (n >= (size_t)S) {
             reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu tokens leave no room in the context of %d", n, S);
             free(ids);
@@ -303,7 +313,9 @@ void op_generate(req *r)
         return;
     }
     int *out = malloc(max_tokens * sizeof *out), n_out = 0;
-    llama_sampling s = {(float)temperature, (float)top_p, r->arg[GEN_SEED] ? r->arg[GEN_SEED]->via.u64 : 0};
+    llama_sampling s = {(float)temperature, (float)top_p, r->arg[GEN_SEED] ? r->arg[GEN_SEED]->via.u64 : 0,
+                        NULL, 0};
+    s.stop = tok_stop_ids(d->tok, &s.n_stop);
     stream_ctx sc = {r, ids[n - 1], {0}, 0};
     int stream = r->arg[GEN_STREAM] && r->arg[GEN_STREAM]->via.boolean;
     char err[512];

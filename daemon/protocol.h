@@ -88,11 +88,16 @@ enum { OPTIONAL, REQUIRED };
  * arguments' positions, OP_SUFFIX, by which its handler reads r->arg (GEN_STREAM). */
 #define NO_ARGS(A, OP)
 #define AUTH_ARGS(A, OP) A(OP, TOKEN, "token", T_STR, REQUIRED)
-#define TOKENIZE_ARGS(A, OP) A(OP, TEXT, "text", T_STR, REQUIRED)
+/* special (default true): special tokens written in the text are their ids; false reads
+ * them as plain text (for untrusted text) */
+#define TOKENIZE_ARGS(A, OP)                           \
+    A(OP, TEXT, "text", T_STR, REQUIRED)               \
+    A(OP, SPECIAL, "special", T_BOOL, OPTIONAL)
 #define EVAL_ARGS(A, OP)                               \
     A(OP, TOKENS, "tokens", T_ARRAY, OPTIONAL)         \
     A(OP, TEXT, "text", T_STR, OPTIONAL)               \
-    A(OP, ADAPTER, "adapter", T_STR | T_NIL, OPTIONAL)
+    A(OP, ADAPTER, "adapter", T_STR | T_NIL, OPTIONAL) \
+    A(OP, SPECIAL, "special", T_BOOL, OPTIONAL)
 #define GENERATE_ARGS(A, OP)                           \
     A(OP, PROMPT, "prompt", T_STR, OPTIONAL)           \
     A(OP, TOKENS, "tokens", T_ARRAY, OPTIONAL)         \
@@ -101,7 +106,8 @@ enum { OPTIONAL, REQUIRED };
     A(OP, TOP_P, "top_p", T_NUM, OPTIONAL)             \
     A(OP, SEED, "seed", T_UINT, OPTIONAL)              \
     A(OP, ADAPTER, "adapter", T_STR | T_NIL, OPTIONAL) \
-    A(OP, STREAM, "stream", T_BOOL, OPTIONAL)
+    A(OP, STREAM, "stream", T_BOOL, OPTIONAL)          \
+    A(OP, SPECIAL, "special", T_BOOL, OPTIONAL)
 #define SUBMIT_ARGS(A, OP)                                 \
     A(OP, ADAPTER, "adapter", T_STR, REQUIRED)             \
     A(OP, DATA, "data", T_MAP, REQUIRED)                   \

@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
-
 static float random_unit(uint64_t *state) /* xorshift64*, as llama2.c's sampler */
 {
     *state ^= *state >> 12;
@@ -126,7 +124,10 @@ int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt
     int pos = n_prompt;
     while (*n_out < max_new) {
         int next = llama_sample(logits, c->vocab_size, s, &rng);
-        if (next == TOK_BOS || next == TOK_EOS)
+        size_t k = 0;
+        while (k < s->n_stop && s->stop[k] != next)
+            k++;
+        if (k < s->n_stop)
             break;
         out[(*n_out)++] = next;
         if ((fn && fn(ctx, next)) || pos >= S)

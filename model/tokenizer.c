@@ -21,16 +21,26 @@
  * are the same as if the other side were not there, in the same relative order. The
  * encoder cuts the text at such points (in natural text, before a space) into chunks of a
  * few KiB and encodes one chunk at a time, so that its symbols and heap cost per chunk,
- * not per text; a text without such a point (one letter repeated) is one chunk. */
+ * not per text; a text without such a point (one letter repeated) is one chunk.
+ *
+ * Around that loop, for tokenizer.json, the steps Hugging Face's tokenizers takes: added
+ * tokens found first (added_tokens.c); each stretch between them normalized (NFC, or
+ * sentencepiece's dummy prefix and "▁" spaces, which initial_symbols makes) and cut into
+ * pre-tokens (pretokenize.c); each pre-token through the merge loop on its own; then the
+ * post-processor's ids around it all. A byte-level pre-token starts as one symbol per
+ * byte (the alphabet's characters are one per byte); a sentencepiece one as one per
+ * character, or its byte tokens. */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <utf8proc.h>
 
 #include "mapfile.h"
 #include "tokenizer_impl.h"
+#include "utf8.h"
 
 #define N_SPECIAL 3      /* <unk>, BOS, EOS; in tokenizer.bin byte b is b + 3 */
 #define NONE UINT32_MAX  /* no neighbour in the symbol list */
@@ -156,7 +166,9 @@ static tok_tokenizer *tok_new(int vocab_size)
     t->len = calloc(V, sizeof *t->len);
     t->hash = calloc(V, sizeof *t->hash);
     t->table = malloc(cap * sizeof *t->table);
-    if (!t->offset || !t->len || !t->hash || !t->table) {
+    t->special = calloc(V, 1);
+    t->bos_id = t->eos_id = -1;
+    if (!t->offset || !t->len || !t->hash || !t->table || !t->special) {
         tok_free(t);
         return NULL;
     }
@@ -298,9 +310,23 @@ int tok_load(tok_tokenizer **out, const char *path, int vocab_size, char *err, s
     tok_tokenizer *t = tok_new(vocab_size);
     if (!t)
         return tok_fail(err, errlen, path, "out of memory for %d tokens", vocab_size);
-    int rc;
+    /* the directory, for the files beside the tokenizer */
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) : 1;
+    char *dir = malloc(dlen + 1);
+    int rc = -1;
+    if (!dir) {
+        tok_free(t);
+        return tok_fail(err, errlen, path, "out of memory");
+    }
+    memcpy(dir, slash ? path : ".", dlen);
+    dir[dlen] = 0;
     if (ends_with(path, ".json")) {
-        rc = tok_load_json(t, path, err, errlen);
+        json_value *root;
+        rc = tok_load_json(t, path, &root, err, errlen);
+        if (rc == 0)
+            rc = tok_load_config(t, root, path, dir, err, errlen);
+        json_free(root);
     } else {
         const void *data;
         size_t size;
@@ -309,7 +335,10 @@ int tok_load(tok_tokenizer **out, const char *path, int vocab_size, char *err, s
             rc = load_bin(t, data, size, path, err, errlen);
             unmap_file(data, size);
         }
+        if (rc == 0)
+            rc = tok_load_config(t, NULL, path, dir, err, errlen);
     }
+    free(dir);
     if (rc < 0) {
         tok_free(t);
         return -1;
@@ -356,6 +385,10 @@ void tok_free(tok_tokenizer *t)
     free(t->bytes);
     free(t->table);
     free(t->merges);
+    free(t->special);
+    free(t->stop);
+    pretok_free(t->pre);
+    added_free(t->added);
     free(t);
 }
 
@@ -364,10 +397,36 @@ int tok_vocab_size(const tok_tokenizer *t)
     return t->vocab_size;
 }
 
+int tok_bos_id(const tok_tokenizer *t)
+{
+    return t->bos_id;
+}
+
+int tok_eos_id(const tok_tokenizer *t)
+{
+    return t->eos_id;
+}
+
+const int *tok_stop_ids(const tok_tokenizer *t, size_t *n)
+{
+    *n = t->n_stop;
+    return t->stop;
+}
+
+int tok_is_special(const tok_tokenizer *t, int id)
+{
+    return id >= 0 && id < t->vocab_size && t->special[id];
+}
+
 size_t tok_max_token_bytes(const tok_tokenizer *t)
 {
-    /* a byte token stands for one byte, shorter than any bound here */
-    return (size_t)(t->max_len > 0 ? t->max_len : 1) * (t->spm_space ? 3 : 1);
+    if (t->added_max == SIZE_MAX)
+        return SIZE_MAX;
+    /* a byte token stands for one byte, shorter than any bound here; NFC may make 1 byte of
+     * 3 (a Hangul syllable of 3 jamo: 9 bytes to 3) */
+    size_t longest = (size_t)(t->max_len > 0 ? t->max_len : 1);
+    longest *= t->spm_space || t->nfc ? 3 : 1;
+    return longest > t->added_max ? longest : t->added_max;
 }
 
 /* ---- encode ---- */
@@ -461,15 +520,16 @@ static int never_joined(const tok_tokenizer *t, int32_t a, int32_t b)
     return !(t->bigram[(x << 8 | y) >> 3] & (1u << (y & 7)));
 }
 
-/* Splits text into initial symbols as run.c does: a group starts at any byte and takes the
- * continuation bytes after it, up to 4 bytes in all (in valid UTF-8: one codepoint, as
- * Hugging Face splits); a group that is not a piece becomes its byte tokens. For
- * tokenizer.json, "▁" is a space, as its normalizer makes every space. The dummy prefix
- * first if prefix. Stops before a group, once CHUNK_BYTES are taken, where no merge can
- * cross (never_joined); *used says how many bytes were taken. The symbols go into *s
- * (grown as needed, *cap of them), their number into *m. Returns TOK_OK, TOK_NOMEM, or
- * TOK_LONG_RUN once TOK_MAX_RUN bytes are taken without such a point. */
-static int initial_symbols(const tok_tokenizer *t, const char *text, size_t n, int prefix, symbol **s,
+/* Splits text into initial symbols: byte-level, one a byte; otherwise as run.c does: a
+ * group starts at any byte and takes the continuation bytes after it, up to 4 bytes in all
+ * (in valid UTF-8: one codepoint, as Hugging Face splits); a group that is not a piece
+ * becomes its byte tokens. For sentencepiece-kind tokenizer.json, "▁" is a space, as its
+ * normalizer makes every space. The symbol prefix (-1: none) first. Stops before a group,
+ * once CHUNK_BYTES are taken, where no merge can cross (never_joined); *used says how many
+ * bytes were taken. The symbols go into *s (grown as needed, *cap of them), their number
+ * into *m. Returns TOK_OK, TOK_NOMEM, or TOK_LONG_RUN once TOK_MAX_RUN bytes are taken
+ * without such a point. */
+static int initial_symbols(const tok_tokenizer *t, const char *text, size_t n, int32_t prefix, symbol **s,
                            size_t *cap, size_t *m_out, size_t *used)
 {
     size_t m = 0;
@@ -481,10 +541,8 @@ static int initial_symbols(const tok_tokenizer *t, const char *text, size_t n, i
                 return TOK_NOMEM;
             *s = g, *cap = c;
         }
-        if (prefix && m == 0) {
-            /* Without a " " piece run.c would emit id -1; its byte token is the sane stand-in
-             * (tokenizer.json always has the piece). */
-            (*s)[m++].id = t->space_id >= 0 ? t->space_id : t->byte_id[' '];
+        if (prefix >= 0 && m == 0) {
+            (*s)[m++].id = prefix;
             continue;
         }
         if (i == n) {
@@ -494,11 +552,15 @@ static int initial_symbols(const tok_tokenizer *t, const char *text, size_t n, i
         if (i >= TOK_MAX_RUN)
             return TOK_LONG_RUN;
         size_t j = i + 1;
-        while (j < n && j - i < 4 && is_continuation(text[j]))
-            j++;
-        int found = t->spm_space && j - i == 3 && memcmp(text + i, SPM_SPACE, 3) == 0
-                        ? t->space_id
-                        : lookup_str(t, text + i, j - i);
+        int found;
+        if (t->byte_level) {
+            found = t->byte_id[(unsigned char)text[i]];
+        } else {
+            while (j < n && j - i < 4 && is_continuation(text[j]))
+                j++;
+            found = t->spm_space && j - i == 3 && memcmp(text + i, SPM_SPACE, 3) == 0 ? t->space_id
+                                                                                       : lookup_str(t, text + i, j - i);
+        }
         int first = found >= 0 ? found : t->byte_id[(unsigned char)text[i]];
         if (i >= CHUNK_BYTES && m > 0 && never_joined(t, (*s)[m - 1].id, first)) {
             *used = i, *m_out = m;
@@ -513,11 +575,38 @@ static int initial_symbols(const tok_tokenizer *t, const char *text, size_t n, i
     }
 }
 
-/* Merges the m symbols s[0..m) and appends the resulting ids to ids (*n_ids of them, room
- * for *cap, grown as needed). Returns 0 or -1 (out of memory). */
-static int merge_symbols(const tok_tokenizer *t, symbol *s, size_t m, heap *h, int **ids, size_t *n_ids,
-                         size_t *cap)
+/* The state of one tok_encode: the ids so far and the buffers that each pre-token reuses. */
+typedef struct {
+    const tok_tokenizer *t;
+    int *ids;
+    size_t n, cap;
+    symbol *s;
+    size_t s_cap;
+    heap h;
+    char *norm;         /* a stretch in NFC */
+    struct word_cache *cache; /* pre-tokens met in this text and their ids; NULL: none yet */
+    int use_cache;      /* the text is long enough (CACHE_TEXT) */
+} encoder;
+
+static int push_id(encoder *e, int id)
 {
+    if (e->n == e->cap) {
+        size_t c = 2 * e->cap;
+        int *g = realloc(e->ids, c * sizeof *g);
+        if (!g)
+            return TOK_NOMEM;
+        e->ids = g, e->cap = c;
+    }
+    e->ids[e->n++] = id;
+    return TOK_OK;
+}
+
+/* Merges the m symbols s[0..m) and appends the resulting ids. Returns TOK_OK or TOK_NOMEM. */
+static int merge_symbols(encoder *e, size_t m)
+{
+    const tok_tokenizer *t = e->t;
+    symbol *s = e->s;
+    heap *h = &e->h;
     h->n = 0;
     for (size_t i = 0; i < m; i++) {
         s[i].prev = i ? (uint32_t)i - 1 : NONE;
@@ -525,7 +614,7 @@ static int merge_symbols(const tok_tokenizer *t, symbol *s, size_t m, heap *h, i
     }
     for (size_t i = 0; i < m; i++)
         if (update_pair(t, s, (uint32_t)i, h) < 0)
-            return -1;
+            return TOK_NOMEM;
     while (h->n) {
         uint64_t key = heap_pop(h);
         uint32_t left = (uint32_t)key, right = s[left].next;
@@ -539,23 +628,189 @@ static int merge_symbols(const tok_tokenizer *t, symbol *s, size_t m, heap *h, i
             s[s[right].next].prev = left;
         /* The merged symbol makes new pairs on both sides. */
         if ((s[left].prev != NONE && update_pair(t, s, s[left].prev, h) < 0) || update_pair(t, s, left, h) < 0)
-            return -1;
+            return TOK_NOMEM;
     }
-    for (uint32_t i = 0; i != NONE; i = s[i].next) { /* symbol 0 is never a right symbol */
-        if (*n_ids + 2 > *cap) { /* and room for EOS */
-            size_t c = 2 * *cap;
-            int *g = realloc(*ids, c * sizeof *g);
-            if (!g)
-                return -1;
-            *ids = g, *cap = c;
+    for (uint32_t i = 0; m > 0 && i != NONE; i = s[i].next) /* symbol 0 is never a right symbol */
+        if (push_id(e, s[i].id) < 0)
+            return TOK_NOMEM;
+    return TOK_OK;
+}
+
+/* One pre-token (or, without a pre-tokenizer, one stretch of text) through the merge
+ * loop, chunk by chunk; prefix: the symbol to put first, or -1. */
+static int encode_word(encoder *e, const char *text, size_t n, int32_t prefix)
+{
+    const tok_tokenizer *t = e->t;
+    if (t->ignore_merges) { /* Hugging Face's BPE: a pre-token in the vocab is itself */
+        int id = lookup_str(t, text, n);
+        if (id >= 0)
+            return push_id(e, id);
+    }
+    for (size_t start = 0, used, m; start < n; start += used) { /* n > 0: callers drop empty pieces */
+        int status = initial_symbols(t, text + start, n - start, start == 0 ? prefix : -1, &e->s, &e->s_cap, &m,
+                                     &used);
+        if (status == TOK_OK)
+            status = merge_symbols(e, m);
+        if (status != TOK_OK)
+            return status;
+    }
+    return TOK_OK;
+}
+
+/* Pre-tokens repeat (words: a few thousand cover most of a text), so one tok_encode keeps
+ * the ids of the short ones it has merged, as Hugging Face's BPE keeps a cache: the same
+ * pre-token always merges to the same ids. Per call, so that threads share nothing;
+ * bounded: once full, new words are merged and not kept. */
+#define CACHE_SLOTS 4096    /* at most half of them used */
+#define CACHE_WORD 32       /* longer pre-tokens are rare and not kept */
+#define CACHE_TEXT 4096 /* a shorter text repeats too little to pay for the cache */
+
+typedef struct {
+    uint32_t hash, off, len, ids_off, n_ids; /* len 0: empty */
+} cache_slot;
+
+struct word_cache {
+    cache_slot slot[CACHE_SLOTS];
+    size_t used;
+    char bytes[CACHE_SLOTS / 2 * CACHE_WORD];
+    int32_t ids[CACHE_SLOTS / 2 * CACHE_WORD]; /* a word never merges to more ids than bytes */
+    size_t n_bytes, n_ids;
+};
+
+static int on_pretoken(void *ctx, const char *s, size_t n)
+{
+    encoder *e = ctx;
+    if (n > CACHE_WORD || !e->use_cache)
+        return encode_word(e, s, n, -1);
+    if (!e->cache && !(e->cache = calloc(1, sizeof *e->cache)))
+        return TOK_NOMEM;
+    struct word_cache *c = e->cache;
+    uint32_t h = fnv1a(FNV_BASIS, s, n), i = h & (CACHE_SLOTS - 1);
+    for (; c->slot[i].len; i = (i + 1) & (CACHE_SLOTS - 1)) {
+        const cache_slot *w = &c->slot[i];
+        if (w->hash == h && w->len == n && memcmp(c->bytes + w->off, s, n) == 0) {
+            for (uint32_t k = 0; k < w->n_ids; k++)
+                if (push_id(e, c->ids[w->ids_off + k]) < 0)
+                    return TOK_NOMEM;
+            return TOK_OK;
         }
-        (*ids)[(*n_ids)++] = s[i].id;
     }
+    size_t before = e->n;
+    int status = encode_word(e, s, n, -1);
+    if (status != TOK_OK || c->used == CACHE_SLOTS / 2)
+        return status;
+    cache_slot *w = &c->slot[i]; /* the empty slot the probe ended on */
+    *w = (cache_slot){h, (uint32_t)c->n_bytes, (uint32_t)n, (uint32_t)c->n_ids, (uint32_t)(e->n - before)};
+    memcpy(c->bytes + c->n_bytes, s, n);
+    for (size_t k = before; k < e->n; k++)
+        c->ids[c->n_ids++] = e->ids[k];
+    c->n_bytes += n;
+    c->used++;
+    return TOK_OK;
+}
+
+/* The NFC of s[0..n) (valid UTF-8) into e->norm, its length in *len; 0 or -1 (out of
+ * memory). ASCII is its own NFC, and no character composes with an ASCII one after it, so
+ * the text is cut before each ASCII character and only the pieces that hold others (with
+ * the ASCII character before them, which may compose with them: "e" U+0301) go through
+ * utf8proc: natural text is mostly ASCII, which is then only copied. */
+static int nfc(encoder *e, const char *s, size_t n, size_t *len)
+{
+    char *out = realloc(e->norm, n ? n : 1), *grown; /* NFC may grow a piece: realloc'd below */
+    size_t k = 0, cap = n ? n : 1;
+    if (!out)
+        return -1;
+    e->norm = out;
+    for (size_t i = 0; i < n;) {
+        size_t j = i, m;
+        while (j < n && (unsigned char)s[j] < 0x80)
+            j++;
+        size_t from = j > i ? j - 1 : j; /* the ASCII character before goes with the others */
+        for (m = j; m < n && (unsigned char)s[m] >= 0x80; m++)
+            ;
+        utf8proc_uint8_t *piece = NULL;
+        utf8proc_ssize_t pl = 0;
+        if (m > j && (pl = utf8proc_map((const utf8proc_uint8_t *)s + from, (utf8proc_ssize_t)(m - from), &piece,
+                                        UTF8PROC_STABLE | UTF8PROC_COMPOSE)) < 0)
+            return -1; /* UTF8PROC_ERROR_NOMEM: the text was made valid UTF-8 */
+        size_t copy = m > j ? from - i : j - i;
+        if (k + copy + (size_t)pl > cap) {
+            cap = 2 * (k + copy + (size_t)pl);
+            if (!(grown = realloc(e->norm, cap))) {
+                free(piece);
+                return -1;
+            }
+            e->norm = grown;
+        }
+        memcpy(e->norm + k, s + i, copy);
+        k += copy;
+        if (piece)
+            memcpy(e->norm + k, piece, (size_t)pl);
+        k += (size_t)pl;
+        free(piece);
+        i = m;
+    }
+    *len = k;
     return 0;
 }
 
-int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids,
-               size_t *n_ids)
+/* A stretch of text between added tokens: normalized, pre-tokenized, merged. */
+static int encode_stretch(encoder *e, const char *s, size_t n)
+{
+    const tok_tokenizer *t = e->t;
+    if (n == 0)
+        return TOK_OK;
+    if (!t->byte_level) /* sentencepiece's normalizer: the dummy prefix (run.c's, too) */
+        return encode_word(e, s, n, t->space_id >= 0 ? t->space_id : t->byte_id[' ']);
+    if (t->nfc) {
+        size_t len;
+        if (nfc(e, s, n, &len) < 0)
+            return TOK_NOMEM;
+        s = e->norm, n = len;
+    }
+    /* the pre-tokens are cut from e->norm, which no pre-token replaces */
+    return t->pre ? pretok_run(t->pre, s, n, on_pretoken, e) : encode_word(e, s, n, -1);
+}
+
+static int on_added(void *ctx, const char *s, size_t n, int id)
+{
+    return id >= 0 ? push_id(ctx, id) : encode_stretch(ctx, s, n);
+}
+
+/* text with each maximal invalid subpart of UTF-8 replaced by U+FFFD, as Python, Rust and
+ * node decode bytes (Hugging Face's tokenizers only ever sees such strings): malloc'd, or
+ * NULL when text is valid (or out of memory: *nomem). */
+static char *valid_utf8(const char *text, size_t n, size_t *out_n, int *nomem)
+{
+    size_t bad = 0;
+    *nomem = 0;
+    for (size_t i = 0; i < n;) {
+        int l = utf8_char((const unsigned char *)text + i, n - i, NULL);
+        bad += l < 0;
+        i += (size_t)(l < 0 ? -l : l);
+    }
+    if (bad == 0)
+        return NULL;
+    char *v = malloc(n + 2 * bad), *o = v;
+    if (!v) {
+        *nomem = 1;
+        return NULL;
+    }
+    for (size_t i = 0; i < n;) {
+        int l = utf8_char((const unsigned char *)text + i, n - i, NULL);
+        if (l > 0) {
+            memcpy(o, text + i, (size_t)l);
+            o += l, i += (size_t)l;
+        } else {
+            memcpy(o, "\xef\xbf\xbd", 3);
+            o += 3, i += (size_t)-l;
+        }
+    }
+    *out_n = (size_t)(o - v);
+    return v;
+}
+
+int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int flags, int **ids, size_t *n_ids)
 {
     *ids = NULL;
     *n_ids = 0;
@@ -563,32 +818,33 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int 
     if (n >= (size_t)UINT32_MAX - 8)
         return TOK_NOMEM;
     /* the ids grow with the output (about a quarter of the bytes in natural text) */
-    size_t cap = 64, k = 0, m_cap = 0;
-    int *out = malloc(cap * sizeof *out);
-    symbol *s = NULL;
-    heap h = {0};
-    int status = TOK_NOMEM;
-    if (!out)
+    encoder e = {t, malloc(64 * sizeof(int)), 0, 64, NULL, 0, {0}, NULL, NULL, n >= CACHE_TEXT};
+    int nomem = 0, status = TOK_NOMEM;
+    char *valid = t->byte_level ? valid_utf8(text, n, &n, &nomem) : NULL;
+    if (!e.ids || nomem)
         goto done;
-    if (bos)
-        out[k++] = TOK_BOS;
-    for (size_t start = 0, used, m; start < n; start += used) {
-        status = initial_symbols(t, text + start, n - start, start == 0, &s, &m_cap, &m, &used);
-        if (status == TOK_OK && merge_symbols(t, s, m, &h, &out, &k, &cap) < 0)
-            status = TOK_NOMEM;
-        if (status != TOK_OK)
-            goto done;
-    }
-    if (eos)
-        out[k++] = TOK_EOS;
-    *ids = out;
-    *n_ids = k;
-    out = NULL;
+    if (valid)
+        text = valid;
     status = TOK_OK;
+    for (int i = 0; status == TOK_OK && (flags & TOK_ADD_SPECIAL) && i < t->n_prefix; i++)
+        status = push_id(&e, t->prefix[i]);
+    if (status == TOK_OK)
+        status = t->added ? added_run(t->added, text, n, flags & TOK_SPLIT_SPECIAL, on_added, &e)
+                          : encode_stretch(&e, text, n);
+    for (int i = 0; status == TOK_OK && (flags & TOK_ADD_SPECIAL) && i < t->n_suffix; i++)
+        status = push_id(&e, t->suffix[i]);
+    if (status == TOK_OK) {
+        *ids = e.ids;
+        *n_ids = e.n;
+        e.ids = NULL;
+    }
 done:
-    free(out);
-    free(s);
-    free(h.k);
+    free(e.ids);
+    free(e.s);
+    free(e.h.k);
+    free(e.norm);
+    free(e.cache);
+    free(valid);
     return status;
 }
 
@@ -626,7 +882,15 @@ const char *tok_decode(const tok_tokenizer *t, int prev, int id, size_t *len)
         return NULL;
     const char *p = t->bytes + t->offset[id];
     size_t n = t->len[id];
-    if (prev == TOK_BOS && n > 0 && p[0] == ' ') /* sentencepiece drops the dummy prefix */
+    if (t->byte_level || t->special[id]) { /* its bytes, or an added token's content */
+        *len = n;
+        return p;
+    }
+    /* sentencepiece drops the dummy prefix: its decoder's Strip, at the start of the text,
+     * which is also just after BOS (run.c's rule; Hugging Face's decode with special tokens
+     * skipped) */
+    int start = prev < 0 || prev == t->bos_id || (t->n_prefix && prev == t->prefix[t->n_prefix - 1]);
+    if (start && n > 0 && p[0] == ' ')
         p++, n--;
     if (n == 6 && memcmp(p, "<0x", 3) == 0 && p[5] == '>') {
         int hi = hex_digit(p[3]), lo = hex_digit(p[4]);

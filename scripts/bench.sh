@@ -16,3 +16,4 @@ build/tool/qlora-tool make-model --dim 2048 --hidden 5632 --layers 8 --heads 16 
 build/bench/bench_model "$model" "$tmp/d2048x8"
 rm -rf "$tmp/d2048x8"
 /usr/bin/python3 bench/bench_daemon.py build "$model"
+/usr/bin/python3 bench/bench_tokenizer.py build ../shared

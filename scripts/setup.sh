@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build, test and run qlorad.
-# Idempotent: when every package is present it does nothing (no apt-get at all).
+# Idempotent: when everything is present it does nothing (no apt-get, no npm at all).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(
   gcc pkg-config meson ninja-build          # build
   libopenblas-dev libuv1-dev libmsgpack-dev liblmdb-dev nettle-dev   # libraries
+  libonig-dev libutf8proc-dev               # tokenizer.json: regex pre-tokenizers, NFC
   python3 python3-numpy python3-msgpack python3-torch     # references, peers, Python client
   python3-jinja2                            # the chat templates' reference (transformers' renderer)
+  nodejs                                    # Hugging Face tokenizers, the tokenizer's reference
   valgrind
   clang libclang-rt-14-dev                  # the wire fuzzer (libFuzzer, ASan, UBSan)
 )
@@ -16,11 +19,24 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Some nodejs builds carry npm inside; Debian's own nodejs needs its npm package.
+command -v npm >/dev/null || missing+=(npm)
 
-echo "setup: installing ${missing[*]}"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Hugging Face tokenizers (its Rust library, as a Node binding) for the tokenizer tests
+# (tests/test_tokenizer_hf.py), pinned, in a git-ignored folder of the work tree.
+HF_TOKENIZERS=@anush008/tokenizers@0.6.0
+if [ ! -f .deps/node/node_modules/@anush008/tokenizers/package.json ] ||
+   ! grep -q '"version": "0.6.0"' .deps/node/node_modules/@anush008/tokenizers/package.json; then
+  echo "setup: installing $HF_TOKENIZERS into .deps/node"
+  mkdir -p .deps/node
+  npm install --prefix .deps/node --no-save --no-audit --no-fund --loglevel=error "$HF_TOKENIZERS" >/dev/null
+fi

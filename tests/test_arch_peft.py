@@ -124,6 +124,12 @@ def prepared(arch):
     d = os.path.join(tmp, arch)
     hf_arch.write(arch, d, seed=1, vocab=512)
     shutil.copy(TOKENIZER, d)
+    # the family's own BOS/EOS ids (128000...) are outside this vocabulary: the paired
+    # tokenizer's (stories260K: 1, 2), as generation reads config.json's eos_token_id
+    cfg_path = os.path.join(d, 'config.json')
+    cfg = json.load(open(cfg_path))
+    cfg.update(bos_token_id=1, eos_token_id=2)
+    json.dump(cfg, open(cfg_path, 'w'), indent=2)
     trained = os.path.join(tmp, arch + '-trained.safetensors')
     tool('train', '--model', d, '--quant', 'f32', '--data', train_txt, '--rank', str(RANK), '--alpha', str(ALPHA),
          '--targets', 'q,k,v,o,gate,up,down', '--steps', '12', '--batch', '2', '--seq-len', '16', '--lr', '0.05',

@@ -10,6 +10,9 @@ usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
 
 import codecs
 import os
+import shutil
+import subprocess
+import tempfile
 import socket
 import struct
 import sys
@@ -21,7 +24,7 @@ import msgpack
 from tap import case, report
 from qlorad_fixture import Daemon, peft_files as fixture_peft_files
 
-QLORAD, SHARED, CLIENT_DIR = sys.argv[1:4]
+QLORAD, SHARED, CLIENT_DIR, TOOL = sys.argv[1:5]
 sys.path.insert(0, CLIENT_DIR)
 from qlora_client import Client, QloraError  # noqa: E402
 
@@ -137,7 +140,7 @@ def _():
         args = {o['name']: o['args'] for o in ops}
         assert args['ping'] == [] and args['job.get'] == [{'name': 'job_id', 'types': ['uint'], 'required': True}]
         assert [a['name'] for a in args['generate']] == ['prompt', 'tokens', 'max_tokens', 'temperature', 'top_p',
-                                                         'seed', 'adapter', 'stream'], args['generate']
+                                                         'seed', 'adapter', 'stream', 'special'], args['generate']
         assert args['generate'][6] == {'name': 'adapter', 'types': ['str', 'nil'], 'required': False}
         assert args['file.upload'][0] == {'name': 'data', 'types': ['str', 'bin'], 'required': True}
         for name in names:
@@ -314,6 +317,38 @@ def _():
         head = c.tokenize(story[:5000])
         assert tokens[0] == 1 and len(tokens) > len(text) // 8, len(tokens)
         assert tokens[:len(head) - 8] == head[:-8], 'the start is tokenized as alone'
+
+
+@case('a Qwen3 model directory: special tokens in text are ids, or text with special false; a stream of '
+      'byte-level tokens holds back split characters; an empty prompt without BOS is refused')
+def _():
+    d = tempfile.mkdtemp(prefix='qlora-qwen3-')
+    try:
+        subprocess.run([TOOL, 'make-model', '--dim', '16', '--hidden', '32', '--layers', '1', '--heads', '2',
+                        '--kv-heads', '2', '--vocab', '151669', '--seq-len', '64', '--out', d],
+                       check=True, capture_output=True, timeout=300)
+        for f in ('tokenizer.json', 'tokenizer_config.json'):
+            os.symlink(os.path.join(SHARED, 'tokenizers', 'qwen3', f), os.path.join(d, f))
+        with Checked(QLORAD, SHARED, model=d) as q, Client(socket=q.socket, timeout=120) as c:
+            text = '<|im_start|>user\nhi<|im_end|>'
+            ids = c.tokenize(text)
+            assert ids[0] == 151644 and ids[-1] == 151645 and len(ids) == 5, ids
+            plain = c.tokenize(text, special=False)
+            assert 151644 not in plain and 151645 not in plain and plain[0] == 27, plain
+            assert c.call('tokenize', text='<think>', special=False)['tokens'] == [151667]  # not special
+            try:
+                c.generate(prompt='', max_tokens=2)
+                raise AssertionError('an empty prompt was taken')
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and 'no tokens' in e.message, e
+            w = c.generate(prompt='\U0001f642 \u65e5\u672c', max_tokens=40, temperature=1.5, seed=7, stream=True)
+            events = list(w)
+            res = w.result
+            assert ''.join(e['text'] for e in events) == res['text'], (events, res)
+            assert [e['token'] for e in events] == res['tokens']
+            assert 151645 not in res['tokens']  # the stop id, <|im_end|>, ends generation unwritten
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 report()

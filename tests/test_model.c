@@ -54,12 +54,13 @@ static void test_greedy(tok_tokenizer *tok)
             int ok = load(&m, name, QT_F32) == 0;
             CHECK(ok, "load %s", name);
             if (ok) {
-                int bos = TOK_BOS, out[63], n = 0;
-                llama_sampling s = {0, 0, 0};
+                int bos = tok_bos_id(tok), out[63], n = 0;
+                llama_sampling s = {0, 0, 0, NULL, 0};
+                s.stop = tok_stop_ids(tok, &s.n_stop);
                 char err[256];
                 CHECK(llama_generate(&m, NULL, &bos, 1, 63, &s, NULL, NULL, out, &n, err, sizeof err) == 0,
                       "%s", err);
-                char *text = tok_decode_all(tok, TOK_BOS, out, (size_t)n);
+                char *text = tok_decode_all(tok, bos, out, (size_t)n);
                 CHECK(n == 63, "%d tokens", n);
                 CHECK(text && strcmp(text, greedy_text[i]) == 0, "%s greedy text:\n# %s", name,
                       text ? text : "(null)");
@@ -130,7 +131,7 @@ static int readme_token_set(tok_tokenizer *tok, int *seqs[16], size_t lens[16])
         if (b - a > 300) {
             int *ids;
             size_t m;
-            if (tok_encode(tok, a, (size_t)(b - a), 1, 0, &ids, &m) < 0)
+            if (tok_encode(tok, a, (size_t)(b - a), TOK_ADD_SPECIAL, &ids, &m) < 0)
                 return -1;
             seqs[found] = ids;
             lens[found++] = m < 128 ? m : 128;
@@ -234,7 +235,7 @@ static void test_bad_input(void)
     size_t len600 = 600;
     CHECK(llama_eval(&m, NULL, s4, &len600, 1, &nll, &np, err, sizeof err) < 0 && strstr(err, "seq_len"), "%s", err);
     int out[4], n;
-    llama_sampling s = {0, 0, 0};
+    llama_sampling s = {0, 0, 0, NULL, 0};
     CHECK(llama_generate(&m, NULL, one, 0, 4, &s, NULL, NULL, out, &n, err, sizeof err) < 0 && strstr(err, "empty"),
           "%s", err);
     free(longseq);

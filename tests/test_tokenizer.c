@@ -13,6 +13,26 @@
 #include "tokenizer.h"
 
 static const char *shared;
+
+#define BOS 1 /* llama2.c's; test_known checks tok_bos_id */
+
+/* run.c's encode(text, bos, eos): tok_encode adds BOS (the only special tokenizer.bin
+ * adds) with TOK_ADD_SPECIAL; EOS is appended here, as run.c does. */
+static int encode(const tok_tokenizer *t, const char *text, size_t n, int bos, int eos, int **ids, size_t *n_ids)
+{
+    int rc = tok_encode(t, text, n, bos ? TOK_ADD_SPECIAL : 0, ids, n_ids);
+    if (rc == TOK_OK && eos) {
+        int *g = realloc(*ids, (*n_ids + 1) * sizeof *g);
+        if (!g) {
+            free(*ids);
+            *ids = NULL;
+            return TOK_NOMEM;
+        }
+        *ids = g;
+        g[(*n_ids)++] = tok_eos_id(t);
+    }
+    return rc;
+}
 static char tokenizer_path[4096];
 
 static uint64_t rng = 88172645463325252ull;
@@ -212,6 +232,13 @@ static void test_known(void)
 {
     tok_tokenizer *t = load_or_bail();
     CHECK(tok_vocab_size(t) == 512, "vocab %d", tok_vocab_size(t));
+    size_t n_stop;
+    const int *stop = tok_stop_ids(t, &n_stop);
+    CHECK(tok_bos_id(t) == 1 && tok_eos_id(t) == 2, "BOS %d, EOS %d", tok_bos_id(t), tok_eos_id(t));
+    CHECK(n_stop == 2 && stop[0] == 1 && stop[1] == 2, "%zu stop ids", n_stop);
+    CHECK(tok_is_special(t, 1) && tok_is_special(t, 2) && !tok_is_special(t, 0) && !tok_is_special(t, 3),
+          "special: BOS and EOS only");
+    test_case("tokenizer.bin: BOS 1, EOS 2, generation stops at either, as run.c");
     static const struct {
         const char *label, *text;
         int ids[64];
@@ -240,7 +267,7 @@ static void test_known(void)
         size_t n, want = 0;
         while (rows[r].ids[want] >= 0)
             want++;
-        CHECK(tok_encode(t, rows[r].text, strlen(rows[r].text), 1, 0, &ids, &n) == 0, "row %zu", r);
+        CHECK(encode(t, rows[r].text, strlen(rows[r].text), 1, 0, &ids, &n) == 0, "row %zu", r);
         CHECK(n == want, "row %zu: %zu ids, want %zu", r, n, want);
         for (size_t i = 0; i < n && i < want; i++)
             CHECK(ids[i] == rows[r].ids[i], "row %zu id %zu: %d, want %d", r, i, ids[i],
@@ -254,23 +281,23 @@ static void test_known(void)
     int *ids;
     size_t n;
     static const int wooo[] = {1, 263, 347, 414}, ooooh[] = {1, 319, 347, 414, 415};
-    CHECK(tok_encode(t, "wooo", 4, 1, 0, &ids, &n) == 0 && n == 4 &&
+    CHECK(encode(t, "wooo", 4, 1, 0, &ids, &n) == 0 && n == 4 &&
               memcmp(ids, wooo, sizeof wooo) == 0,
           "wooo: %zu ids, [2] = %d", n, n > 2 ? ids[2] : -1);
     free(ids);
-    CHECK(tok_encode(t, "Ooooh", 5, 1, 0, &ids, &n) == 0 && n == 5 &&
+    CHECK(encode(t, "Ooooh", 5, 1, 0, &ids, &n) == 0 && n == 5 &&
               memcmp(ids, ooooh, sizeof ooooh) == 0,
           "Ooooh: %zu ids, [2] = %d", n, n > 2 ? ids[2] : -1);
     free(ids);
     test_case("equal scores: the leftmost pair merges first");
 
     /* Empty text: no dummy prefix, just the requested specials. */
-    CHECK(tok_encode(t, "", 0, 1, 1, &ids, &n) == 0 && n == 2 && ids[0] == 1 && ids[1] == 2,
+    CHECK(encode(t, "", 0, 1, 1, &ids, &n) == 0 && n == 2 && ids[0] == 1 && ids[1] == 2,
           "empty with bos/eos: %zu ids", n);
     free(ids);
-    CHECK(tok_encode(t, "", 0, 0, 0, &ids, &n) == 0 && n == 0 && ids, "empty: %zu ids", n);
+    CHECK(encode(t, "", 0, 0, 0, &ids, &n) == 0 && n == 0 && ids, "empty: %zu ids", n);
     free(ids);
-    CHECK(tok_encode(t, "hello world", 11, 0, 1, &ids, &n) == 0 && n == 7 && ids[0] == 281 &&
+    CHECK(encode(t, "hello world", 11, 0, 1, &ids, &n) == 0 && n == 7 && ids[0] == 281 &&
               ids[6] == 2, "eos only: %zu ids", n);
     free(ids);
     test_case("empty text and the bos/eos flags");
@@ -297,7 +324,7 @@ static void test_known(void)
                 para = b, plen = (size_t)(e - b);
             p = q ? q + 2 : end;
         }
-        int rc = para ? tok_encode(t, para, plen, 1, 0, &ids, &n) : -1;
+        int rc = para ? encode(t, para, plen, 1, 0, &ids, &n) : -1;
         CHECK(rc == 0, "no paragraph of more than 300 bytes, or encode failed");
         if (rc == 0) {
             for (size_t i = 0; i < sizeof para_ids / sizeof para_ids[0]; i++)
@@ -323,7 +350,7 @@ static void compare_one(const tok_tokenizer *t, const ref_vocab *v, const char *
     int *ref = malloc((n + 3) * sizeof(int)), *ids = NULL;
     size_t n_ids = 0;
     int n_ref = ref ? ref_encode(v, text, (int)n, bos, eos, ref) : -1;
-    int rc = tok_encode(t, text, n, bos, eos, &ids, &n_ids);
+    int rc = encode(t, text, n, bos, eos, &ids, &n_ids);
     int same = rc == 0 && n_ref >= 0 && (size_t)n_ref == n_ids &&
                memcmp(ids, ref, n_ids * sizeof(int)) == 0;
     c->cases++;
@@ -512,21 +539,21 @@ static void test_long_run(void)
         memset(text, 'l', n);
         int *ids = NULL;
         size_t n_ids = 0;
-        int rc = tok_encode(t, text, TOK_MAX_RUN, 1, 0, &ids, &n_ids);
-        char *back = rc == TOK_OK ? tok_decode_all(t, TOK_BOS, ids + 1, n_ids - 1) : NULL;
+        int rc = encode(t, text, TOK_MAX_RUN, 1, 0, &ids, &n_ids);
+        char *back = rc == TOK_OK ? tok_decode_all(t, BOS, ids + 1, n_ids - 1) : NULL;
         CHECK(back && strlen(back) == TOK_MAX_RUN && strspn(back, "l") == TOK_MAX_RUN,
               "a run of %zu l: status %d, %zu ids that do not decode back", TOK_MAX_RUN, rc, n_ids);
         free(back);
         free(ids);
         ids = NULL;
-        rc = tok_encode(t, text, TOK_MAX_RUN + 1, 1, 0, &ids, &n_ids);
+        rc = encode(t, text, TOK_MAX_RUN + 1, 1, 0, &ids, &n_ids);
         CHECK(rc == TOK_LONG_RUN && ids == NULL, "a run of %zu l: status %d, want TOK_LONG_RUN",
               TOK_MAX_RUN + 1, rc);
         CHECK(strstr(tok_strerror(rc), "TOK_MAX_RUN") != NULL, "message: %s", tok_strerror(rc));
         for (size_t i = TOK_MAX_RUN - 7; i < n; i += TOK_MAX_RUN - 7)
             text[i] = ' ';
-        rc = tok_encode(t, text, n, 1, 0, &ids, &n_ids);
-        back = rc == TOK_OK ? tok_decode_all(t, TOK_BOS, ids + 1, n_ids - 1) : NULL;
+        rc = encode(t, text, n, 1, 0, &ids, &n_ids);
+        back = rc == TOK_OK ? tok_decode_all(t, BOS, ids + 1, n_ids - 1) : NULL;
         CHECK(back && strlen(back) == n && memcmp(back, text, n) == 0,
               "%zu bytes of l with a space every %zu: status %d", n, TOK_MAX_RUN - 7, rc);
         free(back);
@@ -545,8 +572,8 @@ static void round_trip(const tok_tokenizer *t, const char *text, size_t n, tally
     size_t n_ids;
     char *back = NULL;
     /* Decoding after BOS drops the dummy-prefix space that encoding added. */
-    if (tok_encode(t, text, n, 1, 0, &ids, &n_ids) == 0) {
-        back = tok_decode_all(t, TOK_BOS, ids + 1, n_ids - 1);
+    if (encode(t, text, n, 1, 0, &ids, &n_ids) == 0) {
+        back = tok_decode_all(t, BOS, ids + 1, n_ids - 1);
         free(ids);
     }
     c->cases++;
@@ -563,9 +590,9 @@ static void test_decode(void)
     size_t len;
     const char *p = tok_decode(t, 0, 410, &len);
     CHECK(p && len == 1 && p[0] == ' ', "\" \"");
-    p = tok_decode(t, TOK_BOS, 410, &len);
+    p = tok_decode(t, BOS, 410, &len);
     CHECK(p && len == 0, "\" \" after BOS: len %zu", len);
-    p = tok_decode(t, TOK_BOS, 259, &len);
+    p = tok_decode(t, BOS, 259, &len);
     CHECK(p && len == 1 && p[0] == 't', "\" t\" after BOS");
     p = tok_decode(t, 0, 'A' + 3, &len);
     CHECK(p && len == 1 && p[0] == 'A', "<0x41>");
@@ -575,7 +602,7 @@ static void test_decode(void)
     CHECK(p && len == 1 && p[0] == 0, "<0x00> is one NUL byte");
     p = tok_decode(t, 0, 258, &len);
     CHECK(p && len == 1 && (unsigned char)p[0] == 0xff, "<0xFF>");
-    p = tok_decode(t, 0, TOK_BOS, &len);
+    p = tok_decode(t, 0, BOS, &len);
     CHECK(p && len == 5 && memcmp(p, "\n<s>\n", 5) == 0, "BOS piece");
     CHECK(!tok_decode(t, 0, 512, &len) && !tok_decode(t, 0, -1, &len), "out of range");
     int bad[] = {300, 512};
@@ -629,7 +656,7 @@ static void test_speed(void)
         int *ids;
         size_t n_ids;
         double t0 = now();
-        int rc = tok_encode(t, text, n, 1, 0, &ids, &n_ids);
+        int rc = encode(t, text, n, 1, 0, &ids, &n_ids);
         double dt = now() - t0;
         CHECK(rc == 0 && n_ids > n / 8 && n_ids < n, "%zu bytes gave %zu ids", n, n_ids);
         if (rc == 0) {
@@ -720,6 +747,124 @@ static void test_bad_files(void)
     free(good);
 }
 
+/* ---- 6: tokenizer.json files of ../shared/tokenizers: BOS, EOS, stops, decoding ---- */
+
+static tok_tokenizer *load_json(const char *path, int vocab)
+{
+    char err[512];
+    tok_tokenizer *t;
+    if (tok_load(&t, path, vocab, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        return NULL;
+    }
+    return t;
+}
+
+static int same_ids(const int *a, size_t n, const int *want, size_t n_want)
+{
+    return n == n_want && (n == 0 || memcmp(a, want, n * sizeof *a) == 0);
+}
+
+static void test_json_files(void)
+{
+    char dir[] = "/tmp/qlorad_tokdir_XXXXXX", path[4200], src[4200];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(src, sizeof src, "%s/tokenizers/qwen3/%s", shared, names[i]);
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        CHECK(symlink(src, path) == 0, "symlink %s", path);
+    }
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    size_t n;
+    const int *stop;
+    tok_tokenizer *t = load_json(path, 151669);
+    if (t) {
+        stop = tok_stop_ids(t, &n);
+        static const int eos[] = {151645};
+        CHECK(tok_bos_id(t) == -1 && tok_eos_id(t) == 151645, "qwen3: BOS %d, EOS %d", tok_bos_id(t),
+              tok_eos_id(t));
+        CHECK(same_ids(stop, n, eos, 1), "qwen3 alone: %zu stop ids", n);
+        CHECK(tok_is_special(t, 151644) && !tok_is_special(t, 151667), "<|im_start|> special, <think> not");
+        tok_free(t);
+    }
+    char cfg[4200], gen[4200];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    snprintf(gen, sizeof gen, "%s/generation_config.json", dir);
+    static const char c1[] = "{\"eos_token_id\": 151643}";
+    CHECK(write_file(cfg, c1, sizeof c1 - 1) == 0, "write config.json");
+    if ((t = load_json(path, 151669))) {
+        static const int want[] = {151643};
+        stop = tok_stop_ids(t, &n);
+        CHECK(same_ids(stop, n, want, 1), "config.json's eos_token_id: %zu stop ids, [0] %d", n, n ? stop[0] : -1);
+        tok_free(t);
+    }
+    static const char g[] = "{\"eos_token_id\": [151645, 151643]}";
+    CHECK(write_file(gen, g, sizeof g - 1) == 0, "write generation_config.json");
+    if ((t = load_json(path, 151669))) {
+        static const int want[] = {151645, 151643};
+        stop = tok_stop_ids(t, &n);
+        CHECK(same_ids(stop, n, want, 2), "generation_config.json wins: %zu stop ids", n);
+        tok_free(t);
+    }
+    unlink(cfg), unlink(gen);
+    test_case("qwen3: no BOS, EOS <|im_end|>; stops from generation_config.json, else config.json, else EOS");
+
+    /* Byte-level decoding: an emoji is bytes spread over tokens; each token's bytes are
+     * what it stands for, and they concatenate to the text. */
+    if ((t = load_json(path, 151669))) {
+        static const char text[] = "x \xf0\x9f\xa6\x99\xf0\x9f\xa6\x99 \xe6\x97\xa5";
+        int *ids;
+        size_t n_ids;
+        CHECK(tok_encode(t, text, strlen(text), TOK_ADD_SPECIAL, &ids, &n_ids) == TOK_OK, "encode");
+        char *back = tok_decode_all(t, -1, ids, n_ids);
+        CHECK(back && strcmp(back, text) == 0, "round trip: %s", back ? back : "(null)");
+        int cut = 0;
+        for (size_t i = 0; i < n_ids; i++) {
+            size_t len;
+            const char *p = tok_decode(t, i ? ids[i - 1] : -1, ids[i], &len);
+            cut |= p && len > 0 && (p[len - 1] & 0xC0) == 0xC0; /* ends on a lead byte */
+            cut |= p && len > 0 && (p[0] & 0xC0) == 0x80;        /* starts inside a character */
+        }
+        CHECK(cut, "no token of the emoji run cuts a character: the streaming case is not tested");
+        free(back);
+        free(ids);
+        /* special tokens: ids by default, text with TOK_SPLIT_SPECIAL */
+        CHECK(tok_encode(t, "<|im_start|>", 12, 0, &ids, &n_ids) == TOK_OK && n_ids == 1 && ids[0] == 151644,
+              "<|im_start|>: %zu ids", n_ids);
+        free(ids);
+        CHECK(tok_encode(t, "<|im_start|>", 12, TOK_SPLIT_SPECIAL, &ids, &n_ids) == TOK_OK && n_ids > 1,
+              "<|im_start|> as text: %zu ids", n_ids);
+        back = tok_decode_all(t, -1, ids, n_ids);
+        CHECK(back && strcmp(back, "<|im_start|>") == 0, "decodes back");
+        free(back);
+        free(ids);
+        CHECK(tok_max_token_bytes(t) >= 3 * 128, "max token bytes %zu: NFC and 128-byte pieces",
+              tok_max_token_bytes(t));
+        tok_free(t);
+    }
+    test_case("qwen3: byte-level pieces cut characters and concatenate back; special tokens as text");
+    unlink(path);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    unlink(path);
+    rmdir(dir);
+
+    snprintf(path, sizeof path, "%s/tokenizers/mistral-32k/tokenizer.json", shared);
+    if ((t = load_json(path, 32000))) {
+        static const int eos[] = {2};
+        stop = tok_stop_ids(t, &n);
+        CHECK(tok_bos_id(t) == 1 && tok_eos_id(t) == 2 && same_ids(stop, n, eos, 1), "mistral: BOS %d EOS %d",
+              tok_bos_id(t), tok_eos_id(t));
+        size_t len;
+        const char *p = tok_decode(t, 1, 22557, &len); /* "▁Hello" after BOS: "Hello" */
+        CHECK(p && len == 5 && memcmp(p, "Hello", 5) == 0, "▁Hello after BOS");
+        p = tok_decode(t, 22557, 22557, &len);
+        CHECK(p && len == 6 && memcmp(p, " Hello", 6) == 0, "▁Hello after a word");
+        tok_free(t);
+    }
+    test_case("mistral-32k: BOS <s>, EOS </s>, the stop; the dummy space dropped after BOS only");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -735,5 +880,6 @@ int main(int argc, char **argv)
     test_decode();
     test_speed();
     test_bad_files();
+    test_json_files();
     return tap_done();
 }

@@ -33,7 +33,7 @@ static int *read_text(const char *path, const tok_tokenizer *tok, size_t limit, 
     size_t len = buf ? fread(buf, 1, limit, f) : 0;
     fclose(f);
     int *ids = NULL;
-    if (!buf || tok_encode(tok, buf, len, 1, 0, &ids, n) < 0)
+    if (!buf || tok_encode(tok, buf, len, TOK_ADD_SPECIAL, &ids, n) < 0)
         ids = NULL;
     free(buf);
     return ids;
@@ -327,7 +327,7 @@ static void test_sft(const tok_tokenizer *tok)
         for (size_t i = 0; i < len; i++)
             if (d.loss[a + i] && first == len)
                 first = i;
-        layout_ok = d.ids[a] == TOK_BOS && d.ids[a + len - 1] == TOK_EOS && !d.loss[a] && first > 1;
+        layout_ok = d.ids[a] == tok_bos_id(tok) && d.ids[a + len - 1] == tok_eos_id(tok) && !d.loss[a] && first > 1;
         for (size_t i = first; i < len; i++)
             layout_ok &= d.loss[a + i];
     }

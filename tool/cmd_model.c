@@ -166,7 +166,7 @@ int tool_tokenize_file(const char *cmd, const char *flag, const char *path, cons
         return tool_fail(cmd, "%s: cannot read %s", flag, err);
     if (len == 0)
         return tool_fail(cmd, "%s: %s is empty", flag, path);
-    int rc = tok_encode(tok, text, len, 1, 0, ids, n);
+    int rc = tok_encode(tok, text, len, TOK_ADD_SPECIAL, ids, n);
     unmap_file(text, len);
     return rc < 0 ? tool_fail(cmd, "out of memory tokenizing %s", path) : 0;
 }
@@ -307,7 +307,7 @@ int cmd_generate(int argc, char **argv)
     const char *cmd = "generate", *prompt = "", *adapter = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
     int n = 64, e;
-    llama_sampling s = {0.0f, 0.9f, 0};
+    llama_sampling s = {0.0f, 0.9f, 0, NULL, 0};
     for (int i = 1; i < argc; i++) {
         if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {
             if (e)
@@ -351,11 +351,17 @@ int cmd_generate(int argc, char **argv)
     }
     int *ids = NULL, *out = malloc(((size_t)n + 1) * sizeof(int));
     size_t n_ids = 0;
-    if (!out || tok_encode(tok, prompt, strlen(prompt), 1, 0, &ids, &n_ids) < 0) {
+    s.stop = tok_stop_ids(tok, &s.n_stop);
+    if (!out || tok_encode(tok, prompt, strlen(prompt), TOK_ADD_SPECIAL, &ids, &n_ids) < 0) {
         rc = tool_fail(cmd, "out of memory");
+    } else if (n_ids == 0) {
+        rc = tool_fail(cmd, "--prompt: no tokens (this tokenizer adds no BOS): give some text");
     } else {
         print_ctx pc = {tok, ids[n_ids - 1]};
-        char *head = tok_decode_all(tok, TOK_BOS, ids + 1, n_ids - 1);
+        size_t k = 0; /* the prompt as the model reads it, less the specials added before it */
+        while (k < n_ids && tok_is_special(tok, ids[k]))
+            k++;
+        char *head = tok_decode_all(tok, k ? ids[k - 1] : -1, ids + k, n_ids - k);
         if (head)
             fputs(head, stdout);
         free(head);

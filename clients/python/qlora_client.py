@@ -191,17 +191,18 @@ class Client:
     def status(self):
         return self.call('status')
 
-    def tokenize(self, text):
-        return self.call('tokenize', text=text)['tokens']
+    # special=False: special tokens written in the text are plain text (untrusted text)
+    def tokenize(self, text, special=None):
+        return self.call('tokenize', text=text, special=special)['tokens']
 
-    def eval(self, tokens=None, text=None, adapter=None):
-        return self.call('eval', tokens=tokens, text=text, adapter=adapter)
+    def eval(self, tokens=None, text=None, adapter=None, special=None):
+        return self.call('eval', tokens=tokens, text=text, adapter=adapter, special=special)
 
     def generate(self, prompt=None, tokens=None, max_tokens=None, temperature=None, top_p=None,
-                 seed=None, adapter=None, stream=False):
+                 seed=None, adapter=None, stream=False, special=None):
         """The result; with stream=True a Stream of {token, text} events instead."""
         args = dict(prompt=prompt, tokens=tokens, max_tokens=max_tokens, temperature=temperature,
-                    top_p=top_p, seed=seed, adapter=adapter)
+                    top_p=top_p, seed=seed, adapter=adapter, special=special)
         if stream:
             return self.stream('generate', stream=True, **args)
         return self.call('generate', **args)

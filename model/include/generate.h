@@ -11,6 +11,8 @@ typedef struct {
     float temperature; /* 0: greedy (argmax) */
     float top_p;       /* in (0, 1): nucleus sampling; otherwise the full distribution */
     uint64_t seed;
+    const int *stop;   /* llama_generate ends at any of these ids (tok_stop_ids) */
+    size_t n_stop;
 } llama_sampling;
 
 /* Picks the next token from logits[V] (softmaxed in place when temperature > 0).
@@ -22,8 +24,8 @@ typedef int (*llama_token_fn)(void *ctx, int token);
 
 /* ad: the adapter to apply, or NULL for the base alone (both functions).
  * Generates up to max_new tokens after prompt[0..n_prompt) (which must hold at least one
- * token, normally BOS first), stopping early when the model emits BOS or EOS or the
- * context (seq_len) is full. Writes the new tokens to out (room for max_new) and their
+ * token, normally BOS first), stopping early when the model emits one of s->stop (not
+ * written to out) or the context (seq_len) is full. Writes the new tokens to out (room for max_new) and their
  * count to *n_out. Returns 0, or -1 with a message. */
 int llama_generate(const llama_model *m, const llama_lora *ad, const int *prompt, int n_prompt, int max_new,
                    const llama_sampling *s, llama_token_fn fn, void *ctx, int *out, int *n_out,

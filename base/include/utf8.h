@@ -1,8 +1,9 @@
-/* utf8.h: what is valid UTF-8, decided in one place for everything the daemon sends or
- * logs: every msgpack str it packs (mp.c), the text pieces generate holds back (infer.c)
- * and the escaping of log lines (log.c). */
-#ifndef QLORAD_UTF8_H
-#define QLORAD_UTF8_H
+/* utf8.h: what is valid UTF-8, decided in one place for everything that sends, logs or
+ * tokenizes text: every msgpack str the daemon packs (daemon/mp.c), the text pieces
+ * generate holds back (daemon/infer.c), the escaping of log lines (daemon/log.c), and
+ * the U+FFFD that a byte-level tokenizer reads invalid UTF-8 as (model/tokenizer.c). */
+#ifndef QLORA_UTF8_H
+#define QLORA_UTF8_H
 
 #include <stddef.h>
 
