@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "procmem.h"
 #include "forward.h"
 #include "parallel.h"
 
@@ -23,42 +24,6 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Resident bytes of this process (statm), and its peak since the last reset_peak (VmHWM). */
-static size_t rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages = 0, resident = 0;
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
-            resident = 0;
-        fclose(f);
-    }
-    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-
-static size_t peak_bytes(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %zu kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb * 1024;
-}
-
-/* Lets VmHWM restart from the current RSS (Linux 4.0+); a no-op where refused. */
-static void reset_peak(void)
-{
-    FILE *f = fopen("/proc/self/clear_refs", "w");
-    if (f) {
-        fputs("5", f);
-        fclose(f);
-    }
 }
 
 typedef struct {
@@ -78,16 +43,16 @@ static int setup(const char *dir, qt_format f, int prefill, int decode, bench *r
 {
     char err[1024];
     memset(r, 0, sizeof *r);
-    reset_peak();
-    size_t rss0 = rss_bytes();
+    rt_reset_peak();
+    size_t rss0 = rt_rss_bytes();
     double t0 = now();
     if (llama_load(&r->m, dir, qt_spec_default(f), err, sizeof err) < 0) {
         fprintf(stderr, "bench_model: %s\n", err);
         return -1;
     }
     r->load_s = now() - t0;
-    r->rss = rss_bytes() - rss0;
-    r->peak = peak_bytes() > rss0 ? peak_bytes() - rss0 : 0;
+    r->rss = rt_rss_bytes() - rss0;
+    r->peak = rt_peak_bytes() > rss0 ? rt_peak_bytes() - rss0 : 0;
     const llama_config *c = &r->m.cfg;
     int T = c->seq_len < prefill ? c->seq_len : prefill, steps = decode, S = T + steps;
     if (S > c->seq_len)
@@ -157,14 +122,14 @@ static int parse_formats(const char *list, unsigned *set)
 static void measure_cache(const llama_config *c)
 {
     llama_cache kv;
-    size_t bytes = 2 * (size_t)c->n_layers * c->seq_len * c->kv_dim * sizeof(float), rss0 = rss_bytes();
+    size_t bytes = 2 * (size_t)c->n_layers * c->seq_len * c->kv_dim * sizeof(float), rss0 = rt_rss_bytes();
     if (llama_cache_alloc(&kv, c, 1, c->seq_len) < 0) {
         printf("\nKV cache at seq_len %d: %.1f MiB expected, could not be allocated\n", c->seq_len,
                bytes / 1048576.0);
         return;
     }
     memset(kv.k, 0, bytes / 2), memset(kv.v, 0, bytes / 2);
-    size_t rss = rss_bytes() - rss0;
+    size_t rss = rt_rss_bytes() - rss0;
     printf("\nKV cache at seq_len %d (one sequence, fp32): %.1f MiB resident, %.1f MiB expected (%.1f%%)\n",
            c->seq_len, rss / 1048576.0, bytes / 1048576.0, 100.0 * rss / bytes);
     llama_cache_free(&kv);

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "procmem.h"
 #include "parallel.h"
 #include "train.h"
 
@@ -38,29 +39,6 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* The process's RSS and its peak since reset_peak (VmHWM; writing 5 to clear_refs restarts it). */
-static size_t status_kb(const char *key)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t kb = 0, n = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, key, n) && sscanf(line + n, " %zu", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
-static void reset_peak(void)
-{
-    FILE *f = fopen("/proc/self/clear_refs", "w");
-    if (f) {
-        fputs("5", f);
-        fclose(f);
-    }
 }
 
 typedef struct {
@@ -158,15 +136,15 @@ static int bench_model(const char *dir, const options *o)
     char err[1024];
     int B = o->B, T = o->T, steps = o->steps;
     const char *torch = o->torch;
-    reset_peak();
+    rt_reset_peak();
     double t0 = now();
     if (llama_load(&m, dir, qt_spec_default(QT_NF4), err, sizeof err) < 0) {
         fprintf(stderr, "bench_train: %s\n", err);
         return -1;
     }
     double load_s = now() - t0;
-    size_t load_peak = status_kb("VmHWM:"), loaded = status_kb("VmRSS:");
-    reset_peak();
+    size_t load_peak = rt_peak_bytes() / 1024, loaded = rt_rss_bytes() / 1024;
+    rt_reset_peak();
     const llama_config cfg = m.cfg, *c = &cfg; /* outlives the model, freed before torch runs */
     if (T > c->seq_len)
         T = c->seq_len;
@@ -211,7 +189,7 @@ static int bench_model(const char *dir, const options *o)
         openblas_set_num_threads(n_th); /* the library's products set OpenBLAS to 1 thread */
         peak[th] = fmax(peak[th], sgemm_peak(1.0));
     }
-    size_t train_peak = status_kb("VmHWM:");
+    size_t train_peak = rt_peak_bytes() / 1024;
     trainer_free(&t);
     free(tokens);
     size_t quantized, params = llama_n_params(c, m.tied, &quantized);

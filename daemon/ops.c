@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "procmem.h"
 #include "qlorad.h"
 #include "workspace.h"
 
@@ -430,18 +431,6 @@ void op_op_list(req *r)
     reply_records(r, "ops", &op_record, op_table, sizeof op_table / sizeof op_table[0], sizeof op_table[0]);
 }
 
-static size_t rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long pages = 0, rss = 0;
-    if (f) {
-        if (fscanf(f, "%lu %lu", &pages, &rss) != 2)
-            rss = 0;
-        fclose(f);
-    }
-    return rss * 4096;
-}
-
 /* What status tells, gathered first: the table below packs it. */
 typedef struct {
     int connections, requests_in_flight;
@@ -525,7 +514,7 @@ void op_status(req *r)
         .double_quant = m->spec.double_quant,
         .bits_per_param = llama_linear_bits(m),
         .base_bytes = llama_weight_bytes(m),
-        .rss_bytes = rss_bytes(),
+        .rss_bytes = rt_rss_bytes(),
     };
     const char *name = strrchr(d->model_dir, '/');
     s.name = name && name[1] ? name + 1 : d->model_dir;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "procmem.h"
 #include "parallel.h"
 #include "quant.h"
 #include "tap.h"
@@ -599,20 +600,6 @@ static void test_parallel_for(void)
 #endif
 #endif
 
-#ifndef UNDER_ASAN
-static size_t resident_bytes(void)
-{
-    long pages = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
-            resident = 0;
-        fclose(f);
-    }
-    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-#endif
-
 static void *use_workspace(void *unused)
 {
     (void)unused;
@@ -635,7 +622,7 @@ static void test_workspace(void)
     memset(c, 0, 1 << 20); /* all of it is ours (ASan checks the bound) */
     rt_workspace_release();
 #ifndef UNDER_ASAN
-    size_t before = resident_bytes();
+    size_t before = rt_rss_bytes();
 #endif
     pthread_t t;
     void *theirs = NULL;
@@ -645,11 +632,11 @@ static void test_workspace(void)
     printf("# the exiting thread's release is checked by LeakSanitizer in this build\n");
 #else
     /* a margin of half the buffer for the thread's stack and whatever else moves */
-    CHECK(resident_bytes() < before + WS_BIG / 2, "the exited thread still holds %zu MB",
-          (resident_bytes() - before) >> 20);
-    CHECK(use_workspace(NULL) && resident_bytes() >= before + WS_BIG, "the buffer is not resident");
+    CHECK(rt_rss_bytes() < before + WS_BIG / 2, "the exited thread still holds %zu MB",
+          (rt_rss_bytes() - before) >> 20);
+    CHECK(use_workspace(NULL) && rt_rss_bytes() >= before + WS_BIG, "the buffer is not resident");
     rt_workspace_release();
-    CHECK(resident_bytes() < before + WS_BIG / 2, "release left %zu MB", (resident_bytes() - before) >> 20);
+    CHECK(rt_rss_bytes() < before + WS_BIG / 2, "release left %zu MB", (rt_rss_bytes() - before) >> 20);
 #endif
     test_case("workspace: aligned, per slot, freed at release and thread exit");
 }

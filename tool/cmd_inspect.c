@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "procmem.h"
 #include "forward.h"
 #include "generate.h"
 #include "tool.h"
@@ -54,18 +55,6 @@ static int measure_layer(void *ctx, int layer, llama_linear l, const float *w, i
     return 0;
 }
 
-static size_t rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages = 0, resident = 0;
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
-            resident = 0;
-        fclose(f);
-    }
-    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-
 int cmd_inspect(int argc, char **argv)
 {
     const char *cmd = "inspect";
@@ -77,7 +66,7 @@ int cmd_inspect(int argc, char **argv)
         if (e)
             return e;
     }
-    size_t rss0 = rss_bytes();
+    size_t rss0 = rt_rss_bytes();
     llama_model m;
     int rc = tool_load_model(cmd, &o, &m, NULL);
     if (rc)
@@ -99,7 +88,7 @@ int cmd_inspect(int argc, char **argv)
     llama_cache kv;
     if (llama_cache_alloc(&kv, c, 1, positions) == 0) /* touch it, so RSS includes it */
         memset(kv.k, 0, cache / 2), memset(kv.v, 0, cache / 2);
-    size_t rss = rss_bytes() - rss0;
+    size_t rss = rt_rss_bytes() - rss0;
     size_t expect = (size_t)(bits * quantized / 8) + fp32_rest + cache;
     printf("\nquantization %s, block %d%s: %.3f bits/param over the linears\n",
            qt_format_name(o.spec.format), o.spec.block, o.spec.double_quant ? ", double quant" : "",
