@@ -341,3 +341,12 @@ int json_get_int(const json_value *obj, const char *key, long lo, long hi, long 
     *out = (long)v->number;
     return 0;
 }
+
+int json_get_token(const json_value *obj, const char *key, const json_value **out)
+{
+    const json_value *v = json_get(obj, key);
+    if (v && v->type == JSON_OBJECT)
+        v = json_get(v, "content");
+    *out = v && v->type == JSON_STRING ? v : NULL;
+    return !v || v->type == JSON_NULL || *out ? 0 : -1;
+}

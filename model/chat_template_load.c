@@ -130,15 +130,13 @@ static int token_of(const json_value *cfg, const char *key, char **out, const ch
                     char *err, size_t errlen)
 {
     *out = NULL;
-    const json_value *v = json_get(cfg, key);
-    if (v && v->type == JSON_OBJECT)
-        v = json_get(v, "content");
-    if (!v || v->type == JSON_NULL)
-        return 0;
-    if (v->type != JSON_STRING) {
+    const json_value *v;
+    if (json_get_token(cfg, key, &v) < 0) {
         snprintf(err, errlen, "%s: %s: not a string", path, key);
         return -1;
     }
+    if (!v)
+        return 0;
     if (!(*out = strdup(v->string))) {
         snprintf(err, errlen, "%s: out of memory", path);
         return -1;

@@ -110,13 +110,11 @@ static json_value *optional_file(const char *dir, const char *name, char *file, 
 static int config_token(const tok_tokenizer *t, const json_value *cfg, const char *key, int *id, const char *file,
                         char *err, size_t errlen)
 {
-    const json_value *v = json_get(cfg, key);
-    if (v && v->type == JSON_OBJECT)
-        v = json_get(v, "content");
-    if (!v || v->type == JSON_NULL)
-        return 0;
-    if (v->type != JSON_STRING)
+    const json_value *v;
+    if (json_get_token(cfg, key, &v) < 0)
         return tok_fail(err, errlen, file, "%s: not a string, {\"content\": string} or null", key);
+    if (!v)
+        return 0;
     *id = tok_token_id(t, v->string, v->len);
     if (*id < 0)
         return tok_fail(err, errlen, file, "%s: \"%.60s\" is not a token of the tokenizer", key, v->string);

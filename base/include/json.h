@@ -29,6 +29,10 @@ json_value *json_parse_file(const char *path, size_t max_size, char *err, size_t
 void json_free(json_value *v);
 /* The member `key` of an object, or NULL. */
 const json_value *json_get(const json_value *obj, const char *key);
+/* A token member as Hugging Face's tokenizer_config.json writes one (bos_token, eos_token...):
+ * a string, or an AddedToken object {"content": string}. 0 with *out the string value, or
+ * NULL when absent or null; -1 (with *out NULL) when it is neither. */
+int json_get_token(const json_value *obj, const char *key, const json_value **out);
 /* A number member that is an integer in [lo, hi]: 0, or -1 (missing / wrong type / range). */
 int json_get_int(const json_value *obj, const char *key, long lo, long hi, long *out);
 

@@ -211,8 +211,8 @@ def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def parse_config(path):
-    """The model's parameters from config.json, or Refused naming the file and key."""
+def read_object(path):
+    """A JSON file holding an object, and a maker of Refused naming the file and a key."""
     with open(path) as f:
         try:
             j = json.load(f)
@@ -220,9 +220,12 @@ def parse_config(path):
             raise Refused('%s: not JSON: %s' % (path, e))
     if not isinstance(j, dict):
         raise Refused('%s: not a JSON object' % path)
+    return j, lambda key, why: Refused("%s: '%s': %s" % (path, key, why))
 
-    def bad(key, why):
-        return Refused("%s: '%s': %s" % (path, key, why))
+
+def parse_config(path):
+    """The model's parameters from config.json, or Refused naming the file and key."""
+    j, bad = read_object(path)
 
     arch = j.get('architectures')
     if not (isinstance(arch, list) and len(arch) == 1 and arch[0] in FAMILIES):
@@ -619,16 +622,7 @@ def adapter_tensors(c, r, modules):
 
 def parse_adapter_config(path):
     """(r, scaling, modules) of adapter_config.json, or Refused naming the file and key."""
-    with open(path) as f:
-        try:
-            j = json.load(f)
-        except ValueError as e:
-            raise Refused('%s: not JSON: %s' % (path, e))
-    if not isinstance(j, dict):
-        raise Refused('%s: not a JSON object' % path)
-
-    def bad(key, why):
-        return Refused("%s: '%s': %s" % (path, key, why))
+    j, bad = read_object(path)
 
     for k, v in j.items():
         if k in ADAPTER_DEFAULT_ONLY:
