@@ -420,16 +420,23 @@ static size_t pack_rows(const sft_data *d, uint64_t seed, int shuffle, uint64_t 
     return carried;
 }
 
-size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, int B, int T, int *inputs, int *targets,
-                     int *start)
+int sft_order_init(sft_order *o, const sft_data *d)
 {
-    size_t *order = malloc(d->n * sizeof *order);
-    if (!order)
-        return (size_t)-1;
-    uint64_t have = UINT64_MAX;
-    size_t n = pack_rows(d, seed, 1, cursor, order, &have, B, T, inputs, targets, NULL, start);
-    free(order);
-    return n;
+    o->epoch = UINT64_MAX;
+    o->order = malloc((d->n ? d->n : 1) * sizeof *o->order);
+    return o->order ? 0 : -1;
+}
+
+void sft_order_free(sft_order *o)
+{
+    free(o->order);
+    o->order = NULL;
+}
+
+size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, sft_order *o, int B, int T, int *inputs,
+                     int *targets, int *start)
+{
+    return pack_rows(d, seed, 1, cursor, o->order, &o->epoch, B, T, inputs, targets, NULL, start);
 }
 
 /* -log p(target) of each row's targets, summed into *sum (count into *n). */

@@ -338,6 +338,10 @@ int trainer_init_sft(trainer *t, const llama_model *m, const sft_data *sft, cons
     t->sft = sft;
     t->eval_sft = eval_sft;
     t->n_eval = eval_sft ? eval_sft->n : 0;
+    if (sft_order_init(&t->order, sft) < 0) {
+        snprintf(err, errlen, "out of memory for the order of %zu examples", sft->n);
+        return -1;
+    }
     return trainer_setup(t, m, NULL, h, err, errlen);
 }
 
@@ -374,6 +378,7 @@ void trainer_free(trainer *t)
     free(t->v);
     free(t->dlogits);
     free(t->batch);
+    sft_order_free(&t->order);
     llama_acts_free(&t->acts);
     llama_acts_free(&t->teacher_acts);
     llama_cache_free(&t->cache);
@@ -504,13 +509,8 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     if (t->sft) { /* every micro-batch first: the loss is the mean over the step's loss tokens */
         size_t carried = 0;
         for (int a = 0; a < h->grad_accum; a++) {
-            size_t n = sft_fill_rows(t->sft, h->seed, &t->cursor, B, T, t->batch + a * BT, t->batch + rows + a * BT,
-                                     t->batch + 2 * rows + a * BT);
-            if (n == (size_t)-1) {
-                snprintf(err, errlen, "out of memory packing the batch");
-                return -1;
-            }
-            carried += n;
+            carried += sft_fill_rows(t->sft, h->seed, &t->cursor, &t->order, B, T, t->batch + a * BT,
+                                     t->batch + rows + a * BT, t->batch + 2 * rows + a * BT);
         }
         norm = carried ? (double)carried : 1;
     }

@@ -103,10 +103,14 @@ int main(int argc, char **argv)
     int *in = malloc((size_t)B * T * 3 * sizeof(int));
     uint64_t cursor = 0;
     size_t rows = 0;
+    sft_order order;
+    if (sft_order_init(&order, &d) < 0)
+        return 1;
     while (in && cursor < N_EXAMPLES) { /* one epoch, in calls of B rows */
-        sft_fill_rows(&d, 1, &cursor, B, T, in, in + (size_t)B * T, in + 2 * (size_t)B * T);
+        sft_fill_rows(&d, 1, &cursor, &order, B, T, in, in + (size_t)B * T, in + 2 * (size_t)B * T);
         rows += (size_t)B;
     }
+    sft_order_free(&order);
     /* every example's tokens land in some row of T + 1 slots (the last call's spare rows too) */
     double pad_packed = 1.0 - (double)total / ((double)rows * (T + 1));
     double pad_one = 1.0 - (double)total / ((double)N_EXAMPLES * (T + 1));

@@ -336,7 +336,9 @@ static void test_sft(const tok_tokenizer *tok)
     const int T = 16, B = 3;
     int in[48], tg[48], st[48];
     uint64_t cursor = 0;
-    size_t carried = sft_fill_rows(&d, 5, &cursor, B, T, in, tg, st);
+    sft_order order, o1, o2;
+    CHECK(sft_order_init(&order, &d) == 0 && sft_order_init(&o1, &d) == 0 && sft_order_init(&o2, &d) == 0, "alloc");
+    size_t carried = sft_fill_rows(&d, 5, &cursor, &order, B, T, in, tg, st);
     size_t carried_seen = 0, slots = 0, bad = 0;
     for (int r = 0; r < B * T; r++) {
         carried_seen += tg[r] >= 0;
@@ -354,8 +356,11 @@ static void test_sft(const tok_tokenizer *tok)
     /* the next epoch's order follows the seed: the same seed packs the same rows again */
     int in2[48], tg2[48], st2[48];
     uint64_t c1 = 100, c2 = 100;
-    sft_fill_rows(&d, 9, &c1, B, T, in, tg, st);
-    sft_fill_rows(&d, 9, &c2, B, T, in2, tg2, st2);
+    sft_fill_rows(&d, 9, &c1, &o1, B, T, in, tg, st);
+    sft_fill_rows(&d, 9, &c2, &o2, B, T, in2, tg2, st2);
+    sft_order_free(&order);
+    sft_order_free(&o1);
+    sft_order_free(&o2);
     CHECK(memcmp(in, in2, sizeof in) == 0 && memcmp(tg, tg2, sizeof tg) == 0 && c1 == c2, "packing is deterministic");
     test_case("SFT examples: BOS, unlearned prompt, learned completion + EOS; packed rows keep each target in its "
               "example and count %zu loss tokens", carried);

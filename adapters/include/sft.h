@@ -74,11 +74,20 @@ int sft_is_jsonl(const char *text, size_t len);
 void sft_cut(sft_data *d, size_t max_len);
 void sft_free(sft_data *d);
 
+/* An epoch's order of the examples, kept between calls of sft_fill_rows so that it is
+ * shuffled once an epoch, not once a micro-batch. */
+typedef struct {
+    size_t *order; /* [n] */
+    uint64_t epoch; /* the epoch order holds; UINT64_MAX: none yet */
+} sft_order;
+int sft_order_init(sft_order *o, const sft_data *d); /* -1 out of memory */
+void sft_order_free(sft_order *o);
+
 /* Fills B rows of T inputs, targets (-1: no loss) and starts (forward.h's packing) from
  * the examples at *cursor onwards of the shuffled stream (epoch = cursor / n), advancing
  * *cursor. Returns the number of targets that carry loss. */
-size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, int B, int T, int *inputs, int *targets,
-                     int *start);
+size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, sft_order *o, int B, int T, int *inputs,
+                     int *targets, int *start);
 
 /* The mean loss of the tokens that carry it over every example (packed in rows of T, one
  * row at a time) with adapter ad, into *nll_mean, and of the tokens that do not (the

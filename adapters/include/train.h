@@ -97,6 +97,7 @@ typedef struct {
     size_t n_eval;
     const sft_data *sft, *eval_sft; /* SFT examples instead of the streams (trainer_init_sft) */
     uint64_t cursor;             /* SFT: examples taken so far (sft_fill_rows) */
+    sft_order order;             /* SFT: the current epoch's order of them */
     train_hyper hyper;
     llama_lora adapter;
     float *grads, *m, *v;        /* the adapter's layout */
