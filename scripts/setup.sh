@@ -40,3 +40,28 @@ if [ ! -f .deps/node/node_modules/@anush008/tokenizers/package.json ] ||
   mkdir -p .deps/node
   npm install --prefix .deps/node --no-save --no-audit --no-fund --loglevel=error "$HF_TOKENIZERS" >/dev/null
 fi
+
+# llama.cpp itself, the reference for GGUF, ggml's quant blocks and GGUF adapters
+# (tests/ref/llama_ref.c): node-llama-cpp's prebuilt libllama/libggml for this CPU family
+# and, from the same npm release, the git bundle of the llama.cpp source it was built from
+# (headers for the shim, gguf-py for writing test files). Pinned, in .deps/llama.
+NLC_VERSION=3.22.1
+case "$(uname -m)" in
+  x86_64) NLC_ARCH=linux-x64 ;;
+  aarch64) NLC_ARCH=linux-arm64 ;;
+  *) NLC_ARCH="" ;;
+esac
+if [ -n "$NLC_ARCH" ] && [ "$(cat .deps/llama/version 2>/dev/null)" != "$NLC_VERSION $NLC_ARCH" ]; then
+  echo "setup: installing llama.cpp (node-llama-cpp $NLC_VERSION, $NLC_ARCH) into .deps/llama"
+  rm -rf .deps/llama && mkdir -p .deps/llama/pack
+  ( cd .deps/llama/pack &&
+    npm pack --loglevel=error "node-llama-cpp@$NLC_VERSION" "@node-llama-cpp/$NLC_ARCH@$NLC_VERSION" >/dev/null &&
+    tar xzf "node-llama-cpp-$NLC_VERSION.tgz" package/llama/gitRelease.bundle package/llama/llama.cpp.info.json &&
+    mkdir bins && tar xzf "node-llama-cpp-$NLC_ARCH-$NLC_VERSION.tgz" -C bins )
+  git -c advice.detachedHead=false clone -q .deps/llama/pack/package/llama/gitRelease.bundle .deps/llama/src
+  rm -rf .deps/llama/src/.git
+  mv ".deps/llama/pack/bins/package/bins/$NLC_ARCH" .deps/llama/lib
+  cp .deps/llama/pack/package/llama/llama.cpp.info.json .deps/llama/
+  rm -rf .deps/llama/pack
+  echo "$NLC_VERSION $NLC_ARCH" > .deps/llama/version
+fi
