@@ -1,6 +1,7 @@
 /* sft.c: supervised fine-tuning data (see sft.h). */
 #include "sft.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -378,20 +379,25 @@ static void epoch_order(size_t *order, size_t n, uint64_t seed, uint64_t epoch, 
     }
 }
 
-/* The packer under sft_fill_rows and sft_eval: rows of T inputs from the examples at
- * *cursor on; targets carry loss (else -1); other (may be NULL) the targets of the
- * examples' own tokens that do not. */
-static size_t pack_rows(const sft_data *d, uint64_t seed, int shuffle, uint64_t *cursor, size_t *order,
-                        uint64_t *epoch_of_order, int B, int T, int *inputs, int *targets, int *other, int *start)
+/* The packer under sft_fill_rows, sft_steps and sft_eval: rows of T inputs from the
+ * examples at *cursor on, never taking the example at limit or later (the rest is padding);
+ * targets carry loss (else -1); other (may be NULL) the targets of the examples' own
+ * tokens that do not. inputs NULL: only advances *cursor (and counts), writing nothing. */
+static size_t pack_rows(const sft_data *d, uint64_t seed, int shuffle, uint64_t *cursor, uint64_t limit,
+                        size_t *order, uint64_t *epoch_of_order, int B, int T, int *inputs, int *targets, int *other,
+                        int *start)
 {
     size_t carried = 0;
     for (int b = 0; b < B; b++) {
-        int *in = inputs + (size_t)b * T, *tg = targets + (size_t)b * T, *ot = other ? other + (size_t)b * T : NULL;
-        int *st = start + (size_t)b * T;
-        for (int t = 0; t < T; t++) /* padding, until an example takes the slot */
-            in[t] = 0, st[t] = t, tg[t] = -1, ot ? ot[t] = -1 : 0;
+        int *in = NULL, *tg = NULL, *ot = NULL, *st = NULL;
+        if (inputs) {
+            in = inputs + (size_t)b * T, tg = targets + (size_t)b * T, st = start + (size_t)b * T;
+            ot = other ? other + (size_t)b * T : NULL;
+            for (int t = 0; t < T; t++) /* padding, until an example takes the slot */
+                in[t] = 0, st[t] = t, tg[t] = -1, ot ? ot[t] = -1 : 0;
+        }
         int used = 0; /* token slots of the row's T + 1 */
-        while (used < T + 1) {
+        while (used < T + 1 && *cursor < limit) {
             uint64_t epoch = *cursor / d->n;
             if (epoch != *epoch_of_order) {
                 epoch_order(order, d->n, seed, epoch, shuffle);
@@ -404,10 +410,11 @@ static size_t pack_rows(const sft_data *d, uint64_t seed, int shuffle, uint64_t 
                 len = (size_t)T + 1 - used;
             for (size_t i = 0; i < len; i++) {
                 int t = used + (int)i;
-                if (t < T)
+                if (in && t < T)
                     in[t] = d->ids[a + i], st[t] = used;
                 if (i > 0) { /* the target of input t - 1; an example's last input has none */
-                    tg[t - 1] = d->loss[a + i] ? d->ids[a + i] : -1;
+                    if (in)
+                        tg[t - 1] = d->loss[a + i] ? d->ids[a + i] : -1;
                     if (ot)
                         ot[t - 1] = d->loss[a + i] ? -1 : d->ids[a + i];
                     carried += d->loss[a + i];
@@ -433,10 +440,83 @@ void sft_order_free(sft_order *o)
     o->order = NULL;
 }
 
-size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, sft_order *o, int B, int T, int *inputs,
-                     int *targets, int *start)
+size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, uint64_t limit, sft_order *o, int B, int T,
+                     int *inputs, int *targets, int *start)
 {
-    return pack_rows(d, seed, 1, cursor, o->order, &o->epoch, B, T, inputs, targets, NULL, start);
+    return pack_rows(d, seed, 1, cursor, limit, o->order, &o->epoch, B, T, inputs, targets, NULL, start);
+}
+
+int sft_steps(const sft_data *d, uint64_t seed, uint64_t limit, int rows_per_step, int T, int *steps)
+{
+    sft_order o;
+    if (sft_order_init(&o, d) < 0)
+        return -1;
+    uint64_t cursor = 0, n = 0;
+    while (cursor < limit && n < INT_MAX) {
+        pack_rows(d, seed, 1, &cursor, limit, o.order, &o.epoch, rows_per_step, T, NULL, NULL, NULL, NULL);
+        n++;
+    }
+    sft_order_free(&o);
+    *steps = (int)n;
+    return 0;
+}
+
+/* A new data set of the examples of d that pick (n of them) selects. */
+static int subset(const sft_data *d, const uint8_t *pick, int want, sft_data *out)
+{
+    size_t n = 0, tokens = 0;
+    for (size_t e = 0; e < d->n; e++)
+        if (pick[e] == want)
+            n++, tokens += d->offset[e + 1] - d->offset[e];
+    memset(out, 0, sizeof *out);
+    out->format = d->format;
+    out->ids = malloc((tokens ? tokens : 1) * sizeof *out->ids);
+    out->loss = malloc(tokens ? tokens : 1);
+    out->offset = malloc((n + 1) * sizeof *out->offset);
+    if (!out->ids || !out->loss || !out->offset) {
+        sft_free(out);
+        return -1;
+    }
+    size_t w = 0;
+    for (size_t e = 0; e < d->n; e++) {
+        if (pick[e] != want)
+            continue;
+        size_t a = d->offset[e], len = d->offset[e + 1] - a;
+        out->offset[out->n++] = w;
+        memcpy(out->ids + w, d->ids + a, len * sizeof *d->ids);
+        memcpy(out->loss + w, d->loss + a, len);
+        for (size_t i = 0; i < len; i++)
+            out->loss_tokens += d->loss[a + i];
+        w += len;
+    }
+    out->offset[out->n] = out->n_tokens = w;
+    return 0;
+}
+
+int sft_split(const sft_data *d, double fraction, uint64_t seed, sft_data *train, sft_data *held)
+{
+    size_t k = (size_t)(fraction * (double)d->n + 0.5);
+    if (k == 0 && d->n > 1)
+        k = 1;
+    size_t *order = malloc((d->n ? d->n : 1) * sizeof *order);
+    uint8_t *pick = calloc(d->n ? d->n : 1, 1);
+    int rc = -1;
+    if (order && pick) {
+        /* the held-out examples: the first k of a shuffle no epoch uses */
+        epoch_order(order, d->n, mix(seed ^ 0x76616C6964ull), 0, 1);
+        for (size_t i = 0; i < k; i++)
+            pick[order[i]] = 1;
+        rc = 0;
+        if (subset(d, pick, 0, train) < 0)
+            rc = -1;
+        else if (subset(d, pick, 1, held) < 0)
+            sft_free(train), rc = -1;
+        if (rc == 0)
+            train->truncated = d->truncated; /* the file's count, not the subset's */
+    }
+    free(order);
+    free(pick);
+    return rc;
 }
 
 /* -log p(target) of each row's targets, summed into *sum (count into *n). */
@@ -477,7 +557,7 @@ int sft_eval(const llama_model *m, const llama_lora *ad, const sft_data *d, int 
     size_t n = 0, n_other = 0;
     acts.start = st;
     while (cursor < d->n) {
-        pack_rows(d, 0, 0, &cursor, order, &have, 1, T, in, tg, ot, st);
+        pack_rows(d, 0, 0, &cursor, d->n, order, &have, 1, T, in, tg, ot, st);
         if (llama_forward(m, ad, &acts, &cache, in, 1, T, 0, LLAMA_INFER) < 0) {
             FAIL("out of memory in the forward pass");
             goto done;

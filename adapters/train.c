@@ -84,6 +84,9 @@ const train_hyper_field train_hyper_fields[] = {
     FIELD("eval_every", "--eval-every", HYPER_INT, eval_every),
     FIELD("checkpoint_every", "--checkpoint-every", HYPER_INT, checkpoint_every),
     FIELD("recompute", "--recompute", HYPER_BOOL, recompute),
+    FIELD("epochs", "--epochs", HYPER_INT, epochs),
+    FIELD("validation_split", "--validation-split", HYPER_FLOAT, validation_split),
+    FIELD("patience", "--patience", HYPER_INT, patience),
 };
 #undef FIELD
 const size_t train_hyper_n_fields = sizeof train_hyper_fields / sizeof train_hyper_fields[0];
@@ -107,6 +110,28 @@ void train_hyper_default(train_hyper *h, const llama_config *c)
     h->checkpoint_every = 50;
 }
 
+void train_hyper_fill(train_hyper *h, int have_steps, int have_warmup)
+{
+    if (!have_steps && h->epochs > 0)
+        h->steps = 0;
+    if (!have_warmup && h->steps && h->warmup > h->steps)
+        h->warmup = h->steps;
+}
+
+int train_hyper_check_eval(const train_hyper *h, int have_eval, char *err, size_t errlen)
+{
+    have_eval |= h->validation_split > 0;
+    if (h->patience && !have_eval) {
+        snprintf(err, errlen, "patience: early stopping needs eval data (eval_data or validation_split)");
+        return -1;
+    }
+    if (h->patience && !h->eval_every) {
+        snprintf(err, errlen, "patience: early stopping needs eval_every > 0");
+        return -1;
+    }
+    return 0;
+}
+
 int train_hyper_check(const train_hyper *h, const llama_config *c, char *err, size_t errlen)
 {
     const char *field = NULL, *why = "";
@@ -121,15 +146,21 @@ int train_hyper_check(const train_hyper *h, const llama_config *c, char *err, si
         field = "targets", why = "must name at least one of q, k, v, o, gate, up, down";
     else if (!(h->lr > 0) || h->lr > 1)
         field = "lr", snprintf(buf, sizeof buf, "%g is not in (0, 1]", h->lr), why = buf;
-    else if (h->steps < 1 || h->steps > 10000000)
-        field = "steps", why = "must be in 1..10000000";
+    else if ((h->steps < 1 && !(h->steps == 0 && h->epochs > 0)) || h->steps > 10000000)
+        field = "steps", why = "must be in 1..10000000 (or 0 with epochs: as many as they take)";
+    else if (h->epochs < 0 || h->epochs > 1000)
+        field = "epochs", why = "must be in 0..1000 (0: steps decide)";
+    else if (!(h->validation_split >= 0 && h->validation_split <= 0.5f))
+        field = "validation_split", why = "must be in [0, 0.5]";
+    else if (h->patience < 0 || h->patience > 1000000)
+        field = "patience", why = "must be in 0..1000000 (0: no early stopping)";
     else if (h->batch < 1 || h->batch > 4096)
         field = "batch_size", why = "must be in 1..4096";
     else if (h->seq_len < 2 || h->seq_len > c->seq_len)
         field = "seq_len", snprintf(buf, sizeof buf, "%d is not in 2..%d (the model's)", h->seq_len, c->seq_len), why = buf;
     else if (h->grad_accum < 1 || h->grad_accum > 4096)
         field = "grad_accum", why = "must be in 1..4096";
-    else if (h->warmup < 0 || h->warmup > h->steps)
+    else if (h->warmup < 0 || (h->steps && h->warmup > h->steps))
         field = "warmup", why = "must be in 0..steps";
     else if (!(h->weight_decay >= 0) || h->weight_decay > 1)
         field = "weight_decay", why = "must be in [0, 1]";
@@ -259,6 +290,9 @@ static int trainer_setup(trainer *t, const llama_model *m, const llama_model *te
     if (t->teacher && (llama_cache_alloc(&t->teacher_cache, c, B, T) < 0 ||
                        llama_acts_alloc(&t->teacher_acts, c, B, T, T, 0, 0) < 0))
         goto oom;
+    t->best_loss = INFINITY;
+    if (h->patience && !(t->best = malloc(n * sizeof(float))))
+        goto oom;
     if (h->init == INIT_LOFTQ) {
         if (loftq_init(&t->adapter, m, h->seed, err, errlen) < 0) {
             trainer_free(t);
@@ -275,14 +309,42 @@ oom:
     return -1;
 }
 
+/* The steps that epochs take (derived; h->steps, when not 0, bounds them), with warmup
+ * at most that; and what patience needs. */
+static int settle_steps(train_hyper *h, int n_eval, long long derived, char *err, size_t errlen)
+{
+    if (h->epochs > 0) {
+        if (derived < 1)
+            derived = 1;
+        if (h->steps == 0 || derived < h->steps)
+            h->steps = derived > 10000000 ? 10000000 : (int)derived;
+        if (h->warmup > h->steps)
+            h->warmup = h->steps;
+    }
+    return train_hyper_check_eval(h, n_eval, err, errlen);
+}
+
 int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
-                 size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
+                 size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h0,
                  char *err, size_t errlen)
 {
     memset(t, 0, sizeof *t);
     const llama_config *c = &m->cfg;
+    train_hyper h_run = *h0, *h = &h_run;
     if (train_hyper_check(h, c, err, errlen) < 0)
         return -1;
+    if (!eval_tokens && h->validation_split > 0) { /* the stream's last share, held out */
+        size_t held = (size_t)((double)n_tokens * h->validation_split);
+        if (held < 2 || n_tokens - held < (size_t)h->seq_len + 1) {
+            snprintf(err, errlen, "validation_split: %g of %zu tokens leaves %zu to train on and %zu to evaluate "
+                     "(at least seq_len + 1 = %d and 2)", h->validation_split, n_tokens, n_tokens - held, held,
+                     h->seq_len + 1);
+            return -1;
+        }
+        eval_tokens = tokens + n_tokens - held;
+        n_eval = held;
+        n_tokens -= held;
+    }
     if (n_tokens < (size_t)h->seq_len + 1) {
         snprintf(err, errlen, "data: %zu tokens, fewer than seq_len + 1 = %d", n_tokens, h->seq_len + 1);
         return -1;
@@ -298,24 +360,41 @@ int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, c
         snprintf(err, errlen, "method: recovery needs the full-precision model");
         return -1;
     }
+    const double per_step = (double)h->batch * h->seq_len * h->grad_accum;
+    if (settle_steps(h, eval_tokens != NULL, (long long)ceil(h->epochs * (double)n_tokens / per_step), err,
+                     errlen) < 0)
+        return -1;
     t->tokens = tokens;
     t->n_tokens = n_tokens;
     t->eval_tokens = eval_tokens;
     t->n_eval = eval_tokens ? n_eval : 0;
+    t->limit = UINT64_MAX;
     return trainer_setup(t, m, teacher, h, err, errlen);
 }
 
 int trainer_init_sft(trainer *t, const llama_model *m, const sft_data *sft, const sft_data *eval_sft,
-                     const train_hyper *h, char *err, size_t errlen)
+                     const train_hyper *h0, char *err, size_t errlen)
 {
     memset(t, 0, sizeof *t);
     const llama_config *c = &m->cfg;
+    train_hyper h_run = *h0, *h = &h_run;
     if (train_hyper_check(h, c, err, errlen) < 0)
         return -1;
     if (h->method != TRAIN_LORA) {
         snprintf(err, errlen, "method: %s trains on plain text, not on examples", train_vocab_name(&train_methods,
                  h->method));
         return -1;
+    }
+    if (!eval_sft && h->validation_split > 0) {
+        if (sft->n < 2) {
+            snprintf(err, errlen, "validation_split: %zu example, at least 2 are needed to hold one out", sft->n);
+            return -1;
+        }
+        if (sft_split(sft, h->validation_split, h->seed, &t->split_train, &t->split_eval) < 0) {
+            snprintf(err, errlen, "out of memory for validation_split of %zu examples", sft->n);
+            return -1;
+        }
+        sft = &t->split_train, eval_sft = &t->split_eval;
     }
     const sft_data *sets[2] = {sft, eval_sft};
     for (int i = 0; i < 2; i++) {
@@ -324,25 +403,39 @@ int trainer_init_sft(trainer *t, const llama_model *m, const sft_data *sft, cons
             continue;
         if (sets[i]->loss_tokens == 0) {
             snprintf(err, errlen, "%s: no token carries loss (every completion empty?)", what);
-            return -1;
+            goto fail;
         }
         for (size_t e = 0; e < sets[i]->n; e++)
             if (sets[i]->offset[e + 1] - sets[i]->offset[e] > (size_t)h->seq_len + 1) {
                 snprintf(err, errlen, "%s: example %zu is longer than seq_len + 1 = %d tokens (not cut)", what, e,
                          h->seq_len + 1);
-                return -1;
+                goto fail;
             }
         if (check_ids(c, sets[i]->ids, sets[i]->n_tokens, what, err, errlen) < 0)
-            return -1;
+            goto fail;
     }
+    t->limit = UINT64_MAX;
+    int derived = 0;
+    if (h->epochs > 0) {
+        t->limit = (uint64_t)h->epochs * sft->n;
+        if (sft_steps(sft, h->seed, t->limit, h->batch * h->grad_accum, h->seq_len, &derived) < 0) {
+            snprintf(err, errlen, "out of memory for the order of %zu examples", sft->n);
+            goto fail;
+        }
+    }
+    if (settle_steps(h, eval_sft != NULL, derived, err, errlen) < 0)
+        goto fail;
     t->sft = sft;
     t->eval_sft = eval_sft;
     t->n_eval = eval_sft ? eval_sft->n : 0;
     if (sft_order_init(&t->order, sft) < 0) {
         snprintf(err, errlen, "out of memory for the order of %zu examples", sft->n);
-        return -1;
+        goto fail;
     }
     return trainer_setup(t, m, NULL, h, err, errlen);
+fail:
+    trainer_free(t);
+    return -1;
 }
 
 size_t trainer_memory_bytes(const llama_model *m, const train_hyper *h)
@@ -379,6 +472,9 @@ void trainer_free(trainer *t)
     free(t->dlogits);
     free(t->batch);
     sft_order_free(&t->order);
+    sft_free(&t->split_train);
+    sft_free(&t->split_eval);
+    free(t->best);
     llama_acts_free(&t->acts);
     llama_acts_free(&t->teacher_acts);
     llama_cache_free(&t->cache);
@@ -509,7 +605,7 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     if (t->sft) { /* every micro-batch first: the loss is the mean over the step's loss tokens */
         size_t carried = 0;
         for (int a = 0; a < h->grad_accum; a++) {
-            carried += sft_fill_rows(t->sft, h->seed, &t->cursor, &t->order, B, T, t->batch + a * BT,
+            carried += sft_fill_rows(t->sft, h->seed, &t->cursor, t->limit, &t->order, B, T, t->batch + a * BT,
                                      t->batch + rows + a * BT, t->batch + 2 * rows + a * BT);
         }
         norm = carried ? (double)carried : 1;
@@ -565,74 +661,107 @@ int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t 
     return 0;
 }
 
-int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen)
+static int eval_with(trainer *t, const llama_lora *ad, double *eval_loss, char *err, size_t errlen)
 {
     if (t->eval_sft) {
         double prompts;
-        return sft_eval(t->model, &t->adapter, t->eval_sft, t->hyper.seq_len, eval_loss, &prompts, err, errlen);
+        return sft_eval(t->model, ad, t->eval_sft, t->hyper.seq_len, eval_loss, &prompts, err, errlen);
     }
     double nll;
     size_t np;
-    int rc = llama_eval_stream(t->model, &t->adapter, t->eval_tokens, t->n_eval, t->hyper.seq_len, &nll, &np, err,
-                               errlen);
+    int rc = llama_eval_stream(t->model, ad, t->eval_tokens, t->n_eval, t->hyper.seq_len, &nll, &np, err, errlen);
     *eval_loss = np ? nll / (double)np : NAN;
     return rc < 0 ? -1 : 0;
 }
 
+int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen)
+{
+    return eval_with(t, &t->adapter, eval_loss, err, errlen);
+}
+
+int trainer_eval_base(trainer *t, double *eval_loss, char *err, size_t errlen)
+{
+    return eval_with(t, NULL, eval_loss, err, errlen);
+}
+
 /* ---- checkpoints ---- */
 
-#define STATE_MAGIC 0x51544C53u  /* "QTLS": before SFT, without the cursor (still read) */
-#define STATE_MAGIC2 0x324C5451u /* "QTL2" */
+/* A checkpoint: the header, then parameters, m and v (n_params floats each) and, with
+ * patience, the best-evaluated parameters. Older magics are still read. */
+#define STATE_MAGIC 0x51544C53u  /* "QTLS": before SFT, without the cursor */
+#define STATE_MAGIC2 0x324C5451u /* "QTL2": without the early-stopping fields */
+#define STATE_MAGIC3 0x334C5451u /* "QTL3" */
 
 typedef struct {
     uint32_t magic, step;
     uint64_t rng, n_params;
-    uint64_t cursor; /* STATE_MAGIC2 only */
+    uint64_t cursor;              /* from STATE_MAGIC2 on */
+    double best_loss;             /* STATE_MAGIC3 on: patience's state */
+    uint32_t best_step, bad_evals;
 } state_header;
-#define OLD_HEADER offsetof(state_header, cursor)
+
+static size_t header_bytes(uint32_t magic)
+{
+    return magic == STATE_MAGIC    ? offsetof(state_header, cursor)
+           : magic == STATE_MAGIC2 ? offsetof(state_header, best_loss)
+                                   : sizeof(state_header);
+}
 
 size_t trainer_state_bytes(const trainer *t)
 {
-    return sizeof(state_header) + 3 * t->adapter.n_params * sizeof(float);
+    return sizeof(state_header) + (3 + (t->best != NULL)) * t->adapter.n_params * sizeof(float);
 }
 
 void trainer_state_save(const trainer *t, void *out)
 {
-    state_header hd = {STATE_MAGIC2, (uint32_t)t->step, t->rng, t->adapter.n_params, t->cursor};
+    state_header hd = {STATE_MAGIC3, (uint32_t)t->step, t->rng, t->adapter.n_params, t->cursor, t->best_loss,
+                       (uint32_t)t->best_step, (uint32_t)t->bad_evals};
     char *p = out;
     size_t n = t->adapter.n_params * sizeof(float);
     memcpy(p, &hd, sizeof hd);
     memcpy(p + sizeof hd, t->adapter.params, n);
     memcpy(p + sizeof hd + n, t->m, n);
     memcpy(p + sizeof hd + 2 * n, t->v, n);
+    if (t->best)
+        memcpy(p + sizeof hd + 3 * n, t->best, n);
 }
 
 int trainer_state_load(trainer *t, const void *in, size_t len, char *err, size_t errlen)
 {
     state_header hd = {0};
-    size_t head = sizeof hd;
+    hd.best_loss = INFINITY;
     if (len >= 4)
         memcpy(&hd.magic, in, 4);
-    if (hd.magic == STATE_MAGIC) /* a checkpoint of a job from before SFT: no cursor */
-        head = OLD_HEADER;
-    if (len != trainer_state_bytes(t) - sizeof hd + head) {
+    if (hd.magic != STATE_MAGIC && hd.magic != STATE_MAGIC2 && hd.magic != STATE_MAGIC3) {
+        snprintf(err, errlen, "checkpoint: not a state of this adapter");
+        return -1;
+    }
+    /* a checkpoint from before early stopping has no best parameters: the job then starts
+     * looking for them at its next evaluation */
+    const size_t head = header_bytes(hd.magic), n = t->adapter.n_params * sizeof(float);
+    const int with_best = hd.magic == STATE_MAGIC3 && t->best;
+    if (len != head + (3 + (size_t)with_best) * n) {
         snprintf(err, errlen, "checkpoint: %zu bytes, expected %zu for this adapter", len, trainer_state_bytes(t));
         return -1;
     }
     memcpy(&hd, in, head);
-    if ((hd.magic != STATE_MAGIC && hd.magic != STATE_MAGIC2) || hd.n_params != t->adapter.n_params ||
-        (int)hd.step > t->hyper.steps) {
+    if (hd.n_params != t->adapter.n_params || (int)hd.step > t->hyper.steps) {
         snprintf(err, errlen, "checkpoint: not a state of this adapter");
         return -1;
     }
-    const char *p = (const char *)in - sizeof hd + head;
-    size_t n = t->adapter.n_params * sizeof(float);
-    memcpy(t->adapter.params, p + sizeof hd, n);
-    memcpy(t->m, p + sizeof hd + n, n);
-    memcpy(t->v, p + sizeof hd + 2 * n, n);
+    const char *p = (const char *)in + head;
+    memcpy(t->adapter.params, p, n);
+    memcpy(t->m, p + n, n);
+    memcpy(t->v, p + 2 * n, n);
+    if (with_best)
+        memcpy(t->best, p + 3 * n, n);
     t->step = (int)hd.step;
     t->rng = hd.rng;
     t->cursor = hd.cursor;
+    t->best_loss = with_best ? hd.best_loss : INFINITY;
+    t->best_step = with_best ? (int)hd.best_step : 0;
+    t->bad_evals = with_best ? (int)hd.bad_evals : 0;
+    t->stopped_early = with_best && t->bad_evals >= t->hyper.patience; /* saved as it stopped */
     return 0;
 }
 
@@ -645,12 +774,25 @@ static double seconds(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Patience's bookkeeping after an evaluation: 1 when it says stop. */
+static int note_eval(trainer *t, double eval_loss)
+{
+    if (!t->best)
+        return 0;
+    if (eval_loss < t->best_loss) {
+        t->best_loss = eval_loss, t->best_step = t->step, t->bad_evals = 0;
+        memcpy(t->best, t->adapter.params, t->adapter.n_params * sizeof(float));
+        return 0;
+    }
+    return ++t->bad_evals >= t->hyper.patience;
+}
+
 int train_run(trainer *t, train_event_fn fn, void *ctx, const volatile int *cancel, char *err,
               size_t errlen)
 {
     const train_hyper *h = &t->hyper;
     train_progress p = {t->step, h->steps, NAN, NAN, 0, 0, 0};
-    while (t->step < h->steps) {
+    while (t->step < h->steps && !t->stopped_early) {
         if (cancel && *cancel)
             return 1;
         double t0 = seconds();
@@ -665,10 +807,11 @@ int train_run(trainer *t, train_event_fn fn, void *ctx, const volatile int *canc
         if (t->n_eval && ((h->eval_every && t->step % h->eval_every == 0) || last)) {
             if (trainer_eval(t, &p.eval_loss, err, errlen) < 0)
                 return -1;
+            t->stopped_early = note_eval(t, p.eval_loss) && !last;
             if (fn && fn(ctx, t, TRAIN_EV_EVAL, &p))
                 return 1;
         }
-        if ((h->checkpoint_every && t->step % h->checkpoint_every == 0) || last) {
+        if ((h->checkpoint_every && t->step % h->checkpoint_every == 0) || last || t->stopped_early) {
             int rc = fn ? fn(ctx, t, TRAIN_EV_CHECKPOINT, &p) : 0;
             if (rc < 0) {
                 snprintf(err, errlen, "checkpoint at step %d could not be saved", t->step);
@@ -678,5 +821,7 @@ int train_run(trainer *t, train_event_fn fn, void *ctx, const volatile int *canc
                 return 1;
         }
     }
+    if (t->best && t->best_loss < INFINITY) /* what early stopping publishes: the best evaluated */
+        memcpy(t->adapter.params, t->best, t->adapter.n_params * sizeof(float));
     return 0;
 }

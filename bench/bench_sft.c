@@ -107,7 +107,7 @@ int main(int argc, char **argv)
     if (sft_order_init(&order, &d) < 0)
         return 1;
     while (in && cursor < N_EXAMPLES) { /* one epoch, in calls of B rows */
-        sft_fill_rows(&d, 1, &cursor, &order, B, T, in, in + (size_t)B * T, in + 2 * (size_t)B * T);
+        sft_fill_rows(&d, 1, &cursor, UINT64_MAX, &order, B, T, in, in + (size_t)B * T, in + 2 * (size_t)B * T);
         rows += (size_t)B;
     }
     sft_order_free(&order);

@@ -15,6 +15,7 @@ typedef struct job {
     job_state state;
     double created_at, started_at, finished_at; /* NAN: not yet */
     int step, resumed;
+    int best_step, stopped_early; /* patience: the step of the published adapter; whether it stopped early */
     double loss, eval_loss, tokens_per_s, ppl_base, ppl_adapter;
     char *error;
     int starts;              /* times a runner began it */

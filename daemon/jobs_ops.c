@@ -189,6 +189,10 @@ void op_job_submit(req *r)
         goto fail;
     }
     j->hyper.method = (train_method)m;
+    if (train_hyper_check_eval(&j->hyper, eval != NULL, err, sizeof err) < 0) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "hyper.%s", err);
+        goto fail;
+    }
     double need = (double)trainer_memory_bytes(&d->model, &j->hyper), avail = mem_available();
     if (need > avail) {
         reply_error(r, ERR_BUSY, "hyper: batch_size %d x seq_len %d%s%s needs ~%.2f GiB, %.2f GiB available",

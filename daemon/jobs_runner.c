@@ -257,15 +257,17 @@ static void run_job(qd *d, job *j)
         fail(d, j, err);
         goto done;
     }
-    if (eval_ids && isnan(j->ppl_base)) {
-        double nll;
-        size_t np;
-        if (llama_eval_stream(&d->model, NULL, eval_ids, n_eval, j->hyper.seq_len, &nll, &np, err, sizeof err) < 0) {
+    pthread_mutex_lock(&J->lock);
+    j->hyper.steps = t.hyper.steps, j->hyper.warmup = t.hyper.warmup; /* what epochs made of them */
+    pthread_mutex_unlock(&J->lock);
+    if (t.n_eval && isnan(j->ppl_base)) {
+        double base_loss;
+        if (trainer_eval_base(&t, &base_loss, err, sizeof err) < 0) {
             fail(d, j, err);
             goto done;
         }
         pthread_mutex_lock(&J->lock);
-        j->ppl_base = exp(nll / (double)np);
+        j->ppl_base = exp(base_loss);
         pthread_mutex_unlock(&J->lock);
     }
     run_ctx ctx = {d, j, 0};
@@ -285,6 +287,11 @@ static void run_job(qd *d, job *j)
         info.base_fingerprint = d->model.fingerprint;
         info.base = d->model.cfg;
         info.job_id = j->id;
+        if (t.best && t.best_loss < INFINITY) { /* patience: the best-evaluated adapter is published */
+            pthread_mutex_lock(&J->lock);
+            j->eval_loss = t.best_loss, j->best_step = t.best_step, j->stopped_early = t.stopped_early;
+            pthread_mutex_unlock(&J->lock);
+        }
         info.eval_loss = j->eval_loss;
         info.ppl_base = j->ppl_base;
         info.ppl_adapter = exp(j->eval_loss);

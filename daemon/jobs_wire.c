@@ -126,8 +126,7 @@ qd_error job_parse_hyper(const msgpack_object *m, const llama_config *c, train_h
             return ERR_BAD_REQUEST;
         }
     }
-    if (!mp_get(m, "warmup") && h->warmup > h->steps) /* the default warmup fits short runs */
-        h->warmup = h->steps;
+    train_hyper_fill(h, mp_get(m, "steps") != NULL, mp_get(m, "warmup") != NULL);
     char why[400];
     if (train_hyper_check(h, c, why, sizeof why) < 0) {
         snprintf(err, errlen, "hyper.%s", why);
@@ -191,6 +190,8 @@ static const schema_field job_fields[] = {
     J("loss", SK_REAL, loss, 0),
     J("eval_loss", SK_REAL, eval_loss, 0),
     J("tokens_per_s", SK_REAL, tokens_per_s, 0),
+    J("best_step", SK_INT, best_step, SF_NIL_IF_ZERO),
+    J("stopped_early", SK_BOOL, stopped_early, 0),
     J("error", SK_STR, error, 0),
     S_CUSTOM(job, "hyper", hyper, pack_hyper, unpack_hyper, SF_REQUIRED),
     J("resumed", SK_INT, resumed, 0),

@@ -88,6 +88,44 @@ def _():
         assert m['state'] == 'failed' and 'eval_data' in m['error'] and 'plain text' in m['error'], m
 
 
+@case('job.submit: epochs set the steps (as qlora-tool counts them), validation_split holds out, patience keeps the best')
+def _():
+    import json
+    words = ('cat', 'dog', 'bird', 'fox', 'girl', 'boy', 'tree', 'sun', 'boat')
+    lines = [json.dumps({'prompt': 'Once upon a time there was a %s.' % w, 'completion': ' The %s was happy.' % w})
+             for w in words]
+    text = '\n'.join(lines) + '\n'
+    hyper = dict(epochs=2, validation_split=0.34, patience=1, eval_every=1, seq_len=64, batch_size=2, seed=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'pairs.jsonl')
+        with open(path, 'w') as f:
+            f.write(text)
+        out = subprocess.run([TOOL, 'train', '--model', MODEL, '--data', path, '--out', os.path.join(tmp, 'a'),
+                              '--epochs', '2', '--validation-split', '0.34', '--patience', '1', '--eval-every', '1',
+                              '--seq-len', '64', '--batch', '2', '--seed', '3'],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        tool_steps = int(out.stdout.split('epochs: 2 (')[1].split(' ')[0])
+        assert 'validation_split 0.34: 3 examples held out' in out.stdout, out.stdout
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        job = c.submit('epochs', {'text': text}, **hyper)
+        deadline = time.time() + 120
+        while c.job(job['job_id'])['state'] not in ('succeeded', 'failed', 'cancelled'):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        r = c.job(job['job_id'])
+        assert r['state'] == 'succeeded', r
+        assert r['total_steps'] == tool_steps and r['hyper']['epochs'] == 2, (r['total_steps'], tool_steps)
+        assert r['metrics']['ppl_base'] is not None and r['best_step'] is not None, r
+        assert 1 <= r['best_step'] <= r['step'] and r['step'] - r['best_step'] <= 1, r
+        assert r['stopped_early'] == (r['step'] < r['total_steps']), r
+        try:
+            c.submit('p', {'text': text}, patience=2)
+            raise AssertionError('patience without eval data was taken')
+        except QloraError as e:
+            assert e.code == 'invalid_argument' and e.message.startswith('hyper.patience:'), e
+
+
 def raw_call(sock_path, op, args=None, rid=1):
     """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
     its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""

@@ -338,7 +338,7 @@ static void test_sft(const tok_tokenizer *tok)
     uint64_t cursor = 0;
     sft_order order, o1, o2;
     CHECK(sft_order_init(&order, &d) == 0 && sft_order_init(&o1, &d) == 0 && sft_order_init(&o2, &d) == 0, "alloc");
-    size_t carried = sft_fill_rows(&d, 5, &cursor, &order, B, T, in, tg, st);
+    size_t carried = sft_fill_rows(&d, 5, &cursor, UINT64_MAX, &order, B, T, in, tg, st);
     size_t carried_seen = 0, slots = 0, bad = 0;
     for (int r = 0; r < B * T; r++) {
         carried_seen += tg[r] >= 0;
@@ -356,8 +356,8 @@ static void test_sft(const tok_tokenizer *tok)
     /* the next epoch's order follows the seed: the same seed packs the same rows again */
     int in2[48], tg2[48], st2[48];
     uint64_t c1 = 100, c2 = 100;
-    sft_fill_rows(&d, 9, &c1, &o1, B, T, in, tg, st);
-    sft_fill_rows(&d, 9, &c2, &o2, B, T, in2, tg2, st2);
+    sft_fill_rows(&d, 9, &c1, UINT64_MAX, &o1, B, T, in, tg, st);
+    sft_fill_rows(&d, 9, &c2, UINT64_MAX, &o2, B, T, in2, tg2, st2);
     sft_order_free(&order);
     sft_order_free(&o1);
     sft_order_free(&o2);
@@ -436,6 +436,205 @@ static void test_sft(const tok_tokenizer *tok)
     sft_free(&d);
 }
 
+/* The examples e of d, alone, as a data set of one (pointing into d). */
+static sft_data one_example(const sft_data *d, size_t e, size_t *offs)
+{
+    sft_data one = *d;
+    offs[0] = 0, offs[1] = d->offset[e + 1] - d->offset[e];
+    one.ids = d->ids + d->offset[e], one.loss = d->loss + d->offset[e], one.offset = offs;
+    one.n = 1, one.n_tokens = offs[1], one.loss_tokens = 0;
+    for (size_t i = 0; i < offs[1]; i++)
+        one.loss_tokens += one.loss[i];
+    return one;
+}
+
+/* Epochs, the held-out split, packed evaluation and early stopping on examples, and
+ * epochs and the split on plain text. */
+static void test_epochs(const tok_tokenizer *tok)
+{
+    /* 30 examples of varied lengths */
+    char *jsonl = malloc(30 * 200);
+    size_t used = 0;
+    static const char *const words[] = {"cat", "dog", "ball", "tree", "sun", "boat"};
+    for (int i = 0; jsonl && i < 30; i++) {
+        used += (size_t)sprintf(jsonl + used, "{\"prompt\": \"Once there was a %s\", \"completion\": \"",
+                                words[i % 6]);
+        for (int k = 0; k <= i % 7; k++)
+            used += (size_t)sprintf(jsonl + used, " and a %s", words[(i + k) % 6]);
+        used += (size_t)sprintf(jsonl + used, ".\"}\n");
+    }
+    sft_data d = {0};
+    char err[512] = "";
+    const sft_options plain = {0};
+    if (!jsonl || sft_parse(&d, "epochs.jsonl", jsonl, used, tok, &plain, err, sizeof err) < 0) {
+        CHECK(0, "%s", err);
+        test_case("epochs");
+        free(jsonl);
+        return;
+    }
+    free(jsonl);
+    /* three epochs: the packer's step count takes every example three times, no more */
+    const int B = 2, T = 48, accum = 2, E = 3;
+    sft_cut(&d, (size_t)T + 1);
+    int steps = 0;
+    CHECK(sft_steps(&d, 7, (uint64_t)E * d.n, B * accum, T, &steps) == 0 && steps > 0, "sft_steps");
+    int *buf = malloc(3 * (size_t)B * T * sizeof(int));
+    sft_order o;
+    CHECK(buf && sft_order_init(&o, &d) == 0, "alloc");
+    uint64_t cursor = 0, before_last = 0;
+    size_t carried = 0;
+    for (int s = 0; buf && s < steps; s++) {
+        before_last = cursor;
+        for (int a = 0; a < accum; a++)
+            carried += sft_fill_rows(&d, 7, &cursor, (uint64_t)E * d.n, &o, B, T, buf, buf + B * T, buf + 2 * B * T);
+    }
+    sft_order_free(&o);
+    free(buf);
+    CHECK(cursor == (uint64_t)E * d.n && before_last < cursor, "after %d steps cursor %llu of %zu", steps,
+          (unsigned long long)cursor, E * d.n);
+    CHECK(carried == (size_t)E * d.loss_tokens, "loss tokens trained %zu, %d x %zu in the data", carried, E,
+          d.loss_tokens);
+    train_hyper h = small_hyper();
+    h.batch = B, h.seq_len = T, h.grad_accum = accum, h.epochs = E, h.steps = 0, h.warmup = 1000, h.seed = 7;
+    trainer t;
+    int ok = trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) == 0;
+    CHECK(ok && t.hyper.steps == steps && t.hyper.warmup == steps, "%s (steps %d, warmup %d)", err,
+          ok ? t.hyper.steps : -1, ok ? t.hyper.warmup : -1);
+    if (ok) {
+        int rc = train_run(&t, NULL, NULL, NULL, err, sizeof err);
+        CHECK(rc == 0 && t.step == steps && t.cursor == (uint64_t)E * d.n, "run: rc %d step %d cursor %llu", rc,
+              t.step, (unsigned long long)t.cursor);
+        trainer_free(&t);
+    }
+    h.steps = 2, h.warmup = 1; /* with steps too: at most that many */
+    ok = trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) == 0;
+    CHECK(ok && t.hyper.steps == 2, "%s", err);
+    if (ok)
+        trainer_free(&t);
+    test_case("epochs %d on %zu examples: %d steps take each example %d times (%zu loss tokens each pass); steps "
+              "bounds them; warmup fits", E, d.n, steps, E, d.loss_tokens);
+
+    /* packed evaluation = the token-weighted mean of the examples evaluated one by one */
+    double packed, prompts, sum = 0;
+    size_t count = 0;
+    CHECK(sft_eval(&model, NULL, &d, T, &packed, &prompts, err, sizeof err) == 0, "%s", err);
+    for (size_t e = 0; e < d.n; e++) {
+        size_t offs[2];
+        sft_data one = one_example(&d, e, offs);
+        double nll;
+        CHECK(sft_eval(&model, NULL, &one, T, &nll, &prompts, err, sizeof err) == 0, "%s", err);
+        size_t carrying = one.loss_tokens - one.loss[0]; /* the first token is no target */
+        sum += nll * (double)carrying, count += carrying;
+    }
+    CHECK(fabs(packed - sum / (double)count) < 1e-5 * fabs(packed), "packed %.9g, one by one %.9g", packed,
+          sum / (double)count);
+    test_case("SFT eval packed = examples one by one (%.6f): each example counted once", packed);
+
+    /* the split: disjoint, covering, the share asked, the same for the same seed */
+    sft_data tr, he, tr2, he2;
+    ok = sft_split(&d, 0.2, 3, &tr, &he) == 0;
+    CHECK(ok, "split");
+    if (ok) {
+        CHECK(he.n == 6 && tr.n + he.n == d.n && tr.n_tokens + he.n_tokens == d.n_tokens &&
+                  tr.loss_tokens + he.loss_tokens == d.loss_tokens, "split %zu + %zu of %zu", tr.n, he.n, d.n);
+        /* every example of d is in exactly one of them */
+        size_t found = 0;
+        for (size_t e = 0; e < d.n; e++) {
+            size_t len = d.offset[e + 1] - d.offset[e], hits = 0;
+            const sft_data *sets[2] = {&tr, &he};
+            for (int k = 0; k < 2; k++)
+                for (size_t f = 0; f < sets[k]->n; f++)
+                    hits += sets[k]->offset[f + 1] - sets[k]->offset[f] == len &&
+                            !memcmp(sets[k]->ids + sets[k]->offset[f], d.ids + d.offset[e], len * sizeof(int));
+            found += hits >= 1;
+        }
+        CHECK(found == d.n, "%zu of %zu examples found", found, d.n);
+        CHECK(sft_split(&d, 0.2, 3, &tr2, &he2) == 0 && he2.n_tokens == he.n_tokens &&
+                  !memcmp(he2.ids, he.ids, he.n_tokens * sizeof(int)), "the same seed, another split");
+        sft_free(&tr2), sft_free(&he2), sft_free(&tr), sft_free(&he);
+    }
+    h = small_hyper();
+    h.batch = B, h.seq_len = T, h.validation_split = 0.2f;
+    ok = trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) == 0;
+    CHECK(ok && t.n_eval == 6 && t.sft->n == 24, "%s", err);
+    if (ok)
+        trainer_free(&t);
+    test_case("validation_split 0.2 of %zu examples: 6 held out, disjoint, covering, by the seed", d.n);
+
+    /* early stopping: a step size that makes things worse stops after `patience` evaluations
+     * and keeps the best-evaluated adapter; resumed mid-run it ends where a straight run does */
+    h = small_hyper();
+    h.batch = B, h.seq_len = T, h.validation_split = 0.2f, h.steps = 40, h.eval_every = 1, h.patience = 2;
+    h.lr = 0.5f, h.schedule = SCHED_CONSTANT, h.warmup = 0, h.max_grad_norm = 0;
+    ok = trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) == 0;
+    CHECK(ok, "%s", err);
+    if (ok) {
+        int rc = train_run(&t, NULL, NULL, NULL, err, sizeof err);
+        double now;
+        CHECK(rc == 0 && t.stopped_early && t.step < h.steps && t.step - t.best_step == h.patience,
+              "rc %d, stopped %d at %d, best %d", rc, t.stopped_early, t.step, t.best_step);
+        CHECK(trainer_eval(&t, &now, err, sizeof err) == 0 && now == t.best_loss, "kept %.9g, best %.9g", now,
+              t.best_loss);
+        test_case("patience 2: stopped at step %d, 2 evaluations after the best (step %d, %.4f), which it keeps",
+                  t.step, t.best_step, t.best_loss);
+        int stop_step = t.step, best_step = t.best_step;
+        float *straight = malloc(t.adapter.n_params * sizeof(float));
+        if (straight)
+            memcpy(straight, t.adapter.params, t.adapter.n_params * sizeof(float));
+        trainer_free(&t);
+        /* again, cut after the first checkpoint and resumed from it */
+        h.checkpoint_every = best_step > 1 ? best_step - 1 : 1;
+        run_ctx c = {0};
+        trainer u;
+        ok = straight && trainer_init_sft(&u, &model, &d, NULL, &h, err, sizeof err) == 0;
+        if (ok) {
+            for (int s = 0; s < h.checkpoint_every + 1; s++) { /* past the checkpoint: lost with the crash */
+                double loss, gn, ev;
+                trainer_step(&u, &loss, &gn, err, sizeof err);
+                if (trainer_eval(&u, &ev, err, sizeof err) == 0 && ev < u.best_loss) {
+                    u.best_loss = ev, u.best_step = u.step, u.bad_evals = 0;
+                    memcpy(u.best, u.adapter.params, u.adapter.n_params * sizeof(float));
+                }
+                if (u.step == h.checkpoint_every)
+                    on_event(&c, &u, TRAIN_EV_CHECKPOINT, NULL);
+            }
+            trainer_free(&u);
+        }
+        ok = ok && c.saved && trainer_init_sft(&u, &model, &d, NULL, &h, err, sizeof err) == 0;
+        CHECK(ok, "%s", err);
+        if (ok) {
+            CHECK(trainer_state_load(&u, c.saved, c.len, err, sizeof err) == 0, "%s", err);
+            int rc2 = train_run(&u, NULL, NULL, NULL, err, sizeof err);
+            CHECK(rc2 == 0 && u.step == stop_step && u.best_step == best_step &&
+                      !memcmp(u.adapter.params, straight, u.adapter.n_params * sizeof(float)),
+                  "resumed: stopped at %d (straight %d), best %d (%d)", u.step, stop_step, u.best_step, best_step);
+            trainer_free(&u);
+        }
+        test_case("patience: resumed from the step-%d checkpoint it stops and keeps what the straight run does",
+                  h.checkpoint_every);
+        free(c.saved);
+        free(straight);
+    }
+    h.validation_split = 0, h.patience = 1;
+    CHECK(trainer_init_sft(&t, &model, &d, NULL, &h, err, sizeof err) < 0 && strstr(err, "patience"), "%s", err);
+    test_case("patience without eval data is refused (%s)", err);
+    sft_free(&d);
+
+    /* plain text: an epoch is the stream's tokens; the split holds out its tail */
+    h = small_hyper();
+    h.epochs = 2, h.steps = 0, h.validation_split = 0.1f;
+    ok = trainer_init(&t, &model, NULL, train_ids, n_train, NULL, 0, &h, err, sizeof err) == 0;
+    size_t held = (size_t)((double)n_train * 0.1f);
+    long want = (long)ceil(2.0 * (double)(n_train - held) / ((double)h.batch * h.seq_len));
+    CHECK(ok && t.n_eval == held && t.n_tokens == n_train - held && t.eval_tokens == train_ids + n_train - held &&
+              t.hyper.steps == want, "%s: steps %d, want %ld; eval %zu", err, ok ? t.hyper.steps : -1, want,
+          ok ? (size_t)t.n_eval : 0);
+    if (ok)
+        trainer_free(&t);
+    test_case("plain text: 2 epochs of %zu tokens = %ld steps; validation_split holds out the last %zu", n_train - held,
+              want, held);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -459,7 +658,6 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%.4000s/data/tinystories_valid.txt", argv[1]);
     valid_ids = read_text(path, tok, 20000, &n_valid);
     test_sft(tok);
-    tok_free(tok);
     if (!train_ids || !valid_ids) {
         printf("not ok 1 - cannot read the TinyStories text under %s/data\n1..1\n", argv[1]);
         return 1;
@@ -467,8 +665,10 @@ int main(int argc, char **argv)
     test_bad_hyper();
     test_determinism_and_resume();
     test_nan_stops();
+    test_epochs(tok);
     test_training_helps(TRAIN_LORA);
     test_training_helps(TRAIN_RECOVERY);
+    tok_free(tok);
     free(train_ids);
     free(valid_ids);
     llama_free(&model);

@@ -60,7 +60,7 @@ int cmd_train(int argc, char **argv)
     const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL, *chat_name = NULL;
     tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0};
     train_hyper h;
-    int e, have_lr = 0, have_seq = 0, have_warmup = 0;
+    int e, have_lr = 0, have_seq = 0, have_warmup = 0, have_steps = 0;
     /* lr and seq_len defaults depend on the model: set after it is loaded, unless given */
     train_hyper_default(&h, &(llama_config){.dim = 2048, .seq_len = 256});
     for (int i = 1; i < argc; i++) {
@@ -115,6 +115,7 @@ int cmd_train(int argc, char **argv)
             have_lr |= p == (char *)&h.lr;
             have_seq |= p == (char *)&h.seq_len;
             have_warmup |= p == (char *)&h.warmup;
+            have_steps |= p == (char *)&h.steps;
         } else {
             return tool_fail(cmd, "unknown option '%s'", a);
         }
@@ -130,8 +131,7 @@ int cmd_train(int argc, char **argv)
     train_hyper_default(&d, &m.cfg);
     if (!have_lr)
         h.lr = d.lr;
-    if (!have_warmup && h.warmup > h.steps) /* the default warmup fits short runs */
-        h.warmup = h.steps;
+    train_hyper_fill(&h, have_steps, have_warmup);
     if (!have_seq)
         h.seq_len = d.seq_len;
     char err[1024];
@@ -178,20 +178,33 @@ int cmd_train(int argc, char **argv)
     }
     printf("training %s on %s (%s, %zu tokens): rank %d, alpha %g, lr %g, %d steps of %d x %d tokens\n",
            train_vocab_name(&train_methods, h.method), o.dir, qt_format_name(o.spec.format), n,
-           h.rank, h.alpha, h.lr, h.steps, h.batch * h.grad_accum, h.seq_len);
+           h.rank, h.alpha, h.lr, t.hyper.steps, h.batch * h.grad_accum, h.seq_len);
+    if (h.epochs)
+        printf("epochs: %d (%d steps)\n", h.epochs, t.hyper.steps);
+    if (!eval_data && h.validation_split > 0)
+        printf("validation_split %g: %zu %s held out for evaluation\n", h.validation_split, t.n_eval,
+               is_sft ? "examples" : "tokens");
     if (is_sft)
         printf("examples: %zu (%s), %zu tokens of which %zu carry loss, %zu cut to seq_len + 1\n", sft.n,
                sft.format == SFT_TEXT ? "text" : sft.format == SFT_MESSAGES ? "messages" : "prompt/completion", sft.n_tokens, sft.loss_tokens, sft.truncated);
     if (t.n_eval) { /* before training: the base alone (or the LoftQ start) */
         double start;
         if (trainer_eval(&t, &start, err, sizeof err) == 0)
-            printf("step 0/%d  eval loss %.4f  (ppl %.4f)\n", h.steps, start, exp(start));
+            printf("step 0/%d  eval loss %.4f  (ppl %.4f)\n", t.hyper.steps, start, exp(start));
     }
     train_ctx ctx = {out, &m, 0};
     int r = train_run(&t, on_event, &ctx, NULL, err, sizeof err);
     if (r < 0) {
         fprintf(stderr, "qlora-tool train: %s\n", err);
         rc = 1;
+    } else if (r == 0 && t.best) { /* patience: the best-evaluated adapter is the result */
+        if (peft_write(out, &t.adapter, &m.cfg, m.fingerprint, err, sizeof err) < 0) {
+            fprintf(stderr, "qlora-tool train: %s\n", err);
+            rc = 1;
+        } else {
+            printf("%s at step %d: kept the best-evaluated adapter, of step %d (eval loss %.4f) in %s\n",
+                   t.stopped_early ? "stopped early" : "done", t.step, t.best_step, t.best_loss, out);
+        }
     }
 done:
     trainer_free(&t);

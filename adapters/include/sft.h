@@ -85,9 +85,18 @@ void sft_order_free(sft_order *o);
 
 /* Fills B rows of T inputs, targets (-1: no loss) and starts (forward.h's packing) from
  * the examples at *cursor onwards of the shuffled stream (epoch = cursor / n), advancing
- * *cursor. Returns the number of targets that carry loss. */
-size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, sft_order *o, int B, int T, int *inputs,
-                     int *targets, int *start);
+ * *cursor; the example at limit (epochs x n: the end of the last epoch) and those after are
+ * never taken, rows past it are padding. Returns the number of targets that carry loss. */
+size_t sft_fill_rows(const sft_data *d, uint64_t seed, uint64_t *cursor, uint64_t limit, sft_order *o, int B, int T,
+                     int *inputs, int *targets, int *start);
+/* The optimizer steps of rows_per_step rows each (batch x grad_accum) that take the
+ * examples up to limit, into *steps: the packing is run without writing the rows. -1 out
+ * of memory. */
+int sft_steps(const sft_data *d, uint64_t seed, uint64_t limit, int rows_per_step, int T, int *steps);
+/* Splits d into the examples to train on and a held-out share (fraction of them, rounded,
+ * at least one when d has two), chosen by a shuffle from the seed that no epoch uses.
+ * Each keeps the file's order. -1 out of memory (neither is kept). */
+int sft_split(const sft_data *d, double fraction, uint64_t seed, sft_data *train, sft_data *held);
 
 /* The mean loss of the tokens that carry it over every example (packed in rows of T, one
  * row at a time) with adapter ad, into *nll_mean, and of the tokens that do not (the

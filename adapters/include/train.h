@@ -59,6 +59,10 @@ typedef struct {
     train_init init;
     int recompute;      /* keep one layer's activations; recompute the others in backward */
     int train_on_prompt; /* SFT data: the prompts' tokens carry loss too (sft.h) */
+    int epochs;         /* passes over the data; steps 0: as many as they take, else at most steps */
+    float validation_split; /* without eval data: this share of the data held out for it */
+    int patience;       /* stop after this many evaluations without a better eval loss, and
+                           keep the best-evaluated adapter (0: train every step, keep the last) */
 } train_hyper;
 
 /* The hyper-parameters that hold a plain value, one row each: the key of job.submit's
@@ -81,8 +85,15 @@ int train_vocab_set(const train_vocab *v, train_hyper *h, const char *s, size_t 
 /* The defaults of the wire protocol; lr is 2e-4 scaled by max(1, 2048 / dim) because
  * small models need larger steps (docs/training.md). */
 void train_hyper_default(train_hyper *h, const llama_config *c);
+/* The fields a user did not give, as job.submit and qlora-tool train settle them: with
+ * epochs but without steps, steps 0 (as many as the epochs take); the default warmup fits
+ * a short run. */
+void train_hyper_fill(train_hyper *h, int have_steps, int have_warmup);
 /* 0, or -1 with a message naming the field at fault. */
 int train_hyper_check(const train_hyper *h, const llama_config *c, char *err, size_t errlen);
+/* What the hyper-parameters ask of the data: patience needs eval data (have_eval, or
+ * validation_split) and eval_every. 0, or -1 with a message naming the field. */
+int train_hyper_check_eval(const train_hyper *h, int have_eval, char *err, size_t errlen);
 /* "all-linear" or a comma-separated list of q,k,v,o,gate,up,down (also q_proj, ...). */
 int train_parse_targets(const char *list, unsigned *targets, char *err, size_t errlen);
 /* The targets as PEFT module names, comma-separated, into out. */
@@ -98,6 +109,12 @@ typedef struct {
     const sft_data *sft, *eval_sft; /* SFT examples instead of the streams (trainer_init_sft) */
     uint64_t cursor;             /* SFT: examples taken so far (sft_fill_rows) */
     sft_order order;             /* SFT: the current epoch's order of them */
+    uint64_t limit;              /* SFT: examples the epochs take (UINT64_MAX: steps decide) */
+    sft_data split_train, split_eval; /* validation_split of SFT examples: the two shares */
+    float *best;                 /* patience: the adapter's best-evaluated parameters */
+    double best_loss;            /* patience: its eval loss (INFINITY before any) */
+    int best_step, bad_evals;    /* patience: its step; evaluations since without a better one */
+    int stopped_early;           /* train_run stopped for patience */
     train_hyper hyper;
     llama_lora adapter;
     float *grads, *m, *v;        /* the adapter's layout */
@@ -110,13 +127,20 @@ typedef struct {
 } trainer;
 
 /* Checks everything before any work: hyper-parameters, data (at least seq_len + 1 tokens),
- * memory. Initialises the adapter (PEFT: A kaiming-uniform, B zero; or LoftQ). */
+ * memory. Initialises the adapter (PEFT: A kaiming-uniform, B zero; or LoftQ).
+ * Without eval tokens, validation_split holds out the stream's last share for eval. With
+ * epochs, an epoch is as many tokens as the stream (after the split) has: steps becomes
+ * ceil(epochs x tokens / (batch x seq_len x grad_accum)), at most h->steps when that is
+ * not 0, and warmup at most steps. t->hyper holds the steps and warmup it runs. */
 int trainer_init(trainer *t, const llama_model *m, const llama_model *teacher, const int *tokens,
                  size_t n_tokens, const int *eval_tokens, size_t n_eval, const train_hyper *h,
                  char *err, size_t errlen);
 /* The same on SFT examples (sft.h), packed into the rows of each micro-batch; the loss is
  * the mean over the targets that carry it in the step. Examples longer than seq_len + 1
- * tokens must have been cut (sft_cut). LoRA only: recovery trains on plain text. */
+ * tokens must have been cut (sft_cut). LoRA only: recovery trains on plain text.
+ * Without eval examples, validation_split holds out a share of them (sft_split). With
+ * epochs, training takes each example epochs times (an epoch's last step may be partly
+ * padding) in as many steps as the packing needs (sft_steps), at most h->steps when not 0. */
 int trainer_init_sft(trainer *t, const llama_model *m, const sft_data *sft, const sft_data *eval_sft,
                      const train_hyper *h, char *err, size_t errlen);
 void trainer_free(trainer *t);
@@ -133,8 +157,10 @@ float trainer_lr(const train_hyper *h, int s);
  * as it was after the previous step. */
 int trainer_step(trainer *t, double *loss, double *grad_norm, char *err, size_t errlen);
 /* Mean next-token loss (nats/token) of the adapted model on the held-out stream, in
- * windows of seq_len tokens. */
+ * windows of seq_len tokens (SFT: over the held-out examples' tokens that carry loss). */
 int trainer_eval(trainer *t, double *eval_loss, char *err, size_t errlen);
+/* The same for the base alone, without the adapter. */
+int trainer_eval_base(trainer *t, double *eval_loss, char *err, size_t errlen);
 
 /* Serialized training state (adapter, moments, step, sampler) for checkpoints. */
 size_t trainer_state_bytes(const trainer *t);
@@ -150,8 +176,10 @@ typedef struct {
 typedef int (*train_event_fn)(void *ctx, trainer *t, train_event ev, const train_progress *p);
 
 /* Runs the remaining steps; evaluates every eval_every steps and at the end, checkpoints
- * every checkpoint_every steps. Returns 0 when done, 1 when cancelled (cancel flag or the
- * callback), -1 on error (message in err). */
+ * every checkpoint_every steps. With patience, stops once that many evaluations in a row
+ * found no better eval loss than the best (t->stopped_early), and in either case leaves the
+ * best-evaluated parameters in t->adapter (t->best_loss, t->best_step). Returns 0 when
+ * done, 1 when cancelled (cancel flag or the callback), -1 on error (message in err). */
 int train_run(trainer *t, train_event_fn fn, void *ctx, const volatile int *cancel, char *err,
               size_t errlen);
 
