@@ -35,6 +35,7 @@ void job_free(job *j)
 {
     free(j->error);
     free(j->base_model);
+    job_history_free(&j->history);
     free(j);
 }
 

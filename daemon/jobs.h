@@ -7,6 +7,21 @@
 #include "qlorad.h"
 #include "train.h"
 
+/* A metric series of a job's history (jobs_history.c): steps and up to four values each.
+ * All zero is an empty one. */
+#define HISTORY_MAX 512 /* points a series keeps; past it, thinned evenly */
+typedef struct {
+    int *step;
+    float *value[4];
+    size_t n, cap;
+    int gap;  /* the step distance a point needs from the last kept one (0: any) */
+    int tail; /* the last point is only the latest: the next one replaces it */
+} job_series;
+typedef struct {
+    job_series steps; /* loss, lr, grad_norm, tokens_per_s */
+    job_series evals; /* eval_loss */
+} job_history;
+
 typedef struct job {
     uint64_t id;
     char adapter[STORE_NAME_MAX + 1];
@@ -18,6 +33,7 @@ typedef struct job {
     int best_step, stopped_early; /* patience: the step of the published adapter; whether it stopped early */
     double loss, eval_loss, tokens_per_s, ppl_base, ppl_adapter;
     char *error;
+    job_history history;     /* under the lock */
     int starts;              /* times a runner began it */
     int crashes;             /* unclean ends since its last checkpoint */
     int clean_stop;          /* its last run ended with a checkpoint at shutdown */
@@ -89,6 +105,21 @@ typedef struct {
     const char *message;
 } job_news;
 extern const schema progress_event, eval_event, checkpoint_event, warning_event;
+
+/* ---- jobs_history.c: the metric history (under the jobs lock) ---- */
+
+void job_history_step(job_history *h, const train_progress *p);
+void job_history_eval(job_history *h, int step, double eval_loss);
+/* Drops what comes after step (a run resumed from its checkpoint redoes it). */
+void job_history_truncate(job_history *h, int step);
+void job_history_free(job_history *h);
+/* {max_points, gap, eval_gap, step, loss, lr, grad_norm, tokens_per_s, eval_step,
+ * eval_loss}: the entries, and their count, for job.history's reply; as a map for the
+ * stored record (and its reader, which drops a history it cannot read). */
+size_t job_history_entries(void);
+void job_history_pack_entries(msgpack_packer *pk, const job_history *h);
+void job_history_pack(msgpack_packer *pk, const void *value);
+int job_history_unpack(const msgpack_object *o, void *value, const void *ctx, char *err, size_t errlen);
 
 /* ---- jobs_ops.c: watchers ---- */
 

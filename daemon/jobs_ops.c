@@ -277,6 +277,24 @@ void op_job_get(req *r)
         reply_job(r, j);
 }
 
+/* {job_id, max_points, gap, eval_gap, step, loss, lr, grad_norm, tokens_per_s, eval_step,
+ * eval_loss}: the job's metric history, as its record keeps it. */
+void op_job_history(req *r)
+{
+    job *j = job_arg(r, r->arg[JOB_HISTORY_ID]);
+    if (!j)
+        return;
+    mp_out o;
+    reply_begin(r, &o);
+    pthread_mutex_lock(&r->d->jobs->lock);
+    msgpack_pack_map(&o.pk, 1 + job_history_entries());
+    mp_str(&o.pk, "job_id");
+    msgpack_pack_uint64(&o.pk, j->id);
+    job_history_pack_entries(&o.pk, &j->history);
+    pthread_mutex_unlock(&r->d->jobs->lock);
+    reply_end(r, &o);
+}
+
 /* Whether job.list's page may hold j: its state passes the filter (-1: any) and its id is
  * above the cursor. */
 static int listed(const job *j, int filter, uint64_t after)

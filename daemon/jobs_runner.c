@@ -98,6 +98,7 @@ static int on_train_event(void *p, trainer *t, train_event ev, const train_progr
     if (ev == TRAIN_EV_STEP) {
         pthread_mutex_lock(&J->lock);
         j->step = pr->step, j->loss = pr->loss, j->tokens_per_s = pr->tokens_per_s;
+        job_history_step(&j->history, pr);
         pthread_mutex_unlock(&J->lock);
         double now = now_s();
         /* every step when steps are slow; ten a second at most when they are fast */
@@ -110,6 +111,7 @@ static int on_train_event(void *p, trainer *t, train_event ev, const train_progr
     } else if (ev == TRAIN_EV_EVAL) {
         pthread_mutex_lock(&J->lock);
         j->eval_loss = pr->eval_loss;
+        job_history_eval(&j->history, pr->step, pr->eval_loss);
         pthread_mutex_unlock(&J->lock);
         news.ppl = exp(pr->eval_loss);
         post_news(d, &eval_event, &news);
@@ -259,6 +261,7 @@ static void run_job(qd *d, job *j)
     }
     pthread_mutex_lock(&J->lock);
     j->hyper.steps = t.hyper.steps, j->hyper.warmup = t.hyper.warmup; /* what epochs made of them */
+    job_history_truncate(&j->history, t.step); /* what the run redoes after its checkpoint, or all */
     pthread_mutex_unlock(&J->lock);
     if (t.n_eval && isnan(j->ppl_base)) {
         double base_loss;

@@ -202,6 +202,7 @@ static const schema_field job_fields[] = {
     S_MAP(job, "data", data, &data_record, SF_NIL_IF_ZERO | SF_REQUIRED),
     S_MAP(job, "eval_data", eval, &data_record, SF_NIL_IF_ZERO),
     J("clean_stop", SK_BOOL, clean_stop, SF_STORED),
+    S_CUSTOM(job, "history", history, job_history_pack, job_history_unpack, SF_STORED),
 };
 const schema job_record = SCHEMA(job_fields);
 
@@ -248,7 +249,7 @@ job *job_unpack(qd *d, const void *rec, size_t len, char *err, size_t errlen)
         rc = -1;
     }
     if (rc < 0) {
-        free(j->error), free(j->base_model), free(j);
+        free(j->error), free(j->base_model), job_history_free(&j->history), free(j);
         return NULL;
     }
     return j;

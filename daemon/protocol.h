@@ -156,6 +156,7 @@ enum { ON_LOOP, ON_POOL };
     X(JOB_LIST, "job.list", op_job_list, ON_LOOP, JOB_LIST_ARGS)                        \
     X(JOB_CANCEL, "job.cancel", op_job_cancel, ON_LOOP, JOB_ARGS)                       \
     X(JOB_WATCH, "job.watch", op_job_watch, ON_LOOP, JOB_ARGS)                          \
+    X(JOB_HISTORY, "job.history", op_job_history, ON_LOOP, JOB_ARGS)                    \
     X(JOB_DELETE, "job.delete", op_job_delete, ON_LOOP, JOB_ARGS)                       \
     X(UPLOAD, "file.upload", op_file_upload, ON_POOL, UPLOAD_ARGS)                      \
     X(FILE_LIST, "file.list", op_file_list, ON_LOOP, NO_ARGS)                           \

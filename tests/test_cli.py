@@ -29,8 +29,6 @@ TINY_JOB = ['--steps', '8', '--batch', '2', '--seq-len', '64', '--eval-every', '
 daemon = Daemon(QLORAD, SHARED, tcp=True)
 tmp = tempfile.mkdtemp(prefix='qlora-cli-test-')
 atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-# plot's history lives in the user's cache: keep the test's own.
-os.environ['XDG_CACHE_HOME'] = os.path.join(tmp, 'cache')
 train = os.path.join(tmp, 'train.txt')
 valid = os.path.join(tmp, 'valid.txt')
 with open(os.path.join(DATA, 'shakespeare_train.txt')) as f:
@@ -158,37 +156,49 @@ def _():
     assert re.search(r'^created_at: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$', out, re.M), out
 
 
-@case('plot: an SVG whose curves hold the watched steps and evals')
+@case('plot: an SVG of every step and eval the daemon kept, agreeing with the watched events')
 def _():
     svg = os.path.join(tmp, 'job2.svg')
     j = qjson('plot', '2', '-o', svg)
-    steps = sorted({e['step'] for e in job_events if e['type'] in ('progress', 'eval')})
-    assert j == {'file': svg, 'job_id': 2, 'points': len(steps)}, (j, steps)
+    rec = qjson('job', '2')
+    assert j == {'file': svg, 'job_id': 2, 'points': rec['total_steps']}, (j, rec['total_steps'])
     root = ET.parse(svg).getroot()
     ns = '{http://www.w3.org/2000/svg}'
     lines = root.findall(ns + 'polyline')
     assert len(lines) == 2, 'one curve for the loss and one for eval loss'
     loss_pts = [tuple(map(float, p.split(','))) for p in lines[0].get('points').split()]
-    n_progress = len({e['step'] for e in job_events if e['type'] == 'progress'})
-    assert len(loss_pts) == n_progress, (loss_pts, job_events)
+    eval_pts = [tuple(map(float, p.split(','))) for p in lines[1].get('points').split()]
+    assert len(loss_pts) == rec['total_steps'], loss_pts
+    assert len(eval_pts) == len({e['step'] for e in job_events if e['type'] == 'eval'}), (eval_pts, job_events)
     xs = [x for x, _ in loss_pts]
     assert xs == sorted(xs) and xs[0] < xs[-1], xs
-    # Screen y grows downwards: the order of the points' heights is the order of the losses.
-    losses = [e['loss'] for e in sorted((e for e in job_events if e['type'] == 'progress'), key=lambda e: e['step'])]
-    ys = [y for _, y in loss_pts]
-    for a in range(len(ys)):
-        for b in range(len(ys)):
-            if losses[a] < losses[b] - 1e-6:
-                assert ys[a] > ys[b], (losses, ys)
+    # Screen y grows downwards: the order of the points' heights is the order of the losses
+    # the watch saw at those steps.
+    seen = {e['step']: e['loss'] for e in job_events if e['type'] == 'progress'}
+    ys = {s: y for s, (_, y) in zip(range(1, len(loss_pts) + 1), loss_pts)}
+    for a in seen:
+        for b in seen:
+            if seen[a] < seen[b] - 1e-6:
+                assert ys[a] > ys[b], (seen, ys)
     assert qlora('plot', '1', '-o', os.path.join(tmp, 'job1.svg')).startswith('wrote ')
 
 
-@case('plot of a finished job never watched here: exit 1, saying why')
+@case("plot of a job from another client, never watched: the daemon's history, the losses of its events")
 def _():
-    env = dict(os.environ, XDG_CACHE_HOME=os.path.join(tmp, 'empty-cache'))
-    p = subprocess.run([QLORA, '--socket', daemon.socket, 'plot', '1', '-o', os.path.join(tmp, 'x.svg')],
-                       capture_output=True, env=env, text=True)
-    assert p.returncode == 1 and 'no loss history for job 1' in p.stderr, p
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'clients', 'python'))
+    from qlora_client import Client
+    with Client(socket=daemon.socket, timeout=60) as c:
+        h = c.history(2)
+    assert h['job_id'] == 2 and h['max_points'] >= 8 and h['step'] == list(range(1, 9)), h
+    seen = {e['step']: e['loss'] for e in job_events if e['type'] == 'progress'}
+    for step, loss in zip(h['step'], h['loss']):
+        if step in seen:
+            assert abs(loss - seen[step]) <= 1e-6 * abs(seen[step]), (step, loss, seen[step])
+    evals = {e['step']: e['eval_loss'] for e in job_events if e['type'] == 'eval'}
+    assert h['eval_step'] == sorted(evals), (h, evals)
+    p = subprocess.run([QLORA, '--socket', daemon.socket, 'plot', '2', '-o', os.path.join(tmp, 'x.svg')],
+                       capture_output=True, env=dict(os.environ, HOME=os.path.join(tmp, 'nohome')), text=True)
+    assert p.returncode == 0 and p.stdout.startswith('wrote '), p
 
 
 @case('adapters: a table, and JSON')

@@ -126,6 +126,34 @@ def _():
             assert e.code == 'invalid_argument' and e.message.startswith('hyper.patience:'), e
 
 
+@case('job.history: a 1100-step job keeps at most max_points per series, evenly thinned, the last step kept; '
+      'it survives a restart')
+def _():
+    with tempfile.TemporaryDirectory() as db:
+        db = os.path.join(db, 'db')
+        with Checked(QLORAD, SHARED, db=db) as d, Client(socket=d.socket, timeout=60) as c:
+            job = c.submit('long', {'text': 'Once upon a time there was a cat. ' * 40},
+                           eval_data={'text': 'The dog ran home. ' * 4}, steps=1100, seq_len=8, batch_size=1,
+                           rank=1, eval_every=100, checkpoint_every=0)
+            deadline = time.time() + 240
+            while c.job(job['job_id'])['state'] not in ('succeeded', 'failed', 'cancelled'):
+                assert time.time() < deadline
+                time.sleep(0.2)
+            assert c.job(job['job_id'])['state'] == 'succeeded', c.job(job['job_id'])
+            h = c.history(job['job_id'])
+        steps, n = h['step'], h['max_points']
+        assert len(steps) <= n and len(steps) > n // 4 and steps[0] == 1 and steps[-1] == 1100, (len(steps), steps[-3:])
+        assert all(b > a for a, b in zip(steps, steps[1:])), 'steps increase'
+        gaps = [b - a for a, b in zip(steps[:-2], steps[1:-1])]
+        assert max(gaps) <= 2 * min(gaps), ('evenly thinned', sorted(set(gaps)))
+        assert all(len(h[k]) == len(steps) for k in ('loss', 'lr', 'grad_norm', 'tokens_per_s')), h.keys()
+        assert h['eval_step'] == list(range(100, 1101, 100)) and len(h['eval_loss']) == 11, h['eval_step']
+        assert all(isinstance(x, float) and x > 0 for x in h['loss'] + h['eval_loss']), 'finite losses'
+        with Checked(QLORAD, SHARED, db=db) as d, Client(socket=d.socket, timeout=60) as c:
+            again = c.history(job['job_id'])
+        assert again == h, 'the stored record keeps the history'
+
+
 def raw_call(sock_path, op, args=None, rid=1):
     """One request packed with strs as raw bytes (so that a str may hold invalid UTF-8),
     its reply decoded as the project's client decodes it (raw=False: text must be UTF-8)."""

@@ -142,10 +142,11 @@ typedef struct {
     double step, loss, eval_loss;
 } cli_point;
 /* Streams job.watch for job_id with a progress display (a bar on a terminal, one line per
- * event otherwise, JSON lines with --json), saving the loss history for `plot`. Returns
- * EXIT_OK if the job succeeded, EXIT_SERVER if it failed or was cancelled. */
+ * event otherwise, JSON lines with --json). Returns EXIT_OK if the job succeeded,
+ * EXIT_SERVER if it failed or was cancelled. */
 int cli_watch_job(cli *x, unsigned long long job_id);
-/* The saved loss history of a job (from earlier watches); *n = 0 if none. */
-int cli_history_load(cli *x, const msgpack_object *job, cli_point **points, size_t *n);
+/* A job's loss history from the daemon (job.history), one point per step in step order
+ * (eval_loss NAN where the step had no evaluation); *n = 0 if none. */
+int cli_history_load(cli *x, unsigned long long job_id, cli_point **points, size_t *n);
 
 #endif

@@ -40,9 +40,9 @@ static const cli_cmd commands[] = {
     {"file-rm", cmd_file_rm, "FILE_ID",
      "Deletes a stored file. Refused while a queued or running job uses it."},
     {"plot", cmd_plot, "ID -o FILE.svg",
-     "Draws the job's training and eval loss against step as an SVG line chart. An unfinished "
-     "job is watched to its end first; a finished one needs its history from an earlier "
-     "`watch`, `submit --watch` or `plot` on this machine (the protocol keeps only the last loss)."},
+     "Draws the job's training and eval loss against step as an SVG line chart, from the history "
+     "its record keeps (job.history), whichever client submitted or watched it. An unfinished "
+     "job is watched to its end first."},
     {"adapters", cmd_adapters, "", "A table of the stored adapters, every version."},
     {"adapter", cmd_adapter, "NAME[@VERSION]", "One adapter's record (latest version by default)."},
     {"rm", cmd_rm, "NAME[@VERSION]", "Deletes one version of an adapter, or all of them."},

@@ -146,11 +146,9 @@ int cmd_plot(cli *x, int argc, char **argv)
     cli_point *p = NULL;
     size_t n = 0;
     if (rc == EXIT_OK || rc == EXIT_SERVER) /* a failed job's curve is still worth a look */
-        rc = r.result.type == MSGPACK_OBJECT_MAP ? cli_history_load(x, &r.result, &p, &n) : rc;
+        rc = r.result.type == MSGPACK_OBJECT_MAP ? cli_history_load(x, id, &p, &n) : rc;
     if (rc == EXIT_OK && n == 0) {
-        fprintf(stderr, "qlora plot: no loss history for job %llu: the protocol reports a job's losses "
-                        "only while it runs; run `qlora watch`, `submit --watch` or `plot` before it "
-                        "finishes\n", id);
+        fprintf(stderr, "qlora plot: job %llu has no loss history (it trained no step)\n", id);
         rc = EXIT_SERVER;
     }
     if (rc == EXIT_OK) {

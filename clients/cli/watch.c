@@ -1,14 +1,8 @@
-/* watch.c: following a job (progress bar or plain lines) and keeping its loss history.
- *
- * The protocol gives a job's loss curve only as job.watch events while the job runs; the
- * job record holds the last values. So every watch appends what it sees to a history
- * file in the user's cache ($XDG_CACHE_HOME/qlora, else ~/.cache/qlora), named by job id
- * and creation time (ids restart with a fresh database), and `plot` reads it back. */
-#include <errno.h>
+/* watch.c: following a job (progress bar or plain lines), and reading its loss history
+ * from the daemon (job.history: the job record keeps it, so any client can plot any job). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "cli.h"
@@ -20,7 +14,6 @@ typedef struct {
     double total, step, loss, eval_loss, tokens_per_s;
     double eta_s;     /* the daemon's estimate, when its events carry one */
     double t0, step0; /* time and step of the first progress event, for the ETA */
-    FILE *history;    /* "step loss eval_loss" lines, nan where unknown */
     int bar_shown;    /* a bar is on the current terminal line */
 } watch_state;
 
@@ -29,28 +22,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* The history file's path for a job record; -1 if there is no cache directory. */
-static int history_path(const msgpack_object *job, char *path, size_t n, int create_dir)
-{
-    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    char dir[3000];
-    if (xdg && xdg[0])
-        snprintf(dir, sizeof dir, "%s", xdg);
-    else if (home && home[0])
-        snprintf(dir, sizeof dir, "%s/.cache", home);
-    else
-        return -1;
-    if (create_dir && mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return -1;
-    size_t len = strlen(dir);
-    snprintf(dir + len, sizeof dir - len, "/qlora");
-    if (create_dir && mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return -1;
-    int w = snprintf(path, n, "%s/job-%.0f-%.0f.tsv", dir, qlora_num(qlora_get(job, "job_id"), 0),
-                     qlora_num(qlora_get(job, "created_at"), 0) * 1e6);
-    return w > 0 && (size_t)w < n ? 0 : -1;
 }
 
 static void format_eta(double s, char *buf, size_t n)
@@ -105,12 +76,8 @@ static int on_event(const msgpack_object *ev, void *userdata)
         w->loss = qlora_num(qlora_get(ev, "loss"), w->loss);
         w->tokens_per_s = qlora_num(qlora_get(ev, "tokens_per_s"), w->tokens_per_s);
         w->eta_s = qlora_num(qlora_get(ev, "eta_s"), NAN);
-        if (w->history)
-            fprintf(w->history, "%.0f %.9g nan\n", step, w->loss);
     } else if (!strcmp(type, "eval")) {
         w->eval_loss = qlora_num(qlora_get(ev, "eval_loss"), qlora_num(qlora_get(ev, "loss"), NAN));
-        if (w->history)
-            fprintf(w->history, "%.0f nan %.9g\n", step, w->eval_loss);
     }
     if (w->x->json) {
         cli_print_json(ev);
@@ -135,22 +102,15 @@ int cli_watch_job(cli *x, unsigned long long job_id)
     cli_args_job(&a, job_id);
     qlora_reply r;
     watch_state w = {.x = x, .loss = NAN, .eval_loss = NAN, .tokens_per_s = NAN, .eta_s = NAN, .t0 = NAN};
-    int rc = cli_request(x, "job.get", &a, NULL, NULL, &r); /* for the history file's name */
+    int rc = cli_request(x, "job.get", &a, NULL, NULL, &r); /* where it stands */
     if (rc == EXIT_OK) {
-        char path[4096];
         w.total = qlora_num(qlora_get(&r.result, "total_steps"), 0);
         w.step = qlora_num(qlora_get(&r.result, "step"), 0);
-        if (history_path(&r.result, path, sizeof path, 1) == 0)
-            w.history = fopen(path, "a");
-        if (!w.history)
-            fprintf(stderr, "qlora: note: cannot keep the loss history for `plot` (no writable cache directory)\n");
     }
     qlora_reply_free(&r);
     if (rc == EXIT_OK)
         rc = cli_request(x, "job.watch", &a, on_event, &w, &r);
     qlora_args_free(&a);
-    if (w.history)
-        fclose(w.history);
     if (w.bar_shown)
         putchar('\n');
     if (rc != EXIT_OK)
@@ -173,52 +133,53 @@ int cli_watch_job(cli *x, unsigned long long job_id)
     return strcmp(state, "succeeded") ? EXIT_SERVER : EXIT_OK;
 }
 
-static int by_step(const void *a, const void *b)
+/* The array at key of m as numbers (nil: NAN); its length into *n. */
+static const msgpack_object *array_of(const msgpack_object *m, const char *key, size_t *n)
 {
-    double x = ((const cli_point *)a)->step, y = ((const cli_point *)b)->step;
-    return (x > y) - (x < y);
+    const msgpack_object *a = qlora_get(m, key);
+    if (!a || a->type != MSGPACK_OBJECT_ARRAY)
+        return NULL;
+    *n = a->via.array.size;
+    return a->via.array.ptr;
 }
 
-int cli_history_load(cli *x, const msgpack_object *job, cli_point **points, size_t *n)
+int cli_history_load(cli *x, unsigned long long job_id, cli_point **points, size_t *n)
 {
-    (void)x;
-    char path[4096];
     *points = NULL;
     *n = 0;
-    FILE *f = history_path(job, path, sizeof path, 0) == 0 ? fopen(path, "r") : NULL;
-    if (!f)
-        return EXIT_OK;
-    size_t cap = 0;
-    cli_point p, *v = NULL;
-    while (fscanf(f, "%lf %lf %lf", &p.step, &p.loss, &p.eval_loss) == 3) {
-        if (*n == cap) {
-            cli_point *nv = realloc(v, (cap = cap ? 2 * cap : 256) * sizeof *v);
-            if (!nv) {
-                free(v);
-                fclose(f);
-                fprintf(stderr, "qlora: out of memory reading %s\n", path);
-                return EXIT_SERVER;
-            }
-            v = nv;
-        }
-        v[(*n)++] = p;
+    qlora_args a;
+    qlora_args_init(&a);
+    cli_args_job(&a, job_id);
+    qlora_reply r;
+    int rc = cli_request(x, "job.history", &a, NULL, NULL, &r);
+    qlora_args_free(&a);
+    size_t ns = 0, nl = 0, ne = 0, nel = 0;
+    const msgpack_object *step = rc == EXIT_OK ? array_of(&r.result, "step", &ns) : NULL;
+    const msgpack_object *loss = rc == EXIT_OK ? array_of(&r.result, "loss", &nl) : NULL;
+    const msgpack_object *eval_step = rc == EXIT_OK ? array_of(&r.result, "eval_step", &ne) : NULL;
+    const msgpack_object *eval_loss = rc == EXIT_OK ? array_of(&r.result, "eval_loss", &nel) : NULL;
+    if (rc == EXIT_OK && (!step || !loss || !eval_step || !eval_loss || ns != nl || ne != nel)) {
+        fprintf(stderr, "qlora: job.history of job %llu: not the arrays of the protocol\n", job_id);
+        rc = EXIT_SERVER;
     }
-    fclose(f);
-    /* One point per step: several watches may have seen the same step, and a progress
-     * and an eval event of one step are two lines. */
-    qsort(v, *n, sizeof *v, by_step);
-    size_t m = 0;
-    for (size_t i = 0; i < *n; i++) {
-        if (m > 0 && v[m - 1].step == v[i].step) {
-            if (!isnan(v[i].loss))
-                v[m - 1].loss = v[i].loss;
-            if (!isnan(v[i].eval_loss))
-                v[m - 1].eval_loss = v[i].eval_loss;
-        } else {
-            v[m++] = v[i];
-        }
+    cli_point *v = rc == EXIT_OK ? malloc((ns + ne + 1) * sizeof *v) : NULL;
+    if (rc == EXIT_OK && !v) {
+        fprintf(stderr, "qlora: out of memory for the history of job %llu\n", job_id);
+        rc = EXIT_SERVER;
     }
-    *n = m;
+    /* the two series merged by step: one point per step, with the eval loss where there is one */
+    size_t i = 0, e = 0, m = 0;
+    while (v && (i < ns || e < ne)) {
+        double si = i < ns ? qlora_num(&step[i], NAN) : INFINITY, se = e < ne ? qlora_num(&eval_step[e], NAN) : INFINITY;
+        cli_point p = {si <= se ? si : se, NAN, NAN};
+        if (si <= se)
+            p.loss = qlora_num(&loss[i++], NAN);
+        if (se <= si)
+            p.eval_loss = qlora_num(&eval_loss[e++], NAN);
+        v[m++] = p;
+    }
+    qlora_reply_free(&r);
     *points = v;
-    return EXIT_OK;
+    *n = m;
+    return rc;
 }

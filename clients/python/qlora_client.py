@@ -250,6 +250,11 @@ class Client:
     def job(self, job_id):
         return self.call('job.get', job_id=job_id)
 
+    def history(self, job_id):
+        """The job's metric history as its record keeps it: lists step, loss, lr, grad_norm,
+        tokens_per_s and eval_step, eval_loss (at most max_points each, thinned evenly)."""
+        return self.call('job.history', job_id=job_id)
+
     def jobs(self, state=None, limit=None, after=None):
         """Every job (in id order), or one page: the first `limit` above job id `after`."""
         return self.call('job.list', state=state, limit=limit, after=after)['jobs']
