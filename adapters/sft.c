@@ -604,6 +604,60 @@ int sft_chat_load(sft_chat *c, const char *dir, const char *builtin, char *err, 
     return 0;
 }
 
+int sft_chat_prompt(const sft_chat *c, const tok_tokenizer *tok, const json_value *messages, int **ids, size_t *n,
+                    char *err, size_t errlen)
+{
+    const sft_options o = {0, c->chat, c->bos, c->eos};
+    char *text;
+    size_t len;
+    if (!c->chat)
+        return FAIL("no chat template");
+    if (messages->type != JSON_ARRAY || messages->count == 0)
+        return FAIL("must be a non-empty array of {role, content}");
+    if (render_prefix(&o, messages, messages->count, 1, tok, &text, &len, ids, n, err, errlen) < 0)
+        return -1;
+    free(text);
+    return 0;
+}
+
+int sft_chat_end_of_turn(const sft_chat *c, const tok_tokenizer *tok, int *id)
+{
+    /* what the template writes after an assistant message's content */
+    static const char probe[] = "\x01qlora-end-of-turn-probe\x01";
+    char msgs[160], err[256];
+    snprintf(msgs, sizeof msgs, "[{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", "
+             "\"content\": \"\\u0001qlora-end-of-turn-probe\\u0001\"}]");
+    if (!c->chat)
+        return 0;
+    json_value *m = json_parse(msgs, strlen(msgs), err, sizeof err);
+    chat_options co = {.bos_token = c->bos, .eos_token = c->eos, .now = 0};
+    char *text = NULL;
+    size_t len;
+    int found = 0;
+    if (m && chat_render(c->chat, m, &co, &text, &len, err, sizeof err) == 0) {
+        const char *at = strstr(text, probe);
+        if (at) {
+            const char *a = at + sizeof probe - 1, *b = text + len;
+            while (a < b && strchr(" \t\r\n", *a))
+                a++;
+            while (b > a && strchr(" \t\r\n", b[-1]))
+                b--;
+            int *ids = NULL;
+            size_t n = 0;
+            /* the marker as the model sees it: a special token first, else no stop id (some
+             * templates go on with the next header: Llama 3's base writes one for the
+             * assistant after every turn) */
+            if (b > a && tok_encode(tok, a, (size_t)(b - a), 0, &ids, &n) == TOK_OK && n >= 1 &&
+                tok_is_special(tok, ids[0]))
+                *id = ids[0], found = 1;
+            free(ids);
+        }
+    }
+    free(text);
+    json_free(m);
+    return found;
+}
+
 void sft_chat_free(sft_chat *c)
 {
     chat_template_free(c->chat);

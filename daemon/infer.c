@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "generate.h"
+#include "sft.h"
 #include "qlorad.h"
 #include "utf8.h"
 
@@ -248,27 +249,93 @@ static int on_token(void *p, int token)
     return 0;
 }
 
+/* What generate and chat share: how to sample, for which adapter, streamed or not. */
+typedef struct {
+    const msgpack_object *max_tokens, *temperature, *top_p, *seed, *adapter, *stream;
+} gen_args;
+
+/* Generates after the n prompt ids (freed here) as g says, stopping at the tokenizer's
+ * stop ids and the extra one (-1: none), and answers: the result, or a stream of token
+ * events and then the result. */
+static void generate_after(req *r, int *ids, size_t n, const gen_args *g, int extra_stop)
+{
+    qd *d = r->d;
+    const int S = d->model.cfg.seq_len;
+    double temperature = 0, top_p = 1;
+    if (g->temperature)
+        mp_number(g->temperature, &temperature);
+    if (g->top_p)
+        mp_number(g->top_p, &top_p);
+    uint64_t max_tokens = g->max_tokens ? g->max_tokens->via.u64 : 64;
+    int *out = NULL, n_out = 0, *stop = NULL;
+    cached_adapter *a = NULL;
+    if (!(temperature >= 0 && temperature <= 100)) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "temperature: %g is not in 0..100", temperature);
+        goto done;
+    }
+    if (!(top_p > 0 && top_p <= 1)) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "top_p: %g is not in (0, 1]", top_p);
+        goto done;
+    }
+    if (n >= (size_t)S) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu tokens leave no room in the context of %d", n, S);
+        goto done;
+    }
+    if (max_tokens < 1 || max_tokens > (uint64_t)S - n) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "max_tokens: %llu is not in 1..%zu (the context left after the prompt)",
+                    (unsigned long long)max_tokens, (size_t)S - n);
+        goto done;
+    }
+    if (request_adapter(r, g->adapter, &a) < 0)
+        goto done;
+    llama_sampling s = {(float)temperature, (float)top_p, g->seed ? g->seed->via.u64 : 0, NULL, 0};
+    const int *stops = tok_stop_ids(d->tok, &s.n_stop);
+    stop = malloc((s.n_stop + 1) * sizeof *stop);
+    out = malloc(max_tokens * sizeof *out);
+    if (!stop || !out) {
+        reply_error(r, ERR_BUSY, "out of memory");
+        goto done;
+    }
+    memcpy(stop, stops, s.n_stop * sizeof *stop);
+    if (extra_stop >= 0)
+        stop[s.n_stop++] = extra_stop;
+    s.stop = stop;
+    stream_ctx sc = {r, ids[n - 1], {0}, 0};
+    int stream = g->stream && g->stream->via.boolean;
+    char err[512];
+    double t0 = now_s();
+    if (llama_generate(&d->model, a ? &a->lora : NULL, ids, (int)n, (int)max_tokens, &s,
+                       stream ? on_token : still_wanted, &sc, out, &n_out, err, sizeof err) < 0) {
+        reply_error(r, ERR_INTERNAL, "%s", err);
+    } else {
+        double dt = now_s() - t0;
+        char *text = tok_decode_all(d->tok, ids[n - 1], out, (size_t)n_out);
+        /* as the stream has it: a character left unfinished at the end is dropped */
+        size_t tl = text ? strlen(text) : 0;
+        infer_result res = {.text = {text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0)},
+                            .tokens = {out, (size_t)n_out}, .tokens_per_s = n_out / (dt > 1e-9 ? dt : 1e-9)};
+        adapter_ref(a, res.adapter);
+        mp_out o;
+        reply_begin(r, &o);
+        schema_pack(&o.pk, &generate_result, &res, SCHEMA_WIRE);
+        reply_end(r, &o);
+        free(text);
+    }
+done:
+    if (a)
+        cache_release(d, a);
+    free(stop);
+    free(out);
+    free(ids);
+}
+
 void op_generate(req *r)
 {
     qd *d = r->d;
     const int S = d->model.cfg.seq_len;
     const msgpack_object *prompt = r->arg[GEN_PROMPT], *tokens = r->arg[GEN_TOKENS];
-    double temperature = 0, top_p = 1;
     if (prompt && tokens) {
         reply_error(r, ERR_BAD_REQUEST, "generate: give prompt or tokens, not both");
-        return;
-    }
-    if (r->arg[GEN_TEMPERATURE])
-        mp_number(r->arg[GEN_TEMPERATURE], &temperature);
-    if (r->arg[GEN_TOP_P])
-        mp_number(r->arg[GEN_TOP_P], &top_p);
-    uint64_t max_tokens = r->arg[GEN_MAX_TOKENS] ? r->arg[GEN_MAX_TOKENS]->via.u64 : 64;
-    if (!(temperature >= 0 && temperature <= 100)) {
-        reply_error(r, ERR_INVALID_ARGUMENT, "temperature: %g is not in 0..100", temperature);
-        return;
-    }
-    if (!(top_p > 0 && top_p <= 1)) {
-        reply_error(r, ERR_INVALID_ARGUMENT, "top_p: %g is not in (0, 1]", top_p);
         return;
     }
     int *ids = NULL;
@@ -295,52 +362,54 @@ void op_generate(req *r)
             free(ids);
             return;
         }
-        if (n >= (size_t)S) {
-            reply_error(r, ERR_INVALID_ARGUMENT, "prompt: %zu tokens leave no room in the context of %d", n, S);
-            free(ids);
+    }
+    const gen_args g = {r->arg[GEN_MAX_TOKENS], r->arg[GEN_TEMPERATURE], r->arg[GEN_TOP_P], r->arg[GEN_SEED],
+                        r->arg[GEN_ADAPTER], r->arg[GEN_STREAM]};
+    generate_after(r, ids, n, &g, -1);
+}
+
+void op_chat(req *r)
+{
+    qd *d = r->d;
+    const msgpack_object *name = r->arg[CHAT_TEMPLATE];
+    char err[600], what[40];
+    sft_chat named = {0};
+    const sft_chat *chat = &d->chat;
+    if (name) { /* a built-in, with the model's bos/eos tokens */
+        snprintf(what, sizeof what, "%.*s", (int)(name->via.str.size < 32 ? name->via.str.size : 32), name->via.str.ptr);
+        if (sft_chat_load(&named, d->model_dir, what, err, sizeof err) < 0) {
+            char choices[200] = "";
+            size_t used = 0;
+            for (const char *const *b = chat_template_builtin_names; *b; b++)
+                used += (size_t)snprintf(choices + used, used < sizeof choices ? sizeof choices - used : 0, "%s%s",
+                                         b == chat_template_builtin_names ? "" : ", ", *b);
+            reply_error(r, ERR_INVALID_ARGUMENT, "template: \"%s\" is not a built-in (%s)", what, choices);
             return;
         }
-    }
-    if (max_tokens < 1 || max_tokens > (uint64_t)S - n) {
-        reply_error(r, ERR_INVALID_ARGUMENT, "max_tokens: %llu is not in 1..%zu (the context left after the prompt)",
-                    (unsigned long long)max_tokens, (size_t)S - n);
-        free(ids);
+        chat = &named;
+    } else if (!chat->chat) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "messages: %s; name a built-in with template (e.g. \"chatml\")",
+                    d->chat_error);
         return;
     }
-    cached_adapter *a;
-    if (request_adapter(r, r->arg[GEN_ADAPTER], &a) < 0) {
+    json_value *messages = mp_to_json(r->arg[CHAT_MESSAGES]);
+    int *ids = NULL, eot = -1;
+    size_t n = 0;
+    if (!messages) {
+        reply_error(r, ERR_BAD_REQUEST, "messages: must be an array of maps with str keys (no bin)");
+    } else if (sft_chat_prompt(chat, d->tok, messages, &ids, &n, err, sizeof err) < 0) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "messages: %s", err);
+    } else if (n == 0) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "messages: the template rendered nothing");
         free(ids);
-        return;
+        ids = NULL;
     }
-    int *out = malloc(max_tokens * sizeof *out), n_out = 0;
-    llama_sampling s = {(float)temperature, (float)top_p, r->arg[GEN_SEED] ? r->arg[GEN_SEED]->via.u64 : 0,
-                        NULL, 0};
-    s.stop = tok_stop_ids(d->tok, &s.n_stop);
-    stream_ctx sc = {r, ids[n - 1], {0}, 0};
-    int stream = r->arg[GEN_STREAM] && r->arg[GEN_STREAM]->via.boolean;
-    char err[512];
-    double t0 = now_s();
-    if (!out) {
-        reply_error(r, ERR_BUSY, "out of memory");
-    } else if (llama_generate(&d->model, a ? &a->lora : NULL, ids, (int)n, (int)max_tokens, &s,
-                              stream ? on_token : still_wanted, &sc, out, &n_out, err, sizeof err) < 0) {
-        reply_error(r, ERR_INTERNAL, "%s", err);
-    } else {
-        double dt = now_s() - t0;
-        char *text = tok_decode_all(d->tok, ids[n - 1], out, (size_t)n_out);
-        /* as the stream has it: a character left unfinished at the end is dropped */
-        size_t tl = text ? strlen(text) : 0;
-        infer_result res = {.text = {text ? text : "", tl - (text ? utf8_cut_tail(text, tl) : 0)},
-                            .tokens = {out, (size_t)n_out}, .tokens_per_s = n_out / (dt > 1e-9 ? dt : 1e-9)};
-        adapter_ref(a, res.adapter);
-        mp_out o;
-        reply_begin(r, &o);
-        schema_pack(&o.pk, &generate_result, &res, SCHEMA_WIRE);
-        reply_end(r, &o);
-        free(text);
+    if (ids) {
+        sft_chat_end_of_turn(chat, d->tok, &eot);
+        const gen_args g = {r->arg[CHAT_MAX_TOKENS], r->arg[CHAT_TEMPERATURE], r->arg[CHAT_TOP_P], r->arg[CHAT_SEED],
+                            r->arg[CHAT_ADAPTER], r->arg[CHAT_STREAM]};
+        generate_after(r, ids, n, &g, eot);
     }
-    if (a)
-        cache_release(d, a);
-    free(out);
-    free(ids);
+    json_free(messages);
+    sft_chat_free(&named);
 }

@@ -225,6 +225,12 @@ int main(int argc, char **argv)
         qd_log(LOG_ERROR, "%s", err);
         goto out_model;
     }
+    /* the model's chat template, for chat: one that does not compile is told per request */
+    int ct = sft_chat_load(&d.chat, d.model_dir, NULL, d.chat_error, sizeof d.chat_error);
+    if (ct == 1)
+        snprintf(d.chat_error, sizeof d.chat_error, "the model has no chat template");
+    else if (ct < 0)
+        qd_log(LOG_WARN, "chat template: %s (chat needs a named built-in template)", d.chat_error);
     /* before the store is touched: a second daemon on it would run the same jobs */
     int db_lock = store_lock(db_dir, "qlorad", err, sizeof err);
     if (db_lock < 0) {
@@ -269,6 +275,7 @@ out_jobs:
     store_close(d.db);
     store_unlock(db_lock);
 out_tok:
+    sft_chat_free(&d.chat);
     tok_free(d.tok);
 out_model:
     llama_free(&d.model);

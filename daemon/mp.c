@@ -242,3 +242,53 @@ void mp_kv_bool(msgpack_packer *pk, const char *key, int v)
     mp_str(pk, key);
     mp_bool(pk, v);
 }
+
+/* One value of mp_to_json into v (all of it freed by json_free of the root). */
+static int to_json(const msgpack_object *o, json_value *v, int depth)
+{
+    memset(v, 0, sizeof *v);
+    if (depth > JSON_MAX_DEPTH)
+        return -1;
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: v->type = JSON_NULL; return 0;
+    case MSGPACK_OBJECT_BOOLEAN: v->type = JSON_BOOL, v->boolean = o->via.boolean; return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: v->type = JSON_NUMBER; mp_number(o, &v->number); return 0;
+    case MSGPACK_OBJECT_STR:
+        v->type = JSON_STRING, v->len = o->via.str.size;
+        return (v->string = mp_strdup(o)) ? 0 : -1;
+    case MSGPACK_OBJECT_ARRAY:
+    case MSGPACK_OBJECT_MAP: {
+        const int map = o->type == MSGPACK_OBJECT_MAP;
+        v->type = map ? JSON_OBJECT : JSON_ARRAY;
+        size_t n = map ? o->via.map.size : o->via.array.size;
+        v->items = calloc(n ? n : 1, sizeof *v->items);
+        v->keys = map ? calloc(n ? n : 1, sizeof *v->keys) : NULL;
+        if (!v->items || (map && !v->keys))
+            return -1;
+        for (size_t i = 0; i < n; i++) {
+            const msgpack_object *item = map ? &o->via.map.ptr[i].val : &o->via.array.ptr[i];
+            if (map && (o->via.map.ptr[i].key.type != MSGPACK_OBJECT_STR ||
+                        !(v->keys[i] = mp_strdup(&o->via.map.ptr[i].key))))
+                return -1;
+            v->count = i + 1; /* what json_free must free, this item included */
+            if (to_json(item, &v->items[i], depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    default: return -1; /* bin and ext have no JSON counterpart */
+    }
+}
+
+json_value *mp_to_json(const msgpack_object *o)
+{
+    json_value *v = calloc(1, sizeof *v);
+    if (v && to_json(o, v, 0) < 0) {
+        json_free(v);
+        return NULL;
+    }
+    return v;
+}

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "json.h"
+
 #define MP_MAX_DEPTH 32
 
 /* Checks that buf[0..len) holds exactly one well-formed msgpack object nested at most
@@ -20,6 +22,10 @@ const msgpack_object *mp_get(const msgpack_object *o, const char *key);
 int mp_is_str(const msgpack_object *o, const char *s);
 /* NUL-terminated copy of a str object (malloc'd), NULL when out of memory. */
 char *mp_strdup(const msgpack_object *o);
+/* o as a JSON tree (json_free it), for what takes JSON (chat templates): maps with str
+ * keys, arrays, strs, numbers, booleans and nil. NULL out of memory, for a bin or ext, or
+ * a key that is not a str. */
+json_value *mp_to_json(const msgpack_object *o);
 /* A number (int or float) as double; 0 when o is not a number. */
 int mp_number(const msgpack_object *o, double *out);
 

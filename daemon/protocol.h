@@ -98,16 +98,23 @@ enum { OPTIONAL, REQUIRED };
     A(OP, TEXT, "text", T_STR, OPTIONAL)               \
     A(OP, ADAPTER, "adapter", T_STR | T_NIL, OPTIONAL) \
     A(OP, SPECIAL, "special", T_BOOL, OPTIONAL)
-#define GENERATE_ARGS(A, OP)                           \
-    A(OP, PROMPT, "prompt", T_STR, OPTIONAL)           \
-    A(OP, TOKENS, "tokens", T_ARRAY, OPTIONAL)         \
+/* what generate and chat share: how to sample, with which adapter, streamed or not */
+#define SAMPLING_ARGS(A, OP)                           \
     A(OP, MAX_TOKENS, "max_tokens", T_UINT, OPTIONAL)  \
     A(OP, TEMPERATURE, "temperature", T_NUM, OPTIONAL) \
     A(OP, TOP_P, "top_p", T_NUM, OPTIONAL)             \
     A(OP, SEED, "seed", T_UINT, OPTIONAL)              \
     A(OP, ADAPTER, "adapter", T_STR | T_NIL, OPTIONAL) \
-    A(OP, STREAM, "stream", T_BOOL, OPTIONAL)          \
+    A(OP, STREAM, "stream", T_BOOL, OPTIONAL)
+#define GENERATE_ARGS(A, OP)                   \
+    A(OP, PROMPT, "prompt", T_STR, OPTIONAL)   \
+    A(OP, TOKENS, "tokens", T_ARRAY, OPTIONAL) \
+    SAMPLING_ARGS(A, OP)                       \
     A(OP, SPECIAL, "special", T_BOOL, OPTIONAL)
+#define CHAT_ARGS(A, OP)                               \
+    A(OP, MESSAGES, "messages", T_ARRAY, REQUIRED)     \
+    SAMPLING_ARGS(A, OP)                               \
+    A(OP, TEMPLATE, "template", T_STR, OPTIONAL)
 #define SUBMIT_ARGS(A, OP)                                 \
     A(OP, ADAPTER, "adapter", T_STR, REQUIRED)             \
     A(OP, DATA, "data", T_MAP, REQUIRED)                   \
@@ -150,6 +157,7 @@ enum { ON_LOOP, ON_POOL };
     X(TOKENIZE, "tokenize", op_tokenize, ON_POOL, TOKENIZE_ARGS)                        \
     X(EVAL, "eval", op_eval, ON_POOL, EVAL_ARGS)                                        \
     X(GEN, "generate", op_generate, ON_POOL, GENERATE_ARGS)                             \
+    X(CHAT, "chat", op_chat, ON_POOL, CHAT_ARGS)                                        \
     /* job.submit is pooled: it hashes and stores its data as files */                  \
     X(SUBMIT, "job.submit", op_job_submit, ON_POOL, SUBMIT_ARGS)                        \
     X(JOB_GET, "job.get", op_job_get, ON_LOOP, JOB_ARGS)                                \

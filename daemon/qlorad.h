@@ -20,6 +20,7 @@
 #include "schema.h"
 #include "store.h"
 #include "tokenizer.h"
+#include "sft.h"
 #include "train.h"
 
 #define QLORAD_VERSION "0.1.0"
@@ -82,6 +83,8 @@ struct qd {
     pthread_t loop_thread;
     llama_model model;
     tok_tokenizer *tok;
+    sft_chat chat;            /* the model's own chat template (chat.chat NULL: none) */
+    char chat_error[600];     /* why there is none, for chat's message */
     store *db;
     const char *model_dir, *socket_path;
     size_t max_frame, max_out;

@@ -201,6 +201,25 @@ def _():
     assert p.returncode == 0 and p.stdout.startswith('wrote '), p
 
 
+@case("chat: MESSAGE gets the reply the daemon's chat op gives; lines of stdin are turns of one conversation")
+def _():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'clients', 'python'))
+    from qlora_client import Client
+    msgs = [{'role': 'system', 'content': 'Tell stories.'}, {'role': 'user', 'content': 'Once upon a time'}]
+    with Client(socket=daemon.socket, timeout=60) as c:
+        want = c.chat(msgs, template='chatml', max_tokens=8)
+        out = qlora('chat', '--template', 'chatml', '--system', 'Tell stories.', '-n', '8', 'Once upon a time')
+        assert out == want['text'] + '\n', (out, want)
+        first = c.chat(msgs[1:], template='chatml', max_tokens=6)
+        second = c.chat(msgs[1:] + [{'role': 'assistant', 'content': first['text']},
+                                    {'role': 'user', 'content': 'The end.'}], template='chatml', max_tokens=6)
+    p = subprocess.run([QLORA, '--socket', daemon.socket, '--json', 'chat', '--template', 'chatml', '-n', '6'],
+                       input='Once upon a time\n\nThe end.\n', capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    results = [json.loads(line) for line in p.stdout.splitlines() if 'tokens_per_s' in line]
+    assert [r['tokens'] for r in results] == [first['tokens'], second['tokens']], (results, first, second)
+
+
 @case('adapters: a table, and JSON')
 def _():
     j = qjson('adapters')['adapters']
@@ -345,7 +364,7 @@ def _():
     rc, out, err = tap.run(QLORA, '--help')
     assert rc == 0
     names = [l.split()[0] for l in out.splitlines() if l.startswith('  ')]
-    assert len(names) == 20, names
+    assert len(names) == 21, names
     for name in names:
         for argv in ([name, '--help'], ['help', name]):
             rc, out, err = tap.run(QLORA, *argv)

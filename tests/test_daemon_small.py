@@ -9,6 +9,7 @@ tests/qlorad_fixture.py, so cases do not depend on each other's order. TAP outpu
 usage: test_daemon_small.py QLORAD SHARED_DIR CLIENT_DIR"""
 
 import codecs
+import json
 import os
 import shutil
 import subprocess
@@ -152,6 +153,32 @@ def _():
         with Checked(QLORAD, SHARED, db=db) as d, Client(socket=d.socket, timeout=60) as c:
             again = c.history(job['job_id'])
         assert again == h, 'the stored record keeps the history'
+
+
+@case('chat on a model without a template: refused naming template; a named built-in renders it')
+def _():
+    with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
+        msgs = [{'role': 'user', 'content': 'Once upon a time'}]
+        try:
+            c.chat(msgs)
+            raise AssertionError('chat without a template was taken')
+        except QloraError as e:
+            assert e.code == 'invalid_argument' and 'no chat template' in e.message and 'template' in e.message, e
+        try:
+            c.chat(msgs, template='alpaca')
+            raise AssertionError('an unknown template was taken')
+        except QloraError as e:
+            assert e.code == 'invalid_argument' and '"alpaca" is not a built-in' in e.message and 'chatml' in e.message, e
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ref'))
+        from chat_ref import reference
+        r = c.chat(msgs, template='chatml', max_tokens=8)
+        chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                  "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                  "{% endif %}")
+        tag, text = reference(chatml, msgs, True, None, None, {})
+        assert tag == 'ok'
+        ids = c.tokenize(text)  # with the BOS stories260K's tokenizer adds; chat encodes as rendered, without
+        assert ids[0] == 1 and r['tokens'] == c.generate(tokens=ids[1:], max_tokens=8)['tokens'], r
 
 
 def raw_call(sock_path, op, args=None, rid=1):
@@ -413,6 +440,25 @@ def _():
             assert ''.join(e['text'] for e in events) == res['text'], (events, res)
             assert [e['token'] for e in events] == res['tokens']
             assert 151645 not in res['tokens']  # the stop id, <|im_end|>, ends generation unwritten
+            # chat: the template's rendering (python3-jinja2, as transformers) with the generation
+            # prompt, then generation as from those tokens
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ref'))
+            from chat_ref import reference
+            cfg = json.load(open(os.path.join(SHARED, 'tokenizers', 'qwen3', 'tokenizer_config.json')))
+            msgs = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Name a colour.'}]
+            tag, text = reference(cfg['chat_template'], msgs, True, None, cfg['eos_token'], {})
+            assert tag == 'ok', text
+            want = c.generate(tokens=c.tokenize(text), max_tokens=12, temperature=0.9, seed=5)
+            got = c.chat(msgs, max_tokens=12, temperature=0.9, seed=5)
+            assert got['tokens'] == want['tokens'] and got['text'] == want['text'], (got, want)
+            w = c.chat(msgs, max_tokens=12, temperature=0.9, seed=5, stream=True)
+            assert ''.join(e['text'] for e in w) == got['text'] and w.result['tokens'] == got['tokens']
+            for bad, field in (([], 'messages'), ([{'role': 'user'}], 'messages'), ('x', 'args.messages')):
+                try:
+                    c.chat(bad)
+                    raise AssertionError('%r was taken' % (bad,))
+                except QloraError as e:
+                    assert e.code in ('invalid_argument', 'bad_request') and e.message.startswith(field), (bad, e)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

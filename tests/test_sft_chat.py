@@ -134,4 +134,39 @@ for name in ('qwen3', 'llama3'):
                   name, len(CONVERSATIONS) - refused, learned, refused))
 
 
+def vocab_of(d):
+    tj = json.load(open(os.path.join(d, 'tokenizer.json'), encoding='utf-8'))
+    return 1 + max(max(tj['model']['vocab'].values()), max(a['id'] for a in tj['added_tokens']))
+
+
+PROBE = 'qlora-probe-reply'
+for name in ('qwen3', 'llama3'):
+    @case('%s: chat\'s prompt is Hugging Face\'s ids of the template with the generation prompt; its '
+          'end-of-turn stop is the special token the template writes first after a reply' % name)
+    def _(name=name):
+        d = os.path.join(SHARED, 'tokenizers', name)
+        cfg = json.load(open(os.path.join(d, 'tokenizer_config.json'), encoding='utf-8'))
+        tok = lambda k: cfg[k]['content'] if isinstance(cfg.get(k), dict) else cfg.get(k)  # noqa: E731
+        for conv in CONVERSATIONS:
+            msgs = [{k: v for k, v in m.items() if k != 'weight'} for m in conv[:-1]]  # ends on the user
+            tag, text = reference(cfg['chat_template'], msgs, True, tok('bos_token'), tok('eos_token'), {})
+            assert tag == 'ok', text
+            want = hf_plain(os.path.join(d, 'tokenizer.json'), [text])[0]
+            path = os.path.join(tmp, name + '-prompt.json')
+            with open(path, 'w', encoding='utf-8') as f:
+                json.dump(msgs, f, ensure_ascii=False)
+            p = subprocess.run([HELPER, '--prompt', d, str(vocab_of(d)), path], capture_output=True, timeout=120)
+            assert p.returncode == 0, p.stderr.decode(errors='replace')
+            ids_line, eot_line = p.stdout.decode().splitlines()
+            assert [int(i) for i in ids_line.split()] == want, (name, msgs)
+        # the reference's end of a reply: what follows its content, whitespace aside
+        tag, text = reference(cfg['chat_template'], [{'role': 'user', 'content': 'x'},
+                                                     {'role': 'assistant', 'content': PROBE}], False,
+                              tok('bos_token'), tok('eos_token'), {})
+        marker = text[text.index(PROBE) + len(PROBE):].strip()
+        ids = hf_plain(os.path.join(d, 'tokenizer.json'), [marker])[0]
+        assert eot_line == 'eot %d' % ids[0], (name, marker, ids, eot_line)
+        print('# %s: end of turn %r: id %d' % (name, marker, ids[0]))
+
+
 report()

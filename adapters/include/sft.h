@@ -62,6 +62,16 @@ typedef struct {
  * (c empty); -1 with a message for a template that does not compile or an unknown name. */
 int sft_chat_load(sft_chat *c, const char *dir, const char *builtin, char *err, size_t errlen);
 void sft_chat_free(sft_chat *c);
+/* A conversation to answer: messages (a JSON array of {role, content}) rendered with the
+ * generation prompt and encoded as rendered (the template writes BOS and its markers).
+ * 0, or -1 with the template's or the tokenizer's message. */
+int sft_chat_prompt(const sft_chat *c, const tok_tokenizer *tok, const json_value *messages, int **ids, size_t *n,
+                    char *err, size_t errlen);
+/* The token that ends an assistant turn in c's template (<|im_end|>, <|eot_id|>,
+ * <end_of_turn>...): the first token of what the template writes after an assistant
+ * message's content, whitespace aside, when that is a special token of tok. 1 with *id,
+ * else 0. */
+int sft_chat_end_of_turn(const sft_chat *c, const tok_tokenizer *tok, int *id);
 
 /* Parses the len bytes of a JSONL file named name (for messages) and encodes its
  * examples with tok. -1 with a message naming the file, the line and the field at fault

@@ -119,6 +119,7 @@ void cli_table_finish(cli_table *t, const char *empty);
 int cmd_ping(cli *x, int argc, char **argv);
 int cmd_status(cli *x, int argc, char **argv);
 int cmd_generate(cli *x, int argc, char **argv);
+int cmd_chat(cli *x, int argc, char **argv);
 int cmd_eval(cli *x, int argc, char **argv);
 int cmd_submit(cli *x, int argc, char **argv);
 int cmd_jobs(cli *x, int argc, char **argv);

@@ -126,6 +126,129 @@ int cmd_generate(cli *x, int argc, char **argv)
     return rc;
 }
 
+/* A conversation kept by `chat`: roles and contents, malloc'd. */
+typedef struct {
+    char **role, **content;
+    size_t n, cap;
+} conversation;
+
+static int say(conversation *c, const char *role, const char *content, size_t len)
+{
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? 2 * c->cap : 8;
+        char **r = realloc(c->role, cap * sizeof *r), **t = r ? realloc(c->content, cap * sizeof *t) : NULL;
+        if (r)
+            c->role = r;
+        if (!t)
+            return -1;
+        c->content = t, c->cap = cap;
+    }
+    char *text = malloc(len + 1);
+    if (!text)
+        return -1;
+    memcpy(text, content, len);
+    text[len] = 0;
+    c->role[c->n] = (char *)role, c->content[c->n++] = text;
+    return 0;
+}
+
+static void forget(conversation *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        free(c->content[i]);
+    free(c->role);
+    free(c->content);
+}
+
+/* One turn: the conversation so far to `chat`, the reply streamed to stdout and kept. */
+static int chat_turn(cli *x, conversation *c, cli_opt *opts, int nopts)
+{
+    const char *template = cli_opt_value(opts, nopts, "--template");
+    int given = cli_count_args(opts, nopts, generate_spec, NGEN);
+    qlora_args a;
+    qlora_args_init(&a);
+    msgpack_pack_map(&a.pk, (size_t)(given + 2 + !cli_opt_value(opts, nopts, "-n") + (template != NULL)));
+    qlora_pack_str(&a.pk, "messages");
+    msgpack_pack_array(&a.pk, c->n);
+    for (size_t i = 0; i < c->n; i++) {
+        msgpack_pack_map(&a.pk, 2);
+        qlora_pack_str(&a.pk, "role");
+        qlora_pack_str(&a.pk, c->role[i]);
+        qlora_pack_str(&a.pk, "content");
+        qlora_pack_str(&a.pk, c->content[i]);
+    }
+    qlora_pack_str(&a.pk, "stream");
+    msgpack_pack_true(&a.pk);
+    if (!cli_opt_value(opts, nopts, "-n")) { /* the CLI's default reply length, said in --help */
+        qlora_pack_str(&a.pk, "max_tokens");
+        msgpack_pack_int(&a.pk, 256);
+    }
+    if (template) {
+        qlora_pack_str(&a.pk, "template");
+        qlora_pack_str(&a.pk, template);
+    }
+    int rc = cli_pack_args(x, &a.pk, opts, nopts, generate_spec, NGEN);
+    qlora_reply r = {0};
+    if (rc == EXIT_OK)
+        rc = cli_request(x, "chat", &a, on_token, x, &r);
+    const msgpack_object *t = rc == EXIT_OK ? qlora_get(&r.result, "text") : NULL;
+    if (rc == EXIT_OK && x->json)
+        cli_print_json(&r.result);
+    else if (rc == EXIT_OK)
+        putchar('\n');
+    if (rc == EXIT_OK && t && t->type == MSGPACK_OBJECT_STR && say(c, "assistant", t->via.str.ptr, t->via.str.size) < 0) {
+        fprintf(stderr, "qlora chat: out of memory\n");
+        rc = EXIT_SERVER;
+    }
+    qlora_reply_free(&r);
+    qlora_args_free(&a);
+    return rc;
+}
+
+int cmd_chat(cli *x, int argc, char **argv)
+{
+    cli_opt opts[] = {{"--adapter", 1, NULL}, {"-n", 1, NULL},        {"--temperature", 1, NULL},
+                      {"--top-p", 1, NULL},   {"--seed", 1, NULL},    {"--system", 1, NULL},
+                      {"--template", 1, NULL}};
+    int nopts = (int)(sizeof opts / sizeof opts[0]);
+    const char *message = NULL;
+    int npos = 0, rc = cli_parse(x, argc, argv, opts, nopts, &message, 0, 1, &npos);
+    if (rc)
+        return rc;
+    conversation c = {0};
+    const char *system = cli_opt_value(opts, nopts, "--system");
+    if (system && say(&c, "system", system, strlen(system)) < 0)
+        rc = EXIT_SERVER;
+    /* MESSAGE: one turn; else a line of stdin a turn, until its end */
+    char *line = NULL;
+    size_t cap = 0;
+    while (rc == EXIT_OK) {
+        if (npos) {
+            if (c.n > (system != NULL))
+                break;
+            rc = say(&c, "user", message, strlen(message)) < 0 ? EXIT_SERVER : EXIT_OK;
+        } else {
+            if (x->tty)
+                fputs("> ", stdout), fflush(stdout);
+            ssize_t len = getline(&line, &cap, stdin);
+            if (len < 0)
+                break;
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = 0;
+            if (len == 0)
+                continue;
+            rc = say(&c, "user", line, (size_t)len) < 0 ? EXIT_SERVER : EXIT_OK;
+        }
+        if (rc == EXIT_OK)
+            rc = chat_turn(x, &c, opts, nopts);
+    }
+    if (rc == EXIT_SERVER && !c.n)
+        fprintf(stderr, "qlora chat: out of memory\n");
+    free(line);
+    forget(&c);
+    return rc;
+}
+
 static void print_eval(cli *x, const msgpack_object *r)
 {
     (void)x;

@@ -56,6 +56,11 @@ static const cli_cmd commands[] = {
      "[--adapter NAME] [-n N] [--temperature T] [--top-p P] [--seed S] [--stream] PROMPT",
      "Generates up to N tokens (default 64) after PROMPT; temperature 0 (the default) is greedy. "
      "--stream prints the text as it comes."},
+    {"chat", cmd_chat,
+     "[--adapter NAME] [--system TEXT] [--template NAME] [-n N] [--temperature T] [--top-p P] [--seed S] [MESSAGE]",
+     "A conversation in the model's chat template (or the built-in NAME: chatml, llama3, ...): MESSAGE "
+     "gets one reply; without it every line of stdin is the next user turn. Replies stream, up to N "
+     "tokens each (default 256), ending at the template's end-of-turn token."},
     {"eval", cmd_eval, "[--adapter NAME] FILE",
      "Perplexity of the model (with the adapter, if named) on a text file."},
 };

@@ -207,6 +207,17 @@ class Client:
             return self.stream('generate', stream=True, **args)
         return self.call('generate', **args)
 
+    def chat(self, messages, max_tokens=None, temperature=None, top_p=None, seed=None, adapter=None,
+             stream=False, template=None):
+        """A reply to messages ([{'role', 'content'}]), rendered with the model's chat template
+        (or the built-in template names) and ended at its end-of-turn token; with
+        stream=True a Stream of {token, text} events instead."""
+        args = dict(messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                    adapter=adapter, template=template)
+        if stream:
+            return self.stream('chat', stream=True, **args)
+        return self.call('chat', **args)
+
     def submit(self, adapter, data, eval_data=None, method=None, **hyper):
         """Queues a job; data and eval_data are a local file's path (uploaded first), a file
         id ('file-...'), or a spec: {'file_id': ...}, {'text': ...}, {'tokens': [[...]]} or,
