@@ -16,19 +16,22 @@
 static const char *const method_names[] = {TRAIN_METHODS(TRAIN_NAME)};
 static const char *const schedule_names[] = {TRAIN_SCHEDULES(TRAIN_NAME)};
 static const char *const init_names[] = {TRAIN_INITS(TRAIN_NAME)};
+static const char *const chat_names[] = {TRAIN_CHAT_TEMPLATES(TRAIN_NAME)};
 #undef TRAIN_NAME
 #define VOCAB(field, names, member) {field, names, (int)(sizeof names / sizeof names[0]), offsetof(train_hyper, member)}
 const train_vocab train_methods = VOCAB("method", method_names, method);
 const train_vocab train_schedules = VOCAB("schedule", schedule_names, schedule);
 const train_vocab train_inits = VOCAB("init", init_names, init);
+const train_vocab train_chat_templates = VOCAB("chat_template", chat_names, chat_template);
 #undef VOCAB
 /* train_vocab_set stores a value as an int into any of the three */
 _Static_assert(sizeof(train_method) == sizeof(int) && sizeof(train_schedule) == sizeof(int) &&
-                   sizeof(train_init) == sizeof(int), "the vocabularies' enums are int-sized");
+                   sizeof(train_init) == sizeof(int) && sizeof(train_chat_template) == sizeof(int),
+               "the vocabularies' enums are int-sized");
 
 const train_vocab *train_vocab_of(const char *field, size_t n)
 {
-    static const train_vocab *const all[] = {&train_methods, &train_schedules, &train_inits};
+    static const train_vocab *const all[] = {&train_methods, &train_schedules, &train_inits, &train_chat_templates};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (strlen(all[i]->field) == n && !memcmp(field, all[i]->field, n))
             return all[i];

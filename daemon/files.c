@@ -330,6 +330,8 @@ qd_error files_resolve(qd *d, const msgpack_object *m, const char *field, job_da
             return nf ? ERR_NOT_FOUND : ERR_INTERNAL;
         }
         out->bytes = info.bytes;
+        if (!strcmp(info.purpose, "tokens")) /* stored from inline tokens: u32 ids, not text */
+            out->format = DATA_TOKENS;
         return ERR_NONE;
     }
     char *owned = NULL;
@@ -346,7 +348,7 @@ qd_error files_resolve(qd *d, const msgpack_object *m, const char *field, job_da
     } else if (!strcmp(key, "tokens")) {
         if ((code = tokens_bytes(v, field, d->model.cfg.vocab_size, &owned, &len, err, errlen)))
             return code;
-        bytes = owned, purpose = "tokens", out->tokens = 1;
+        bytes = owned, purpose = "tokens", out->format = DATA_TOKENS;
     } else {
         /* the same answer for every path when paths are off: nothing about the file */
         if (d->data_dir_fd < 0) {
@@ -393,21 +395,75 @@ int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t e
     return 0;
 }
 
+/* The JSONL examples of a file's bytes, parsed, encoded (h's template) and cut to rows. */
+static int load_examples(qd *d, const job_data *data, const char *field, const train_hyper *h, const char *bytes,
+                         size_t len, sft_data *sft, char *err, size_t errlen)
+{
+    char name[96];
+    snprintf(name, sizeof name, "%s.file_id %s", field, data->file_id);
+    sft_chat chat;
+    const char *builtin = h->chat_template == CHAT_MODEL ? NULL : train_vocab_name(&train_chat_templates,
+                                                                                  h->chat_template);
+    int rc = sft_chat_load(&chat, d->model_dir, builtin, err, errlen) < 0 ? -1 : 0;
+    const sft_options opt = {h->train_on_prompt, chat.chat, chat.bos, chat.eos};
+    if (rc == 0)
+        rc = sft_parse(sft, name, bytes, len, d->tok, &opt, err, errlen);
+    sft_chat_free(&chat);
+    if (rc == 0)
+        sft_cut(sft, (size_t)h->seq_len + 1);
+    return rc;
+}
+
+/* A stored file's bytes (malloc'd), with the message naming field when it is gone. */
+static int file_bytes(qd *d, const job_data *data, const char *field, void **bytes, size_t *len, char *err,
+                      size_t errlen)
+{
+    store_file_info info;
+    int nf;
+    char why[600];
+    if (store_file_get(d->db, data->file_id, &info, bytes, len, &nf, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s.file_id: %s%s", field, why, nf ? " (deleted?)" : "");
+        return -1;
+    }
+    return 0;
+}
+
+qd_error files_check_data(qd *d, job_data *data, const char *field, const train_hyper *h, char *err, size_t errlen)
+{
+    void *bytes;
+    size_t len;
+    if (data->format == DATA_TOKENS)
+        return ERR_NONE; /* inline tokens, checked when they were stored */
+    if (file_bytes(d, data, field, &bytes, &len, err, errlen) < 0)
+        return ERR_NOT_FOUND;
+    qd_error code = ERR_NONE;
+    data->format = DATA_TEXT;
+    if (sft_is_jsonl(bytes, len)) {
+        sft_data sft;
+        if (load_examples(d, data, field, h, bytes, len, &sft, err, errlen) < 0) {
+            code = ERR_INVALID_ARGUMENT;
+        } else {
+            data->format = sft.format == SFT_MESSAGES ? DATA_MESSAGES
+                         : sft.format == SFT_TEXT     ? DATA_TEXT_EXAMPLES
+                                                      : DATA_PROMPT_COMPLETION;
+            sft_free(&sft);
+        }
+    }
+    free(bytes);
+    return code;
+}
+
 int files_load_data(qd *d, const job_data *data, const char *field, const train_hyper *h, int **ids, size_t *n,
                     sft_data *sft, int *is_sft, char *err, size_t errlen)
 {
     *is_sft = 0;
     void *bytes;
     size_t len;
-    store_file_info info;
-    int nf, rc = -1;
-    char why[600];
+    int rc = -1;
     *ids = NULL, *n = 0;
-    if (store_file_get(d->db, data->file_id, &info, &bytes, &len, &nf, why, sizeof why) < 0) {
-        snprintf(err, errlen, "%s.file_id: %s%s", field, why, nf ? " (deleted?)" : "");
+    if (file_bytes(d, data, field, &bytes, &len, err, errlen) < 0)
         return -1;
-    }
-    if (data->tokens) {
+    if (data->format == DATA_TOKENS) {
         const unsigned char *b = bytes;
         if (len % 4 || !(*ids = malloc(len ? len : 1))) {
             snprintf(err, errlen, "%s.file_id: %s: %s", field, data->file_id, len % 4 ? "not a token file" : "out of memory");
@@ -428,16 +484,8 @@ int files_load_data(qd *d, const job_data *data, const char *field, const train_
         *n = len / 4;
         rc = 0;
     } else if (sft_is_jsonl(bytes, len)) {
-        char name[96];
-        snprintf(name, sizeof name, "%s.file_id %s", field, data->file_id);
-        sft_chat chat;
-        rc = sft_chat_load(&chat, d->model_dir, NULL, err, errlen) < 0 ? -1 : 0;
-        const sft_options opt = {h->train_on_prompt, chat.chat, chat.bos, chat.eos};
-        if (rc == 0)
-            rc = sft_parse(sft, name, bytes, len, d->tok, &opt, err, errlen);
-        sft_chat_free(&chat);
-        if (rc == 0)
-            sft_cut(sft, (size_t)h->seq_len + 1), *is_sft = 1;
+        rc = load_examples(d, data, field, h, bytes, len, sft, err, errlen);
+        *is_sft = rc == 0;
     } else {
         rc = tok_encode(d->tok, bytes, len, TOK_ADD_SPECIAL, ids, n);
         if (rc < 0)

@@ -202,8 +202,21 @@ void op_job_submit(req *r)
         goto fail;
     }
     if ((code = files_resolve(d, r->arg[SUBMIT_DATA], "data", &j->data, err, sizeof err)) ||
-        (eval && (code = files_resolve(d, eval, "eval_data", &j->eval, err, sizeof err)))) {
+        (eval && (code = files_resolve(d, eval, "eval_data", &j->eval, err, sizeof err))) ||
+        (code = files_check_data(d, &j->data, "data", &j->hyper, err, sizeof err)) ||
+        (eval && (code = files_check_data(d, &j->eval, "eval_data", &j->hyper, err, sizeof err)))) {
         reply_error(r, code, "%s", err);
+        goto fail;
+    }
+    int examples = j->data.format >= DATA_PROMPT_COMPLETION;
+    if (eval && examples != (j->eval.format >= DATA_PROMPT_COMPLETION)) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "%s", examples ? "eval_data: plain text, while data holds examples (JSONL)"
+                                                            : "eval_data: examples (JSONL), while data is plain text");
+        goto fail;
+    }
+    if (examples && j->hyper.method != TRAIN_LORA) {
+        reply_error(r, ERR_INVALID_ARGUMENT, "method: %s trains on plain text, not on examples",
+                    train_vocab_name(&train_methods, j->hyper.method));
         goto fail;
     }
     int queued = 0;

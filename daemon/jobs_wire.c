@@ -14,6 +14,7 @@
 static const char *const method_names[] = {TRAIN_METHODS(TRAIN_NAME)};
 static const char *const schedule_names[] = {TRAIN_SCHEDULES(TRAIN_NAME)};
 static const char *const init_names[] = {TRAIN_INITS(TRAIN_NAME)};
+static const char *const chat_names[] = {TRAIN_CHAT_TEMPLATES(TRAIN_NAME)};
 #undef TRAIN_NAME
 #define N_NAMES(names) (int)(sizeof names / sizeof names[0])
 
@@ -22,6 +23,7 @@ static const schema_field hyper_word_fields[] = {
     S_BITS(train_hyper, "targets", targets, lora_target_names, LIN_COUNT),
     S_NAME(train_hyper, "schedule", schedule, schedule_names, N_NAMES(schedule_names), 0),
     S_NAME(train_hyper, "init", init, init_names, N_NAMES(init_names), 0),
+    S_NAME(train_hyper, "chat_template", chat_template, chat_names, N_NAMES(chat_names), 0),
 };
 static const schema hyper_words = SCHEMA(hyper_word_fields);
 
@@ -109,7 +111,8 @@ qd_error job_parse_hyper(const msgpack_object *m, const llama_config *c, train_h
                 snprintf(err, errlen, "%s", tmp);
                 return ERR_INVALID_ARGUMENT;
             }
-        } else if (mp_is_str(k, "schedule") || mp_is_str(k, "init")) { /* method is job.submit's own */
+        } else if (mp_is_str(k, "schedule") || mp_is_str(k, "init") ||
+                   mp_is_str(k, "chat_template")) { /* method is job.submit's own */
             const train_vocab *vocab = train_vocab_of(k->via.str.ptr, k->via.str.size);
             if (v->type != MSGPACK_OBJECT_STR) {
                 snprintf(err, errlen, "hyper.%s: must be a string", key);
@@ -153,11 +156,13 @@ static int unpack_hyper(const msgpack_object *o, void *value, const void *cfg, c
 }
 
 /* {file_id, bytes, format} of a job's data; nil when there is none. */
-static const char *const data_formats[] = {"text", "tokens"}; /* by job_data.tokens */
+#define DATA_NAME_(e, name) [e] = name,
+static const char *const data_formats[] = {JOB_DATA_FORMATS(DATA_NAME_)};
+#undef DATA_NAME_
 static const schema_field data_fields[] = {
     S_FIELD(job_data, "file_id", SK_CHARS, file_id, SF_REQUIRED),
     S_FIELD(job_data, "bytes", SK_UINT, bytes, SF_REQUIRED),
-    S_NAME(job_data, "format", tokens, data_formats, N_NAMES(data_formats), 0),
+    S_NAME(job_data, "format", format, data_formats, N_NAMES(data_formats), 0),
 };
 static const schema data_record = SCHEMA(data_fields);
 

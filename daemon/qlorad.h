@@ -239,12 +239,20 @@ int jobs_conn_watches(qd *d, uint64_t conn_id);
 uint64_t jobs_file_user(qd *d, const char *file_id);
 
 /* ---- files.c: stored data files ---- */
-/* What a job trains on: a stored file, read as text, or (inline tokens) as little-endian
- * u32 token ids. file_id "" : none. */
+/* What a job's data file holds, as its record says: plain text, inline tokens (stored as
+ * little-endian u32 ids), or JSONL examples of one of sft.h's formats. X(enum, name). */
+#define JOB_DATA_FORMATS(X)                                                                \
+    X(DATA_TEXT, "text") X(DATA_TOKENS, "tokens") X(DATA_PROMPT_COMPLETION, "prompt_completion") \
+    X(DATA_TEXT_EXAMPLES, "text_examples") X(DATA_MESSAGES, "messages")
+#define JOB_DATA_ENUM_(e, name) e,
+typedef enum { JOB_DATA_FORMATS(JOB_DATA_ENUM_) } job_data_format;
+#undef JOB_DATA_ENUM_
+
+/* What a job trains on: a stored file and what it holds. file_id "" : none. */
 typedef struct {
     char file_id[STORE_FILE_ID_LEN + 1];
     uint64_t bytes;
-    int tokens;
+    job_data_format format;
 } job_data;
 
 /* Held around "the job's files exist, queue it" and "no job uses the file, delete it". */
@@ -255,6 +263,11 @@ void files_release(void);
  * it hashes and stores up to max_frame bytes. */
 qd_error files_resolve(qd *d, const msgpack_object *spec, const char *field, job_data *out, char *err,
                        size_t errlen);
+/* What data's file holds, into data->format, checked as the runner will read it: JSONL
+ * examples are parsed and encoded whole (with h's template choice), so that a malformed
+ * line is refused at submit, naming the line and field; plain text and tokens are taken
+ * as they are. ERR_NONE, or the error code with err. Off the loop. */
+qd_error files_check_data(qd *d, job_data *data, const char *field, const train_hyper *h, char *err, size_t errlen);
 /* 0 when the files of a and b (each may be NULL or "") are stored, else -1 with err. */
 int files_exist(qd *d, const job_data *a, const job_data *b, char *err, size_t errlen);
 /* A job's data, its bytes verified against the file id (runner): JSONL examples into

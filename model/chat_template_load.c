@@ -71,8 +71,12 @@ static const struct {
      "== 'assistant') %}{{message['content'] + '<|end|>' + '\n'}}{% endif %}{% endfor %}"},
 };
 
-const char *const chat_template_builtin_names[] = {"chatml", "llama2", "llama3", "mistral",
-                                                   "zephyr", "gemma", "phi3", NULL};
+#define BUILTIN_NAME_(e, name) name,
+const char *const chat_template_builtin_names[] = {CHAT_TEMPLATE_BUILTINS(BUILTIN_NAME_) NULL};
+#undef BUILTIN_NAME_
+_Static_assert(sizeof builtins / sizeof builtins[0] + 1 ==
+                   sizeof chat_template_builtin_names / sizeof chat_template_builtin_names[0],
+               "a source for every built-in name");
 
 const char *chat_template_builtin(const char *name)
 {

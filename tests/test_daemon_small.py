@@ -63,30 +63,58 @@ def _():
         assert (rec['method'], rec['hyper']['schedule'], rec['hyper']['init']) == ('recovery', 'constant', 'loftq'), rec
 
 
-@case('job.submit with JSONL examples trains on them (SFT); a bad line fails the job naming file, line and field')
+@case('job.submit with JSONL examples trains on them (SFT), its format in the record; a bad line, mixed data '
+      'or recovery on examples are refused at submit, naming file, line and field')
 def _():
-    import json
     lines = [json.dumps({'prompt': 'Once upon a time there was a %s.' % w, 'completion': ' The %s was happy.' % w})
              for w in ('cat', 'dog', 'bird', 'fox', 'girl', 'boy')]
     with Checked(QLORAD, SHARED) as d, Client(socket=d.socket, timeout=60) as c:
         good = c.submit('sft', {'text': '\n'.join(lines) + '\n'}, eval_data={'text': lines[0] + '\n'}, steps=3,
                         seq_len=64, batch_size=2, train_on_prompt=False)
-        bad = c.submit('sft-bad', {'text': lines[0] + '\n{"prompt": "x", "completion": 7}\n'}, steps=3, seq_len=64,
-                       batch_size=2)
-        plain_eval = c.submit('sft-mixed', {'text': lines[0] + '\n'}, eval_data={'text': 'Once upon a time ' * 9},
-                              steps=2, seq_len=64, batch_size=1)
-        deadline, ids = time.time() + 120, {good['job_id'], bad['job_id'], plain_eval['job_id']}
-        while True:
-            recs = {r['job_id']: r for r in c.jobs() if r['job_id'] in ids}
-            if len(recs) == 3 and all(r['state'] in ('succeeded', 'failed', 'cancelled') for r in recs.values()):
-                break
-            assert time.time() < deadline, recs
+        refusals = (
+            (dict(data={'text': lines[0] + '\n{"prompt": "x", "completion": 7}\n'}),
+             ['data.file_id', 'line 2', "'completion' is not a string"]),
+            (dict(data={'text': lines[0] + '\n{"text": "x"\n'}), ['data.file_id', 'line 2']),
+            (dict(data={'text': lines[0] + '\n'}, eval_data={'text': 'Once upon a time ' * 9}),
+             ['eval_data', 'plain text']),
+            (dict(data={'text': json.dumps({'messages': [{'role': 'user', 'content': 'hi'},
+                                                         {'role': 'assistant', 'content': 'ho'}]}) + '\n'}),
+             ['data.file_id', 'chat template']),
+            (dict(data={'text': lines[0] + '\n'}, method='recovery'), ['method', 'not on examples']),
+        )
+        for kw, words in refusals:
+            try:
+                c.submit('sft-bad', steps=2, seq_len=64, batch_size=1, **kw)
+                raise AssertionError('%r was taken' % kw)
+            except QloraError as e:
+                assert e.code == 'invalid_argument' and all(w in e.message for w in words), (kw, e)
+        assert [j['job_id'] for j in c.jobs()] == [good['job_id']], 'a refused submit leaves no job'
+        deadline = time.time() + 120
+        while c.job(good['job_id'])['state'] not in ('succeeded', 'failed', 'cancelled'):
+            assert time.time() < deadline
             time.sleep(0.1)
-        g, b, m = recs[good['job_id']], recs[bad['job_id']], recs[plain_eval['job_id']]
+        g = c.job(good['job_id'])
         assert g['state'] == 'succeeded' and g['hyper']['train_on_prompt'] is False, g
-        assert b['state'] == 'failed' and 'line 2' in b['error'] and "'completion' is not a string" in b['error'] \
-            and 'data.file_id' in b['error'], b
-        assert m['state'] == 'failed' and 'eval_data' in m['error'] and 'plain text' in m['error'], m
+        assert g['data']['format'] == g['eval_data']['format'] == 'prompt_completion', g
+        assert g['hyper']['chat_template'] == 'model', g['hyper']
+        # a conversation on a model without a template trains with a named built-in
+        conv = json.dumps({'messages': [{'role': 'user', 'content': 'Once upon a time'},
+                                        {'role': 'assistant', 'content': 'there was a cat.'}]}) + '\n'
+        chat = c.submit('sft-chat', {'text': conv * 4}, steps=2, seq_len=64, batch_size=1, chat_template='chatml')
+        rec = c.job(chat['job_id'])
+        assert rec['data']['format'] == 'messages' and rec['hyper']['chat_template'] == 'chatml', rec
+        # the example files of docs/training.md, one per format
+        examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'docs', 'examples')
+        for name, fmt in (('prompt_completion', 'prompt_completion'), ('messages', 'messages'),
+                          ('text', 'text_examples')):
+            j = c.submit('doc-' + name, os.path.join(examples, name + '.jsonl'), steps=1, seq_len=64, batch_size=1,
+                         chat_template='chatml')
+            assert c.job(j['job_id'])['data']['format'] == fmt, (name, c.job(j['job_id']))
+        try:
+            c.submit('x', {'text': conv}, chat_template='alpaca')
+            raise AssertionError('an unknown template was taken')
+        except QloraError as e:
+            assert e.code == 'invalid_argument' and 'hyper.chat_template' in e.message and 'chatml' in e.message, e
 
 
 @case('job.submit: epochs set the steps (as qlora-tool counts them), validation_split holds out, patience keeps the best')

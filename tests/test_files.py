@@ -378,7 +378,7 @@ def _():
             assert 'job 3: unreadable record (data: missing)' in d.log_text(), d.log_text()
         stored = msgpack.unpackb(subprocess.run([STORE_PEEK, db, 'job-get', '4'], capture_output=True,
                                                 timeout=60).stdout, raw=False)
-        assert list(stored) == list(r) + ['clean_stop'], list(stored)
+        assert list(stored) == list(r) + ['clean_stop', 'history'], list(stored)
         assert stored['state'] == 'failed' and stored['clean_stop'] is False, stored
     finally:
         shutil.rmtree(root)

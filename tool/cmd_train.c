@@ -85,7 +85,14 @@ int cmd_train(int argc, char **argv)
         if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--eval-data")) eval_data = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--chat-template")) chat_name = v;
+        else if (!strcmp(a, "--chat-template")) {
+            if (train_vocab_set(&train_chat_templates, &h, v, strlen(v)) < 0) {
+                char choices[160];
+                train_vocab_choices(&train_chat_templates, choices, sizeof choices);
+                return tool_fail(cmd, "--chat-template: '%s' is not %s", v, choices);
+            }
+            chat_name = h.chat_template == CHAT_MODEL ? NULL : v;
+        }
         else if (!strncmp(a, "--", 2) && train_vocab_of(a + 2, strlen(a + 2))) { /* --method, --schedule, --init */
             const train_vocab *vocab = train_vocab_of(a + 2, strlen(a + 2));
             if (train_vocab_set(vocab, &h, v, strlen(v)) < 0) {

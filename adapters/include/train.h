@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat_template.h"
 #include "forward.h"
 #include "sft.h"
 
@@ -19,21 +20,24 @@
 #define TRAIN_METHODS(X) X(TRAIN_LORA, "lora") X(TRAIN_RECOVERY, "recovery")
 #define TRAIN_SCHEDULES(X) X(SCHED_COSINE, "cosine") X(SCHED_CONSTANT, "constant")
 #define TRAIN_INITS(X) X(INIT_DEFAULT, "default") X(INIT_LOFTQ, "loftq")
+/* examples of messages: the model's own chat template, or a built-in (chat_template.h) */
+#define TRAIN_CHAT_TEMPLATES(X) X(CHAT_MODEL, "model") CHAT_TEMPLATE_BUILTINS(X)
 
 #define TRAIN_ENUM(e, name) e,
 typedef enum { TRAIN_METHODS(TRAIN_ENUM) } train_method;
 typedef enum { TRAIN_SCHEDULES(TRAIN_ENUM) } train_schedule;
 typedef enum { TRAIN_INITS(TRAIN_ENUM) } train_init;
+typedef enum { TRAIN_CHAT_TEMPLATES(TRAIN_ENUM) } train_chat_template;
 #undef TRAIN_ENUM
 
 /* One of those vocabularies, for every parser and printer of it (daemon, tool). */
 typedef struct {
-    const char *field;         /* "method", "schedule", "init" */
+    const char *field;         /* "method", "schedule", "init", "chat_template" */
     const char *const *names;  /* indexed by the enum value */
     int count;
     size_t offset;             /* of its member in train_hyper */
 } train_vocab;
-extern const train_vocab train_methods, train_schedules, train_inits;
+extern const train_vocab train_methods, train_schedules, train_inits, train_chat_templates;
 /* The vocabulary of the field the n bytes at field name, or NULL. */
 const train_vocab *train_vocab_of(const char *field, size_t n);
 /* The value the n bytes at s name, or -1. */
@@ -61,6 +65,7 @@ typedef struct {
     int train_on_prompt; /* SFT data: the prompts' tokens carry loss too (sft.h) */
     int epochs;         /* passes over the data; steps 0: as many as they take, else at most steps */
     float validation_split; /* without eval data: this share of the data held out for it */
+    train_chat_template chat_template; /* messages: the template they are rendered with */
     int patience;       /* stop after this many evaluations without a better eval loss, and
                            keep the best-evaluated adapter (0: train every step, keep the last) */
 } train_hyper;

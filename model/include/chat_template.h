@@ -62,8 +62,13 @@ int chat_render(const chat_template *t, const json_value *messages, const chat_o
 int chat_template_load_dir(const char *dir, char **src, char **bos, char **eos,
                            const char **name, char *err, size_t errlen);
 
-/* A built-in template by name ("chatml", "llama2", "llama3", "mistral", "zephyr", "gemma",
- * "phi3"), or NULL; for models without a template of their own. */
+/* The built-in templates, X(enum name, name): declared once for every list of them (the
+ * daemon's and the tool's chat_template choice, messages naming the choices). */
+#define CHAT_TEMPLATE_BUILTINS(X)                                                         \
+    X(CHAT_CHATML, "chatml") X(CHAT_LLAMA2, "llama2") X(CHAT_LLAMA3, "llama3")            \
+    X(CHAT_MISTRAL, "mistral") X(CHAT_ZEPHYR, "zephyr") X(CHAT_GEMMA, "gemma") X(CHAT_PHI3, "phi3")
+
+/* A built-in template by name, or NULL; for models without a template of their own. */
 const char *chat_template_builtin(const char *name);
 /* The names of the built-ins, NULL-terminated. */
 extern const char *const chat_template_builtin_names[];
