@@ -161,8 +161,80 @@ static int check_messages(const json_value *m, const char *name, size_t line, ch
     return 0;
 }
 
+/* How many tokens the encoding of full[0..len) shares from the start with ids (n of them). */
+static int shared_of_text(const tok_tokenizer *tok, const char *full, size_t len, const int *ids, size_t n,
+                          size_t *shared)
+{
+    int *part = NULL;
+    size_t np = 0;
+    if (tok_encode(tok, full, len, 0, &part, &np) != TOK_OK)
+        return -1;
+    for (*shared = 0; *shared < np && *shared < n && part[*shared] == ids[*shared]; ++*shared)
+        ;
+    free(part);
+    return 0;
+}
+
+/* The content-span rule, for templates whose rendering of the turns up to an assistant
+ * message is no prefix of the whole (Llama 3's base writes the assistant header after every
+ * turn; Qwen3 drops past reasoning): the whole rendered again with message j's content
+ * replaced by a marker shows where the template put the content (the same text before the
+ * marker, the same after it); the message's tokens are those from the content's start to
+ * its end and, when the next token after it (whitespace aside) is a special one, that
+ * end-of-turn marker. 0 with [*begin, *end); 1 when the renderings do not agree so;
+ * -1 with why. */
+static int content_span(const sft_options *o, const json_value *msgs, size_t j, const tok_tokenizer *tok,
+                        const char *full, size_t full_len, const int *ids, size_t n_full, size_t *begin, size_t *end,
+                        char *why, size_t whylen)
+{
+    static const char mark[] = "\x01";
+    const json_value *msg = &msgs->items[j];
+    json_value view = *msgs, item = *msg, marker = {.type = JSON_STRING, .string = (char *)mark, .len = 1};
+    json_value *items = malloc(msgs->count * sizeof *items), *fields = malloc(msg->count * sizeof *fields);
+    char *alt = NULL;
+    size_t alt_len = 0;
+    int rc = -1;
+    if (!items || !fields) {
+        snprintf(why, whylen, "out of memory");
+        goto done;
+    }
+    memcpy(items, msgs->items, msgs->count * sizeof *items);
+    for (size_t k = 0; k < msg->count; k++)
+        fields[k] = strcmp(msg->keys[k], "content") ? msg->items[k] : marker;
+    item.items = fields, items[j] = item, view.items = items;
+    chat_options co = {.add_generation_prompt = 0, .bos_token = o->bos, .eos_token = o->eos, .now = 0};
+    if (chat_render(o->chat, &view, &co, &alt, &alt_len, why, whylen) < 0)
+        goto done;
+    const char *at = memchr(alt, mark[0], alt_len);
+    size_t p = at ? (size_t)(at - alt) : 0, after = at ? alt_len - p - 1 : 0;
+    rc = 1;
+    if (!at || memchr(at + 1, mark[0], after) || p + after > full_len || memcmp(alt, full, p) ||
+        memcmp(at + 1, full + full_len - after, after))
+        goto done;
+    size_t q = full_len - after, q_ws = q;
+    while (q_ws < full_len && strchr(" \t\r\n", full[q_ws]))
+        q_ws++;
+    size_t e_ws;
+    rc = -1;
+    if (shared_of_text(tok, full, p, ids, n_full, begin) < 0 || shared_of_text(tok, full, q, ids, n_full, end) < 0 ||
+        shared_of_text(tok, full, q_ws, ids, n_full, &e_ws) < 0) {
+        snprintf(why, whylen, "the tokenizer refused the rendering");
+        goto done;
+    }
+    if (e_ws < n_full && tok_is_special(tok, ids[e_ws]))
+        *end = e_ws + 1;
+    rc = 0;
+done:
+    free(alt);
+    free(items);
+    free(fields);
+    return rc;
+}
+
 /* A conversation: rendered whole; each assistant message's tokens are what its turn adds
- * to the rendering of the turns before it with the generation prompt. */
+ * to the rendering of the turns before it with the generation prompt, or, where the
+ * template renders those turns otherwise once later ones follow, its content's span
+ * (content_span). */
 static int add_conversation(sft_data *d, const json_value *o, const char *name, size_t line, const tok_tokenizer *tok,
                             const sft_options *opt, size_t *cap_tokens, size_t *cap_examples, char *err, size_t errlen)
 {
@@ -196,10 +268,15 @@ static int add_conversation(sft_data *d, const json_value *o, const char *name, 
         int st = assistant ? shared_tokens(opt, m, j, 1, tok, full, full_len, ids, n_full, &begin, why, sizeof why) : 0;
         if (st == 0)
             st = shared_tokens(opt, m, j + 1, 0, tok, full, full_len, ids, n_full, &end, why, sizeof why);
+        if (st == 1 && assistant) /* the prefix rule fails: the content's own span */
+            st = content_span(opt, m, j, tok, full, full_len, ids, n_full, &begin, &end, why, sizeof why);
+        else if (st == 1) /* a user or system turn carries no loss: nothing to place */
+            st = 0, end = begin;
         if (st) {
             rc = st < 0 ? FAIL("%s: line %zu: %s", name, line, why)
                         : FAIL("%s: line %zu: 'messages[%zu]': the template renders the turns up to it differently "
-                               "once later ones follow, so no span of tokens is its own", name, line, j);
+                               "once later ones follow, and its content is not where a marker in its place goes, so "
+                               "no span of tokens is its own", name, line, j);
             d->n--; /* the example appended first goes again */
             d->n_tokens = d->offset[d->n];
             goto done;

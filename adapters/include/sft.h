@@ -16,9 +16,11 @@
  * encoding shares with it from the start. A conversation is encoded as rendered (the
  * template writes BOS and its markers: nothing is added), and assistant message j's share
  * is what the rendering of messages[..j] adds to that of messages[..j-1] with the
- * generation prompt; a template that renders earlier turns differently once later ones
- * follow (Qwen3 drops past reasoning) is refused for such a conversation, since no span
- * of tokens is then the message's.
+ * generation prompt; where a template renders earlier turns differently once later ones
+ * follow (Qwen3 drops past reasoning; Llama 3's base writes the assistant header after
+ * every turn), the message's tokens are the span of its content (found by rendering with a
+ * marker in its place) up to the special token after it; a message neither rule places is
+ * refused.
  *
  * Packing (sft_fill_rows): examples, in an order shuffled afresh each epoch from the seed,
  * fill each row of seq_len + 1 tokens in turn; the next example that does not fit starts
