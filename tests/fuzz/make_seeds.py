@@ -56,6 +56,17 @@ seeds = {
                                                      'adapter_model.safetensors': peft_model})
               + f('eval', 2, tokens=[[1, 2, 3]], adapter='imp'),
     'bad_shapes': f('no.such.op') + f('eval', tokens='x') + f('job.get', job_id=2**63) + f('ping', 9, x=1),
+    'chat': f('chat', messages=[{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Once'}],
+              template='chatml', max_tokens=3, stream=True)
+            + f('chat', 2, messages=[{'role': 'user', 'content': 'x', 'n': [1, 2.5, None, True]}], template='llama3',
+                max_tokens=2)
+            + f('chat', 3, messages=[{'role': 'user'}], template='zephyr'),
+    'sft_submit': f('job.submit', adapter='s', data={'text': '{"prompt": "Once", "completion": " upon"}\n' * 4},
+                    hyper=dict(hyper, epochs=1, steps=0, validation_split=0.25, patience=1, eval_every=1))
+                  + f('job.history', 2, job_id=1)
+                  + f('job.submit', 3, adapter='m', data={'text': '{"messages": [{"role": "user", "content": "a"}, '
+                                                                  '{"role": "assistant", "content": "b"}]}\n'},
+                      hyper=dict(hyper, chat_template='chatml')),
     'bad_frame': struct.pack('>I', 3) + b'\x92\x01',
     'files': f('file.upload', data=b'Once upon a time there was a cat. ' * 8, filename='a.txt')
              + f('file.list', 2) + f('file.get', 3, file_id='file-' + '0' * 64)
