@@ -7,14 +7,16 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "gguf.h"
 #include "json.h"
 #include "llama2c.h"
+#include "mapfile.h"
 #include "model_config.h"
 #include "safetensors.h"
 
-#define LIN_NAMES(e, name, peft, module, rows, cols) {name, peft, module},
+#define LIN_NAMES(e, name, peft, module, gguf, rows, cols) {name, peft, module, gguf},
 static const struct {
-    const char *name, *peft, *module;
+    const char *name, *peft, *module, *gguf;
 } linear_names[LIN_COUNT] = {LLAMA_LINEARS(LIN_NAMES)};
 #undef LIN_NAMES
 
@@ -33,10 +35,15 @@ const char *llama_linear_module(llama_linear l)
     return (unsigned)l < LIN_COUNT ? linear_names[l].module : "?";
 }
 
+const char *llama_linear_gguf(llama_linear l)
+{
+    return (unsigned)l < LIN_COUNT ? linear_names[l].gguf : "?";
+}
+
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols)
 {
     switch (l) {
-#define LIN_SHAPE(e, name, peft, module, r, k) case LIN_##e: *rows = c->r, *cols = c->k; break;
+#define LIN_SHAPE(e, name, peft, module, gguf, r, k) case LIN_##e: *rows = c->r, *cols = c->k; break;
         LLAMA_LINEARS(LIN_SHAPE)
 #undef LIN_SHAPE
     default: *rows = *cols = 0;
@@ -52,6 +59,9 @@ typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_BIAS, R_Q_NORM, R_K_NO
 
 typedef struct {
     int hf;
+    int gguf;         /* a GGUF file (gg) */
+    int rotate_half;  /* q/k rows per head in rotate-half order: HF's, GGUF's of NEOX RoPE */
+    gguf_file gg;
     l2c_file l2c;
     st_file shards[MAX_SHARDS];
     int nshards;
@@ -116,6 +126,9 @@ static void source_close(source *s)
     for (int i = 0; i < s->nshards; i++)
         st_close(&s->shards[i]);
     s->nshards = 0;
+    if (s->gguf)
+        gguf_close(&s->gg);
+    s->gguf = 0;
 }
 
 /* Whether the checkpoint's tensor name is one the loader reads: nothing in it may go
@@ -168,10 +181,125 @@ static int check_tensors(const source *s, char *err, size_t errlen)
     return 0;
 }
 
+/* The name of each role's tensor: in Hugging Face's files and in GGUF's (llama.cpp's
+ * LLM_TENSOR_NAMES), as formats of the layer and the linear's module (in that order). */
+static const struct {
+    const char *hf, *gguf;
+} role_names[] = {
+    [R_EMBED] = {"model.embed_tokens.weight", "token_embd.weight"},
+    [R_RMS_ATT] = {"model.layers.%d.input_layernorm.weight", "blk.%d.attn_norm.weight"},
+    [R_RMS_FFN] = {"model.layers.%d.post_attention_layernorm.weight", "blk.%d.ffn_norm.weight"},
+    [R_LINEAR] = {"model.layers.%d.%s.weight", "blk.%d.%s.weight"},
+    [R_BIAS] = {"model.layers.%d.%s.bias", "blk.%d.%s.bias"},
+    [R_Q_NORM] = {"model.layers.%d.self_attn.q_norm.weight", "blk.%d.attn_q_norm.weight"},
+    [R_K_NORM] = {"model.layers.%d.self_attn.k_norm.weight", "blk.%d.attn_k_norm.weight"},
+    [R_RMS_FINAL] = {"model.norm.weight", "output_norm.weight"},
+    [R_HEAD] = {"lm_head.weight", "output.weight"},
+};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+#pragma GCC diagnostic ignored "-Wformat-extra-args"
+static void role_name(char *name, size_t n, int gguf, role r, int layer, llama_linear lin)
+{
+    const char *fmt = gguf ? role_names[r].gguf : role_names[r].hf;
+    snprintf(name, n, fmt, layer, gguf ? llama_linear_gguf(lin) : llama_linear_module(lin));
+}
+#pragma GCC diagnostic pop
+
+static void gguf_name(char *name, size_t n, role r, int layer, llama_linear lin)
+{
+    role_name(name, n, 1, r, layer, lin);
+}
+
+/* The biases llama.cpp loads when present (create_tensor_qkv's q, k, v for all three;
+ * Llama's o, gate, up, down besides). */
+static unsigned gguf_bias_allowed(llama_arch a)
+{
+    unsigned qkv = 1u << LIN_Q | 1u << LIN_K | 1u << LIN_V;
+    return a == LLAMA_ARCH_LLAMA ? (1u << LIN_COUNT) - 1 : qkv;
+}
+
+/* Whether tensor name is one the loader reads (every tensor of the file must be). */
+static int gguf_consumed(const source *s, const char *name)
+{
+    static const role once[] = {R_EMBED, R_RMS_FINAL, R_HEAD};
+    static const role per_layer[] = {R_RMS_ATT, R_RMS_FFN, R_Q_NORM, R_K_NORM};
+    char want[96];
+    for (size_t i = 0; i < sizeof once / sizeof once[0]; i++) {
+        gguf_name(want, sizeof want, once[i], 0, 0);
+        if (!strcmp(name, want))
+            return once[i] != R_HEAD || !s->tied;
+    }
+    int layer, used = 0;
+    if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0 || layer >= s->cfg.n_layers)
+        return 0;
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
+        gguf_name(want, sizeof want, per_layer[i], layer, 0);
+        if (!strcmp(name, want))
+            return per_layer[i] == R_RMS_ATT || per_layer[i] == R_RMS_FFN || s->cfg.qk_norm;
+    }
+    for (int k = 0; k < LIN_COUNT; k++) {
+        gguf_name(want, sizeof want, R_LINEAR, layer, (llama_linear)k);
+        if (!strcmp(name, want))
+            return 1;
+        gguf_name(want, sizeof want, R_BIAS, layer, (llama_linear)k);
+        if (!strcmp(name, want))
+            return s->cfg.biases >> k & 1;
+    }
+    return 0;
+}
+
+/* A GGUF file: its config, the biases and head its tensors have, every tensor read. */
+static int gguf_source_open(source *s, const char *path, char *err, size_t errlen)
+{
+    if (gguf_open(&s->gg, path, err, errlen) < 0)
+        return -1;
+    s->gguf = 1;
+    int interleaved;
+    if (gguf_config_read(&s->gg, &s->cfg, &interleaved, err, errlen) < 0)
+        return -1;
+    s->rotate_half = !interleaved;
+    const gguf_tensor *emb = gguf_find_tensor(&s->gg, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)s->cfg.dim || emb->ne[1] < 1 || emb->ne[1] > 1 << 22)
+        return snprintf(err, errlen, "%s: tensor 'token_embd.weight' %s (expected [%d, vocab])", path,
+                        emb ? "has the wrong shape" : "is missing", s->cfg.dim), -1;
+    if (!s->cfg.vocab_size)
+        s->cfg.vocab_size = (int)emb->ne[1];
+    if ((uint64_t)s->cfg.vocab_size != emb->ne[1])
+        return snprintf(err, errlen, "%s: tensor 'token_embd.weight' has %llu rows but %s.vocab_size is %d", path,
+                        (unsigned long long)emb->ne[1], llama_arch_type(s->cfg.arch), s->cfg.vocab_size), -1;
+    s->tied = !gguf_find_tensor(&s->gg, "output.weight");
+    /* a bias is the model's when layer 0 has it; source_read then wants it in every layer */
+    char name[96];
+    for (int k = 0; k < LIN_COUNT; k++) {
+        gguf_name(name, sizeof name, R_BIAS, 0, (llama_linear)k);
+        if (gguf_find_tensor(&s->gg, name) && (gguf_bias_allowed(s->cfg.arch) >> k & 1))
+            s->cfg.biases |= 1u << k;
+    }
+    for (size_t i = 0; i < s->gg.n_tensors; i++) {
+        const gguf_tensor *t = &s->gg.tensors[i];
+        if (!gguf_consumed(s, t->name))
+            return snprintf(err, errlen, "%s: at byte %zu: tensor '%s' is not part of a %s model as this loader "
+                            "runs it%s", path, t->info_offset, t->name, llama_arch_type(s->cfg.arch),
+                            !strcmp(t->name, "rope_freqs.weight")
+                                ? " (per-frequency RoPE factors, Llama 3's scaling, are not implemented)"
+                                : ""), -1;
+    }
+    return 0;
+}
+
 static int source_open(source *s, const char *dir, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
     snprintf(s->dir, sizeof s->dir, "%s", dir);
+    if (file_exists(dir) && gguf_is_file(dir)) {
+        if (gguf_source_open(s, dir, err, errlen) < 0) {
+            source_close(s);
+            return -1;
+        }
+        return 0;
+    }
     char path[4200];
     snprintf(path, sizeof path, "%s/model.bin", dir);
     if (file_exists(path)) {
@@ -194,6 +322,7 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
             return -1;
         }
         s->hf = 1;
+        s->rotate_half = 1;
         json_value *j = json_parse_file(path, MAX_JSON, err, errlen);
         if (!j)
             return -1;
@@ -211,22 +340,6 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* The Hugging Face tensor name of (r, layer, lin). */
-static void tensor_name(char *name, size_t n, role r, int layer, llama_linear lin)
-{
-    switch (r) {
-    case R_EMBED: snprintf(name, n, "model.embed_tokens.weight"); break;
-    case R_RMS_ATT: snprintf(name, n, "model.layers.%d.input_layernorm.weight", layer); break;
-    case R_RMS_FFN: snprintf(name, n, "model.layers.%d.post_attention_layernorm.weight", layer); break;
-    case R_LINEAR: snprintf(name, n, "model.layers.%d.%s.weight", layer, llama_linear_module(lin)); break;
-    case R_BIAS: snprintf(name, n, "model.layers.%d.%s.bias", layer, llama_linear_module(lin)); break;
-    case R_Q_NORM: snprintf(name, n, "model.layers.%d.self_attn.q_norm.weight", layer); break;
-    case R_K_NORM: snprintf(name, n, "model.layers.%d.self_attn.k_norm.weight", layer); break;
-    case R_RMS_FINAL: snprintf(name, n, "model.norm.weight"); break;
-    case R_HEAD: snprintf(name, n, "lm_head.weight"); break;
-    }
-}
-
 /* Whether (r, lin) is indexed by the rows of q_proj or k_proj, in rotate-half order per
  * head in Hugging Face's files: their weights and biases, and the per-head q/k norms. */
 static int rotate_half_rows(role r, llama_linear lin)
@@ -234,38 +347,66 @@ static int rotate_half_rows(role r, llama_linear lin)
     return ((r == R_LINEAR || r == R_BIAS) && (lin == LIN_Q || lin == LIN_K)) || r == R_Q_NORM || r == R_K_NORM;
 }
 
-/* fp32 values of one tensor, in llama2.c order, into out[rows x cols] (a vector: rows 1,
- * except a bias, which has a row per output). */
-static int source_read(const source *s, role r, int layer, llama_linear lin, float *out,
-                       size_t rows, size_t cols, char *err, size_t errlen)
+/* The name of (r, layer, lin) in s's files (llama2.c's have none: the HF name stands in). */
+static void tensor_name(const source *s, char *name, size_t n, role r, int layer, llama_linear lin)
+{
+    role_name(name, n, s->gguf, r, layer, lin);
+}
+
+/* A llama2.c tensor into out[n]. */
+static int l2c_read(const source *s, role r, int layer, llama_linear lin, float *out, size_t n, char *err,
+                    size_t errlen)
 {
     const llama_config *c = &s->cfg;
-    size_t n = rows * cols;
-    if (!s->hf) {
-        const l2c_file *f = &s->l2c;
-        const float *base = NULL;
-        switch (r) {
-        case R_EMBED: base = f->token_embedding; break;
-        case R_RMS_ATT: base = f->rms_att + (size_t)layer * c->dim; break;
-        case R_RMS_FFN: base = f->rms_ffn + (size_t)layer * c->dim; break;
-        case R_RMS_FINAL: base = f->rms_final; break;
-        case R_HEAD: base = f->wcls; break;
-        case R_LINEAR: {
-            const float *w[LIN_COUNT] = {f->wq, f->wk, f->wv, f->wo, f->w1, f->w3, f->w2};
-            base = w[lin] + (size_t)layer * n;
-            break;
-        }
-        case R_BIAS: case R_Q_NORM: case R_K_NORM: break; /* a llama2.c config has none */
-        }
-        if (!base) {
-            snprintf(err, errlen, "%s: llama2.c files hold no such tensor", s->dir);
-            return -1;
-        }
-        memcpy(out, base, n * sizeof(float));
-        return 0;
+    const l2c_file *f = &s->l2c;
+    const float *base = NULL;
+    switch (r) {
+    case R_EMBED: base = f->token_embedding; break;
+    case R_RMS_ATT: base = f->rms_att + (size_t)layer * c->dim; break;
+    case R_RMS_FFN: base = f->rms_ffn + (size_t)layer * c->dim; break;
+    case R_RMS_FINAL: base = f->rms_final; break;
+    case R_HEAD: base = f->wcls; break;
+    case R_LINEAR: {
+        const float *w[LIN_COUNT] = {f->wq, f->wk, f->wv, f->wo, f->w1, f->w3, f->w2};
+        base = w[lin] + (size_t)layer * n;
+        break;
     }
-    char name[256];
-    tensor_name(name, sizeof name, r, layer, lin);
+    case R_BIAS: case R_Q_NORM: case R_K_NORM: break; /* a llama2.c config has none */
+    }
+    if (!base) {
+        snprintf(err, errlen, "%s: llama2.c files hold no such tensor", s->dir);
+        return -1;
+    }
+    memcpy(out, base, n * sizeof(float));
+    return 0;
+}
+
+/* Whether a tensor of ndim dims shape[] (outermost first) is what role r wants: a vector of
+ * rows x cols values (a norm, a bias), or a rows x cols matrix. Else a message. */
+static int check_shape(const source *s, const char *file, const char *name, int is_vector, int ndim,
+                       const int64_t *shape, size_t rows, size_t cols, char *err, size_t errlen)
+{
+    size_t n = rows * cols;
+    int shape_ok = is_vector ? ndim == 1 && (size_t)shape[0] == n
+                             : ndim == 2 && (size_t)shape[0] == rows && (size_t)shape[1] == cols;
+    if (shape_ok)
+        return 0;
+    /* GGUF's dims are innermost first; messages give them as the file does */
+    int64_t a = s->gguf && ndim > 1 ? shape[1] : shape[0], b = s->gguf && ndim > 1 ? shape[0] : shape[1];
+    size_t want_a = s->gguf ? cols : rows, want_b = s->gguf ? rows : cols;
+    if (is_vector)
+        snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s], expected [%zu]", file, name, (long long)shape[0],
+                 ndim > 1 ? ", ..." : "", n);
+    else
+        snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s%lld], expected [%zu, %zu]", file, name,
+                 (long long)a, ndim > 1 ? ", " : "", ndim > 1 ? (long long)b : 0LL, want_a, want_b);
+    return -1;
+}
+
+/* A safetensors tensor into out[rows x cols], in the file's row order. */
+static int st_read(const source *s, const char *name, int is_vector, float *out, size_t rows, size_t cols,
+                   char *err, size_t errlen)
+{
     const st_tensor *t = NULL;
     const st_file *file = NULL;
     for (int i = 0; i < s->nshards && !t; i++)
@@ -273,44 +414,82 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
             file = &s->shards[i];
     if (!t) {
         snprintf(err, errlen, "%s: tensor '%s' is missing (a %s of this config has it)", s->dir, name,
-                 llama_arch_name(c->arch));
+                 llama_arch_name(s->cfg.arch));
         return -1;
     }
+    if (check_shape(s, file->path, name, is_vector, t->ndim, t->shape, rows, cols, err, errlen) < 0)
+        return -1;
+    st_to_f32(t, out);
+    st_release(file, t);
+    return 0;
+}
+
+/* A GGUF tensor into out[rows x cols], in the file's row order: F32, or F16 and BF16
+ * decoded as safetensors' are. */
+static int gguf_read(const source *s, const char *name, int is_vector, float *out, size_t rows, size_t cols,
+                     char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_find_tensor(&s->gg, name);
+    if (!t) {
+        snprintf(err, errlen, "%s: tensor '%s' is missing (a %s model of this config has it)", s->dir, name,
+                 llama_arch_type(s->cfg.arch));
+        return -1;
+    }
+    int64_t shape[GGUF_MAX_DIMS];
+    for (int d = 0; d < t->n_dims; d++) /* outermost first, as check_shape wants */
+        shape[d] = (int64_t)t->ne[t->n_dims - 1 - d];
+    if (check_shape(s, s->dir, name, is_vector, t->n_dims, shape, rows, cols, err, errlen) < 0)
+        return -1;
+    st_tensor st = {.name = t->name, .nelem = (size_t)t->nelem, .data = t->data, .nbytes = t->nbytes};
+    if (t->type == GGUF_GGML_F32)
+        st.dtype = ST_F32;
+    else if (t->type == GGUF_GGML_F16)
+        st.dtype = ST_F16;
+    else if (t->type == GGUF_GGML_BF16)
+        st.dtype = ST_BF16;
+    else {
+        snprintf(err, errlen, "%s: at byte %zu: tensor '%s' is of type %s: only f32, f16 and bf16 tensors load "
+                 "(ggml's quantized types are not supported yet)", s->dir, t->info_offset, name,
+                 gguf_ggml_type_name(t->type));
+        return -1;
+    }
+    st_to_f32(&st, out);
+    map_release(t->data, t->nbytes);
+    return 0;
+}
+
+/* fp32 values of one tensor, in llama2.c order, into out[rows x cols] (a vector: rows 1,
+ * except a bias, which has a row per output). */
+static int source_read(const source *s, role r, int layer, llama_linear lin, float *out,
+                       size_t rows, size_t cols, char *err, size_t errlen)
+{
+    size_t n = rows * cols;
+    if (!s->hf && !s->gguf)
+        return l2c_read(s, r, layer, lin, out, n, err, errlen);
+    char name[256];
+    tensor_name(s, name, sizeof name, r, layer, lin);
     int is_vector = r != R_EMBED && r != R_LINEAR && r != R_HEAD;
-    int shape_ok = is_vector ? t->ndim == 1 && (size_t)t->shape[0] == n
-                             : t->ndim == 2 && (size_t)t->shape[0] == rows && (size_t)t->shape[1] == cols;
-    if (!shape_ok) {
-        if (is_vector)
-            snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s], expected [%zu]", file->path, name,
-                     (long long)t->shape[0], t->ndim > 1 ? ", ..." : "", n);
-        else
-            snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s%lld], expected [%zu, %zu]", file->path,
-                     name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
-                     t->ndim > 1 ? (long long)t->shape[1] : 0LL, rows, cols);
-        return -1;
-    }
-    if (!rotate_half_rows(r, lin)) {
-        st_to_f32(t, out);
-        st_release(file, t);
-        return 0;
-    }
-    /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j); a norm is one
-     * head's worth of single-float rows */
-    float *tmp = malloc(n * sizeof(float));
+    int permute = s->rotate_half && rotate_half_rows(r, lin);
+    float *tmp = permute ? malloc(n * sizeof(float)) : out;
     if (!tmp) {
         snprintf(err, errlen, "out of memory reading '%s'", name);
         return -1;
     }
-    st_to_f32(t, tmp);
-    st_release(file, t);
-    size_t hs = (size_t)c->head_size, width = r == R_LINEAR ? cols : 1, heads = n / width / hs;
-    for (size_t h = 0; h < heads; h++)
-        for (size_t i = 0; i < hs / 2; i++)
-            for (size_t j = 0; j < 2; j++)
-                memcpy(out + (h * hs + 2 * i + j) * width, tmp + (h * hs + j * hs / 2 + i) * width,
-                       width * sizeof(float));
-    free(tmp);
-    return 0;
+    int rc = s->gguf ? gguf_read(s, name, is_vector, tmp, rows, cols, err, errlen)
+                     : st_read(s, name, is_vector, tmp, rows, cols, err, errlen);
+    if (rc == 0 && permute) {
+        /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j); a norm is one
+         * head's worth of single-float rows */
+        size_t hs = (size_t)s->cfg.head_size, width = r == R_LINEAR ? cols : 1, heads = n / width / hs;
+        for (size_t h = 0; h < heads; h++)
+            for (size_t i = 0; i < hs / 2; i++)
+                for (size_t j = 0; j < 2; j++)
+                    memcpy(out + (h * hs + 2 * i + j) * width, tmp + (h * hs + j * hs / 2 + i) * width,
+                           width * sizeof(float));
+    }
+    if (permute)
+        free(tmp);
+    return rc;
 }
 
 /* ---- model ---- */
@@ -348,7 +527,7 @@ static float *read_vector(const source *s, role r, int layer, llama_linear lin, 
     }
     if (!finite_all(v, n)) {
         char name[256];
-        tensor_name(name, sizeof name, r, layer, lin);
+        tensor_name(s, name, sizeof name, r, layer, lin);
         snprintf(err, errlen, "%s: tensor '%s' holds a value that is not finite", s->dir, name);
         free(v);
         return NULL;
@@ -491,6 +670,7 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     m->spec = spec;
     m->tied = s.tied;
     m->hf_layout = s.hf;
+    m->gguf = s.gguf;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     const llama_config *c = &m->cfg;
     size_t biggest = (size_t)c->vocab_size * c->dim;

@@ -73,7 +73,7 @@ int cmd_inspect(int argc, char **argv)
         return rc;
     const llama_config *c = &m.cfg;
     size_t quantized, params = llama_n_params(c, m.tied, &quantized);
-    printf("model %s (%s layout, %s)\n", o.dir, m.hf_layout ? "Hugging Face" : "llama2.c", llama_arch_name(c->arch));
+    printf("model %s (%s layout, %s)\n", o.dir, m.gguf ? "GGUF" : m.hf_layout ? "Hugging Face" : "llama2.c", llama_arch_name(c->arch));
     printf("  dim %d, hidden %d, layers %d, heads %d of %d, kv heads %d, vocab %d, seq_len %d, %s head\n",
            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->head_size, c->n_kv_heads, c->vocab_size,
            c->seq_len, m.tied ? "tied" : "separate");

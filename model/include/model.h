@@ -25,16 +25,16 @@
 #include "quant.h"
 
 /* The seven linears of a layer, in the order of every per-linear array: X(enum suffix,
- * short name, PEFT target name, Hugging Face module under model.layers.N, rows, columns)
- * with rows and columns as members of llama_config. */
-#define LLAMA_LINEARS(X)                                                    \
-    X(Q, "q", "q_proj", "self_attn.q_proj", q_dim, dim)                     \
-    X(K, "k", "k_proj", "self_attn.k_proj", kv_dim, dim)                    \
-    X(V, "v", "v_proj", "self_attn.v_proj", kv_dim, dim)                    \
-    X(O, "o", "o_proj", "self_attn.o_proj", dim, q_dim)                     \
-    X(GATE, "gate", "gate_proj", "mlp.gate_proj", hidden_dim, dim)          \
-    X(UP, "up", "up_proj", "mlp.up_proj", hidden_dim, dim)                  \
-    X(DOWN, "down", "down_proj", "mlp.down_proj", dim, hidden_dim)
+ * short name, PEFT target name, Hugging Face module under model.layers.N, GGUF tensor
+ * under blk.N, rows, columns) with rows and columns as members of llama_config. */
+#define LLAMA_LINEARS(X)                                                                \
+    X(Q, "q", "q_proj", "self_attn.q_proj", "attn_q", q_dim, dim)                       \
+    X(K, "k", "k_proj", "self_attn.k_proj", "attn_k", kv_dim, dim)                      \
+    X(V, "v", "v_proj", "self_attn.v_proj", "attn_v", kv_dim, dim)                      \
+    X(O, "o", "o_proj", "self_attn.o_proj", "attn_output", dim, q_dim)                  \
+    X(GATE, "gate", "gate_proj", "mlp.gate_proj", "ffn_gate", hidden_dim, dim)          \
+    X(UP, "up", "up_proj", "mlp.up_proj", "ffn_up", hidden_dim, dim)                    \
+    X(DOWN, "down", "down_proj", "mlp.down_proj", "ffn_down", dim, hidden_dim)
 
 typedef enum {
 #define LIN_ENUM(e, ...) LIN_##e,
@@ -99,13 +99,15 @@ typedef struct {
     uint64_t fingerprint;      /* hash of the fp32 weights (canonical order) and the spec */
     char dir[4096];
     int hf_layout;
+    int gguf;                  /* loaded from a GGUF file (dir is its path) */
 } llama_model;
 
-/* The names of LLAMA_LINEARS: "q" ..., "q_proj" ..., "self_attn.q_proj" ... ("?" for a
- * value out of range). */
+/* The names of LLAMA_LINEARS: "q" ..., "q_proj" ..., "self_attn.q_proj" ..., "attn_q" ...
+ * ("?" for a value out of range). */
 const char *llama_linear_name(llama_linear l);
 const char *llama_linear_peft_name(llama_linear l);
 const char *llama_linear_module(llama_linear l);
+const char *llama_linear_gguf(llama_linear l);
 /* Shape of linear l: rows x cols. */
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols);
 
