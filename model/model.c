@@ -293,7 +293,7 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
     snprintf(s->dir, sizeof s->dir, "%s", dir);
-    if (file_exists(dir) && gguf_is_file(dir)) {
+    if (file_exists(dir)) { /* a file, not a directory: GGUF is the one format of one file */
         if (gguf_source_open(s, dir, err, errlen) < 0) {
             source_close(s);
             return -1;
