@@ -52,7 +52,7 @@ void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *c
 
 /* ---- sources: where fp32 weights come from ---- */
 
-typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_BIAS, R_Q_NORM, R_K_NORM, R_RMS_FINAL, R_HEAD } role;
+typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_BIAS, R_Q_NORM, R_K_NORM, R_RMS_FINAL, R_HEAD, R_ROPE } role;
 
 #define MAX_SHARDS 64
 #define MAX_JSON (64u << 20) /* config.json, the shard index */
@@ -195,6 +195,7 @@ static const struct {
     [R_K_NORM] = {"model.layers.%d.self_attn.k_norm.weight", "blk.%d.attn_k_norm.weight"},
     [R_RMS_FINAL] = {"model.norm.weight", "output_norm.weight"},
     [R_HEAD] = {"lm_head.weight", "output.weight"},
+    [R_ROPE] = {"(none)", "rope_freqs.weight"}, /* HF files compute Llama 3's from the config */
 };
 
 #pragma GCC diagnostic push
@@ -223,13 +224,13 @@ static unsigned gguf_bias_allowed(llama_arch a)
 /* Whether tensor name is one the loader reads (every tensor of the file must be). */
 static int gguf_consumed(const source *s, const char *name)
 {
-    static const role once[] = {R_EMBED, R_RMS_FINAL, R_HEAD};
+    static const role once[] = {R_EMBED, R_RMS_FINAL, R_HEAD, R_ROPE};
     static const role per_layer[] = {R_RMS_ATT, R_RMS_FFN, R_Q_NORM, R_K_NORM};
     char want[96];
     for (size_t i = 0; i < sizeof once / sizeof once[0]; i++) {
         gguf_name(want, sizeof want, once[i], 0, 0);
         if (!strcmp(name, want))
-            return once[i] != R_HEAD || !s->tied;
+            return (once[i] != R_HEAD || !s->tied) && (once[i] != R_ROPE || s->cfg.rope.type == LLAMA_ROPE_FACTORS);
     }
     int layer, used = 0;
     if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0 || layer >= s->cfg.n_layers)
@@ -270,6 +271,12 @@ static int gguf_source_open(source *s, const char *path, char *err, size_t errle
         return snprintf(err, errlen, "%s: tensor 'token_embd.weight' has %llu rows but %s.vocab_size is %d", path,
                         (unsigned long long)emb->ne[1], llama_arch_type(s->cfg.arch), s->cfg.vocab_size), -1;
     s->tied = !gguf_find_tensor(&s->gg, "output.weight");
+    if (gguf_find_tensor(&s->gg, "rope_freqs.weight")) {
+        if (s->cfg.rope.type != LLAMA_ROPE_DEFAULT)
+            return snprintf(err, errlen, "%s: tensor 'rope_freqs.weight' with a linear rope scaling as well: not "
+                            "implemented", path), -1;
+        s->cfg.rope.type = LLAMA_ROPE_FACTORS;
+    }
     /* a bias is the model's when layer 0 has it; source_read then wants it in every layer */
     char name[96];
     for (int k = 0; k < LIN_COUNT; k++) {
@@ -282,9 +289,7 @@ static int gguf_source_open(source *s, const char *path, char *err, size_t errle
         if (!gguf_consumed(s, t->name))
             return snprintf(err, errlen, "%s: at byte %zu: tensor '%s' is not part of a %s model as this loader "
                             "runs it%s", path, t->info_offset, t->name, llama_arch_type(s->cfg.arch),
-                            !strcmp(t->name, "rope_freqs.weight")
-                                ? " (per-frequency RoPE factors, Llama 3's scaling, are not implemented)"
-                                : ""), -1;
+                            ""), -1;
     }
     return 0;
 }
@@ -371,7 +376,7 @@ static int l2c_read(const source *s, role r, int layer, llama_linear lin, float 
         base = w[lin] + (size_t)layer * n;
         break;
     }
-    case R_BIAS: case R_Q_NORM: case R_K_NORM: break; /* a llama2.c config has none */
+    case R_BIAS: case R_Q_NORM: case R_K_NORM: case R_ROPE: break; /* a llama2.c config has none */
     }
     if (!base) {
         snprintf(err, errlen, "%s: llama2.c files hold no such tensor", s->dir);
@@ -617,6 +622,7 @@ static float rope_freq(const llama_config *c, int i)
     return scaled;
 }
 
+/* The tables of cos and sin of pos * freq_i (freq_i / rope_factors[i] with factors). */
 static int build_rope(llama_model *m)
 {
     const llama_config *c = &m->cfg;
@@ -629,7 +635,7 @@ static int build_rope(llama_model *m)
         return -1;
     }
     for (int i = 0; i < half; i++)
-        freq[i] = rope_freq(c, i);
+        freq[i] = m->rope_factors ? rope_freq(c, i) / m->rope_factors[i] : rope_freq(c, i);
     for (int pos = 0; pos < c->seq_len; pos++)
         for (int i = 0; i < half; i++) {
             float val = (float)pos * freq[i];
@@ -685,6 +691,15 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     uint64_t h = 0xcbf29ce484222325ull;
     qt_spec f32 = qt_spec_default(QT_F32);
     int rc = -1;
+    if (c->rope.type == LLAMA_ROPE_FACTORS &&
+        !(m->rope_factors = read_vector(&s, R_ROPE, 0, 0, (size_t)c->head_size / 2, err, errlen, &h)))
+        goto done;
+    for (int i = 0; m->rope_factors && i < c->head_size / 2; i++)
+        if (!(m->rope_factors[i] > 0)) {
+            snprintf(err, errlen, "%s: tensor 'rope_freqs.weight' holds %g: its factors divide frequencies", dir,
+                     m->rope_factors[i]);
+            goto done;
+        }
     if (!buf || !m->layers || build_rope(m) < 0) {
         snprintf(err, errlen, "out of memory loading %s", dir);
         goto done;
@@ -748,6 +763,7 @@ void llama_free(llama_model *m)
     free(m->rms_final);
     free(m->rope_cos);
     free(m->rope_sin);
+    free(m->rope_factors);
     memset(m, 0, sizeof *m);
 }
 

@@ -48,8 +48,10 @@ typedef enum { LLAMA_ARCH_LLAMA, LLAMA_ARCH_MISTRAL, LLAMA_ARCH_QWEN2, LLAMA_ARC
 
 /* RoPE's frequencies: theta ** (-2i / head_size), then rescaled (modeling_rope_utils.py):
  * linear divides each by factor; llama3 divides the low ones by factor, keeps the high
- * ones and blends between (_compute_llama3_parameters). */
-typedef enum { LLAMA_ROPE_DEFAULT, LLAMA_ROPE_LINEAR, LLAMA_ROPE_LLAMA3 } llama_rope_type;
+ * ones and blends between (_compute_llama3_parameters); factors divides frequency i by
+ * the model's rope_factors[i] (a GGUF file's rope_freqs, llama.cpp's freq_factors: how
+ * its converter writes Llama 3's scaling). */
+typedef enum { LLAMA_ROPE_DEFAULT, LLAMA_ROPE_LINEAR, LLAMA_ROPE_LLAMA3, LLAMA_ROPE_FACTORS } llama_rope_type;
 typedef struct {
     llama_rope_type type;
     float factor, low_freq_factor, high_freq_factor;
@@ -96,6 +98,7 @@ typedef struct {
     float *rms_final;          /* [dim] */
     llama_layer *layers;
     float *rope_cos, *rope_sin;/* [seq_len x head_size/2] */
+    float *rope_factors;       /* [head_size/2] with LLAMA_ROPE_FACTORS, else NULL */
     uint64_t fingerprint;      /* hash of the fp32 weights (canonical order) and the spec */
     char dir[4096];
     int hf_layout;
