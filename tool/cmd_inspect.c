@@ -38,6 +38,14 @@ static int measure_layer(void *ctx, int layer, llama_linear l, const float *w, i
         char err[256];
         qt_spec spec = qt_spec_default(f);
         spec.block = t->block;
+        if (qt_spec_check(spec, err, sizeof err) < 0)
+            spec = qt_spec_default(f); /* ggml's formats have their own blocks */
+        if (spec.block != t->block && cols % spec.block) { /* and take only whole ones */
+            t->err2[f][l] = NAN; /* printed as "-": not every matrix fits the format */
+            if (layer < 64)
+                t->layer_err2[f][layer] = NAN;
+            continue;
+        }
         if (qt_quantize(&q, w, rows, cols, spec, err, sizeof err) < 0) {
             free(deq);
             return -1;
@@ -53,6 +61,15 @@ static int measure_layer(void *ctx, int layer, llama_linear l, const float *w, i
     }
     free(deq);
     return 0;
+}
+
+/* One cell of the error tables: "-" where a format did not take every matrix. */
+static void print_rmse(double err2, double ref2)
+{
+    if (isnan(err2))
+        printf(" %8s", "-");
+    else
+        printf(" %8.4f", sqrt(err2 / ref2));
 }
 
 int cmd_inspect(int argc, char **argv)
@@ -113,7 +130,7 @@ int cmd_inspect(int argc, char **argv)
     for (int f = 1; f < QT_NFORMATS; f++) {
         printf("  %-8s", qt_format_name(f));
         for (int l = 0; l < LIN_COUNT; l++)
-            printf(" %8.4f", sqrt(t.err2[f][l] / t.ref2[l]));
+            print_rmse(t.err2[f][l], t.ref2[l]);
         printf("\n");
     }
     printf("\nrelative RMSE of each layer (all seven linears):\n  %-8s", "format");
@@ -123,7 +140,7 @@ int cmd_inspect(int argc, char **argv)
     for (int f = 1; f < QT_NFORMATS; f++) {
         printf("  %-8s", qt_format_name(f));
         for (int l = 0; l < c->n_layers && l < 64; l++)
-            printf(" %8.4f", sqrt(t.layer_err2[f][l] / t.layer_ref2[l]));
+            print_rmse(t.layer_err2[f][l], t.layer_ref2[l]);
         printf("\n");
     }
 
