@@ -429,38 +429,69 @@ static int st_read(const source *s, const char *name, int is_vector, float *out,
     return 0;
 }
 
-/* A GGUF tensor into out[rows x cols], in the file's row order: F32, or F16 and BF16
- * decoded as safetensors' are. */
-static int gguf_read(const source *s, const char *name, int is_vector, float *out, size_t rows, size_t cols,
-                     char *err, size_t errlen)
+/* The GGUF tensor name of role r (which must be there, of the shape r wants); NULL with a
+ * message otherwise. */
+static const gguf_tensor *gguf_tensor_of(const source *s, const char *name, int is_vector, size_t rows,
+                                         size_t cols, char *err, size_t errlen)
 {
     const gguf_tensor *t = gguf_find_tensor(&s->gg, name);
     if (!t) {
         snprintf(err, errlen, "%s: tensor '%s' is missing (a %s model of this config has it)", s->dir, name,
                  llama_arch_type(s->cfg.arch));
-        return -1;
+        return NULL;
     }
-    int64_t shape[GGUF_MAX_DIMS];
+    int64_t shape[GGUF_MAX_DIMS] = {0};
     for (int d = 0; d < t->n_dims; d++) /* outermost first, as check_shape wants */
         shape[d] = (int64_t)t->ne[t->n_dims - 1 - d];
     if (check_shape(s, s->dir, name, is_vector, t->n_dims, shape, rows, cols, err, errlen) < 0)
-        return -1;
-    st_tensor st = {.name = t->name, .nelem = (size_t)t->nelem, .data = t->data, .nbytes = t->nbytes};
-    if (t->type == GGUF_GGML_F32)
-        st.dtype = ST_F32;
-    else if (t->type == GGUF_GGML_F16)
-        st.dtype = ST_F16;
-    else if (t->type == GGUF_GGML_BF16)
-        st.dtype = ST_BF16;
-    else {
-        snprintf(err, errlen, "%s: at byte %zu: tensor '%s' is of type %s: only f32, f16 and bf16 tensors load "
-                 "(ggml's quantized types are not supported yet)", s->dir, t->info_offset, name,
-                 gguf_ggml_type_name(t->type));
+        return NULL;
+    return t;
+}
+
+/* A GGUF tensor as a matrix of quant's format for its ggml type, over the mapping
+ * (borrow) or copied; -1 with a message naming the tensor and its type. */
+static int gguf_matrix(const source *s, const gguf_tensor *t, qt_matrix *m, int borrow, char *err, size_t errlen)
+{
+    char qerr[256];
+    int cols = (int)t->ne[0], rows = (int)(t->nelem / t->ne[0]);
+    if (qt_from_ggml(m, (int)t->type, rows, cols, t->data, t->nbytes, borrow, qerr, sizeof qerr) < 0) {
+        snprintf(err, errlen, "%s: at byte %zu: tensor '%s' of type %s: %s", s->dir, t->info_offset, t->name,
+                 gguf_ggml_type_name(t->type), qerr);
         return -1;
     }
-    st_to_f32(&st, out);
+    return 0;
+}
+
+/* A GGUF tensor into out[rows x cols] fp32, in the file's row order: f32 copied, every
+ * other type quant runs (f16, bf16, ggml's blocks) decoded as ggml decodes it. */
+static int gguf_read(const source *s, const char *name, int is_vector, float *out, size_t rows, size_t cols,
+                     char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_tensor_of(s, name, is_vector, rows, cols, err, errlen);
+    qt_matrix m;
+    if (!t)
+        return -1;
+    if (t->type == GGUF_GGML_F32) {
+        memcpy(out, t->data, t->nbytes);
+    } else {
+        if (gguf_matrix(s, t, &m, 1, err, errlen) < 0)
+            return -1;
+        qt_dequantize_rows(&m, 0, m.rows, out);
+        qt_free(&m);
+    }
     map_release(t->data, t->nbytes);
     return 0;
+}
+
+/* Rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j), n_rows rows of
+ * row_bytes each from src to dst. */
+static void unrotate_rows(void *dst, const void *src, size_t n_rows, size_t row_bytes, size_t hs)
+{
+    for (size_t h = 0; h < n_rows / hs; h++)
+        for (size_t i = 0; i < hs / 2; i++)
+            for (size_t j = 0; j < 2; j++)
+                memcpy((char *)dst + (h * hs + 2 * i + j) * row_bytes,
+                       (const char *)src + (h * hs + j * hs / 2 + i) * row_bytes, row_bytes);
 }
 
 /* fp32 values of one tensor, in llama2.c order, into out[rows x cols] (a vector: rows 1,
@@ -482,15 +513,9 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
     }
     int rc = s->gguf ? gguf_read(s, name, is_vector, tmp, rows, cols, err, errlen)
                      : st_read(s, name, is_vector, tmp, rows, cols, err, errlen);
-    if (rc == 0 && permute) {
-        /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j); a norm is one
-         * head's worth of single-float rows */
-        size_t hs = (size_t)s->cfg.head_size, width = r == R_LINEAR ? cols : 1, heads = n / width / hs;
-        for (size_t h = 0; h < heads; h++)
-            for (size_t i = 0; i < hs / 2; i++)
-                for (size_t j = 0; j < 2; j++)
-                    memcpy(out + (h * hs + 2 * i + j) * width, tmp + (h * hs + j * hs / 2 + i) * width,
-                           width * sizeof(float));
+    if (rc == 0 && permute) { /* a norm is one head's worth of single-float rows */
+        size_t width = r == R_LINEAR ? cols : 1;
+        unrotate_rows(out, tmp, n / width, width * sizeof(float), (size_t)s->cfg.head_size);
     }
     if (permute)
         free(tmp);
@@ -498,6 +523,25 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
 }
 
 /* ---- model ---- */
+
+int llama_quant_parse(const char *name, qt_format *f)
+{
+    if (!strcmp(name, "native")) {
+        *f = LLAMA_QUANT_NATIVE;
+        return 0;
+    }
+    return qt_format_parse(name, f);
+}
+
+qt_spec llama_quant_spec(qt_format f)
+{
+    return f == LLAMA_QUANT_NATIVE ? (qt_spec){LLAMA_QUANT_NATIVE, 0, 0} : qt_spec_default(f);
+}
+
+const char *llama_quant_name(const llama_model *m)
+{
+    return m->spec.format == LLAMA_QUANT_NATIVE ? "native" : qt_format_name(m->spec.format);
+}
 
 static uint64_t hash_floats(uint64_t h, const float *x, size_t n)
 {
@@ -541,10 +585,37 @@ static float *read_vector(const source *s, role r, int layer, llama_linear lin, 
     return v;
 }
 
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const uint8_t *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* A linear of a GGUF file in its file's type (--quant native): borrowed from the mapping,
+ * or copied where its rows are permuted (q/k of NEOX-RoPE files). The fingerprint hashes
+ * its bytes as the file has them. */
+static int read_native(const source *s, int layer, llama_linear lin, qt_matrix *out, size_t rows, size_t cols,
+                       char *err, size_t errlen, uint64_t *h)
+{
+    char name[96];
+    tensor_name(s, name, sizeof name, R_LINEAR, layer, lin);
+    const gguf_tensor *t = gguf_tensor_of(s, name, 0, rows, cols, err, errlen);
+    int permute = s->rotate_half && rotate_half_rows(R_LINEAR, lin);
+    if (!t || gguf_matrix(s, t, out, !permute, err, errlen) < 0)
+        return -1;
+    *h = hash_bytes(*h, t->data, t->nbytes);
+    if (permute)
+        unrotate_rows(out->data, t->data, rows, out->row_bytes, (size_t)s->cfg.head_size);
+    return 0;
+}
+
 static int read_matrix(const source *s, role r, int layer, llama_linear lin, qt_spec spec,
                        qt_matrix *out, size_t rows, size_t cols, float *buf, char *err,
                        size_t errlen, uint64_t *h)
 {
+    if (spec.format == LLAMA_QUANT_NATIVE)
+        return read_native(s, layer, lin, out, rows, cols, err, errlen, h);
     if (source_read(s, r, layer, lin, buf, rows, cols, err, errlen) < 0)
         return -1;
     *h = hash_floats(*h, buf, rows * cols);
@@ -667,11 +738,18 @@ static uint64_t hash_config(uint64_t h, const llama_config *c)
 int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
-    if (qt_spec_check(spec, err, errlen) < 0)
+    int native = spec.format == LLAMA_QUANT_NATIVE;
+    if (!native && qt_spec_check(spec, err, errlen) < 0)
         return -1;
     source s;
     if (source_open(&s, dir, err, errlen) < 0)
         return -1;
+    if (native && !s.gguf) {
+        snprintf(err, errlen, "%s: --quant native keeps a GGUF file's tensor types; this model is not one (name a "
+                 "format)", dir);
+        source_close(&s);
+        return -1;
+    }
     m->cfg = s.cfg;
     m->spec = spec;
     m->tied = s.tied;
@@ -730,6 +808,14 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     if (!m->tied &&
         read_matrix(&s, R_HEAD, 0, 0, f32, &m->head, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
         goto done;
+    if (native) { /* the borrowed linears point into the mapping: it lives with the model */
+        if (!(m->gguf_owner = malloc(sizeof s.gg))) {
+            snprintf(err, errlen, "out of memory loading %s", dir);
+            goto done;
+        }
+        memcpy(m->gguf_owner, &s.gg, sizeof s.gg);
+        s.gguf = 0; /* not source_close's any more */
+    }
     h = hash_config(h, c);
     uint32_t tag[3] = {(uint32_t)spec.format, (uint32_t)spec.block, (uint32_t)spec.double_quant};
     for (int i = 0; i < 3; i++)
@@ -764,6 +850,9 @@ void llama_free(llama_model *m)
     free(m->rope_cos);
     free(m->rope_sin);
     free(m->rope_factors);
+    if (m->gguf_owner)
+        gguf_close(m->gguf_owner);
+    free(m->gguf_owner);
     memset(m, 0, sizeof *m);
 }
 

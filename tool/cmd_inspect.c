@@ -75,7 +75,7 @@ static void print_rmse(double err2, double ref2)
 int cmd_inspect(int argc, char **argv)
 {
     const char *cmd = "inspect";
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
+    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
     int e;
     for (int i = 1; i < argc; i++) {
         if (!tool_model_option(cmd, argc, argv, &i, &o, &e))
@@ -108,7 +108,7 @@ int cmd_inspect(int argc, char **argv)
     size_t rss = rt_rss_bytes() - rss0;
     size_t expect = (size_t)(bits * quantized / 8) + fp32_rest + cache;
     printf("\nquantization %s, block %d%s: %.3f bits/param over the linears\n",
-           qt_format_name(o.spec.format), o.spec.block, o.spec.double_quant ? ", double quant" : "",
+           llama_quant_name(&m), o.spec.block, o.spec.double_quant ? ", double quant" : "",
            bits);
     printf("memory: quantized linears %.2f MiB + fp32 embeddings, norms, biases, head %.2f MiB + KV cache "
            "(%d positions) %.2f MiB = %.2f MiB expected\n", bits * quantized / 8 / 1048576.0,

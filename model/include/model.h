@@ -99,6 +99,8 @@ typedef struct {
     llama_layer *layers;
     float *rope_cos, *rope_sin;/* [seq_len x head_size/2] */
     float *rope_factors;       /* [head_size/2] with LLAMA_ROPE_FACTORS, else NULL */
+    void *gguf_owner;          /* --quant native: the gguf_file whose mapping the linears
+                                  borrow, closed by llama_free; else NULL */
     uint64_t fingerprint;      /* hash of the fp32 weights (canonical order) and the spec */
     char dir[4096];
     int hf_layout;
@@ -114,8 +116,19 @@ const char *llama_linear_gguf(llama_linear l);
 /* Shape of linear l: rows x cols. */
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols);
 
-/* Loads dir (either layout) and quantizes with spec; -1 with a message naming the file
- * and tensor at fault. */
+/* --quant native: every linear of a GGUF file stays in its file's type (borrowed from the
+ * mapping where its rows need no permutation), for llama_load's spec.format. The default
+ * for a GGUF file; refused for the other layouts. */
+#define LLAMA_QUANT_NATIVE ((qt_format)QT_NFORMATS)
+/* A --quant name: a format of quant.h or "native"; -1 when neither. */
+int llama_quant_parse(const char *name, qt_format *f);
+/* The spec of f: qt_spec_default, or native's. */
+qt_spec llama_quant_spec(qt_format f);
+/* What the model's linears are: the spec's format name, or "native". */
+const char *llama_quant_name(const llama_model *m);
+
+/* Loads dir (either layout, or a GGUF file) and quantizes with spec; -1 with a message
+ * naming the file and tensor at fault. */
 int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen);
 void llama_free(llama_model *m);
 static inline const qt_matrix *llama_head(const llama_model *m)

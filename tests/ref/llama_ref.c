@@ -7,7 +7,7 @@
  *                                                  of arrays of ids), -log p(next token) at
  *                                                  every position: JSON [[...], ...]
  *   quantize IN.gguf OUT.gguf TYPE                 llama_model_quantize (TYPE: Q8_0, Q4_0,
- *                                                  Q4_1, Q5_0, Q5_1, Q4_K_M, Q5_K_M, Q6_K, F16)
+ *                                                  Q4_1, Q5_0, Q5_1, Q4_K_M, Q5_K_M, Q6_K, Q2_K, F16)
  * Log-probabilities are computed in double from llama.cpp's float logits, one context per
  * sequence, logits for every position (llama_batch logits all set), the KV cache f32 and
  * flash attention off (llama.cpp's defaults would round keys and values to f16). llama.cpp's log goes
@@ -219,7 +219,7 @@ static int cmd_quantize(const char *in, const char *out, const char *type)
         {"Q4_0", LLAMA_FTYPE_MOSTLY_Q4_0},     {"Q4_1", LLAMA_FTYPE_MOSTLY_Q4_1},
         {"Q5_0", LLAMA_FTYPE_MOSTLY_Q5_0},     {"Q5_1", LLAMA_FTYPE_MOSTLY_Q5_1},
         {"Q4_K_M", LLAMA_FTYPE_MOSTLY_Q4_K_M}, {"Q5_K_M", LLAMA_FTYPE_MOSTLY_Q5_K_M},
-        {"Q6_K", LLAMA_FTYPE_MOSTLY_Q6_K},
+        {"Q6_K", LLAMA_FTYPE_MOSTLY_Q6_K},     {"Q2_K", LLAMA_FTYPE_MOSTLY_Q2_K},
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!strcmp(type, types[i].name)) {
