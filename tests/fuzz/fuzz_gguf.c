@@ -1,7 +1,8 @@
 /* fuzz_gguf.c: libFuzzer over everything a GGUF file reaches: the parser (gguf_parse, on
  * the input in memory), every typed read of every key, and then, through a memfd standing
- * for a file, the model loader (llama_load: metadata, tensor checks, reads and the q/k
- * permutation) and the tokenizer (tok_load: sentencepiece and byte-level vocabularies, the
+ * for a file, the model loader (llama_load in f32 and native: metadata, tensor checks,
+ * reads, the q/k permutation, ggml's blocks borrowed) with a two-token eval of the native
+ * model, the tokenizer (tok_load: sentencepiece and byte-level vocabularies, the
  * tokenizer.json written out of them) with an encode and decode, and the chat template.
  * Whatever the input, each must return 0 or -1 with a message, never crash or leak.
  *
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "chat_template.h"
+#include "generate.h"
 #include "gguf.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -70,6 +72,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (llama_load(&m, path, qt_spec_default(QT_F32), err, sizeof err) == 0) {
         vocab = m.cfg.vocab_size;
         llama_free(&m);
+        /* and as --quant native: ggml's blocks borrowed from the mapping, two tokens run */
+        if (llama_load(&m, path, llama_quant_spec(LLAMA_QUANT_NATIVE), err, sizeof err) == 0) {
+            const int toks[2] = {0, 0};
+            double nll = 0;
+            size_t n_pred = 0;
+            const int *seq[1] = {toks};
+            size_t len[1] = {2};
+            (void)llama_eval(&m, NULL, seq, len, 1, &nll, &n_pred, err, sizeof err);
+            llama_free(&m);
+        }
     }
     tok_tokenizer *t;
     if (vocab >= 259 && tok_load(&t, path, vocab, err, sizeof err) == 0) {

@@ -2,7 +2,8 @@
 """Writes the GGUF fuzzer's seed corpus (tests/fuzz/seeds-gguf/) with llama.cpp's gguf-py
 (PYTHONPATH=.deps/llama/src/gguf-py): tiny files that load all the way, so that the fuzzer
 starts from inputs that reach the model loader and both tokenizer kinds: a llama of dim 4
-with a sentencepiece vocabulary (f32, and f16), a qwen3 with a byte-level one and q/k norms,
+with a sentencepiece vocabulary (f32, and f16), a qwen3 with a byte-level one and q/k norms
+(f32, and of dim 32 in Q8_0 with an f16 embedding),
 a vocabulary alone (stories260K's tokenizer.bin), and metadata of every value type with
 nested arrays. Each is a few KiB (the fuzzer's -max_len is 32768).
 
@@ -36,20 +37,27 @@ def tensors(w, vocab, dim, hidden, heads, kv, qk_norm=False, dtype=np.float32):
     hs = dim // heads
 
     def m(r, c):
-        return (rng.standard_normal((r, c)) * 0.3).astype(dtype)
-    w.add_tensor('token_embd.weight', m(vocab, dim))
+        a = (rng.standard_normal((r, c)) * 0.3).astype(np.float32)
+        if dtype == 'q8_0':  # gguf-py's reference quantizer; raw blocks, shape as values
+            q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
+            return q
+        return a.astype(dtype)
+    add = (lambda name, a: w.add_tensor(name, a, raw_dtype=gguf.GGMLQuantizationType.Q8_0)) if dtype == 'q8_0' \
+        else w.add_tensor
+    w.add_tensor('token_embd.weight', m(vocab, dim).astype(np.float32) if dtype != 'q8_0' else
+                 (rng.standard_normal((vocab, dim)) * 0.3).astype(np.float16))
     w.add_tensor('blk.0.attn_norm.weight', np.ones(dim, np.float32))
-    w.add_tensor('blk.0.attn_q.weight', m(dim, dim))
-    w.add_tensor('blk.0.attn_k.weight', m(kv * hs, dim))
-    w.add_tensor('blk.0.attn_v.weight', m(kv * hs, dim))
-    w.add_tensor('blk.0.attn_output.weight', m(dim, dim))
+    add('blk.0.attn_q.weight', m(dim, dim))
+    add('blk.0.attn_k.weight', m(kv * hs, dim))
+    add('blk.0.attn_v.weight', m(kv * hs, dim))
+    add('blk.0.attn_output.weight', m(dim, dim))
     if qk_norm:
         w.add_tensor('blk.0.attn_q_norm.weight', np.ones(hs, np.float32))
         w.add_tensor('blk.0.attn_k_norm.weight', np.ones(hs, np.float32))
     w.add_tensor('blk.0.ffn_norm.weight', np.ones(dim, np.float32))
-    w.add_tensor('blk.0.ffn_gate.weight', m(hidden, dim))
-    w.add_tensor('blk.0.ffn_up.weight', m(hidden, dim))
-    w.add_tensor('blk.0.ffn_down.weight', m(dim, hidden))
+    add('blk.0.ffn_gate.weight', m(hidden, dim))
+    add('blk.0.ffn_up.weight', m(hidden, dim))
+    add('blk.0.ffn_down.weight', m(dim, hidden))
     w.add_tensor('output_norm.weight', np.ones(dim, np.float32))
 
 
@@ -78,12 +86,12 @@ def bpe_vocab(w):
     return len(tokens)
 
 
-def write(name, arch, vocab_fn, dtype=np.float32, qk_norm=False, model=True):
+def write(name, arch, vocab_fn, dtype=np.float32, qk_norm=False, model=True, dim=4, hidden=8):
     w = gguf.GGUFWriter(os.path.join(out, name), arch)
     n = vocab_fn(w)
     if model:
-        hparams(w, arch, 4, 8, 2, 1, 1)
-        tensors(w, n, 4, 8, 2, 1, qk_norm, dtype)
+        hparams(w, arch, dim, hidden, 2, 1, 1)
+        tensors(w, n, dim, hidden, 2, 1, qk_norm, dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -93,6 +101,7 @@ def write(name, arch, vocab_fn, dtype=np.float32, qk_norm=False, model=True):
 write('llama_spm.gguf', 'llama', spm_vocab)
 write('llama_spm_f16.gguf', 'llama', spm_vocab, dtype=np.float16)
 write('qwen3_bpe.gguf', 'qwen3', bpe_vocab, qk_norm=True)
+write('qwen3_q8_0.gguf', 'qwen3', bpe_vocab, qk_norm=True, dtype='q8_0', dim=32, hidden=32)  # f16 embedding
 
 
 def stories_vocab(w):
