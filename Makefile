@@ -21,14 +21,15 @@ demo: build
 bench: build
 	@scripts/bench.sh "$(MODEL)"
 
-# The wire fuzzer for FUZZ_SECONDS (default 600); make test runs it for 60.
+# The wire and GGUF fuzzers for FUZZ_SECONDS each (default 600); make test runs them for 60.
 FUZZ_SECONDS ?= 600
 fuzz: setup
 	@[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dbuildtype=debugoptimized \
 	  -Db_sanitize=address,undefined -Db_lundef=false -Dfuzz=true \
 	  "-Dc_args=-fsanitize=fuzzer-no-link -fno-sanitize-recover=all" >/dev/null
-	@ninja -C build-fuzz tests/fuzz_wire >/dev/null
+	@ninja -C build-fuzz tests/fuzz_wire tests/fuzz_gguf >/dev/null
 	tests/fuzz/run.sh build-fuzz/tests/fuzz_wire tests/fuzz/seeds $(FUZZ_SECONDS)
+	tests/fuzz/run.sh build-fuzz/tests/fuzz_gguf tests/fuzz/seeds-gguf $(FUZZ_SECONDS) 32768
 
 clean:
 	rm -rf build build-sanitize build-fuzz

@@ -109,7 +109,7 @@ int job_persist(qd *d, const job *j)
 
 void job_base_quant(const llama_model *m, char *out, size_t len)
 {
-    snprintf(out, len, "%s block %d%s", qt_format_name(m->spec.format), m->spec.block,
+    snprintf(out, len, "%s block %d%s", llama_quant_name(m), m->spec.block,
              m->spec.double_quant ? " double-quant" : "");
 }
 

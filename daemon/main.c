@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gguf.h"
 #include "parallel.h"
 #include "qlorad.h"
 
@@ -105,7 +106,7 @@ int main(int argc, char **argv)
     double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
            db_max_mb = 65536, max_conns = 256, max_requests = 16, max_inflight = 64, max_watches = 64,
            auth_timeout = 10, idle_timeout = 600, max_crashes = 3;
-    int verbose = 0;
+    int verbose = 0, quant_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -135,12 +136,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--data-dir")) data_dir = v;
         else if (!strcmp(a, "--quant")) {
             qt_format f;
-            if (qt_format_parse(v, &f) < 0) {
-                fprintf(stderr, "qlorad: --quant: '%s' is not one of f32 nf4 fp4 int8 int4 bitnet1 ternary\n", v);
+            if (llama_quant_parse(v, &f) < 0) {
+                fprintf(stderr, "qlorad: --quant: '%s' is not one of native f32 nf4 fp4 int8 int4 bitnet1 ternary "
+                        "(or a ggml type: q8_0 ...)\n", v);
                 return 2;
             }
+            quant_set = 1;
             int dq = spec.double_quant;
-            spec = qt_spec_default(f);
+            spec = llama_quant_spec(f);
             spec.double_quant = spec.double_quant && dq;
         } else if (!strcmp(a, "--block")) {
             bad = parse_size(a, v, QT_BLOCK_MIN, QT_BLOCK_MAX, &block);
@@ -215,7 +218,10 @@ int main(int argc, char **argv)
     pthread_mutex_init(&d.active_lock, NULL);
 
     int rc = 1;
-    qd_log(LOG_INFO, "qlorad %s: loading %s as %s", QLORAD_VERSION, d.model_dir, qt_format_name(spec.format));
+    if (!quant_set && gguf_is_file(d.model_dir)) /* a GGUF file keeps its types unless told */
+        spec = llama_quant_spec(LLAMA_QUANT_NATIVE);
+    qd_log(LOG_INFO, "qlorad %s: loading %s as %s", QLORAD_VERSION, d.model_dir,
+           spec.format == LLAMA_QUANT_NATIVE ? "native" : qt_format_name(spec.format));
     if (llama_load(&d.model, d.model_dir, spec, err, sizeof err) < 0) {
         qd_log(LOG_ERROR, "%s", err);
         free(d.token);

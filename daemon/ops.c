@@ -509,7 +509,7 @@ void op_status(req *r)
         .n_layers = c->n_layers,
         .vocab_size = c->vocab_size,
         .seq_len = c->seq_len,
-        .format = qt_format_name(m->spec.format),
+        .format = llama_quant_name(m),
         .block_size = m->spec.block,
         .double_quant = m->spec.double_quant,
         .bits_per_param = llama_linear_bits(m),

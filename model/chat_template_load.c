@@ -1,5 +1,6 @@
 /* chat_template_load.c: where a chat template comes from: a model directory (as
- * transformers looks: chat_template.jinja, else tokenizer_config.json's chat_template), or
+ * transformers looks: chat_template.jinja, else tokenizer_config.json's chat_template; a GGUF
+ * file's tokenizer.chat_template), or
  * a built-in for models without one, each copied from a real model's tokenizer_config.json. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "chat_template.h"
+#include "gguf.h"
 #include "json.h"
 
 #define MAX_CONFIG ((size_t)64 << 20)
@@ -148,18 +150,78 @@ static int token_of(const json_value *cfg, const char *key, char **out, const ch
     return 0;
 }
 
+/* The text of the token whose id the key names, malloc'd into *out (NULL when the file
+ * names none). */
+static int gguf_token_text(const gguf_file *f, const char *key, char **out, char *err, size_t errlen)
+{
+    const gguf_kv *tokens = gguf_find_kv(f, "tokenizer.ggml.tokens"), *kv = gguf_find_kv(f, key);
+    int64_t id;
+    *out = NULL;
+    if (!kv)
+        return 0;
+    if (!tokens || tokens->type != GGUF_ARRAY || tokens->elem != GGUF_STRING ||
+        gguf_kv_int(kv, 0, (int64_t)tokens->count - 1, &id) < 0) {
+        snprintf(err, errlen, "%s: at byte %zu: key '%s' is not an id of tokenizer.ggml.tokens", f->path, kv->offset,
+                 key);
+        return -1;
+    }
+    gguf_str *all = malloc((size_t)tokens->count * sizeof *all);
+    if (all) {
+        gguf_arr_strs(tokens, all);
+        *out = strndup(all[id].s, all[id].n);
+    }
+    free(all);
+    if (!*out) {
+        snprintf(err, errlen, "%s: out of memory", f->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* A GGUF file's tokenizer.chat_template, and its BOS and EOS tokens' texts. */
+static int load_gguf(const char *path, char **src, char **bos, char **eos, const char **name, char *err,
+                     size_t errlen)
+{
+    gguf_file f;
+    if (gguf_open(&f, path, err, errlen) < 0)
+        return -1;
+    const gguf_kv *kv = gguf_find_kv(&f, "tokenizer.chat_template");
+    gguf_str t;
+    int rc = -1;
+    if (!kv)
+        snprintf(err, errlen, "%s: key 'tokenizer.chat_template' missing (the model has no chat template; name a "
+                 "built-in one)", path);
+    else if (gguf_kv_str(kv, &t) < 0)
+        snprintf(err, errlen, "%s: at byte %zu: key 'tokenizer.chat_template' is not a string", path, kv->offset);
+    else if (!(*src = strndup(t.s, t.n)))
+        snprintf(err, errlen, "%s: out of memory", path);
+    else if (gguf_token_text(&f, "tokenizer.ggml.bos_token_id", bos, err, errlen) == 0 &&
+             gguf_token_text(&f, "tokenizer.ggml.eos_token_id", eos, err, errlen) == 0)
+        rc = 0;
+    gguf_close(&f);
+    if (rc < 0) {
+        free(*src), free(*bos), free(*eos);
+        *src = *bos = *eos = NULL;
+        return -1;
+    }
+    *name = "GGUF tokenizer.chat_template";
+    return 0;
+}
+
 int chat_template_load_dir(const char *dir, char **src, char **bos, char **eos,
                            const char **name, char *err, size_t errlen)
 {
     *src = *bos = *eos = NULL;
     *name = NULL;
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISREG(st.st_mode) && gguf_is_file(dir))
+        return load_gguf(dir, src, bos, eos, name, err, errlen);
     char path[4096], jinja[4096];
     if (snprintf(path, sizeof path, "%s/tokenizer_config.json", dir) >= (int)sizeof path ||
         snprintf(jinja, sizeof jinja, "%s/chat_template.jinja", dir) >= (int)sizeof jinja) {
         snprintf(err, errlen, "%.200s: path too long", dir);
         return -1;
     }
-    struct stat st;
     json_value *cfg = NULL;
     if (stat(path, &st) == 0 && !(cfg = json_parse_file(path, MAX_CONFIG, err, errlen)))
         return -1;

@@ -7,14 +7,16 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "gguf.h"
 #include "json.h"
 #include "llama2c.h"
+#include "mapfile.h"
 #include "model_config.h"
 #include "safetensors.h"
 
-#define LIN_NAMES(e, name, peft, module, rows, cols) {name, peft, module},
+#define LIN_NAMES(e, name, peft, module, gguf, rows, cols) {name, peft, module, gguf},
 static const struct {
-    const char *name, *peft, *module;
+    const char *name, *peft, *module, *gguf;
 } linear_names[LIN_COUNT] = {LLAMA_LINEARS(LIN_NAMES)};
 #undef LIN_NAMES
 
@@ -33,10 +35,15 @@ const char *llama_linear_module(llama_linear l)
     return (unsigned)l < LIN_COUNT ? linear_names[l].module : "?";
 }
 
+const char *llama_linear_gguf(llama_linear l)
+{
+    return (unsigned)l < LIN_COUNT ? linear_names[l].gguf : "?";
+}
+
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols)
 {
     switch (l) {
-#define LIN_SHAPE(e, name, peft, module, r, k) case LIN_##e: *rows = c->r, *cols = c->k; break;
+#define LIN_SHAPE(e, name, peft, module, gguf, r, k) case LIN_##e: *rows = c->r, *cols = c->k; break;
         LLAMA_LINEARS(LIN_SHAPE)
 #undef LIN_SHAPE
     default: *rows = *cols = 0;
@@ -45,13 +52,16 @@ void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *c
 
 /* ---- sources: where fp32 weights come from ---- */
 
-typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_BIAS, R_Q_NORM, R_K_NORM, R_RMS_FINAL, R_HEAD } role;
+typedef enum { R_EMBED, R_RMS_ATT, R_RMS_FFN, R_LINEAR, R_BIAS, R_Q_NORM, R_K_NORM, R_RMS_FINAL, R_HEAD, R_ROPE } role;
 
 #define MAX_SHARDS 64
 #define MAX_JSON (64u << 20) /* config.json, the shard index */
 
 typedef struct {
     int hf;
+    int gguf;         /* a GGUF file (gg) */
+    int rotate_half;  /* q/k rows per head in rotate-half order: HF's, GGUF's of NEOX RoPE */
+    gguf_file gg;
     l2c_file l2c;
     st_file shards[MAX_SHARDS];
     int nshards;
@@ -116,6 +126,9 @@ static void source_close(source *s)
     for (int i = 0; i < s->nshards; i++)
         st_close(&s->shards[i]);
     s->nshards = 0;
+    if (s->gguf)
+        gguf_close(&s->gg);
+    s->gguf = 0;
 }
 
 /* Whether the checkpoint's tensor name is one the loader reads: nothing in it may go
@@ -168,10 +181,130 @@ static int check_tensors(const source *s, char *err, size_t errlen)
     return 0;
 }
 
+/* The name of each role's tensor: in Hugging Face's files and in GGUF's (llama.cpp's
+ * LLM_TENSOR_NAMES), as formats of the layer and the linear's module (in that order). */
+static const struct {
+    const char *hf, *gguf;
+} role_names[] = {
+    [R_EMBED] = {"model.embed_tokens.weight", "token_embd.weight"},
+    [R_RMS_ATT] = {"model.layers.%d.input_layernorm.weight", "blk.%d.attn_norm.weight"},
+    [R_RMS_FFN] = {"model.layers.%d.post_attention_layernorm.weight", "blk.%d.ffn_norm.weight"},
+    [R_LINEAR] = {"model.layers.%d.%s.weight", "blk.%d.%s.weight"},
+    [R_BIAS] = {"model.layers.%d.%s.bias", "blk.%d.%s.bias"},
+    [R_Q_NORM] = {"model.layers.%d.self_attn.q_norm.weight", "blk.%d.attn_q_norm.weight"},
+    [R_K_NORM] = {"model.layers.%d.self_attn.k_norm.weight", "blk.%d.attn_k_norm.weight"},
+    [R_RMS_FINAL] = {"model.norm.weight", "output_norm.weight"},
+    [R_HEAD] = {"lm_head.weight", "output.weight"},
+    [R_ROPE] = {"(none)", "rope_freqs.weight"}, /* HF files compute Llama 3's from the config */
+};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+#pragma GCC diagnostic ignored "-Wformat-extra-args"
+static void role_name(char *name, size_t n, int gguf, role r, int layer, llama_linear lin)
+{
+    const char *fmt = gguf ? role_names[r].gguf : role_names[r].hf;
+    snprintf(name, n, fmt, layer, gguf ? llama_linear_gguf(lin) : llama_linear_module(lin));
+}
+#pragma GCC diagnostic pop
+
+static void gguf_name(char *name, size_t n, role r, int layer, llama_linear lin)
+{
+    role_name(name, n, 1, r, layer, lin);
+}
+
+/* The biases llama.cpp loads when present (create_tensor_qkv's q, k, v for all three;
+ * Llama's o, gate, up, down besides). */
+static unsigned gguf_bias_allowed(llama_arch a)
+{
+    unsigned qkv = 1u << LIN_Q | 1u << LIN_K | 1u << LIN_V;
+    return a == LLAMA_ARCH_LLAMA ? (1u << LIN_COUNT) - 1 : qkv;
+}
+
+/* Whether tensor name is one the loader reads (every tensor of the file must be). */
+static int gguf_consumed(const source *s, const char *name)
+{
+    static const role once[] = {R_EMBED, R_RMS_FINAL, R_HEAD, R_ROPE};
+    static const role per_layer[] = {R_RMS_ATT, R_RMS_FFN, R_Q_NORM, R_K_NORM};
+    char want[96];
+    for (size_t i = 0; i < sizeof once / sizeof once[0]; i++) {
+        gguf_name(want, sizeof want, once[i], 0, 0);
+        if (!strcmp(name, want))
+            return (once[i] != R_HEAD || !s->tied) && (once[i] != R_ROPE || s->cfg.rope.type == LLAMA_ROPE_FACTORS);
+    }
+    int layer, used = 0;
+    if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0 || layer >= s->cfg.n_layers)
+        return 0;
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
+        gguf_name(want, sizeof want, per_layer[i], layer, 0);
+        if (!strcmp(name, want))
+            return per_layer[i] == R_RMS_ATT || per_layer[i] == R_RMS_FFN || s->cfg.qk_norm;
+    }
+    for (int k = 0; k < LIN_COUNT; k++) {
+        gguf_name(want, sizeof want, R_LINEAR, layer, (llama_linear)k);
+        if (!strcmp(name, want))
+            return 1;
+        gguf_name(want, sizeof want, R_BIAS, layer, (llama_linear)k);
+        if (!strcmp(name, want))
+            return s->cfg.biases >> k & 1;
+    }
+    return 0;
+}
+
+/* A GGUF file: its config, the biases and head its tensors have, every tensor read. */
+static int gguf_source_open(source *s, const char *path, char *err, size_t errlen)
+{
+    if (gguf_open(&s->gg, path, err, errlen) < 0)
+        return -1;
+    s->gguf = 1;
+    int interleaved;
+    if (gguf_config_read(&s->gg, &s->cfg, &interleaved, err, errlen) < 0)
+        return -1;
+    s->rotate_half = !interleaved;
+    const gguf_tensor *emb = gguf_find_tensor(&s->gg, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)s->cfg.dim || emb->ne[1] < 1 || emb->ne[1] > 1 << 22)
+        return snprintf(err, errlen, "%s: tensor 'token_embd.weight' %s (expected [%d, vocab])", path,
+                        emb ? "has the wrong shape" : "is missing", s->cfg.dim), -1;
+    if (!s->cfg.vocab_size)
+        s->cfg.vocab_size = (int)emb->ne[1];
+    if ((uint64_t)s->cfg.vocab_size != emb->ne[1])
+        return snprintf(err, errlen, "%s: tensor 'token_embd.weight' has %llu rows but %s.vocab_size is %d", path,
+                        (unsigned long long)emb->ne[1], llama_arch_type(s->cfg.arch), s->cfg.vocab_size), -1;
+    s->tied = !gguf_find_tensor(&s->gg, "output.weight");
+    if (gguf_find_tensor(&s->gg, "rope_freqs.weight")) {
+        if (s->cfg.rope.type != LLAMA_ROPE_DEFAULT)
+            return snprintf(err, errlen, "%s: tensor 'rope_freqs.weight' with a linear rope scaling as well: not "
+                            "implemented", path), -1;
+        s->cfg.rope.type = LLAMA_ROPE_FACTORS;
+    }
+    /* a bias is the model's when layer 0 has it; source_read then wants it in every layer */
+    char name[96];
+    for (int k = 0; k < LIN_COUNT; k++) {
+        gguf_name(name, sizeof name, R_BIAS, 0, (llama_linear)k);
+        if (gguf_find_tensor(&s->gg, name) && (gguf_bias_allowed(s->cfg.arch) >> k & 1))
+            s->cfg.biases |= 1u << k;
+    }
+    for (size_t i = 0; i < s->gg.n_tensors; i++) {
+        const gguf_tensor *t = &s->gg.tensors[i];
+        if (!gguf_consumed(s, t->name))
+            return snprintf(err, errlen, "%s: at byte %zu: tensor '%s' is not part of a %s model as this loader "
+                            "runs it%s", path, t->info_offset, t->name, llama_arch_type(s->cfg.arch),
+                            ""), -1;
+    }
+    return 0;
+}
+
 static int source_open(source *s, const char *dir, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
     snprintf(s->dir, sizeof s->dir, "%s", dir);
+    if (file_exists(dir)) { /* a file, not a directory: GGUF is the one format of one file */
+        if (gguf_source_open(s, dir, err, errlen) < 0) {
+            source_close(s);
+            return -1;
+        }
+        return 0;
+    }
     char path[4200];
     snprintf(path, sizeof path, "%s/model.bin", dir);
     if (file_exists(path)) {
@@ -194,6 +327,7 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
             return -1;
         }
         s->hf = 1;
+        s->rotate_half = 1;
         json_value *j = json_parse_file(path, MAX_JSON, err, errlen);
         if (!j)
             return -1;
@@ -211,22 +345,6 @@ static int source_open(source *s, const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* The Hugging Face tensor name of (r, layer, lin). */
-static void tensor_name(char *name, size_t n, role r, int layer, llama_linear lin)
-{
-    switch (r) {
-    case R_EMBED: snprintf(name, n, "model.embed_tokens.weight"); break;
-    case R_RMS_ATT: snprintf(name, n, "model.layers.%d.input_layernorm.weight", layer); break;
-    case R_RMS_FFN: snprintf(name, n, "model.layers.%d.post_attention_layernorm.weight", layer); break;
-    case R_LINEAR: snprintf(name, n, "model.layers.%d.%s.weight", layer, llama_linear_module(lin)); break;
-    case R_BIAS: snprintf(name, n, "model.layers.%d.%s.bias", layer, llama_linear_module(lin)); break;
-    case R_Q_NORM: snprintf(name, n, "model.layers.%d.self_attn.q_norm.weight", layer); break;
-    case R_K_NORM: snprintf(name, n, "model.layers.%d.self_attn.k_norm.weight", layer); break;
-    case R_RMS_FINAL: snprintf(name, n, "model.norm.weight"); break;
-    case R_HEAD: snprintf(name, n, "lm_head.weight"); break;
-    }
-}
-
 /* Whether (r, lin) is indexed by the rows of q_proj or k_proj, in rotate-half order per
  * head in Hugging Face's files: their weights and biases, and the per-head q/k norms. */
 static int rotate_half_rows(role r, llama_linear lin)
@@ -234,38 +352,66 @@ static int rotate_half_rows(role r, llama_linear lin)
     return ((r == R_LINEAR || r == R_BIAS) && (lin == LIN_Q || lin == LIN_K)) || r == R_Q_NORM || r == R_K_NORM;
 }
 
-/* fp32 values of one tensor, in llama2.c order, into out[rows x cols] (a vector: rows 1,
- * except a bias, which has a row per output). */
-static int source_read(const source *s, role r, int layer, llama_linear lin, float *out,
-                       size_t rows, size_t cols, char *err, size_t errlen)
+/* The name of (r, layer, lin) in s's files (llama2.c's have none: the HF name stands in). */
+static void tensor_name(const source *s, char *name, size_t n, role r, int layer, llama_linear lin)
+{
+    role_name(name, n, s->gguf, r, layer, lin);
+}
+
+/* A llama2.c tensor into out[n]. */
+static int l2c_read(const source *s, role r, int layer, llama_linear lin, float *out, size_t n, char *err,
+                    size_t errlen)
 {
     const llama_config *c = &s->cfg;
-    size_t n = rows * cols;
-    if (!s->hf) {
-        const l2c_file *f = &s->l2c;
-        const float *base = NULL;
-        switch (r) {
-        case R_EMBED: base = f->token_embedding; break;
-        case R_RMS_ATT: base = f->rms_att + (size_t)layer * c->dim; break;
-        case R_RMS_FFN: base = f->rms_ffn + (size_t)layer * c->dim; break;
-        case R_RMS_FINAL: base = f->rms_final; break;
-        case R_HEAD: base = f->wcls; break;
-        case R_LINEAR: {
-            const float *w[LIN_COUNT] = {f->wq, f->wk, f->wv, f->wo, f->w1, f->w3, f->w2};
-            base = w[lin] + (size_t)layer * n;
-            break;
-        }
-        case R_BIAS: case R_Q_NORM: case R_K_NORM: break; /* a llama2.c config has none */
-        }
-        if (!base) {
-            snprintf(err, errlen, "%s: llama2.c files hold no such tensor", s->dir);
-            return -1;
-        }
-        memcpy(out, base, n * sizeof(float));
-        return 0;
+    const l2c_file *f = &s->l2c;
+    const float *base = NULL;
+    switch (r) {
+    case R_EMBED: base = f->token_embedding; break;
+    case R_RMS_ATT: base = f->rms_att + (size_t)layer * c->dim; break;
+    case R_RMS_FFN: base = f->rms_ffn + (size_t)layer * c->dim; break;
+    case R_RMS_FINAL: base = f->rms_final; break;
+    case R_HEAD: base = f->wcls; break;
+    case R_LINEAR: {
+        const float *w[LIN_COUNT] = {f->wq, f->wk, f->wv, f->wo, f->w1, f->w3, f->w2};
+        base = w[lin] + (size_t)layer * n;
+        break;
     }
-    char name[256];
-    tensor_name(name, sizeof name, r, layer, lin);
+    case R_BIAS: case R_Q_NORM: case R_K_NORM: case R_ROPE: break; /* a llama2.c config has none */
+    }
+    if (!base) {
+        snprintf(err, errlen, "%s: llama2.c files hold no such tensor", s->dir);
+        return -1;
+    }
+    memcpy(out, base, n * sizeof(float));
+    return 0;
+}
+
+/* Whether a tensor of ndim dims shape[] (outermost first) is what role r wants: a vector of
+ * rows x cols values (a norm, a bias), or a rows x cols matrix. Else a message. */
+static int check_shape(const source *s, const char *file, const char *name, int is_vector, int ndim,
+                       const int64_t *shape, size_t rows, size_t cols, char *err, size_t errlen)
+{
+    size_t n = rows * cols;
+    int shape_ok = is_vector ? ndim == 1 && (size_t)shape[0] == n
+                             : ndim == 2 && (size_t)shape[0] == rows && (size_t)shape[1] == cols;
+    if (shape_ok)
+        return 0;
+    /* GGUF's dims are innermost first; messages give them as the file does */
+    int64_t a = s->gguf && ndim > 1 ? shape[1] : shape[0], b = s->gguf && ndim > 1 ? shape[0] : shape[1];
+    size_t want_a = s->gguf ? cols : rows, want_b = s->gguf ? rows : cols;
+    if (is_vector)
+        snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s], expected [%zu]", file, name, (long long)shape[0],
+                 ndim > 1 ? ", ..." : "", n);
+    else
+        snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s%lld], expected [%zu, %zu]", file, name,
+                 (long long)a, ndim > 1 ? ", " : "", ndim > 1 ? (long long)b : 0LL, want_a, want_b);
+    return -1;
+}
+
+/* A safetensors tensor into out[rows x cols], in the file's row order. */
+static int st_read(const source *s, const char *name, int is_vector, float *out, size_t rows, size_t cols,
+                   char *err, size_t errlen)
+{
     const st_tensor *t = NULL;
     const st_file *file = NULL;
     for (int i = 0; i < s->nshards && !t; i++)
@@ -273,47 +419,129 @@ static int source_read(const source *s, role r, int layer, llama_linear lin, flo
             file = &s->shards[i];
     if (!t) {
         snprintf(err, errlen, "%s: tensor '%s' is missing (a %s of this config has it)", s->dir, name,
-                 llama_arch_name(c->arch));
+                 llama_arch_name(s->cfg.arch));
         return -1;
     }
+    if (check_shape(s, file->path, name, is_vector, t->ndim, t->shape, rows, cols, err, errlen) < 0)
+        return -1;
+    st_to_f32(t, out);
+    st_release(file, t);
+    return 0;
+}
+
+/* The GGUF tensor name of role r (which must be there, of the shape r wants); NULL with a
+ * message otherwise. */
+static const gguf_tensor *gguf_tensor_of(const source *s, const char *name, int is_vector, size_t rows,
+                                         size_t cols, char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_find_tensor(&s->gg, name);
+    if (!t) {
+        snprintf(err, errlen, "%s: tensor '%s' is missing (a %s model of this config has it)", s->dir, name,
+                 llama_arch_type(s->cfg.arch));
+        return NULL;
+    }
+    int64_t shape[GGUF_MAX_DIMS] = {0};
+    for (int d = 0; d < t->n_dims; d++) /* outermost first, as check_shape wants */
+        shape[d] = (int64_t)t->ne[t->n_dims - 1 - d];
+    if (check_shape(s, s->dir, name, is_vector, t->n_dims, shape, rows, cols, err, errlen) < 0)
+        return NULL;
+    return t;
+}
+
+/* A GGUF tensor as a matrix of quant's format for its ggml type, over the mapping
+ * (borrow) or copied; -1 with a message naming the tensor and its type. */
+static int gguf_matrix(const source *s, const gguf_tensor *t, qt_matrix *m, int borrow, char *err, size_t errlen)
+{
+    char qerr[256];
+    int cols = (int)t->ne[0], rows = (int)(t->nelem / t->ne[0]);
+    if (qt_from_ggml(m, (int)t->type, rows, cols, t->data, t->nbytes, borrow, qerr, sizeof qerr) < 0) {
+        snprintf(err, errlen, "%s: at byte %zu: tensor '%s' of type %s: %s", s->dir, t->info_offset, t->name,
+                 gguf_ggml_type_name(t->type), qerr);
+        return -1;
+    }
+    return 0;
+}
+
+/* A GGUF tensor into out[rows x cols] fp32, in the file's row order: f32 copied, every
+ * other type quant runs (f16, bf16, ggml's blocks) decoded as ggml decodes it. */
+static int gguf_read(const source *s, const char *name, int is_vector, float *out, size_t rows, size_t cols,
+                     char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_tensor_of(s, name, is_vector, rows, cols, err, errlen);
+    qt_matrix m;
+    if (!t)
+        return -1;
+    if (t->type == GGUF_GGML_F32) {
+        memcpy(out, t->data, t->nbytes);
+    } else {
+        if (gguf_matrix(s, t, &m, 1, err, errlen) < 0)
+            return -1;
+        qt_dequantize_rows(&m, 0, m.rows, out);
+        qt_free(&m);
+    }
+    map_release(t->data, t->nbytes);
+    return 0;
+}
+
+/* Rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j), n_rows rows of
+ * row_bytes each from src to dst. */
+static void unrotate_rows(void *dst, const void *src, size_t n_rows, size_t row_bytes, size_t hs)
+{
+    for (size_t h = 0; h < n_rows / hs; h++)
+        for (size_t i = 0; i < hs / 2; i++)
+            for (size_t j = 0; j < 2; j++)
+                memcpy((char *)dst + (h * hs + 2 * i + j) * row_bytes,
+                       (const char *)src + (h * hs + j * hs / 2 + i) * row_bytes, row_bytes);
+}
+
+/* fp32 values of one tensor, in llama2.c order, into out[rows x cols] (a vector: rows 1,
+ * except a bias, which has a row per output). */
+static int source_read(const source *s, role r, int layer, llama_linear lin, float *out,
+                       size_t rows, size_t cols, char *err, size_t errlen)
+{
+    size_t n = rows * cols;
+    if (!s->hf && !s->gguf)
+        return l2c_read(s, r, layer, lin, out, n, err, errlen);
+    char name[256];
+    tensor_name(s, name, sizeof name, r, layer, lin);
     int is_vector = r != R_EMBED && r != R_LINEAR && r != R_HEAD;
-    int shape_ok = is_vector ? t->ndim == 1 && (size_t)t->shape[0] == n
-                             : t->ndim == 2 && (size_t)t->shape[0] == rows && (size_t)t->shape[1] == cols;
-    if (!shape_ok) {
-        if (is_vector)
-            snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s], expected [%zu]", file->path, name,
-                     (long long)t->shape[0], t->ndim > 1 ? ", ..." : "", n);
-        else
-            snprintf(err, errlen, "%s: tensor '%s' has shape [%lld%s%lld], expected [%zu, %zu]", file->path,
-                     name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
-                     t->ndim > 1 ? (long long)t->shape[1] : 0LL, rows, cols);
-        return -1;
-    }
-    if (!rotate_half_rows(r, lin)) {
-        st_to_f32(t, out);
-        st_release(file, t);
-        return 0;
-    }
-    /* rotate-half rows (h, j * hs/2 + i) -> interleaved rows (h, 2i + j); a norm is one
-     * head's worth of single-float rows */
-    float *tmp = malloc(n * sizeof(float));
+    int permute = s->rotate_half && rotate_half_rows(r, lin);
+    float *tmp = permute ? malloc(n * sizeof(float)) : out;
     if (!tmp) {
         snprintf(err, errlen, "out of memory reading '%s'", name);
         return -1;
     }
-    st_to_f32(t, tmp);
-    st_release(file, t);
-    size_t hs = (size_t)c->head_size, width = r == R_LINEAR ? cols : 1, heads = n / width / hs;
-    for (size_t h = 0; h < heads; h++)
-        for (size_t i = 0; i < hs / 2; i++)
-            for (size_t j = 0; j < 2; j++)
-                memcpy(out + (h * hs + 2 * i + j) * width, tmp + (h * hs + j * hs / 2 + i) * width,
-                       width * sizeof(float));
-    free(tmp);
-    return 0;
+    int rc = s->gguf ? gguf_read(s, name, is_vector, tmp, rows, cols, err, errlen)
+                     : st_read(s, name, is_vector, tmp, rows, cols, err, errlen);
+    if (rc == 0 && permute) { /* a norm is one head's worth of single-float rows */
+        size_t width = r == R_LINEAR ? cols : 1;
+        unrotate_rows(out, tmp, n / width, width * sizeof(float), (size_t)s->cfg.head_size);
+    }
+    if (permute)
+        free(tmp);
+    return rc;
 }
 
 /* ---- model ---- */
+
+int llama_quant_parse(const char *name, qt_format *f)
+{
+    if (!strcmp(name, "native")) {
+        *f = LLAMA_QUANT_NATIVE;
+        return 0;
+    }
+    return qt_format_parse(name, f);
+}
+
+qt_spec llama_quant_spec(qt_format f)
+{
+    return f == LLAMA_QUANT_NATIVE ? (qt_spec){LLAMA_QUANT_NATIVE, 0, 0} : qt_spec_default(f);
+}
+
+const char *llama_quant_name(const llama_model *m)
+{
+    return m->spec.format == LLAMA_QUANT_NATIVE ? "native" : qt_format_name(m->spec.format);
+}
 
 static uint64_t hash_floats(uint64_t h, const float *x, size_t n)
 {
@@ -348,7 +576,7 @@ static float *read_vector(const source *s, role r, int layer, llama_linear lin, 
     }
     if (!finite_all(v, n)) {
         char name[256];
-        tensor_name(name, sizeof name, r, layer, lin);
+        tensor_name(s, name, sizeof name, r, layer, lin);
         snprintf(err, errlen, "%s: tensor '%s' holds a value that is not finite", s->dir, name);
         free(v);
         return NULL;
@@ -357,10 +585,37 @@ static float *read_vector(const source *s, role r, int layer, llama_linear lin, 
     return v;
 }
 
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const uint8_t *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* A linear of a GGUF file in its file's type (--quant native): borrowed from the mapping,
+ * or copied where its rows are permuted (q/k of NEOX-RoPE files). The fingerprint hashes
+ * its bytes as the file has them. */
+static int read_native(const source *s, int layer, llama_linear lin, qt_matrix *out, size_t rows, size_t cols,
+                       char *err, size_t errlen, uint64_t *h)
+{
+    char name[96];
+    tensor_name(s, name, sizeof name, R_LINEAR, layer, lin);
+    const gguf_tensor *t = gguf_tensor_of(s, name, 0, rows, cols, err, errlen);
+    int permute = s->rotate_half && rotate_half_rows(R_LINEAR, lin);
+    if (!t || gguf_matrix(s, t, out, !permute, err, errlen) < 0)
+        return -1;
+    *h = hash_bytes(*h, t->data, t->nbytes);
+    if (permute)
+        unrotate_rows(out->data, t->data, rows, out->row_bytes, (size_t)s->cfg.head_size);
+    return 0;
+}
+
 static int read_matrix(const source *s, role r, int layer, llama_linear lin, qt_spec spec,
                        qt_matrix *out, size_t rows, size_t cols, float *buf, char *err,
                        size_t errlen, uint64_t *h)
 {
+    if (spec.format == LLAMA_QUANT_NATIVE)
+        return read_native(s, layer, lin, out, rows, cols, err, errlen, h);
     if (source_read(s, r, layer, lin, buf, rows, cols, err, errlen) < 0)
         return -1;
     *h = hash_floats(*h, buf, rows * cols);
@@ -438,6 +693,7 @@ static float rope_freq(const llama_config *c, int i)
     return scaled;
 }
 
+/* The tables of cos and sin of pos * freq_i (freq_i / rope_factors[i] with factors). */
 static int build_rope(llama_model *m)
 {
     const llama_config *c = &m->cfg;
@@ -450,7 +706,7 @@ static int build_rope(llama_model *m)
         return -1;
     }
     for (int i = 0; i < half; i++)
-        freq[i] = rope_freq(c, i);
+        freq[i] = m->rope_factors ? rope_freq(c, i) / m->rope_factors[i] : rope_freq(c, i);
     for (int pos = 0; pos < c->seq_len; pos++)
         for (int i = 0; i < half; i++) {
             float val = (float)pos * freq[i];
@@ -482,15 +738,23 @@ static uint64_t hash_config(uint64_t h, const llama_config *c)
 int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
-    if (qt_spec_check(spec, err, errlen) < 0)
+    int native = spec.format == LLAMA_QUANT_NATIVE;
+    if (!native && qt_spec_check(spec, err, errlen) < 0)
         return -1;
     source s;
     if (source_open(&s, dir, err, errlen) < 0)
         return -1;
+    if (native && !s.gguf) {
+        snprintf(err, errlen, "%s: --quant native keeps a GGUF file's tensor types; this model is not one (name a "
+                 "format)", dir);
+        source_close(&s);
+        return -1;
+    }
     m->cfg = s.cfg;
     m->spec = spec;
     m->tied = s.tied;
     m->hf_layout = s.hf;
+    m->gguf = s.gguf;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     const llama_config *c = &m->cfg;
     size_t biggest = (size_t)c->vocab_size * c->dim;
@@ -505,6 +769,15 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     uint64_t h = 0xcbf29ce484222325ull;
     qt_spec f32 = qt_spec_default(QT_F32);
     int rc = -1;
+    if (c->rope.type == LLAMA_ROPE_FACTORS &&
+        !(m->rope_factors = read_vector(&s, R_ROPE, 0, 0, (size_t)c->head_size / 2, err, errlen, &h)))
+        goto done;
+    for (int i = 0; m->rope_factors && i < c->head_size / 2; i++)
+        if (!(m->rope_factors[i] > 0)) {
+            snprintf(err, errlen, "%s: tensor 'rope_freqs.weight' holds %g: its factors divide frequencies", dir,
+                     m->rope_factors[i]);
+            goto done;
+        }
     if (!buf || !m->layers || build_rope(m) < 0) {
         snprintf(err, errlen, "out of memory loading %s", dir);
         goto done;
@@ -535,6 +808,14 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     if (!m->tied &&
         read_matrix(&s, R_HEAD, 0, 0, f32, &m->head, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
         goto done;
+    if (native) { /* the borrowed linears point into the mapping: it lives with the model */
+        if (!(m->gguf_owner = malloc(sizeof s.gg))) {
+            snprintf(err, errlen, "out of memory loading %s", dir);
+            goto done;
+        }
+        memcpy(m->gguf_owner, &s.gg, sizeof s.gg);
+        s.gguf = 0; /* not source_close's any more */
+    }
     h = hash_config(h, c);
     uint32_t tag[3] = {(uint32_t)spec.format, (uint32_t)spec.block, (uint32_t)spec.double_quant};
     for (int i = 0; i < 3; i++)
@@ -568,6 +849,10 @@ void llama_free(llama_model *m)
     free(m->rms_final);
     free(m->rope_cos);
     free(m->rope_sin);
+    free(m->rope_factors);
+    if (m->gguf_owner)
+        gguf_close(m->gguf_owner);
+    free(m->gguf_owner);
     memset(m, 0, sizeof *m);
 }
 

@@ -38,6 +38,7 @@
 #include <sys/stat.h>
 #include <utf8proc.h>
 
+#include "gguf.h"
 #include "mapfile.h"
 #include "tokenizer_impl.h"
 #include "utf8.h"
@@ -240,7 +241,7 @@ static int by_score_desc(const void *a, const void *b)
 /* Ranks the scores so that the merge loop compares integers. run.c merges a pair only if
  * its score beats its starting best of -1e10, which also rules out NaN: such pieces get
  * NEVER. Equal scores (0 and -0 included, as run.c's > sees them) share a rank. */
-static int rank_scores(tok_tokenizer *t)
+int tok_rank_scores(tok_tokenizer *t)
 {
     scored *s = malloc((size_t)t->vocab_size * sizeof *s);
     if (!s)
@@ -274,7 +275,7 @@ static int load_bin(tok_tokenizer *t, const unsigned char *data, size_t size, co
     if (parse(t, data, size, path, &p, &total, err, errlen) < 0)
         return -1;
     t->bytes = malloc(total);
-    if (!t->bytes || rank_scores(t) < 0)
+    if (!t->bytes || tok_rank_scores(t) < 0)
         return tok_fail(err, errlen, path, "out of memory (%zu bytes of pieces)", total);
     /* parse checked every length; each piece follows its 8-byte score and len. On a
      * repeated piece the lowest id wins, as a first-match scan would; run.c's bsearch
@@ -321,7 +322,9 @@ int tok_load(tok_tokenizer **out, const char *path, int vocab_size, char *err, s
     }
     memcpy(dir, slash ? path : ".", dlen);
     dir[dlen] = 0;
-    if (ends_with(path, ".json")) {
+    if (gguf_is_file(path)) {
+        rc = tok_load_gguf(t, path, err, errlen);
+    } else if (ends_with(path, ".json")) {
         json_value *root;
         rc = tok_load_json(t, path, &root, err, errlen);
         if (rc == 0)
@@ -361,6 +364,10 @@ int tok_load_dir(tok_tokenizer **out, const char *dir, int vocab_size, char *err
         return tok_fail(err, errlen, dir, "out of memory");
     struct stat st;
     int rc = -1;
+    if (stat(dir, &st) == 0 && S_ISREG(st.st_mode) && gguf_is_file(dir)) { /* a GGUF file: its metadata */
+        free(path);
+        return tok_load(out, dir, vocab_size, err, errlen);
+    }
     snprintf(path, n, "%s/tokenizer.json", dir);
     if (stat(path, &st) < 0)
         snprintf(path, n, "%s/tokenizer.bin", dir);
@@ -876,6 +883,14 @@ static int hex_digit(char c)
     return -1;
 }
 
+int tok_byte_token(const char *p, size_t n)
+{
+    if (n != 6 || memcmp(p, "<0x", 3) != 0 || p[5] != '>')
+        return -1;
+    int hi = hex_digit(p[3]), lo = hex_digit(p[4]);
+    return hi >= 0 && lo >= 0 ? hi * 16 + lo : -1;
+}
+
 const char *tok_decode(const tok_tokenizer *t, int prev, int id, size_t *len)
 {
     if (id < 0 || id >= t->vocab_size)
@@ -892,12 +907,10 @@ const char *tok_decode(const tok_tokenizer *t, int prev, int id, size_t *len)
     int start = prev < 0 || prev == t->bos_id || (t->n_prefix && prev == t->prefix[t->n_prefix - 1]);
     if (start && n > 0 && p[0] == ' ')
         p++, n--;
-    if (n == 6 && memcmp(p, "<0x", 3) == 0 && p[5] == '>') {
-        int hi = hex_digit(p[3]), lo = hex_digit(p[4]);
-        if (hi >= 0 && lo >= 0) {
-            *len = 1;
-            return &t->byte_str[hi * 16 + lo];
-        }
+    int byte = tok_byte_token(p, n);
+    if (byte >= 0) {
+        *len = 1;
+        return &t->byte_str[byte];
     }
     *len = n;
     return p;

@@ -178,7 +178,7 @@ static int tokenizer_config(tok_tokenizer *t, const json_value *cfg, const char 
     return 0;
 }
 
-static int add_stop(tok_tokenizer *t, int id)
+int tok_add_stop(tok_tokenizer *t, int id)
 {
     for (size_t i = 0; i < t->n_stop; i++)
         if (t->stop[i] == id)
@@ -204,7 +204,7 @@ static int config_eos(tok_tokenizer *t, const json_value *cfg, const char *file,
             id->number != (double)(long)id->number)
             return tok_fail(err, errlen, file, "eos_token_id: not an id in 0..%d nor a list of them",
                             t->vocab_size - 1);
-        if (add_stop(t, (int)id->number) < 0)
+        if (tok_add_stop(t, (int)id->number) < 0)
             return tok_fail(err, errlen, file, "out of memory");
     }
     return n > 0;
@@ -223,7 +223,7 @@ int tok_load_config(tok_tokenizer *t, const json_value *root, const char *path, 
         t->bos_id = 1, t->eos_id = 2;
         t->prefix[0] = 1, t->n_prefix = 1;
         t->special[1] = t->special[2] = 1;
-        if (add_stop(t, 1) < 0 || add_stop(t, 2) < 0) {
+        if (tok_add_stop(t, 1) < 0 || tok_add_stop(t, 2) < 0) {
             tok_fail(err, errlen, path, "out of memory");
             goto done;
         }
@@ -253,7 +253,7 @@ int tok_load_config(tok_tokenizer *t, const json_value *root, const char *path, 
         json_free(cfg);
         cfg = NULL;
     }
-    if (!named && t->eos_id >= 0 && add_stop(t, t->eos_id) < 0) {
+    if (!named && t->eos_id >= 0 && tok_add_stop(t, t->eos_id) < 0) {
         tok_fail(err, errlen, path, "out of memory");
         goto done;
     }

@@ -77,6 +77,18 @@ merge_rule *tok_merge_slot(const tok_tokenizer *t, int32_t a, int32_t b);
 /* Fills t (from tok_new: vocab_size empty pieces) from the tokenizer.json at path; its
  * root, kept for tok_load_config, into *root (the caller json_frees it). */
 int tok_load_json(tok_tokenizer *t, const char *path, json_value **root, char *err, size_t errlen);
+/* The same from a tree already parsed (tokenizer_gguf.c builds one); path names it. */
+int tok_load_json_tree(tok_tokenizer *t, const json_value *root, const char *path, char *err, size_t errlen);
+/* The byte a sentencepiece byte token "<0xXX>" (p[0..n)) stands for, or -1. */
+int tok_byte_token(const char *p, size_t n);
+/* tokenizer.bin's ranking of t->score into t->rank (run.c's order); -1 if out of memory. */
+int tok_rank_scores(tok_tokenizer *t);
+
+/* ---- tokenizer_gguf.c ---- */
+/* Fills t (from tok_new) from the tokenizer.* keys of the GGUF file at path (see
+ * tokenizer_gguf.c): the pieces, merges or scores, added tokens, and what encoding adds and
+ * where generation stops. */
+int tok_load_gguf(tok_tokenizer *t, const char *path, char *err, size_t errlen);
 
 /* ---- tokenizer_config.c ---- */
 /* The post_processor of root (NULL for tokenizer.bin: BOS first), tokenizer_config.json,
@@ -84,6 +96,8 @@ int tok_load_json(tok_tokenizer *t, const char *path, json_value **root, char *e
  * eos_id, prefix, suffix and stop. */
 int tok_load_config(tok_tokenizer *t, const json_value *root, const char *path, const char *dir, char *err,
                     size_t errlen);
+/* Adds id to where generation stops (once); -1 if out of memory. */
+int tok_add_stop(tok_tokenizer *t, int id);
 
 /* ---- pretokenize.c ---- */
 /* The pre_tokenizer v (not null) of the file at path; -1 with a message naming the field. */

@@ -469,6 +469,16 @@ int tok_load_json(tok_tokenizer *t, const char *path, json_value **out, char *er
     *out = NULL;
     if (!root)
         return -1;
+    if (tok_load_json_tree(t, root, path, err, errlen) < 0) {
+        json_free(root);
+        return -1;
+    }
+    *out = root;
+    return 0;
+}
+
+int tok_load_json_tree(tok_tokenizer *t, const json_value *root, const char *path, char *err, size_t errlen)
+{
     const json_value *model = json_get(root, "model"), *added = json_get(root, "added_tokens");
     size_t extra = 0;
     if (check_json_fields(t, root, path, err, errlen) < 0 ||
@@ -476,10 +486,7 @@ int tok_load_json(tok_tokenizer *t, const char *path, json_value **out, char *er
         json_vocab(t, json_get(model, "vocab"), extra, path, err, errlen) < 0 ||
         json_added(t, added, 1, &extra, path, err, errlen) < 0 ||
         added_parse(t, added, path, err, errlen) < 0 || byte_tokens(t, path, err, errlen) < 0 ||
-        json_merges(t, json_get(model, "merges"), path, err, errlen) < 0) {
-        json_free(root);
+        json_merges(t, json_get(model, "merges"), path, err, errlen) < 0)
         return -1;
-    }
-    *out = root;
     return 0;
 }

@@ -21,7 +21,10 @@ int qt_format_parse(const char *name, qt_format *f)
 
 qt_spec qt_spec_default(qt_format f)
 {
-    qt_spec s = {f, QT_BLOCK_DEFAULT, (unsigned)f < QT_NFORMATS && qt_traits[f].dq};
+    int known = (unsigned)f < QT_NFORMATS;
+    qt_spec s = {f, known && qt_traits[f].scale == QT_SCALE_GGML ? qt_ggml_traits[f].values
+                                                                  : QT_BLOCK_DEFAULT,
+                 known && qt_traits[f].dq};
     return s;
 }
 
@@ -32,7 +35,13 @@ int qt_spec_check(qt_spec spec, char *err, size_t errlen)
         return -1;
     }
     int b = spec.block;
-    if (b < QT_BLOCK_MIN || b > QT_BLOCK_MAX || (b & (b - 1)) != 0) {
+    if (qt_traits[spec.format].scale == QT_SCALE_GGML) {
+        if (b != qt_ggml_traits[spec.format].values) {
+            snprintf(err, errlen, "block: %s has ggml's blocks of %d values, not %d",
+                     qt_traits[spec.format].name, qt_ggml_traits[spec.format].values, b);
+            return -1;
+        }
+    } else if (b < QT_BLOCK_MIN || b > QT_BLOCK_MAX || (b & (b - 1)) != 0) {
         snprintf(err, errlen, "block: %d is not a power of two in %d..%d", b, QT_BLOCK_MIN,
                  QT_BLOCK_MAX);
         return -1;

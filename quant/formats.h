@@ -26,6 +26,8 @@ typedef enum {
     QT_SCALE_AFFINE, /* per block: w = S * (q - Z), Z in `zero` */
     QT_SCALE_ROW,    /* per row: w = s where the "+1" bit is set, -s where the "-1" bit is
                         (one plane: where it is not), else 0 */
+    QT_SCALE_GGML,   /* per block, inside it: ggml's blocks carry their fp16 scales (and
+                        K-quants their 6- or 8-bit sub-block scales); ggml_blocks.h */
 } qt_scale_kind;
 
 typedef struct {
@@ -46,14 +48,30 @@ extern const float qt_nf4_table[16], qt_fp4_table[16];
 static const qt_format_traits qt_traits[QT_NFORMATS] = {QT_FORMATS(QT_TRAITS_ROW_)};
 #undef QT_TRAITS_ROW_
 
+/* ggml's block of each format that has one (QT_GGML_TYPES): its type, values and bytes;
+ * zeros for the others. */
+typedef struct {
+    int type;
+    int values, bytes;
+    const char *name;
+} qt_ggml_traits_t;
+
+#define QT_GGML_ROW_(format, name, id, values, bytes) [format] = {id, values, bytes, #name},
+static const qt_ggml_traits_t qt_ggml_traits[QT_NFORMATS] = {QT_GGML_TYPES(QT_GGML_ROW_)};
+#undef QT_GGML_ROW_
+
 /* What every row must satisfy; kernels_decode.h adds which shapes of code it decodes. */
 #define QT_CHECK_ROW_(id, name, bits, planes, layout, block, scale, dq, table, codec)       \
-    _Static_assert((bits) > 0 && 32 % (bits) == 0, #name ": codes must fill 32-bit words");  \
+    _Static_assert(QT_SCALE_##scale == QT_SCALE_GGML || ((bits) > 0 && 32 % (bits) == 0),   \
+                   #name ": codes must fill 32-bit words");                               \
+    _Static_assert(QT_SCALE_##scale != QT_SCALE_GGML || QT_LAYOUT_##layout == QT_LAYOUT_ROWS, \
+                   #name ": ggml's blocks are kept row after row, as GGUF has them");      \
     _Static_assert((planes) == 1 || QT_LAYOUT_##layout == QT_LAYOUT_PANEL,                   \
                    #name ": several bit planes are kept only in panels");                  \
     _Static_assert((block) == (QT_SCALE_##scale == QT_SCALE_ABSMAX ||                       \
                                QT_SCALE_##scale == QT_SCALE_STEP ||                         \
-                               QT_SCALE_##scale == QT_SCALE_AFFINE),                        \
+                               QT_SCALE_##scale == QT_SCALE_AFFINE ||                       \
+                               QT_SCALE_##scale == QT_SCALE_GGML),                          \
                    #name ": block-wise exactly when its scale is kept per block");         \
     _Static_assert(!(dq) || QT_SCALE_##scale == QT_SCALE_ABSMAX,                            \
                    #name ": double quantization codes block absmax values");
@@ -70,10 +88,13 @@ QT_FORMATS(QT_CHECK_ROW_)
  * row and the last panel are padded with zeros. */
 
 /* Bytes of a row's codes in `data` (rows x this, in panels for PANEL formats); for 32
- * columns of a ROWS format, the bytes its vector decoders take at once. */
+ * columns of a ROWS format, the bytes its vector decoders take at once. ggml's formats:
+ * whole blocks (the columns a multiple of the block). */
 static inline size_t qt_row_bytes(qt_format f, int cols)
 {
     const qt_format_traits *t = &qt_traits[f];
+    if (t->scale == QT_SCALE_GGML)
+        return (size_t)cols / (size_t)qt_ggml_traits[f].values * (size_t)qt_ggml_traits[f].bytes;
     if (t->layout == QT_LAYOUT_ROWS)
         return ((size_t)cols * (size_t)t->bits + 7) / 8;
     size_t per_word = (size_t)(32 / t->bits);

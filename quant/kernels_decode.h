@@ -23,8 +23,10 @@
 #define KNOWN_SHAPE_(id, name, bits, planes, layout, block, scale, ...)                      \
     _Static_assert((QT_LAYOUT_##layout == QT_LAYOUT_ROWS && (planes) == 1 &&                  \
                     (((bits) == 32 && QT_SCALE_##scale == QT_SCALE_NONE) ||                   \
+                     ((bits) == 16 && QT_SCALE_##scale == QT_SCALE_NONE) ||                   \
                      ((bits) == 8 && QT_SCALE_##scale == QT_SCALE_STEP) ||                    \
-                     ((bits) == 4 && QT_SCALE_##scale == QT_SCALE_AFFINE))) ||                \
+                     ((bits) == 4 && QT_SCALE_##scale == QT_SCALE_AFFINE) ||                  \
+                     QT_SCALE_##scale == QT_SCALE_GGML)) ||                                   \
                    (QT_LAYOUT_##layout == QT_LAYOUT_PANEL &&                                  \
                     (((bits) == 4 && (planes) == 1 && QT_SCALE_##scale == QT_SCALE_ABSMAX) || \
                      ((bits) == 1 && QT_SCALE_##scale == QT_SCALE_ROW))),                     \
@@ -36,6 +38,7 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 
 typedef struct {
     const qt_matrix *m;
+    int r;
     const uint8_t *row;
     const uint32_t *words; /* panel formats: the row's first word (formats.h) */
     const float *table;
@@ -57,6 +60,7 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
 {
     size_t b0 = (size_t)r * m->blocks_per_row;
     d->m = m;
+    d->r = r;
     d->row = m->data + (size_t)r * m->row_bytes;
     d->words = qt_traits[fmt].layout == QT_LAYOUT_PANEL ? qt_panel_row(m, fmt, r) : NULL;
     d->table = qt_traits[fmt].table;
@@ -80,7 +84,7 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
  * same way. */
 static inline int split_order(int fmt)
 {
-    return qt_traits[fmt].layout == QT_LAYOUT_ROWS && qt_traits[fmt].bits == 4;
+    return qt_traits[fmt].layout == QT_LAYOUT_ROWS && qt_traits[fmt].scale == QT_SCALE_AFFINE;
 }
 
 static inline int split_element(int p)
@@ -131,11 +135,18 @@ static inline size_t chunk_bytes(int fmt)
 }
 
 /* rowdec_chunk of the formats stored row after row, from the chunk's address p in the row
- * (loops that walk a row keep a pointer rather than recomputing it from k); nibbles in
- * split order when `split`. */
-ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const uint8_t *p, vf *out)
+ * (loops that walk a row keep a pointer rather than recomputing it from k; ggml's formats
+ * find the chunk from k in the block rowdec_block loaded); nibbles in split order when
+ * `split`. */
+ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const uint8_t *p, size_t k,
+                                   vf *out)
 {
-    if (qt_traits[fmt].bits == 32) {
+    if (qt_traits[fmt].scale == QT_SCALE_GGML || qt_traits[fmt].bits == 16) {
+        float t[32];
+        qt_decode_range(d->m, d->r, (int)k, (int)k + 32, t);
+        for (int v = 0; v < NV; v++)
+            out[v] = vload(t + v * VLEN);
+    } else if (qt_traits[fmt].bits == 32) {
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
             out[v] = vload((const float *)p + v * VLEN);
@@ -155,7 +166,7 @@ ALWAYS_INLINE void rowdec_chunk(const rowdec *d, int fmt, size_t k, vf *out)
     const int planes = qt_traits[fmt].planes;
     const uint32_t *w;
     if (qt_traits[fmt].layout == QT_LAYOUT_ROWS) {
-        rowdec_chunk_at(d, fmt, 0, d->row + k / 32 * chunk_bytes(fmt), out);
+        rowdec_chunk_at(d, fmt, 0, d->row + k / 32 * chunk_bytes(fmt), k, out);
     } else if (qt_traits[fmt].bits == 4) { /* 4 words of 8 codes, a panel word (16 words) apart */
         w = d->words + k / 8 * QT_PANEL;
         decode_nibbles32(_mm_setr_epi32((int)w[0], (int)w[QT_PANEL], (int)w[2 * QT_PANEL],

@@ -50,10 +50,10 @@ static float *split_x(const float *x, int M, int K)
 
 /* acc[i][u] += the weights [k, k + 32) of the row times those of row i of x. */
 ALWAYS_INLINE void gemv_chunk(const rowdec *d, int fmt, int MG, size_t K, const uint8_t *p,
-                              const float *x, vf acc[4][2][NV], int u)
+                              size_t k, const float *x, vf acc[4][2][NV], int u)
 {
     vf wv[NV];
-    rowdec_chunk_at(d, fmt, split_order(fmt), p, wv);
+    rowdec_chunk_at(d, fmt, split_order(fmt), p, k, wv);
 #pragma GCC unroll 4
     for (int i = 0; i < MG; i++)
 #pragma GCC unroll 4
@@ -92,16 +92,16 @@ ALWAYS_INLINE void gemv_rows_fmt(const small_ctx *c, int fmt, int bs, int MG, in
             for (; left >= 32 * (size_t)U; left -= 32 * U, p += U * step, xk += 32 * U)
 #pragma GCC unroll 2
                 for (int u = 0; u < U; u++)
-                    gemv_chunk(&d, fmt, MG, K, p + u * step, xk + 32 * u, acc, u);
+                    gemv_chunk(&d, fmt, MG, K, p + u * step, (size_t)(xk - x) + 32 * u, xk + 32 * u, acc, u);
             if (left) { /* 32-column blocks */
-                gemv_chunk(&d, fmt, MG, K, p, xk, acc, 0);
+                gemv_chunk(&d, fmt, MG, K, p, (size_t)(xk - x), xk, acc, 0);
                 p += step, xk += 32;
             }
         }
         if (xk < x + kv)
             rowdec_block(&d, fmt, spans);
         for (; xk < x + kv; p += step, xk += 32)
-            gemv_chunk(&d, fmt, MG, K, p, xk, acc, 0);
+            gemv_chunk(&d, fmt, MG, K, p, (size_t)(xk - x), xk, acc, 0);
         float tail[32];
         if (kv < (size_t)K)
             qt_decode_range(w, n, (int)kv, K, tail);

@@ -3,6 +3,7 @@
  * Plain C on purpose: this runs once at load, and it is the definition of each format:
  * the functions quantize_<codec>_row and decode_<codec> that the codec column of
  * QT_FORMATS names. */
+#include "ggml_blocks.h"
 #include "kernels.h"
 
 #include <math.h>
@@ -185,6 +186,35 @@ static void quantize_int4_row(qt_matrix *m, int r, const float *x, quant_work *q
             set_nibble(row, k, (unsigned)fminf(fmaxf(c, 0.0f), 15.0f));
         }
     }
+}
+
+/* ggml's types: ggml's reference quantizers (ggml.c), row by row into the row's blocks. */
+static void quantize_ggml_row(qt_matrix *m, int r, const float *x, quant_work *q)
+{
+    (void)q;
+    qt_ggml_quantize_row(m->spec.format, x, m->cols, m->data + (size_t)r * m->row_bytes);
+}
+
+/* f16 and bf16: row r's values, each by `convert`. */
+static void store_halves(qt_matrix *m, int r, const float *x, uint16_t (*convert)(float))
+{
+    uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    for (int k = 0; k < m->cols; k++) {
+        uint16_t h = convert(x[k]);
+        memcpy(row + 2 * (size_t)k, &h, sizeof h);
+    }
+}
+
+static void quantize_f16_row(qt_matrix *m, int r, const float *x, quant_work *q)
+{
+    (void)q;
+    store_halves(m, r, x, qt_f32_to_f16);
+}
+
+static void quantize_bf16_row(qt_matrix *m, int r, const float *x, quant_work *q)
+{
+    (void)q;
+    store_halves(m, r, x, qt_f32_to_bf16);
 }
 
 /* ---- PyTorch's float32 sum, for the double-quant offset ----
@@ -370,6 +400,36 @@ static void decode_ternary(const qt_matrix *m, int r, int k0, int k1, float *out
         out[k] = get_bit(m, r, k, 0) ? m->scale[r] : get_bit(m, r, k, 1) ? -m->scale[r] : 0.0f;
 }
 
+/* ggml's types: block by block, the block's constants once (ggml_blocks.h). */
+static void decode_ggml(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const int fmt = m->spec.format, values = qt_ggml_traits[fmt].values, G = ggml_group(fmt);
+    const uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    for (int b0 = k0 / values * values; b0 < k1; b0 += values) {
+        const uint8_t *blk = row + (size_t)(b0 / values) * qt_ggml_traits[fmt].bytes;
+        float s[QT_GGML_MAX_GROUPS], b[QT_GGML_MAX_GROUPS];
+        ggml_block_consts(fmt, blk, s, b);
+        for (int k = b0 > k0 ? b0 : k0, k2 = b0 + values < k1 ? b0 + values : k1; k < k2; k++) {
+            int e = k - b0;
+            out[k] = ggml_weight(fmt, ggml_code(fmt, blk, e), s[e / G], b[e / G]);
+        }
+    }
+}
+
+static void decode_f16(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    for (int k = k0; k < k1; k++)
+        out[k] = qt_f16_to_f32(qt_load_u16(row + 2 * (size_t)k));
+}
+
+static void decode_bf16(const qt_matrix *m, int r, int k0, int k1, float *out)
+{
+    const uint8_t *row = m->data + (size_t)r * m->row_bytes;
+    for (int k = k0; k < k1; k++)
+        out[k] = qt_bf16_to_f32(qt_load_u16(row + 2 * (size_t)k));
+}
+
 /* ---- the codecs: each format's functions, generated from QT_FORMATS ---- */
 
 typedef struct {
@@ -396,7 +456,7 @@ static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
     int ok = m->data != NULL;
     if (ok)
         memset(m->data, 0, data_bytes);
-    if (t->scale != QT_SCALE_NONE && !m->spec.double_quant)
+    if (t->scale != QT_SCALE_NONE && t->scale != QT_SCALE_GGML && !m->spec.double_quant)
         ok = ok && (m->scale = calloc(slots, sizeof(float)));
     if (t->scale == QT_SCALE_AFFINE)
         ok = ok && (m->zero = calloc(slots, sizeof(int32_t)));
@@ -407,6 +467,17 @@ static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
     if (!ok) {
         snprintf(err, errlen, "out of memory quantizing a %d x %d matrix", m->rows, m->cols);
         qt_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* ggml's types take whole blocks only, as ggml does. */
+static int check_cols(qt_spec spec, int rows, int cols, char *err, size_t errlen)
+{
+    if (qt_traits[spec.format].scale == QT_SCALE_GGML && cols % spec.block) {
+        snprintf(err, errlen, "shape: %s takes rows of whole %d-value blocks, not %d x %d",
+                 qt_traits[spec.format].name, spec.block, rows, cols);
         return -1;
     }
     return 0;
@@ -428,6 +499,8 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
                      w[i], i / cols, i % cols);
             return -1;
         }
+    if (check_cols(spec, rows, cols, err, errlen) < 0)
+        return -1;
     m->spec = spec;
     m->rows = rows;
     m->cols = cols;
@@ -466,7 +539,8 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
 
 void qt_free(qt_matrix *m)
 {
-    free(m->data);
+    if (!m->borrowed)
+        free(m->data);
     free(m->scale);
     free(m->zero);
     free(m->qabsmax);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: builds twice (release, and ASan+UBSan with leak checking) and runs
-# the whole suite in both, then the wire fuzzer for a minute (a clang build of its own,
-# ASan+UBSan), and prints `tests: N passed, N failed` over all of them.
+# the whole suite in both, then the wire and GGUF fuzzers for a minute each (a clang build of
+# its own, ASan+UBSan), and prints `tests: N passed, N failed` over all of them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -24,10 +24,11 @@ for dir in build build-sanitize; do
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     meson test -C "$dir" --print-errorlogs "$@" || status=1
 done
-ninja -C build-fuzz tests/fuzz_wire >/dev/null || { echo "build failed in build-fuzz"; ninja -C build-fuzz tests/fuzz_wire | tail -30; exit 1; }
+fuzzers="tests/fuzz_wire tests/fuzz_gguf"
+ninja -C build-fuzz $fuzzers >/dev/null || { echo "build failed in build-fuzz"; ninja -C build-fuzz $fuzzers | tail -30; exit 1; }
 rm -f build-fuzz/meson-logs/testlog.json
-echo "== fuzzer (build-fuzz)"
-meson test -C build-fuzz --no-rebuild --print-errorlogs fuzz_wire || status=1
+echo "== fuzzers (build-fuzz)"
+meson test -C build-fuzz --no-rebuild --print-errorlogs fuzz_wire fuzz_gguf || status=1
 grep -h -E '^(stat::|Done )|cov: ' build-fuzz/meson-logs/testlog.txt | tail -6
 /usr/bin/python3 scripts/test-summary.py build/meson-logs/testlog.json \
   build-sanitize/meson-logs/testlog.json build-fuzz/meson-logs/testlog.json || status=1

@@ -35,6 +35,43 @@ static float *gaussian_matrix(size_t n, float sd)
     return x;
 }
 
+/* ---- ggml's formats: defined by ggml, whose own code is their reference (test_ggml.c);
+ * here they take part in every test of the kernels, on shapes of whole blocks ---- */
+
+typedef struct {
+    qt_format f;
+    int values, bytes;
+} ggml_row;
+
+#define GGML_ROW_(format, name, id, values, bytes) {format, values, bytes},
+static const ggml_row ggml_rows[] = {QT_GGML_TYPES(GGML_ROW_)};
+#undef GGML_ROW_
+
+/* ggml's block of a format (32 or 256) where it has one that spec.block must be, else 0. */
+static int ggml_block(qt_format f)
+{
+    for (size_t i = 0; i < sizeof ggml_rows / sizeof ggml_rows[0]; i++)
+        if (ggml_rows[i].f == f && ggml_rows[i].values > 1)
+            return ggml_rows[i].values;
+    return 0;
+}
+
+/* Columns for a test that wants about `cols`: whole blocks where the format needs them. */
+static int fit_cols(qt_format f, int cols)
+{
+    int b = ggml_block(f);
+    return b ? (cols + b - 1) / b * b : cols;
+}
+
+/* Whether the format is one of ggml's (QT_GGML_TYPES; not f32, which is qlorad's own). */
+static int is_ggml(qt_format f)
+{
+    for (size_t i = 0; i < sizeof ggml_rows / sizeof ggml_rows[0]; i++)
+        if (ggml_rows[i].f == f && f != QT_F32)
+            return 1;
+    return 0;
+}
+
 /* ---- brute-force references: argmin over whole tables, formulas written out ---- */
 
 static int argmin_first(const float *table, int n, float x)
@@ -192,6 +229,12 @@ static void test_roundtrips(void)
     const int blocks[] = {32, 64, 256};
     for (int f = 0; f < QT_NFORMATS; f++)
         for (int dq = 0; dq < 2; dq++) {
+            if (is_ggml(f)) { /* test_ggml.c: against ggml_quantize_chunk, byte for byte */
+                if (!dq)
+                    test_case("%s round trip: its reference is ggml's own code (test ggml)",
+                              qt_format_name(f));
+                continue;
+            }
             if (dq && !qt_spec_default(f).double_quant)
                 continue;
             int bad = 0, total = 0;
@@ -229,19 +272,19 @@ static void test_roundtrips(void)
 
 static void test_special_blocks(void)
 {
-    float c[3 * 64];
-    for (int i = 0; i < 64; i++)
-        c[i] = 0.37f, c[64 + i] = -2.5f, c[128 + i] = 0.0f;
+    float c[3 * 256]; /* rows of 256: whole blocks of every format */
+    for (int i = 0; i < 256; i++)
+        c[i] = 0.37f, c[256 + i] = -2.5f, c[512 + i] = 0.0f;
     for (int f = 0; f < QT_NFORMATS; f++) {
         qt_matrix m;
         char err[128];
-        float out[3 * 64];
-        CHECK(qt_quantize(&m, c, 3, 64, qt_spec_default(f), err, sizeof err) == 0, "%s", err);
+        float out[3 * 256];
+        CHECK(qt_quantize(&m, c, 3, 256, qt_spec_default(f), err, sizeof err) == 0, "%s", err);
         qt_dequantize_rows(&m, 0, 3, out);
-        for (int i = 0; i < 3 * 64; i++)
+        for (int i = 0; i < 3 * 256; i++)
             CHECK(isfinite(out[i]), "%s: non-finite output", qt_format_name(f));
         if (f == QT_INT4 || f == QT_F32 || f == QT_INT8)
-            for (int i = 0; i < 3 * 64; i++)
+            for (int i = 0; i < 3 * 256; i++)
                 CHECK(out[i] == c[i], "%s: constant block value %d: %.9g vs %.9g",
                       qt_format_name(f), i, out[i], c[i]);
         qt_free(&m);
@@ -339,21 +382,30 @@ static void test_format_rows(void)
                   parsed == r->id, "%s: name and parse disagree", r->name);
         CHECK(qt_spec_default(r->id).double_quant == r->dq, "%s: default double_quant", r->name);
         char err[128];
-        qt_spec dq = {r->id, B, 1};
+        const int block = ggml_block(r->id) ? ggml_block(r->id) : B;
+        qt_spec dq = {r->id, block, 1};
         CHECK((qt_spec_check(dq, err, sizeof err) == 0) == r->dq, "%s: double_quant check", r->name);
+        CHECK(qt_spec_default(r->id).block == (ggml_block(r->id) ? ggml_block(r->id) : QT_BLOCK_DEFAULT),
+              "%s: default block", r->name);
         CHECK((qt_code_table(r->id) != NULL) == (r->bits == 4 && !strcmp(r->scale, "ABSMAX")),
               "%s: code table", r->name);
         /* bits per parameter from the columns: the codes, then what `scale` holds */
         for (int d = 0; d <= r->dq; d++) {
-            double blocks = (double)rows * cols / B, want = (double)r->bits * r->planes * rows * cols;
+            double blocks = (double)rows * cols / block, want = (double)r->bits * r->planes * rows * cols;
+            if (!strcmp(r->scale, "GGML")) /* ggml's blocks, their constants inside */
+                for (size_t g = 0; g < sizeof ggml_rows / sizeof ggml_rows[0]; g++)
+                    if (ggml_rows[g].f == r->id)
+                        want = 8.0 * ggml_rows[g].bytes * blocks;
             if (!strcmp(r->scale, "ROW"))
                 want += 32.0 * rows;
+            else if (!strcmp(r->scale, "GGML"))
+                ;
             else if (r->block && d) /* an 8-bit code per block, an fp32 per 256, the offset */
                 want += 8 * blocks + 32 * ceil(blocks / 256) + 32;
             else if (r->block)
                 want += (!strcmp(r->scale, "AFFINE") ? 64.0 : 32.0) * blocks;
             qt_matrix m;
-            qt_spec spec = {r->id, B, d};
+            qt_spec spec = {r->id, block, d};
             CHECK(qt_quantize(&m, w, rows, cols, spec, err, sizeof err) == 0, "%s", err);
             CHECK(fabs(qt_bits_per_param(&m) - want / ((double)rows * cols)) < 1e-9,
                   "%s dq%d (%s, %s): %.5f bits/param, the columns say %.5f", r->name, d, r->layout,
@@ -418,9 +470,10 @@ static void test_kernels(void)
         double worst = 0;
         for (size_t a = 0; a < sizeof Ns / sizeof Ns[0]; a++)
             for (size_t b = 0; b < sizeof Ks / sizeof Ks[0]; b++) {
-                int N = Ns[a], K = Ks[b];
+                int N = Ns[a], K = fit_cols(f, Ks[b]);
                 qt_spec spec = qt_spec_default(f);
-                spec.block = (a + b) % 2 ? 32 : 64;
+                if (!ggml_block(f))
+                    spec.block = (a + b) % 2 ? 32 : 64;
                 spec.double_quant = spec.double_quant && a % 2 == 0; /* nf4, fp4: both ways */
                 float *w = gaussian_matrix((size_t)N * K, 0.05f);
                 qt_matrix m;
@@ -481,11 +534,12 @@ static void test_kernels(void)
 static void test_vector_decode(void)
 {
     /* Every instruction set decodes to the same bits as the scalar definition. */
-    int rows = 7, cols = 333;
-    float *w = gaussian_matrix((size_t)rows * cols, 1);
-    float *ref = malloc((size_t)rows * cols * 4), *got = malloc((size_t)rows * cols * 4);
+    int rows = 7, most = 512; /* 333 columns, or whole blocks: 352 or 512 */
+    float *w = gaussian_matrix((size_t)rows * most, 1);
+    float *ref = malloc((size_t)rows * most * 4), *got = malloc((size_t)rows * most * 4);
     qt_isa best = qt_isa_best();
     for (int f = 0; f < QT_NFORMATS; f++) {
+        int cols = fit_cols(f, 333);
         qt_matrix m;
         char err[128];
         CHECK(qt_quantize(&m, w, rows, cols, qt_spec_default(f), err, sizeof err) == 0, "%s", err);
@@ -512,10 +566,11 @@ static void test_threads_agree(void)
     const struct {
         qt_format f;
         int M;
-    } cases[] = {{QT_NF4, 40}, {QT_NF4, 70}, {QT_F32, 70}, {QT_NF4, 1}, {QT_TERNARY, 1}, {QT_BITNET1, 3}};
-    int N = 301, K = 2055;
+    } cases[] = {{QT_NF4, 40}, {QT_NF4, 70}, {QT_F32, 70}, {QT_NF4, 1}, {QT_TERNARY, 1}, {QT_BITNET1, 3},
+                 {QT_Q4_K, 1}, {QT_Q6_K, 40}, {QT_Q8_0, 3}, {QT_F16, 70}};
+    int N = 301;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int M = cases[i].M;
+        int M = cases[i].M, K = fit_cols(cases[i].f, 2055);
         float *w = gaussian_matrix((size_t)N * K, 0.05f), *x = gaussian_matrix((size_t)M * K, 1);
         qt_matrix m;
         char err[128];

@@ -38,6 +38,14 @@ static int measure_layer(void *ctx, int layer, llama_linear l, const float *w, i
         char err[256];
         qt_spec spec = qt_spec_default(f);
         spec.block = t->block;
+        if (qt_spec_check(spec, err, sizeof err) < 0)
+            spec = qt_spec_default(f); /* ggml's formats have their own blocks */
+        if (spec.block != t->block && cols % spec.block) { /* and take only whole ones */
+            t->err2[f][l] = NAN; /* printed as "-": not every matrix fits the format */
+            if (layer < 64)
+                t->layer_err2[f][layer] = NAN;
+            continue;
+        }
         if (qt_quantize(&q, w, rows, cols, spec, err, sizeof err) < 0) {
             free(deq);
             return -1;
@@ -55,10 +63,19 @@ static int measure_layer(void *ctx, int layer, llama_linear l, const float *w, i
     return 0;
 }
 
+/* One cell of the error tables: "-" where a format did not take every matrix. */
+static void print_rmse(double err2, double ref2)
+{
+    if (isnan(err2))
+        printf(" %8s", "-");
+    else
+        printf(" %8.4f", sqrt(err2 / ref2));
+}
+
 int cmd_inspect(int argc, char **argv)
 {
     const char *cmd = "inspect";
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
+    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
     int e;
     for (int i = 1; i < argc; i++) {
         if (!tool_model_option(cmd, argc, argv, &i, &o, &e))
@@ -73,7 +90,7 @@ int cmd_inspect(int argc, char **argv)
         return rc;
     const llama_config *c = &m.cfg;
     size_t quantized, params = llama_n_params(c, m.tied, &quantized);
-    printf("model %s (%s layout, %s)\n", o.dir, m.hf_layout ? "Hugging Face" : "llama2.c", llama_arch_name(c->arch));
+    printf("model %s (%s layout, %s)\n", o.dir, m.gguf ? "GGUF" : m.hf_layout ? "Hugging Face" : "llama2.c", llama_arch_name(c->arch));
     printf("  dim %d, hidden %d, layers %d, heads %d of %d, kv heads %d, vocab %d, seq_len %d, %s head\n",
            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->head_size, c->n_kv_heads, c->vocab_size,
            c->seq_len, m.tied ? "tied" : "separate");
@@ -91,7 +108,7 @@ int cmd_inspect(int argc, char **argv)
     size_t rss = rt_rss_bytes() - rss0;
     size_t expect = (size_t)(bits * quantized / 8) + fp32_rest + cache;
     printf("\nquantization %s, block %d%s: %.3f bits/param over the linears\n",
-           qt_format_name(o.spec.format), o.spec.block, o.spec.double_quant ? ", double quant" : "",
+           llama_quant_name(&m), o.spec.block, o.spec.double_quant ? ", double quant" : "",
            bits);
     printf("memory: quantized linears %.2f MiB + fp32 embeddings, norms, biases, head %.2f MiB + KV cache "
            "(%d positions) %.2f MiB = %.2f MiB expected\n", bits * quantized / 8 / 1048576.0,
@@ -113,7 +130,7 @@ int cmd_inspect(int argc, char **argv)
     for (int f = 1; f < QT_NFORMATS; f++) {
         printf("  %-8s", qt_format_name(f));
         for (int l = 0; l < LIN_COUNT; l++)
-            printf(" %8.4f", sqrt(t.err2[f][l] / t.ref2[l]));
+            print_rmse(t.err2[f][l], t.ref2[l]);
         printf("\n");
     }
     printf("\nrelative RMSE of each layer (all seven linears):\n  %-8s", "format");
@@ -123,7 +140,7 @@ int cmd_inspect(int argc, char **argv)
     for (int f = 1; f < QT_NFORMATS; f++) {
         printf("  %-8s", qt_format_name(f));
         for (int l = 0; l < c->n_layers && l < 64; l++)
-            printf(" %8.4f", sqrt(t.layer_err2[f][l] / t.layer_ref2[l]));
+            print_rmse(t.layer_err2[f][l], t.layer_ref2[l]);
         printf("\n");
     }
 

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "generate.h"
+#include "gguf.h"
 #include "json.h"
 #include "mapfile.h"
 #include "model.h"
@@ -21,13 +22,15 @@ int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model
         o->dir = argv[++*i];
     } else if (!strcmp(a, "--quant") && has) {
         qt_format f;
-        if (qt_format_parse(argv[++*i], &f) < 0) {
-            *err = tool_fail(cmd, "--quant: unknown format '%s' (f32 nf4 fp4 int8 int4 bitnet1 ternary)",
-                             argv[*i]);
+        if (llama_quant_parse(argv[++*i], &f) < 0) {
+            *err = tool_fail(cmd, "--quant: unknown format '%s' (native f32 nf4 fp4 int8 int4 bitnet1 ternary, or a "
+                             "ggml type: q8_0 ...)", argv[*i]);
         } else {
             int block = o->spec.block, dq_off = o->no_dq;
-            o->spec = qt_spec_default(f);
-            o->spec.block = block;
+            o->quant_set = 1;
+            o->spec = llama_quant_spec(f);
+            if (f != LLAMA_QUANT_NATIVE)
+                o->spec.block = block;
             o->spec.double_quant = o->spec.double_quant && !dq_off;
         }
     } else if (!strcmp(a, "--block") && has) {
@@ -47,7 +50,9 @@ int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tok
     char err[1024];
     if (!o->dir)
         return tool_fail(cmd, "--model DIR is required");
-    if (qt_spec_check(o->spec, err, sizeof err) < 0)
+    if (!o->quant_set && gguf_is_file(o->dir)) /* a GGUF file keeps its types unless told */
+        o->spec = llama_quant_spec(LLAMA_QUANT_NATIVE);
+    if (o->spec.format != LLAMA_QUANT_NATIVE && qt_spec_check(o->spec, err, sizeof err) < 0)
         return tool_fail(cmd, "%s", err);
     if (llama_load(m, o->dir, o->spec, err, sizeof err) < 0) {
         fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
@@ -206,7 +211,7 @@ static int eval_examples(const char *cmd, const char *path, const llama_model *m
 int cmd_eval(int argc, char **argv)
 {
     const char *cmd = "eval", *tokens = NULL, *text = NULL, *adapter = NULL, *examples = NULL;
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
+    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
     int json = 0, e;
     for (int i = 1; i < argc; i++) {
         if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {
@@ -271,7 +276,7 @@ int cmd_eval(int argc, char **argv)
                    exp(nll / (double)npred));
         } else {
             printf("%s (%s): %d sequences, %zu predicted tokens, nll %.4f nats/token, ppl %.5f\n",
-                   o.dir, qt_format_name(o.spec.format), n_seqs, npred, nll / (double)npred,
+                   o.dir, llama_quant_name(&m), n_seqs, npred, nll / (double)npred,
                    exp(nll / (double)npred));
         }
     }
@@ -305,7 +310,7 @@ static int print_token(void *p, int token)
 int cmd_generate(int argc, char **argv)
 {
     const char *cmd = "generate", *prompt = "", *adapter = NULL;
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0};
+    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
     int n = 64, e;
     llama_sampling s = {0.0f, 0.9f, 0, NULL, 0};
     for (int i = 1; i < argc; i++) {

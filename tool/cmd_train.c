@@ -58,7 +58,7 @@ static int on_event(void *p, trainer *t, train_event ev, const train_progress *p
 int cmd_train(int argc, char **argv)
 {
     const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL, *chat_name = NULL;
-    tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0};
+    tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0, 0};
     train_hyper h;
     int e, have_lr = 0, have_seq = 0, have_warmup = 0, have_steps = 0;
     /* lr and seq_len defaults depend on the model: set after it is loaded, unless given */
@@ -184,7 +184,7 @@ int cmd_train(int argc, char **argv)
         goto done;
     }
     printf("training %s on %s (%s, %zu tokens): rank %d, alpha %g, lr %g, %d steps of %d x %d tokens\n",
-           train_vocab_name(&train_methods, h.method), o.dir, qt_format_name(o.spec.format), n,
+           train_vocab_name(&train_methods, h.method), o.dir, llama_quant_name(&m), n,
            h.rank, h.alpha, h.lr, t.hyper.steps, h.batch * h.grad_accum, h.seq_len);
     if (h.epochs)
         printf("epochs: %d (%d steps)\n", h.epochs, t.hyper.steps);

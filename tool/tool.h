@@ -27,6 +27,7 @@ typedef struct {
     const char *dir;
     qt_spec spec;
     int no_dq;
+    int quant_set;  /* --quant given; else a GGUF file loads native */
 } tool_model_opts;
 /* Consumes argv[*i] (and its value) if it is a model option: returns 1, with *err set to
  * a usage exit status if its value is bad; returns 0 for any other argument. */

@@ -25,16 +25,16 @@
 #include "quant.h"
 
 /* The seven linears of a layer, in the order of every per-linear array: X(enum suffix,
- * short name, PEFT target name, Hugging Face module under model.layers.N, rows, columns)
- * with rows and columns as members of llama_config. */
-#define LLAMA_LINEARS(X)                                                    \
-    X(Q, "q", "q_proj", "self_attn.q_proj", q_dim, dim)                     \
-    X(K, "k", "k_proj", "self_attn.k_proj", kv_dim, dim)                    \
-    X(V, "v", "v_proj", "self_attn.v_proj", kv_dim, dim)                    \
-    X(O, "o", "o_proj", "self_attn.o_proj", dim, q_dim)                     \
-    X(GATE, "gate", "gate_proj", "mlp.gate_proj", hidden_dim, dim)          \
-    X(UP, "up", "up_proj", "mlp.up_proj", hidden_dim, dim)                  \
-    X(DOWN, "down", "down_proj", "mlp.down_proj", dim, hidden_dim)
+ * short name, PEFT target name, Hugging Face module under model.layers.N, GGUF tensor
+ * under blk.N, rows, columns) with rows and columns as members of llama_config. */
+#define LLAMA_LINEARS(X)                                                                \
+    X(Q, "q", "q_proj", "self_attn.q_proj", "attn_q", q_dim, dim)                       \
+    X(K, "k", "k_proj", "self_attn.k_proj", "attn_k", kv_dim, dim)                      \
+    X(V, "v", "v_proj", "self_attn.v_proj", "attn_v", kv_dim, dim)                      \
+    X(O, "o", "o_proj", "self_attn.o_proj", "attn_output", dim, q_dim)                  \
+    X(GATE, "gate", "gate_proj", "mlp.gate_proj", "ffn_gate", hidden_dim, dim)          \
+    X(UP, "up", "up_proj", "mlp.up_proj", "ffn_up", hidden_dim, dim)                    \
+    X(DOWN, "down", "down_proj", "mlp.down_proj", "ffn_down", dim, hidden_dim)
 
 typedef enum {
 #define LIN_ENUM(e, ...) LIN_##e,
@@ -48,8 +48,10 @@ typedef enum { LLAMA_ARCH_LLAMA, LLAMA_ARCH_MISTRAL, LLAMA_ARCH_QWEN2, LLAMA_ARC
 
 /* RoPE's frequencies: theta ** (-2i / head_size), then rescaled (modeling_rope_utils.py):
  * linear divides each by factor; llama3 divides the low ones by factor, keeps the high
- * ones and blends between (_compute_llama3_parameters). */
-typedef enum { LLAMA_ROPE_DEFAULT, LLAMA_ROPE_LINEAR, LLAMA_ROPE_LLAMA3 } llama_rope_type;
+ * ones and blends between (_compute_llama3_parameters); factors divides frequency i by
+ * the model's rope_factors[i] (a GGUF file's rope_freqs, llama.cpp's freq_factors: how
+ * its converter writes Llama 3's scaling). */
+typedef enum { LLAMA_ROPE_DEFAULT, LLAMA_ROPE_LINEAR, LLAMA_ROPE_LLAMA3, LLAMA_ROPE_FACTORS } llama_rope_type;
 typedef struct {
     llama_rope_type type;
     float factor, low_freq_factor, high_freq_factor;
@@ -96,21 +98,37 @@ typedef struct {
     float *rms_final;          /* [dim] */
     llama_layer *layers;
     float *rope_cos, *rope_sin;/* [seq_len x head_size/2] */
+    float *rope_factors;       /* [head_size/2] with LLAMA_ROPE_FACTORS, else NULL */
+    void *gguf_owner;          /* --quant native: the gguf_file whose mapping the linears
+                                  borrow, closed by llama_free; else NULL */
     uint64_t fingerprint;      /* hash of the fp32 weights (canonical order) and the spec */
     char dir[4096];
     int hf_layout;
+    int gguf;                  /* loaded from a GGUF file (dir is its path) */
 } llama_model;
 
-/* The names of LLAMA_LINEARS: "q" ..., "q_proj" ..., "self_attn.q_proj" ... ("?" for a
- * value out of range). */
+/* The names of LLAMA_LINEARS: "q" ..., "q_proj" ..., "self_attn.q_proj" ..., "attn_q" ...
+ * ("?" for a value out of range). */
 const char *llama_linear_name(llama_linear l);
 const char *llama_linear_peft_name(llama_linear l);
 const char *llama_linear_module(llama_linear l);
+const char *llama_linear_gguf(llama_linear l);
 /* Shape of linear l: rows x cols. */
 void llama_linear_shape(const llama_config *c, llama_linear l, int *rows, int *cols);
 
-/* Loads dir (either layout) and quantizes with spec; -1 with a message naming the file
- * and tensor at fault. */
+/* --quant native: every linear of a GGUF file stays in its file's type (borrowed from the
+ * mapping where its rows need no permutation), for llama_load's spec.format. The default
+ * for a GGUF file; refused for the other layouts. */
+#define LLAMA_QUANT_NATIVE ((qt_format)QT_NFORMATS)
+/* A --quant name: a format of quant.h or "native"; -1 when neither. */
+int llama_quant_parse(const char *name, qt_format *f);
+/* The spec of f: qt_spec_default, or native's. */
+qt_spec llama_quant_spec(qt_format f);
+/* What the model's linears are: the spec's format name, or "native". */
+const char *llama_quant_name(const llama_model *m);
+
+/* Loads dir (either layout, or a GGUF file) and quantizes with spec; -1 with a message
+ * naming the file and tensor at fault. */
 int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen);
 void llama_free(llama_model *m);
 static inline const qt_matrix *llama_head(const llama_model *m)
