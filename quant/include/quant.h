@@ -161,6 +161,8 @@ const char *qt_ggml_type_name(int type);
 size_t qt_ggml_row_bytes(int type, int cols);
 /* The format that holds a ggml type (F32: QT_F32); -1 when none does. */
 int qt_ggml_format(int type);
+/* The ggml type a format's bytes are (for writing GGUF); -1 for qlorad's own formats. */
+int qt_format_ggml_type(qt_format f);
 /* A rows x cols matrix over len bytes of ggml blocks at data (row-major, as in a GGUF file).
  * borrow != 0: m points into data (which must outlive m); else copies. -1 with a message
  * naming the type/shape at fault. */
