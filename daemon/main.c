@@ -136,7 +136,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--quant")) {
             qt_format f;
             if (qt_format_parse(v, &f) < 0) {
-                fprintf(stderr, "qlorad: --quant: '%s' is not one of f32 nf4 fp4 int8 int4 bitnet1 ternary\n", v);
+                fprintf(stderr, "qlorad: --quant: '%s' is not one of %s\n", v, qt_format_list());
                 return 2;
             }
             int dq = spec.double_quant;

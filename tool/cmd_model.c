@@ -22,12 +22,14 @@ int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model
     } else if (!strcmp(a, "--quant") && has) {
         qt_format f;
         if (qt_format_parse(argv[++*i], &f) < 0) {
-            *err = tool_fail(cmd, "--quant: unknown format '%s' (f32 nf4 fp4 int8 int4 bitnet1 ternary)",
-                             argv[*i]);
+            *err = tool_fail(cmd, "--quant: unknown format '%s' (%s)", argv[*i], qt_format_list());
         } else {
-            int block = o->spec.block, dq_off = o->no_dq;
+            /* a --block given before stays; else the format's own (ggml's have theirs) */
+            int block = o->spec.block, given = block != qt_spec_default(o->spec.format).block;
+            int dq_off = o->no_dq;
             o->spec = qt_spec_default(f);
-            o->spec.block = block;
+            if (given)
+                o->spec.block = block;
             o->spec.double_quant = o->spec.double_quant && !dq_off;
         }
     } else if (!strcmp(a, "--block") && has) {

@@ -124,6 +124,8 @@ typedef struct {
 
 /* ---- formats ---- */
 const char *qt_format_name(qt_format f);
+/* Every format's name, in order, separated by spaces ("f32 nf4 ... bf16"), for messages. */
+const char *qt_format_list(void);
 /* Parses a format name; returns -1 (and leaves *f alone) when unknown. */
 int qt_format_parse(const char *name, qt_format *f);
 /* The default spec of a format: block 64 (ggml's formats: their own block), double quant
