@@ -7,8 +7,16 @@
  * a ratio to OpenBLAS sgemv / sgemm on the same weights in fp32, timed in alternating bursts with each kernel so that the load of a
  * shared machine weighs on both alike. Figures are printed, never asserted.
  *
- * usage: bench_quant [--model DIR] [--quick] */
+ * For ggml's formats a second reference: ggml's own CPU dot product for that type (its
+ * vec_dot, with x quantized to the type's vec_dot_type by its from_float, as ggml's
+ * mat-mul does), at M=1 and one thread, from .deps/llama's libggml-cpu-haswell.so
+ * (--ggml DIR, default .deps/llama/lib), on the same bytes, since the formats keep ggml's
+ * blocks. Formats that do not take a matrix set's shapes (whole 256-value blocks) get a
+ * "-" row.
+ *
+ * usage: bench_quant [--model DIR] [--quick] [--ggml DIR] */
 #include <cblas.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,6 +123,58 @@ static void run_products_t(void *p)
     }
 }
 
+/* ---- ggml's CPU backend (ggml-cpu.h), loaded at run time ---- */
+
+typedef struct { /* struct ggml_type_traits_cpu */
+    void (*from_float)(const float *x, void *y, int64_t k);
+    void (*vec_dot)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by,
+                    int nrc);
+    int vec_dot_type;
+    int64_t nrows;
+} ggml_cpu_traits;
+
+static struct {
+    const ggml_cpu_traits *(*traits)(int type);
+    size_t (*row_size)(int type, int64_t ne);
+} ggml_cpu;
+
+static void load_ggml_cpu(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/libggml-cpu-haswell.so", dir);
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    void (*init)(void) = h ? (void (*)(void))dlsym(h, "ggml_cpu_init") : NULL;
+    *(void **)&ggml_cpu.traits = h ? dlsym(h, "ggml_get_type_traits_cpu") : NULL;
+    *(void **)&ggml_cpu.row_size = h ? dlsym(h, "ggml_row_size") : NULL;
+    if (!init || !ggml_cpu.traits || !ggml_cpu.row_size) {
+        fprintf(stderr, "bench_quant: no ggml reference (%s): run make setup\n", h ? "symbols" : dlerror());
+        ggml_cpu.traits = NULL;
+        return;
+    }
+    init();
+}
+
+/* y = W x for every matrix of a set, by ggml's vec_dot on qlorad's matrices' bytes. */
+typedef struct {
+    const matrix_set *set;
+    qt_matrix *q;
+    const float *x;
+    float *y;
+    void *xq; /* x in the vec_dot type */
+    const ggml_cpu_traits *t;
+} ggml_ctx;
+
+static void run_ggml(void *p)
+{
+    ggml_ctx *c = p;
+    for (int i = 0; i < c->set->count; i++) {
+        const qt_matrix *m = &c->q[i];
+        c->t->from_float(c->x, c->xq, m->cols);
+        for (int n = 0; n < m->rows; n++)
+            c->t->vec_dot(m->cols, c->y + n, 0, m->data + (size_t)n * m->row_bytes, 0, c->xq, 0, 1);
+    }
+}
+
 typedef struct {
     const matrix_set *set;
     qt_matrix *q;
@@ -144,7 +204,8 @@ static void bench_set(const matrix_set *set, double budget)
     float *x = malloc(M * max_k * sizeof(float)), *y = malloc(M * max_n * sizeof(float));
     float *dy = malloc(M * max_n * sizeof(float)), *dx = malloc(M * max_k * sizeof(float));
     float *deq = malloc(max_elems * sizeof(float));
-    if (!x || !y || !dy || !dx || !deq) {
+    void *xq = malloc(max_k * 4); /* x in a vec_dot type (at most 4 bytes a value) */
+    if (!x || !y || !dy || !dx || !deq || !xq) {
         fprintf(stderr, "bench_quant: out of memory\n");
         exit(1);
     }
@@ -158,13 +219,21 @@ static void bench_set(const matrix_set *set, double budget)
     double best_gemv = INFINITY, best_gemm = INFINITY, best_gemm_t = INFINITY;
     printf("\n### %s (%d matrices, %.2fM parameters)\n\n", set->name, set->count, params / 1e6);
     printf("| format | bits/param | rel. RMSE | decode GB/s | M=1 GFLOP/s | vs sgemv | "
-           "M=256 GFLOP/s | vs sgemm | M=256 dX GFLOP/s | vs sgemm |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+           "M=256 GFLOP/s | vs sgemm | M=256 dX GFLOP/s | vs sgemm | ggml vec_dot M=1, 1 thread |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
 
     for (int f = 0; f < QT_NFORMATS; f++) {
         qt_matrix q[64];
         size_t bytes = 0;
         double err2 = 0, ref2 = 0;
+        const int type = qt_format_ggml_type(f);
+        int fits = 1;
+        for (int i = 0; i < set->count; i++) /* ggml's formats: whole blocks only */
+            fits &= type < 0 || qt_ggml_row_bytes(type, set->cols[i]) != 0;
+        if (!fits) {
+            printf("| %s | - | - | - | - | - | - | - | - | - | - |\n", qt_format_name(f));
+            continue;
+        }
         for (int i = 0; i < set->count; i++) {
             char err[256];
             if (qt_quantize(&q[i], set->w[i], set->rows[i], set->cols[i], qt_spec_default(f),
@@ -187,14 +256,20 @@ static void bench_set(const matrix_set *set, double budget)
         best_times(run_products, &ref1, run_products, &r1, 2 * budget, &t_gemv, &t1);
         best_times(run_products, &ref256, run_products, &r256, 2 * budget, &t_gemm, &t256);
         best_times(run_products_t, &ref_t, run_products_t, &rt, 2 * budget, &t_gemm_t, &tt);
+        char ggml_col[32] = "-";
+        const ggml_cpu_traits *gt = type >= 0 && ggml_cpu.traits ? ggml_cpu.traits(type) : NULL;
+        if (gt && gt->vec_dot && gt->from_float && ggml_cpu.row_size(gt->vec_dot_type, (int64_t)max_k) <= max_k * 4) {
+            ggml_ctx gc = {set, q, x, y, xq, gt};
+            snprintf(ggml_col, sizeof ggml_col, "%.1f", flops_per_row / best_time(run_ggml, &gc, budget) / 1e9);
+        }
         best_gemv = t_gemv < best_gemv ? t_gemv : best_gemv;
         best_gemm = t_gemm < best_gemm ? t_gemm : best_gemm;
         best_gemm_t = t_gemm_t < best_gemm_t ? t_gemm_t : best_gemm_t;
-        printf("| %s | %.3f | %.4f | %.1f | %.1f | %.2fx | %.1f | %.2fx | %.1f | %.2fx |\n",
+        printf("| %s | %.3f | %.4f | %.1f | %.1f | %.2fx | %.1f | %.2fx | %.1f | %.2fx | %s |\n",
                qt_format_name(f), 8.0 * bytes / params, sqrt(err2 / ref2),
                params * 4.0 / t_dec / 1e9, flops_per_row / t1 / 1e9, t_gemv / t1,
                M * flops_per_row / t256 / 1e9, t_gemm / t256, M * flops_per_row / tt / 1e9,
-               t_gemm_t / tt);
+               t_gemm_t / tt, ggml_col);
         fflush(stdout);
         for (int i = 0; i < set->count; i++)
             qt_free(&q[i]);
@@ -203,7 +278,7 @@ static void bench_set(const matrix_set *set, double budget)
            "(M=256) %.1f GFLOP/s, for dX %.1f GFLOP/s; %d threads, kernels %s\n",
            flops_per_row / best_gemv / 1e9, M * flops_per_row / best_gemm / 1e9,
            M * flops_per_row / best_gemm_t / 1e9, rt_threads(), qt_isa_name(qt_isa_active()));
-    free(x), free(y), free(dy), free(dx), free(deq);
+    free(x), free(y), free(dy), free(dx), free(deq), free(xq);
 }
 
 static float *gaussian(size_t n, unsigned seed)
@@ -236,18 +311,21 @@ int main(int argc, char **argv)
         execv("/proc/self/exe", argv);
         perror("bench_quant: exec /proc/self/exe"); /* then go on, with the spinning */
     }
-    const char *model = "../shared/models/tinystories6M";
+    const char *model = "../shared/models/tinystories6M", *ggml_dir = ".deps/llama/lib";
     double budget = 0.3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc)
             model = argv[++i];
         else if (!strcmp(argv[i], "--quick"))
             budget = 0.05;
+        else if (!strcmp(argv[i], "--ggml") && i + 1 < argc)
+            ggml_dir = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_quant [--model DIR] [--quick]\n");
+            fprintf(stderr, "usage: bench_quant [--model DIR] [--quick] [--ggml DIR]\n");
             return 2;
         }
     }
+    load_ggml_cpu(ggml_dir);
     char path[4096], err[512];
     snprintf(path, sizeof path, "%s/model.bin", model);
     l2c_file f;

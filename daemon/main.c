@@ -137,8 +137,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--quant")) {
             qt_format f;
             if (llama_quant_parse(v, &f) < 0) {
-                fprintf(stderr, "qlorad: --quant: '%s' is not one of native f32 nf4 fp4 int8 int4 bitnet1 ternary "
-                        "(or a ggml type: q8_0 ...)\n", v);
+                fprintf(stderr, "qlorad: --quant: '%s' is not one of native %s\n", v, qt_format_list());
                 return 2;
             }
             quant_set = 1;

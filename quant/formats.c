@@ -9,6 +9,13 @@ const char *qt_format_name(qt_format f)
     return (unsigned)f < QT_NFORMATS ? qt_traits[f].name : "?";
 }
 
+#define FORMAT_NAME_(id, name, ...) " " #name
+const char *qt_format_list(void)
+{
+    return QT_FORMATS(FORMAT_NAME_) + 1; /* past the first space */
+}
+#undef FORMAT_NAME_
+
 int qt_format_parse(const char *name, qt_format *f)
 {
     for (int i = 0; i < QT_NFORMATS; i++)

@@ -352,6 +352,11 @@ int qt_ggml_format(int type)
     return -1;
 }
 
+int qt_format_ggml_type(qt_format f)
+{
+    return (unsigned)f < QT_NFORMATS && qt_ggml_traits[f].name ? qt_ggml_traits[f].type : -1;
+}
+
 const char *qt_ggml_type_name(int type)
 {
     int f = qt_ggml_format(type);

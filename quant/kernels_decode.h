@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ggml_blocks.h"
 #include "kernels.h"
 #include "parallel.h"
 #include "workspace.h"
@@ -38,7 +39,6 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 
 typedef struct {
     const qt_matrix *m;
-    int r;
     const uint8_t *row;
     const uint32_t *words; /* panel formats: the row's first word (formats.h) */
     const float *table;
@@ -54,13 +54,15 @@ typedef struct {
     int shift;  /* log2(block) */
     lut16 lut;
     float s;
+    /* ggml's formats: the block rowdec_block loaded, and its groups' constants */
+    const uint8_t *blk;
+    float gs[QT_GGML_MAX_GROUPS], gb[QT_GGML_MAX_GROUPS];
 } rowdec;
 
 ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
 {
     size_t b0 = (size_t)r * m->blocks_per_row;
     d->m = m;
-    d->r = r;
     d->row = m->data + (size_t)r * m->row_bytes;
     d->words = qt_traits[fmt].layout == QT_LAYOUT_PANEL ? qt_panel_row(m, fmt, r) : NULL;
     d->table = qt_traits[fmt].table;
@@ -76,6 +78,7 @@ ALWAYS_INLINE void rowdec_start(rowdec *d, const qt_matrix *m, int r, int fmt)
     d->shift = __builtin_ctz((unsigned)m->spec.block);
     memset(&d->lut, 0, sizeof d->lut); /* set by rowdec_seek; quiets -Wmaybe-uninitialized */
     d->s = qt_traits[fmt].scale == QT_SCALE_ROW ? m->scale[r] : 0.0f;
+    d->blk = d->row;
 }
 
 /* Nibble codes stored row after row (int4) decode fastest in "split" order: vector v
@@ -111,8 +114,68 @@ ALWAYS_INLINE void rowdec_block(rowdec *d, int fmt, size_t j)
         d->lut = lut_scaled(d->table, absmax);
         break;
     }
+    case QT_SCALE_GGML: /* the block's header, once: a K-quant's 8 or 16 sub-block scales */
+        d->blk = d->row + j * (size_t)qt_ggml_traits[fmt].bytes;
+        ggml_block_consts(fmt, d->blk, d->gs, d->gb);
+        break;
     default: /* nothing per block */
         break;
+    }
+}
+
+/* ---- ggml's blocks: 32 values of a block, by the definition in ggml_blocks.h ---- */
+
+/* Codes q (offset as there) to weights: q s, q s + b or q s - b, in ggml's roundings. */
+ALWAYS_INLINE vf ggml_vweight(int fmt, vi q, float s, float b)
+{
+    vf w = vmul(vcvt_i(q), vset1(s));
+    int sign = ggml_bias_sign(fmt);
+    return sign > 0 ? vadd(w, vset1(b)) : sign < 0 ? vsub(w, vset1(b)) : w;
+}
+
+/* Values [32 c, 32 c + 32) of the block rowdec_block loaded. Vector v holds values
+ * 32 c + v VLEN + lane; every 32 values have one scale (q6_k: every 16, so one per vector
+ * up to 16 lanes). */
+ALWAYS_INLINE void ggml_chunk(const rowdec *d, int fmt, int c, vf *out)
+{
+    const uint8_t *b = d->blk;
+    const vi low4 = vset1_i(15);
+    if (fmt == QT_Q8_0) {
+        decode_int8_32((const int8_t *)(b + 2), d->gs[0], out);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int e = v * VLEN; /* the vector's first value in the chunk */
+        vi q;
+        switch (fmt) {
+        case QT_Q4_0: case QT_Q4_1: case QT_Q5_0: case QT_Q5_1: { /* 32-value blocks: c = 0 */
+            const int five = fmt == QT_Q5_0 || fmt == QT_Q5_1, min = fmt == QT_Q4_1 || fmt == QT_Q5_1;
+            const uint8_t *qs = b + 2 + 2 * min + 4 * five;
+            q = vand_i(vsrli(vload_u8(qs + e % 16), e >= 16 ? 4 : 0), low4);
+            if (five)
+                q = vor_i(q, vslli(vbits_at(qt_load_u32(b + 2 + 2 * min), e), 4));
+            if (!min)
+                q = vsub_i(q, vset1_i(five ? 16 : 8));
+            break;
+        }
+        case QT_Q4_K:
+            q = vand_i(vsrli(vload_u8(b + 16 + c / 2 * 32 + e), 4 * (c & 1)), low4);
+            break;
+        case QT_Q5_K:
+            q = vor_i(vand_i(vsrli(vload_u8(b + 48 + c / 2 * 32 + e), 4 * (c & 1)), low4),
+                      vslli(vand_i(vsrli(vload_u8(b + 16 + e), c), vset1_i(1)), 4));
+            break;
+        default: { /* QT_Q6_K: value 32 c + l = 128 h + 32 sub + l */
+            const int h = c / 4, sub = c % 4;
+            vi lo = vand_i(vsrli(vload_u8(b + 64 * h + 32 * (sub & 1) + e), 4 * (sub >> 1)), low4);
+            vi hi = vand_i(vsrli(vload_u8(b + 128 + 32 * h + e), 2 * sub), vset1_i(3));
+            q = vsub_i(vor_i(lo, vslli(hi, 4)), vset1_i(32));
+            break;
+        }
+        }
+        const int g = (32 * c + e) / ggml_group(fmt);
+        out[v] = ggml_vweight(fmt, q, d->gs[g], d->gb[g]);
     }
 }
 
@@ -141,11 +204,12 @@ static inline size_t chunk_bytes(int fmt)
 ALWAYS_INLINE void rowdec_chunk_at(const rowdec *d, int fmt, int split, const uint8_t *p, size_t k,
                                    vf *out)
 {
-    if (qt_traits[fmt].scale == QT_SCALE_GGML || qt_traits[fmt].bits == 16) {
-        float t[32];
-        qt_decode_range(d->m, d->r, (int)k, (int)k + 32, t);
+    if (qt_traits[fmt].scale == QT_SCALE_GGML) {
+        ggml_chunk(d, fmt, (int)(k % (size_t)qt_ggml_traits[fmt].values / 32), out);
+    } else if (qt_traits[fmt].bits == 16) {
+#pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
-            out[v] = vload(t + v * VLEN);
+            out[v] = fmt == QT_BF16 ? vload_bf16(p + 2 * v * VLEN) : vload_f16(p + 2 * v * VLEN);
     } else if (qt_traits[fmt].bits == 32) {
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)

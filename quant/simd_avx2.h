@@ -63,6 +63,24 @@ static inline lut16 lut_load(const float *table)
     return l;
 }
 static inline vf vlookup16(vi idx, lut16 lut) { return lookup16(idx, lut); }
+static inline vi vand_i(vi a, vi b) { return _mm256_and_si256(a, b); }
+static inline vi vor_i(vi a, vi b) { return _mm256_or_si256(a, b); }
+static inline vi vsub_i(vi a, vi b) { return _mm256_sub_epi32(a, b); }
+static inline vi vslli(vi a, int n) { return _mm256_slli_epi32(a, n); }
+static inline vf vcvt_i(vi a) { return _mm256_cvtepi32_ps(a); }
+/* lane i: bit first + i of w */
+static inline vi vbits_at(uint32_t w, int first)
+{
+    __m256i at = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(first));
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), at), _mm256_set1_epi32(1));
+}
+/* VLEN fp16 or bf16 values at p (unaligned) as floats; F16C's conversion is exact */
+static inline vf vload_f16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline vf vload_bf16(const uint8_t *p)
+{
+    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
 static inline vf vgather(const float *base, vi idx) { return _mm256_i32gather_ps(base, idx, 4); }
 static inline vf vlookup256(vi idx, const float *table) { return vgather(table, idx); }
 

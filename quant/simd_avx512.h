@@ -33,6 +33,25 @@ static inline vf vlookup256(vi idx, const float *table)
     }
     return r;
 }
+static inline vi vand_i(vi a, vi b) { return _mm512_and_si512(a, b); }
+static inline vi vor_i(vi a, vi b) { return _mm512_or_si512(a, b); }
+static inline vi vsub_i(vi a, vi b) { return _mm512_sub_epi32(a, b); }
+static inline vi vslli(vi a, int n) { return _mm512_slli_epi32(a, (unsigned)n); }
+static inline vf vcvt_i(vi a) { return _mm512_cvtepi32_ps(a); }
+/* lane i: bit first + i of w */
+static inline vi vbits_at(uint32_t w, int first)
+{
+    __m512i at = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  _mm512_set1_epi32(first));
+    return _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)w), at), _mm512_set1_epi32(1));
+}
+/* VLEN fp16 or bf16 values at p (unaligned) as floats; the fp16 conversion is exact */
+static inline vf vload_f16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline vf vload_bf16(const uint8_t *p)
+{
+    __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
 static inline vf vgather(const float *base, vi idx) { return _mm512_i32gather_ps(idx, base, 4); }
 
 static inline vf vzero(void) { return _mm512_setzero_ps(); }

@@ -23,13 +23,14 @@ int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model
     } else if (!strcmp(a, "--quant") && has) {
         qt_format f;
         if (llama_quant_parse(argv[++*i], &f) < 0) {
-            *err = tool_fail(cmd, "--quant: unknown format '%s' (native f32 nf4 fp4 int8 int4 bitnet1 ternary, or a "
-                             "ggml type: q8_0 ...)", argv[*i]);
+            *err = tool_fail(cmd, "--quant: unknown format '%s' (native %s)", argv[*i], qt_format_list());
         } else {
+            /* a --block given before stays; else the format's own (ggml's have theirs) */
             int block = o->spec.block, dq_off = o->no_dq;
+            int given = o->spec.format != LLAMA_QUANT_NATIVE && block != qt_spec_default(o->spec.format).block;
             o->quant_set = 1;
             o->spec = llama_quant_spec(f);
-            if (f != LLAMA_QUANT_NATIVE)
+            if (f != LLAMA_QUANT_NATIVE && given)
                 o->spec.block = block;
             o->spec.double_quant = o->spec.double_quant && !dq_off;
         }

@@ -9,7 +9,7 @@ int cmd_roundtrip(int argc, char **argv)
 {
     const char *cmd = "roundtrip";
     const char *format = NULL;
-    int block = QT_BLOCK_DEFAULT, rows = -1, cols = -1, no_dq = 0;
+    int block = 0 /* the format's */, rows = -1, cols = -1, no_dq = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_value = i + 1 < argc;
@@ -31,15 +31,15 @@ int cmd_roundtrip(int argc, char **argv)
         }
     }
     if (!format)
-        return tool_fail(cmd, "--format is required (f32 nf4 fp4 int8 int4 bitnet1 ternary)");
+        return tool_fail(cmd, "--format is required (%s)", qt_format_list());
     if (rows < 0 || cols < 0)
         return tool_fail(cmd, "--rows and --cols are required");
     qt_format f;
     if (qt_format_parse(format, &f) < 0)
-        return tool_fail(cmd, "--format: unknown format '%s' (f32 nf4 fp4 int8 int4 bitnet1 ternary)",
-                         format);
+        return tool_fail(cmd, "--format: unknown format '%s' (%s)", format, qt_format_list());
     qt_spec spec = qt_spec_default(f);
-    spec.block = block;
+    if (block)
+        spec.block = block;
     if (no_dq)
         spec.double_quant = 0;
     char err[256];

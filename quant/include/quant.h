@@ -124,6 +124,8 @@ typedef struct {
 
 /* ---- formats ---- */
 const char *qt_format_name(qt_format f);
+/* Every format's name, in order, separated by spaces ("f32 nf4 ... bf16"), for messages. */
+const char *qt_format_list(void);
 /* Parses a format name; returns -1 (and leaves *f alone) when unknown. */
 int qt_format_parse(const char *name, qt_format *f);
 /* The default spec of a format: block 64 (ggml's formats: their own block), double quant
@@ -161,6 +163,8 @@ const char *qt_ggml_type_name(int type);
 size_t qt_ggml_row_bytes(int type, int cols);
 /* The format that holds a ggml type (F32: QT_F32); -1 when none does. */
 int qt_ggml_format(int type);
+/* The ggml type a format's bytes are (for writing GGUF); -1 for qlorad's own formats. */
+int qt_format_ggml_type(qt_format f);
 /* A rows x cols matrix over len bytes of ggml blocks at data (row-major, as in a GGUF file).
  * borrow != 0: m points into data (which must outlive m); else copies. -1 with a message
  * naming the type/shape at fault. */
