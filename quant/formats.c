@@ -12,7 +12,7 @@ const char *qt_format_name(qt_format f)
 #define FORMAT_NAME_(id, name, ...) " " #name
 const char *qt_format_list(void)
 {
-    return QT_FORMATS(FORMAT_NAME_) + 1; /* past the first space */
+    return &QT_FORMATS(FORMAT_NAME_)[1]; /* past the first space */
 }
 #undef FORMAT_NAME_
 
