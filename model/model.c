@@ -903,7 +903,8 @@ static int source_key(const source *s, const llama_model *m, mcache_key *k, char
     return 0;
 }
 
-int llama_load_cached(llama_model *m, const char *dir, qt_spec spec, llama_model_cache *cache, char *err, size_t errlen)
+int llama_load_cached(llama_model *m, const char *dir, qt_spec spec, llama_model_cache *cache, char *err,
+                      size_t errlen)
 {
     source s;
     if (model_open(m, &s, dir, spec, err, errlen) < 0)

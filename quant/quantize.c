@@ -452,7 +452,8 @@ static size_t array_bytes(const qt_matrix *m, qt_array a)
     int dq = m->spec.double_quant;
     switch (a) {
     case QT_ARRAY_DATA: return qt_stored_rows(m) * m->row_bytes;
-    case QT_ARRAY_SCALE: return t->scale != QT_SCALE_NONE && t->scale != QT_SCALE_GGML && !dq ? slots * sizeof(float) : 0;
+    case QT_ARRAY_SCALE:
+        return t->scale != QT_SCALE_NONE && t->scale != QT_SCALE_GGML && !dq ? slots * sizeof(float) : 0;
     case QT_ARRAY_ZERO: return t->scale == QT_SCALE_AFFINE ? slots * sizeof(int32_t) : 0;
     case QT_ARRAY_QABSMAX: return dq ? slots : 0;
     case QT_ARRAY_ABSMAX2: return dq ? (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) : 0;

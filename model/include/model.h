@@ -159,7 +159,8 @@ typedef struct {
 int llama_cache_default_dir(char *out, size_t n);
 /* llama_load through the cache (cache NULL, or cache->dir NULL: llama_load itself). Every
  * loader of a base model (qlorad, its jobs' teacher, qlora-tool) goes through it. */
-int llama_load_cached(llama_model *m, const char *dir, qt_spec spec, llama_model_cache *cache, char *err, size_t errlen);
+int llama_load_cached(llama_model *m, const char *dir, qt_spec spec, llama_model_cache *cache, char *err,
+                      size_t errlen);
 static inline const qt_matrix *llama_head(const llama_model *m)
 {
     return m->tied ? &m->embed : &m->head;
