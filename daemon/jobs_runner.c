@@ -227,7 +227,7 @@ static void run_job(qd *d, job *j)
         goto done;
     }
     if (j->hyper.method == TRAIN_RECOVERY) {
-        if (llama_load(&teacher, d->model_dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
+        if (qd_load_model(d, qt_spec_default(QT_F32), &teacher, err, sizeof err) < 0) {
             fail(d, j, err);
             goto done;
         }

@@ -19,7 +19,9 @@ static const char usage[] =
     "              [--adapter-cache-mb N] [--max-queued N] [--max-running N] [--max-output BYTES]\n"
     "              [--db-max-mb N] [--max-connections N] [--max-requests N] [--max-inflight N]\n"
     "              [--max-watches N] [--auth-timeout S] [--idle-timeout S] [--max-job-crashes N]\n"
-    "              [--data-dir DIR] [--verbose]\n";
+    "              [--data-dir DIR] [--cache-dir DIR | --no-cache] [--verbose]\n"
+    "  --cache-dir: where the quantized model is kept between starts (default\n"
+    "  $XDG_CACHE_HOME/qlorad, else ~/.cache/qlorad)\n";
 
 /* ---- shutdown ---- */
 
@@ -97,6 +99,21 @@ static int parse_size(const char *flag, const char *v, double min, double max, d
     return 0;
 }
 
+static void cache_log(void *ctx, const char *line)
+{
+    (void)ctx;
+    qd_log(LOG_WARN, "%s", line);
+}
+
+int qd_load_model(const qd *d, qt_spec spec, llama_model *m, char *err, size_t errlen)
+{
+    llama_model_cache cache = {.dir = d->cache_dir[0] ? d->cache_dir : NULL, .log = cache_log};
+    int rc = llama_load_cached(m, d->model_dir, spec, &cache, err, errlen);
+    if (rc == 0 && (cache.state == LLAMA_CACHE_HIT || cache.state == LLAMA_CACHE_BUILT))
+        qd_log(LOG_INFO, "model cache %s: %s", cache.path, cache.state == LLAMA_CACHE_HIT ? "mapped" : "written");
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     qd d;
@@ -106,7 +123,8 @@ int main(int argc, char **argv)
     double max_frame = 64 << 20, threads = 0, cache_mb = 256, max_queued = 64, max_running = 1, max_output = 0,
            db_max_mb = 65536, max_conns = 256, max_requests = 16, max_inflight = 64, max_watches = 64,
            auth_timeout = 10, idle_timeout = 600, max_crashes = 3;
-    int verbose = 0, quant_set = 0;
+    int verbose = 0, quant_set = 0, no_cache = 0;
+    const char *cache_dir = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -119,6 +137,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--verbose")) {
             verbose = 1;
+            continue;
+        }
+        if (!strcmp(a, "--no-cache")) {
+            no_cache = 1;
             continue;
         }
         if (!v) {
@@ -134,6 +156,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--listen")) listen_addr = v;
         else if (!strcmp(a, "--token-file")) token_file = v;
         else if (!strcmp(a, "--data-dir")) data_dir = v;
+        else if (!strcmp(a, "--cache-dir")) cache_dir = v;
         else if (!strcmp(a, "--quant")) {
             qt_format f;
             if (llama_quant_parse(v, &f) < 0) {
@@ -221,7 +244,13 @@ int main(int argc, char **argv)
         spec = llama_quant_spec(LLAMA_QUANT_NATIVE);
     qd_log(LOG_INFO, "qlorad %s: loading %s as %s", QLORAD_VERSION, d.model_dir,
            spec.format == LLAMA_QUANT_NATIVE ? "native" : qt_format_name(spec.format));
-    if (llama_load(&d.model, d.model_dir, spec, err, sizeof err) < 0) {
+    if (no_cache)
+        d.cache_dir[0] = 0;
+    else if (cache_dir)
+        snprintf(d.cache_dir, sizeof d.cache_dir, "%s", cache_dir);
+    else if (llama_cache_default_dir(d.cache_dir, sizeof d.cache_dir) < 0)
+        qd_log(LOG_WARN, "no model cache: neither XDG_CACHE_HOME nor HOME is set (--cache-dir DIR)");
+    if (qd_load_model(&d, spec, &d.model, err, sizeof err) < 0) {
         qd_log(LOG_ERROR, "%s", err);
         free(d.token);
         return 1;

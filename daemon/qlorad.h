@@ -87,6 +87,7 @@ struct qd {
     char chat_error[600];     /* why there is none, for chat's message */
     store *db;
     const char *model_dir, *socket_path;
+    char cache_dir[4096];     /* the model cache (--cache-dir, default, "" with --no-cache) */
     size_t max_frame, max_out;
     int max_queued, max_running;
     int max_conns, n_conns;   /* n_conns: accepted and not yet freed (each holds an fd) */
@@ -128,6 +129,9 @@ int server_listen(qd *d, const char *listen_addr, char *err, size_t errlen);
 int server_adopt(qd *d, int fd, int tcp);
 /* Delivers what is in the mailbox now (at shutdown). */
 void server_drain(qd *d);
+/* main.c: loads the base model in spec through the model cache of d (the served model,
+ * a recovery job's f32 teacher); -1 with a message. */
+int qd_load_model(const qd *d, qt_spec spec, llama_model *m, char *err, size_t errlen);
 /* main.c: ends the loop once stopping and nothing can post any more. */
 void qd_maybe_finish(qd *d);
 /* Sends a finished frame to connection id (from any thread: directly on the loop, through

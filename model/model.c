@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "json.h"
 #include "llama2c.h"
 #include "mapfile.h"
+#include "model_cache.h"
 #include "model_config.h"
 #include "safetensors.h"
 
@@ -735,27 +737,44 @@ static uint64_t hash_config(uint64_t h, const llama_config *c)
     return h;
 }
 
-int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen)
+/* What the source says of the model before its weights: config, spec, layout. */
+static void model_init(llama_model *m, const source *s, const char *dir, qt_spec spec)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = s->cfg;
+    m->spec = spec;
+    m->tied = s->tied;
+    m->hf_layout = s->hf;
+    m->gguf = s->gguf;
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+}
+
+/* Opens dir's source for spec (native: only a GGUF file) and starts m from it. */
+static int model_open(llama_model *m, source *s, const char *dir, qt_spec spec, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     int native = spec.format == LLAMA_QUANT_NATIVE;
     if (!native && qt_spec_check(spec, err, errlen) < 0)
         return -1;
-    source s;
-    if (source_open(&s, dir, err, errlen) < 0)
+    if (source_open(s, dir, err, errlen) < 0)
         return -1;
-    if (native && !s.gguf) {
+    if (native && !s->gguf) {
         snprintf(err, errlen, "%s: --quant native keeps a GGUF file's tensor types; this model is not one (name a "
                  "format)", dir);
-        source_close(&s);
+        source_close(s);
         return -1;
     }
-    m->cfg = s.cfg;
-    m->spec = spec;
-    m->tied = s.tied;
-    m->hf_layout = s.hf;
-    m->gguf = s.gguf;
-    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    model_init(m, s, dir, spec);
+    return 0;
+}
+
+/* Reads and quantizes every weight of the open source s into m (model_init'ed); -1 with
+ * a message, m then holding what was read (llama_free frees it). */
+static int model_read(llama_model *m, source *s, char *err, size_t errlen)
+{
+    const char *dir = m->dir;
+    qt_spec spec = m->spec;
+    int native = spec.format == LLAMA_QUANT_NATIVE;
     const llama_config *c = &m->cfg;
     size_t biggest = (size_t)c->vocab_size * c->dim;
     for (int l = 0; l < LIN_COUNT; l++) {
@@ -770,7 +789,7 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     qt_spec f32 = qt_spec_default(QT_F32);
     int rc = -1;
     if (c->rope.type == LLAMA_ROPE_FACTORS &&
-        !(m->rope_factors = read_vector(&s, R_ROPE, 0, 0, (size_t)c->head_size / 2, err, errlen, &h)))
+        !(m->rope_factors = read_vector(s, R_ROPE, 0, 0, (size_t)c->head_size / 2, err, errlen, &h)))
         goto done;
     for (int i = 0; m->rope_factors && i < c->head_size / 2; i++)
         if (!(m->rope_factors[i] > 0)) {
@@ -782,39 +801,39 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
         snprintf(err, errlen, "out of memory loading %s", dir);
         goto done;
     }
-    if (read_matrix(&s, R_EMBED, 0, 0, f32, &m->embed, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
+    if (read_matrix(s, R_EMBED, 0, 0, f32, &m->embed, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
         goto done;
     for (int l = 0; l < c->n_layers; l++) {
         llama_layer *L = &m->layers[l];
-        if (!(L->rms_att = read_vector(&s, R_RMS_ATT, l, 0, c->dim, err, errlen, &h)) ||
-            !(L->rms_ffn = read_vector(&s, R_RMS_FFN, l, 0, c->dim, err, errlen, &h)))
+        if (!(L->rms_att = read_vector(s, R_RMS_ATT, l, 0, c->dim, err, errlen, &h)) ||
+            !(L->rms_ffn = read_vector(s, R_RMS_FFN, l, 0, c->dim, err, errlen, &h)))
             goto done;
-        if (c->qk_norm && (!(L->q_norm = read_vector(&s, R_Q_NORM, l, 0, c->head_size, err, errlen, &h)) ||
-                           !(L->k_norm = read_vector(&s, R_K_NORM, l, 0, c->head_size, err, errlen, &h))))
+        if (c->qk_norm && (!(L->q_norm = read_vector(s, R_Q_NORM, l, 0, c->head_size, err, errlen, &h)) ||
+                           !(L->k_norm = read_vector(s, R_K_NORM, l, 0, c->head_size, err, errlen, &h))))
             goto done;
         for (int k = 0; k < LIN_COUNT; k++) {
             int rows, cols;
             llama_linear_shape(c, (llama_linear)k, &rows, &cols);
-            if (read_matrix(&s, R_LINEAR, l, (llama_linear)k, spec, &L->lin[k], rows, cols, buf,
+            if (read_matrix(s, R_LINEAR, l, (llama_linear)k, spec, &L->lin[k], rows, cols, buf,
                             err, errlen, &h) < 0)
                 goto done;
             if ((c->biases >> k & 1) &&
-                !(L->bias[k] = read_vector(&s, R_BIAS, l, (llama_linear)k, (size_t)rows, err, errlen, &h)))
+                !(L->bias[k] = read_vector(s, R_BIAS, l, (llama_linear)k, (size_t)rows, err, errlen, &h)))
                 goto done;
         }
     }
-    if (!(m->rms_final = read_vector(&s, R_RMS_FINAL, 0, 0, c->dim, err, errlen, &h)))
+    if (!(m->rms_final = read_vector(s, R_RMS_FINAL, 0, 0, c->dim, err, errlen, &h)))
         goto done;
     if (!m->tied &&
-        read_matrix(&s, R_HEAD, 0, 0, f32, &m->head, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
+        read_matrix(s, R_HEAD, 0, 0, f32, &m->head, c->vocab_size, c->dim, buf, err, errlen, &h) < 0)
         goto done;
     if (native) { /* the borrowed linears point into the mapping: it lives with the model */
-        if (!(m->gguf_owner = malloc(sizeof s.gg))) {
+        if (!(m->gguf_owner = malloc(sizeof s->gg))) {
             snprintf(err, errlen, "out of memory loading %s", dir);
             goto done;
         }
-        memcpy(m->gguf_owner, &s.gg, sizeof s.gg);
-        s.gguf = 0; /* not source_close's any more */
+        memcpy(m->gguf_owner, &s->gg, sizeof s->gg);
+        s->gguf = 0; /* not source_close's any more */
     }
     h = hash_config(h, c);
     uint32_t tag[3] = {(uint32_t)spec.format, (uint32_t)spec.block, (uint32_t)spec.double_quant};
@@ -824,11 +843,122 @@ int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t 
     rc = 0;
 done:
     free(buf);
-    source_close(&s);
-    if (rc < 0)
-        llama_free(m);
     return rc;
 }
+
+int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen)
+{
+    return llama_load_cached(m, dir, spec, NULL, err, errlen);
+}
+
+int llama_cache_default_dir(char *out, size_t n)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int len = xdg && *xdg ? snprintf(out, n, "%s/qlorad", xdg)
+              : home && *home ? snprintf(out, n, "%s/.cache/qlorad", home)
+                              : -1;
+    return len < 0 || (size_t)len >= n ? -1 : 0;
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+static void cache_log(const llama_model_cache *c, const char *fmt, ...)
+{
+    char line[5000];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (c->log)
+        c->log(c->log_ctx, line);
+    else
+        fprintf(stderr, "%s\n", line);
+}
+#pragma GCC diagnostic pop
+
+/* The cache key of m from source s: every file the load reads. */
+static int source_key(const source *s, const llama_model *m, mcache_key *k, char *err, size_t errlen)
+{
+    char path[4200];
+    if (mcache_key_init(k, m) < 0)
+        return snprintf(err, errlen, "out of memory"), -1;
+    if (s->gguf)
+        return mcache_key_file(k, s->dir, err, errlen);
+    if (!s->hf) {
+        snprintf(path, sizeof path, "%s/model.bin", s->dir);
+        return mcache_key_file(k, path, err, errlen);
+    }
+    snprintf(path, sizeof path, "%s/config.json", s->dir);
+    if (mcache_key_file(k, path, err, errlen) < 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/model.safetensors", s->dir);
+    if (!file_exists(path)) { /* sharded, as open_shards read it */
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", s->dir);
+        if (mcache_key_file(k, path, err, errlen) < 0)
+            return -1;
+    }
+    for (int i = 0; i < s->nshards; i++)
+        if (mcache_key_file(k, s->shards[i].path, err, errlen) < 0)
+            return -1;
+    return 0;
+}
+
+int llama_load_cached(llama_model *m, const char *dir, qt_spec spec, llama_model_cache *cache, char *err,
+                      size_t errlen)
+{
+    source s;
+    if (model_open(m, &s, dir, spec, err, errlen) < 0)
+        return -1;
+    mcache_key key = {0}, after = {0};
+    char kerr[1024];
+    int use = cache && cache->dir && spec.format != LLAMA_QUANT_NATIVE;
+    if (cache) {
+        cache->state = LLAMA_CACHE_OFF;
+        cache->path[0] = 0;
+    }
+    if (use && (source_key(&s, m, &key, kerr, sizeof kerr) < 0 ||
+                mcache_path(cache->path, sizeof cache->path, cache->dir, dir, spec, kerr, sizeof kerr) < 0)) {
+        cache_log(cache, "model cache off for %s: %s", dir, kerr);
+        cache->path[0] = 0;
+        use = 0;
+    }
+    if (use) {
+        char why[1024];
+        int hit = mcache_load(m, cache->path, &key, why, sizeof why);
+        if (hit == 0 && build_rope(m) == 0) {
+            cache->state = LLAMA_CACHE_HIT;
+            goto out;
+        }
+        if (hit < 0)
+            cache_log(cache, "model cache %s: refused: %s; rebuilding it", cache->path, why);
+        else if (hit == 0)
+            cache_log(cache, "model cache %s: out of memory; rebuilding it", cache->path);
+        llama_free(m);
+        model_init(m, &s, dir, spec);
+    }
+    if (model_read(m, &s, err, errlen) < 0) {
+        llama_free(m);
+        mcache_key_free(&key);
+        source_close(&s);
+        return -1;
+    }
+    if (use) {
+        /* a source replaced during the load would be keyed by the new files: not written */
+        if (source_key(&s, m, &after, kerr, sizeof kerr) < 0 || !mcache_key_equal(&key, &after))
+            snprintf(kerr, sizeof kerr, "%s changed while it was read", dir);
+        else if (mcache_store(m, cache->path, &key, kerr, sizeof kerr) == 0)
+            kerr[0] = 0;
+        cache->state = kerr[0] ? LLAMA_CACHE_UNWRITTEN : LLAMA_CACHE_BUILT;
+        if (kerr[0])
+            cache_log(cache, "model cache %s: not written (the model loaded): %s", cache->path, kerr);
+    }
+out:
+    mcache_key_free(&key);
+    mcache_key_free(&after);
+    source_close(&s);
+    return 0;
+}
+
 
 void llama_free(llama_model *m)
 {
@@ -853,6 +983,7 @@ void llama_free(llama_model *m)
     if (m->gguf_owner)
         gguf_close(m->gguf_owner);
     free(m->gguf_owner);
+    unmap_file(m->cache_map, m->cache_size); /* after the matrices that borrow from it */
     memset(m, 0, sizeof *m);
 }
 

@@ -444,25 +444,53 @@ static const format_codec codecs[QT_NFORMATS] = {QT_FORMATS(CODEC_)};
 
 /* ---- matrices ---- */
 
+/* What array a of m (rows, cols, spec set) holds, in bytes: 0 where the format has none. */
+static size_t array_bytes(const qt_matrix *m, qt_array a)
+{
+    const qt_format_traits *t = &qt_traits[m->spec.format];
+    size_t nblocks = (size_t)m->rows * (size_t)m->blocks_per_row, slots = qt_block_slots(m);
+    int dq = m->spec.double_quant;
+    switch (a) {
+    case QT_ARRAY_DATA: return qt_stored_rows(m) * m->row_bytes;
+    case QT_ARRAY_SCALE:
+        return t->scale != QT_SCALE_NONE && t->scale != QT_SCALE_GGML && !dq ? slots * sizeof(float) : 0;
+    case QT_ARRAY_ZERO: return t->scale == QT_SCALE_AFFINE ? slots * sizeof(int32_t) : 0;
+    case QT_ARRAY_QABSMAX: return dq ? slots : 0;
+    case QT_ARRAY_ABSMAX2: return dq ? (nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP * sizeof(float) : 0;
+    default: return 0;
+    }
+}
+
+static void **array_slot(qt_matrix *m, qt_array a)
+{
+    switch (a) {
+#define SLOT_(e, field) case QT_ARRAY_##e: return (void **)&m->field;
+        QT_ARRAYS(SLOT_)
+#undef SLOT_
+    default: return NULL;
+    }
+}
+
+const void *qt_array_of(const qt_matrix *m, qt_array a)
+{
+    void **p = array_slot((qt_matrix *)m, a);
+    return p ? *p : NULL;
+}
+
 static int alloc_matrix(qt_matrix *m, char *err, size_t errlen)
 {
-    size_t nblocks = (size_t)m->rows * (size_t)m->blocks_per_row;
-    size_t slots = qt_block_slots(m);
-    const qt_format_traits *t = &qt_traits[m->spec.format];
-    /* 64-byte aligned, so that the kernels' vector loads of 16 rows' words stay within a
-     * cache line */
-    size_t data_bytes = (qt_stored_rows(m) * m->row_bytes + 63) / 64 * 64;
-    m->data = aligned_alloc(64, data_bytes);
-    int ok = m->data != NULL;
-    if (ok)
-        memset(m->data, 0, data_bytes);
-    if (t->scale != QT_SCALE_NONE && t->scale != QT_SCALE_GGML && !m->spec.double_quant)
-        ok = ok && (m->scale = calloc(slots, sizeof(float)));
-    if (t->scale == QT_SCALE_AFFINE)
-        ok = ok && (m->zero = calloc(slots, sizeof(int32_t)));
-    if (m->spec.double_quant) {
-        ok = ok && (m->qabsmax = calloc(slots, 1));
-        ok = ok && (m->absmax2 = calloc((nblocks + QT_DQ_GROUP - 1) / QT_DQ_GROUP, sizeof(float)));
+    int ok = 1;
+    for (int a = 0; a < QT_NARRAYS && ok; a++) {
+        size_t bytes = array_bytes(m, (qt_array)a);
+        if (!bytes)
+            continue;
+        /* 64-byte aligned, so that the kernels' vector loads of 16 rows' words stay within a
+         * cache line; zeros in the padding, which the decoders may read */
+        size_t padded = (bytes + 63) / 64 * 64;
+        void *p = aligned_alloc(64, padded);
+        if ((ok = p != NULL))
+            memset(p, 0, padded);
+        *array_slot(m, (qt_array)a) = p;
     }
     if (!ok) {
         snprintf(err, errlen, "out of memory quantizing a %d x %d matrix", m->rows, m->cols);
@@ -483,8 +511,9 @@ static int check_cols(qt_spec spec, int rows, int cols, char *err, size_t errlen
     return 0;
 }
 
-int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, char *err,
-                size_t errlen)
+/* m's spec and shape, and what follows from them (the arrays unset): -1 with a message
+ * for a bad spec or shape. */
+static int set_shape(qt_matrix *m, qt_spec spec, int rows, int cols, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     if (qt_spec_check(spec, err, errlen) < 0)
@@ -493,12 +522,6 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
         snprintf(err, errlen, "shape: %d x %d has no elements", rows, cols);
         return -1;
     }
-    for (size_t i = 0, n = (size_t)rows * cols; i < n; i++)
-        if (!isfinite(w[i])) {
-            snprintf(err, errlen, "weights: non-finite value %g at row %zu, column %zu",
-                     w[i], i / cols, i % cols);
-            return -1;
-        }
     if (check_cols(spec, rows, cols, err, errlen) < 0)
         return -1;
     m->spec = spec;
@@ -506,6 +529,51 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
     m->cols = cols;
     m->blocks_per_row = qt_traits[spec.format].blockwise ? (cols + spec.block - 1) / spec.block : 1;
     m->row_bytes = qt_row_bytes(spec.format, cols);
+    return 0;
+}
+
+int qt_array_sizes(qt_spec spec, int rows, int cols, size_t bytes[QT_NARRAYS], char *err, size_t errlen)
+{
+    qt_matrix m;
+    if (set_shape(&m, spec, rows, cols, err, errlen) < 0)
+        return -1;
+    for (int a = 0; a < QT_NARRAYS; a++)
+        bytes[a] = array_bytes(&m, (qt_array)a);
+    return 0;
+}
+
+int qt_view(qt_matrix *m, qt_spec spec, int rows, int cols, float offset, const void *const arrays[QT_NARRAYS],
+            const size_t bytes[QT_NARRAYS], char *err, size_t errlen)
+{
+    if (set_shape(m, spec, rows, cols, err, errlen) < 0)
+        return -1;
+    for (int a = 0; a < QT_NARRAYS; a++) {
+        size_t want = array_bytes(m, (qt_array)a);
+        if (bytes[a] != want || (want && (!arrays[a] || (uintptr_t)arrays[a] % 64))) {
+            snprintf(err, errlen, "%s %d x %d: array %d has %zu bytes at %p, its layout wants %zu, 64-byte aligned",
+                     qt_format_name(spec.format), rows, cols, a, bytes[a], arrays[a], want);
+            memset(m, 0, sizeof *m);
+            return -1;
+        }
+        *array_slot(m, (qt_array)a) = want ? (void *)(uintptr_t)arrays[a] : NULL; /* read only */
+    }
+    m->offset = offset;
+    m->borrowed = 1;
+    return 0;
+}
+
+int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, char *err,
+                size_t errlen)
+{
+    if (set_shape(m, spec, rows, cols, err, errlen) < 0)
+        return -1;
+    for (size_t i = 0, n = (size_t)rows * cols; i < n; i++)
+        if (!isfinite(w[i])) {
+            snprintf(err, errlen, "weights: non-finite value %g at row %zu, column %zu",
+                     w[i], i / cols, i % cols);
+            memset(m, 0, sizeof *m);
+            return -1;
+        }
     if (alloc_matrix(m, err, errlen) < 0)
         return -1;
 
@@ -539,12 +607,13 @@ int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec, 
 
 void qt_free(qt_matrix *m)
 {
-    if (!m->borrowed)
+    if (!m->borrowed) {
         free(m->data);
-    free(m->scale);
-    free(m->zero);
-    free(m->qabsmax);
-    free(m->absmax2);
+        free(m->scale);
+        free(m->zero);
+        free(m->qabsmax);
+        free(m->absmax2);
+    }
     memset(m, 0, sizeof *m);
 }
 

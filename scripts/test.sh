@@ -20,6 +20,7 @@ status=0
 for dir in build build-sanitize; do
   ninja -C "$dir" >/dev/null || { echo "build failed in $dir"; ninja -C "$dir" | tail -30; exit 1; }
   rm -f "$dir/meson-logs/testlog.json"
+  rm -rf "$dir/tests/xdg-cache" # the model cache files of the last run's temporary models
   echo "== tests ($dir)"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     meson test -C "$dir" --print-errorlogs "$@" || status=1

@@ -19,6 +19,15 @@ import time
 
 import msgpack
 
+# The daemons of the tests keep their model cache (XDG_CACHE_HOME) under the build dir that
+# meson names, else in a temporary directory: never in the real home.
+if os.environ.get('QLORA_TEST_CACHE'):
+    os.environ['XDG_CACHE_HOME'] = os.environ['QLORA_TEST_CACHE']
+else:
+    _cache = tempfile.mkdtemp(prefix='qlora-test-cache-')
+    os.environ['XDG_CACHE_HOME'] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
+
 
 def frame(obj):
     """obj as one frame: 4-byte big-endian length, then msgpack."""

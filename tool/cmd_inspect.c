@@ -75,7 +75,7 @@ static void print_rmse(double err2, double ref2)
 int cmd_inspect(int argc, char **argv)
 {
     const char *cmd = "inspect";
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
+    tool_model_opts o = {.spec = qt_spec_default(QT_F32)};
     int e;
     for (int i = 1; i < argc; i++) {
         if (!tool_model_option(cmd, argc, argv, &i, &o, &e))

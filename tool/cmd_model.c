@@ -40,10 +40,29 @@ int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model
     } else if (!strcmp(a, "--no-double-quant")) {
         o->no_dq = 1;
         o->spec.double_quant = 0;
+    } else if (!strcmp(a, "--cache-dir") && has) {
+        o->cache_dir = argv[++*i];
+    } else if (!strcmp(a, "--no-cache")) {
+        o->no_cache = 1;
     } else {
         return 0;
     }
     return 1;
+}
+
+static void cache_log(void *ctx, const char *line)
+{
+    (void)ctx;
+    fprintf(stderr, "qlora-tool: %s\n", line);
+}
+
+int tool_load_weights(const tool_model_opts *o, qt_spec spec, llama_model *m, char *err, size_t errlen)
+{
+    char dir[4096];
+    llama_model_cache cache = {.log = cache_log};
+    if (!o->no_cache)
+        cache.dir = o->cache_dir ? o->cache_dir : llama_cache_default_dir(dir, sizeof dir) == 0 ? dir : NULL;
+    return llama_load_cached(m, o->dir, spec, &cache, err, errlen);
 }
 
 int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok)
@@ -55,7 +74,7 @@ int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tok
         o->spec = llama_quant_spec(LLAMA_QUANT_NATIVE);
     if (o->spec.format != LLAMA_QUANT_NATIVE && qt_spec_check(o->spec, err, sizeof err) < 0)
         return tool_fail(cmd, "%s", err);
-    if (llama_load(m, o->dir, o->spec, err, sizeof err) < 0) {
+    if (tool_load_weights(o, o->spec, m, err, sizeof err) < 0) {
         fprintf(stderr, "qlora-tool %s: %s\n", cmd, err);
         return 1;
     }
@@ -212,7 +231,7 @@ static int eval_examples(const char *cmd, const char *path, const llama_model *m
 int cmd_eval(int argc, char **argv)
 {
     const char *cmd = "eval", *tokens = NULL, *text = NULL, *adapter = NULL, *examples = NULL;
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
+    tool_model_opts o = {.spec = qt_spec_default(QT_F32)};
     int json = 0, e;
     for (int i = 1; i < argc; i++) {
         if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {
@@ -311,7 +330,7 @@ static int print_token(void *p, int token)
 int cmd_generate(int argc, char **argv)
 {
     const char *cmd = "generate", *prompt = "", *adapter = NULL;
-    tool_model_opts o = {NULL, qt_spec_default(QT_F32), 0, 0};
+    tool_model_opts o = {.spec = qt_spec_default(QT_F32)};
     int n = 64, e;
     llama_sampling s = {0.0f, 0.9f, 0, NULL, 0};
     for (int i = 1; i < argc; i++) {

@@ -144,7 +144,7 @@ done:
 int cmd_import(int argc, char **argv)
 {
     const char *cmd = "import", *db = NULL, *pos[2];
-    tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0, 0};
+    tool_model_opts o = {.spec = qt_spec_default(QT_NF4)};
     int npos = 0, e;
     for (int i = 1; i < argc; i++) {
         if (tool_model_option(cmd, argc, argv, &i, &o, &e)) {

@@ -58,7 +58,7 @@ static int on_event(void *p, trainer *t, train_event ev, const train_progress *p
 int cmd_train(int argc, char **argv)
 {
     const char *cmd = "train", *data = NULL, *eval_data = NULL, *out = NULL, *chat_name = NULL;
-    tool_model_opts o = {NULL, qt_spec_default(QT_NF4), 0, 0};
+    tool_model_opts o = {.spec = qt_spec_default(QT_NF4)};
     train_hyper h;
     int e, have_lr = 0, have_seq = 0, have_warmup = 0, have_steps = 0;
     /* lr and seq_len defaults depend on the model: set after it is loaded, unless given */
@@ -172,7 +172,7 @@ int cmd_train(int argc, char **argv)
         goto done;
     }
     if (h.method == TRAIN_RECOVERY) {
-        if (llama_load(&teacher, o.dir, qt_spec_default(QT_F32), err, sizeof err) < 0) {
+        if (tool_load_weights(&o, qt_spec_default(QT_F32), &teacher, err, sizeof err) < 0) {
             rc = tool_fail(cmd, "%s", err);
             goto done;
         }

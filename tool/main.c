@@ -97,11 +97,17 @@ int tool_read_all(void *stream, unsigned char **buf, size_t *len)
     return 0;
 }
 
+/* Options of every command that takes --model. */
+static const char model_note[] =
+    "  (every command with --model also takes --cache-dir DIR or --no-cache: the quantized model's\n"
+    "   cache file, by default in $XDG_CACHE_HOME/qlorad, else ~/.cache/qlorad)\n";
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: qlora-tool COMMAND [ARGS]\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  qlora-tool %s\n", commands[i].usage);
+    fputs(model_note, f);
 }
 
 int main(int argc, char **argv)
@@ -115,6 +121,8 @@ int main(int argc, char **argv)
             continue;
         if (argc > 2 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h"))) {
             printf("usage: qlora-tool %s\n", commands[i].usage);
+            if (strstr(commands[i].usage, "--model"))
+                fputs(model_note, stdout);
             return 0;
         }
         return commands[i].fn(argc - 1, argv + 1);

@@ -22,16 +22,22 @@ int tool_parse_int(const char *s, long lo, long hi, int *out);
 /* Reads all of a stream into a malloc'd buffer; -1 on error. */
 int tool_read_all(void *stream, unsigned char **buf, size_t *len);
 
-/* --model DIR --quant F --block B --no-double-quant, shared by the model commands. */
+/* --model DIR --quant F --block B --no-double-quant --cache-dir DIR --no-cache, shared by
+ * the model commands. */
 typedef struct {
     const char *dir;
     qt_spec spec;
     int no_dq;
-    int quant_set;  /* --quant given; else a GGUF file loads native */
+    int quant_set;          /* --quant given; else a GGUF file loads native */
+    const char *cache_dir;  /* --cache-dir; NULL: llama_cache_default_dir */
+    int no_cache;           /* --no-cache */
 } tool_model_opts;
 /* Consumes argv[*i] (and its value) if it is a model option: returns 1, with *err set to
  * a usage exit status if its value is bad; returns 0 for any other argument. */
 int tool_model_option(const char *cmd, int argc, char **argv, int *i, tool_model_opts *o, int *err);
+/* Loads o's model in spec through the model cache of o's options (every load of a base
+ * model, the teacher's too); -1 with a message. */
+int tool_load_weights(const tool_model_opts *o, qt_spec spec, llama_model *m, char *err, size_t errlen);
 /* Loads the model (and its tokenizer, tok_load_dir, when tok is not NULL); nonzero exit status on error. */
 int tool_load_model(const char *cmd, tool_model_opts *o, llama_model *m, tok_tokenizer **tok);
 

@@ -101,6 +101,9 @@ typedef struct {
     float *rope_factors;       /* [head_size/2] with LLAMA_ROPE_FACTORS, else NULL */
     void *gguf_owner;          /* --quant native: the gguf_file whose mapping the linears
                                   borrow, closed by llama_free; else NULL */
+    const void *cache_map;     /* loaded from a cache file: its read-only mapping, which the
+                                  linears, embeddings and head borrow; unmapped by llama_free */
+    size_t cache_size;
     uint64_t fingerprint;      /* hash of the fp32 weights (canonical order) and the spec */
     char dir[4096];
     int hf_layout;
@@ -131,6 +134,33 @@ const char *llama_quant_name(const llama_model *m);
  * naming the file and tensor at fault. */
 int llama_load(llama_model *m, const char *dir, qt_spec spec, char *err, size_t errlen);
 void llama_free(llama_model *m);
+
+/* The cache of quantized models (model_cache.c): a load quantizes once and writes the
+ * result to a file of dir, which later loads of the same source files (path, size, mtime,
+ * ctime, inode, device) and spec map read-only instead; a file that is stale, truncated or
+ * corrupt is refused with a log line and rebuilt; one that cannot be written is a warning.
+ * A cached load gives the same fingerprint and bit-identical weights. Not used for
+ * --quant native (which maps the GGUF file itself). */
+typedef enum {
+    LLAMA_CACHE_OFF,       /* no cache dir, or --quant native */
+    LLAMA_CACHE_HIT,       /* mapped from the cache file */
+    LLAMA_CACHE_BUILT,     /* quantized from the source, then written */
+    LLAMA_CACHE_UNWRITTEN, /* quantized from the source; the file could not be written */
+} llama_cache_state;
+typedef struct {
+    const char *dir;                          /* NULL: no cache */
+    void (*log)(void *ctx, const char *line); /* NULL: lines go to stderr */
+    void *log_ctx;
+    llama_cache_state state;                  /* out: what the load did */
+    char path[4352];                          /* out: the cache file ("" when OFF) */
+} llama_model_cache;
+/* The default cache dir into out: $XDG_CACHE_HOME/qlorad, else $HOME/.cache/qlorad; -1 when
+ * neither variable is set (or the path does not fit). */
+int llama_cache_default_dir(char *out, size_t n);
+/* llama_load through the cache (cache NULL, or cache->dir NULL: llama_load itself). Every
+ * loader of a base model (qlorad, its jobs' teacher, qlora-tool) goes through it. */
+int llama_load_cached(llama_model *m, const char *dir, qt_spec spec, llama_model_cache *cache, char *err,
+                      size_t errlen);
 static inline const qt_matrix *llama_head(const llama_model *m)
 {
     return m->tied ? &m->embed : &m->head;

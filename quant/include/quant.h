@@ -118,9 +118,22 @@ typedef struct {
                                scale would have it */
     float *absmax2;         /* with dq: one fp32 absmax per group of 256 blocks */
     float offset;           /* with dq: mean of the block absmax values */
-    int borrowed;           /* 1: data belongs to someone else (a mapped GGUF file, by
-                               qt_from_ggml) and outlives the matrix; qt_free leaves it */
+    int borrowed;           /* 1: every array belongs to someone else (a mapped GGUF file,
+                               by qt_from_ggml; a model cache file, by qt_view) and
+                               outlives the matrix; qt_free leaves them */
 } qt_matrix;
+
+/* The arrays of a matrix, in the order code that stores matrices keeps them (the model
+ * cache, model/model_cache.c). */
+#define QT_ARRAYS(X) X(DATA, data) X(SCALE, scale) X(ZERO, zero) X(QABSMAX, qabsmax) X(ABSMAX2, absmax2)
+#define QT_ARRAY_ENUM_(e, field) QT_ARRAY_##e,
+typedef enum { QT_ARRAYS(QT_ARRAY_ENUM_) QT_NARRAYS } qt_array;
+#undef QT_ARRAY_ENUM_
+
+/* The version of the bytes qt_quantize writes for the same input: bumped whenever a
+ * format's layout (arrays, order, padding) or its quantization changes, so that stored
+ * matrices (the model cache) of another version are not read as this one's. */
+#define QT_LAYOUT_VERSION 1
 
 /* ---- formats ---- */
 const char *qt_format_name(qt_format f);
@@ -146,7 +159,18 @@ static inline const float *qt_dynamic_map(void) { return qt_dynamic_map_table; }
  * (bad spec, bad shape, non-finite input, out of memory). */
 int qt_quantize(qt_matrix *m, const float *w, int rows, int cols, qt_spec spec,
                 char *err, size_t errlen);
-/* Frees what the matrix owns (not borrowed data) and zeroes it. */
+/* The bytes of each array (QT_ARRAYS order; 0: the format has none) that qt_quantize makes
+ * for a rows x cols matrix of spec, and its own padding of data: -1 with a message for a
+ * bad spec or shape. */
+int qt_array_sizes(qt_spec spec, int rows, int cols, size_t bytes[QT_NARRAYS], char *err, size_t errlen);
+/* Array a of m (NULL when it has none). */
+const void *qt_array_of(const qt_matrix *m, qt_array a);
+/* A borrowed matrix over arrays someone else keeps (a mapped file), each of the bytes
+ * qt_array_sizes gives and 64-byte aligned; offset is double quantization's. -1 with a message
+ * when the spec, shape or an array does not fit. */
+int qt_view(qt_matrix *m, qt_spec spec, int rows, int cols, float offset, const void *const arrays[QT_NARRAYS],
+            const size_t bytes[QT_NARRAYS], char *err, size_t errlen);
+/* Frees what the matrix owns (nothing when borrowed) and zeroes it. */
 void qt_free(qt_matrix *m);
 /* Decodes rows [r0, r1) into out[(r1-r0) x cols] (vectorized; bit-identical on every
  * instruction set). */
